@@ -1,0 +1,267 @@
+"""
+Settings: one table (L{SETTINGS}) that the command line, the TOML file and
+docs/configuration.md all follow, and the validation that turns raw values
+into a L{ProxyConfig}.
+
+Precedence: built-in defaults < the TOML file given by C{--config} < flags.
+Every error is a L{ConfigError} whose message is one line naming the flag or
+key and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from twisted.python.usage import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on PyPy 3.9
+    import tomli as tomllib
+
+
+class ConfigError(UsageError):
+    """
+    A setting is missing, unknown or has a bad value.  The message is a single
+    line that names the flag or key.
+    """
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    One configuration key.
+
+    @ivar name: the TOML key; the flag is the same with dashes.
+    @ivar kind: C{"int"}, C{"float"}, C{"str"} or C{"list"} (a repeatable flag).
+    @ivar minimum: the smallest accepted number, for C{int} and C{float}.
+    @ivar exclusive: whether C{minimum} itself is refused (durations > 0).
+    @ivar doc: one line for C{--help} and docs/configuration.md.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    minimum: Optional[float] = None
+    exclusive: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("listen", "list", (), "Server endpoint to accept clients on, e.g. "
+            "tcp:6380:interface=127.0.0.1 (repeatable)."),
+    Setting("backend", "list", (), "Client endpoint of a backend, e.g. "
+            "tcp:host=127.0.0.1:port=6379, or HOST:PORT (repeatable)."),
+    Setting("protocol", "str", "tcp", "Protocol codec spoken by clients and backends."),
+    Setting("metrics", "str", "tcp:9090:interface=127.0.0.1",
+            "Server endpoint for /metrics, /healthz and /readyz."),
+    Setting("pool_size", "int", 10, "Most connections per backend (idle, busy and "
+            "connecting together).", minimum=1),
+    Setting("pool_min_idle", "int", 0, "Idle connections kept open and ready per "
+            "backend.", minimum=0),
+    Setting("pool_max_waiters", "int", 1000, "Most requests waiting for a backend "
+            "connection per backend; more fail at once.", minimum=0),
+    Setting("pool_acquire_timeout", "float", 5.0, "Seconds a request may wait for a "
+            "backend connection.", minimum=0, exclusive=True),
+    Setting("max_concurrency", "int", 100, "Most requests (in tcp mode: sessions) "
+            "being served at once.", minimum=1),
+    Setting("queue_size", "int", 100, "Most requests waiting for admission; 0 "
+            "rejects at once when max-concurrency is reached.", minimum=0),
+    Setting("queue_timeout", "float", 5.0, "Seconds a request may wait for "
+            "admission before it is rejected.", minimum=0, exclusive=True),
+    Setting("connect_timeout", "float", 5.0, "Seconds to establish a backend "
+            "connection.", minimum=0, exclusive=True),
+    Setting("idle_timeout", "float", 60.0, "Seconds an idle pooled connection is "
+            "kept; 0 keeps it forever.", minimum=0),
+    Setting("max_lifetime", "float", 3600.0, "Seconds after which a connection is "
+            "retired once idle; 0 for no limit.", minimum=0),
+    Setting("max_uses", "int", 0, "Leases after which a connection is retired; 0 "
+            "for no limit.", minimum=0),
+    Setting("health_interval", "float", 2.0, "Seconds between pool maintenance "
+            "runs: reaping, refilling pool-min-idle, probing a down backend.",
+            minimum=0, exclusive=True),
+    Setting("demo", "str", None, "Also serve a small demo HTTP backend on this "
+            "tcp server endpoint and use it as the backend (for make run)."),
+)
+
+SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+PROTOCOLS = ("tcp",)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """
+    A validated configuration.  Field names are the TOML keys.
+    """
+
+    listen: Tuple[str, ...] = ()
+    backend: Tuple[str, ...] = ()
+    protocol: str = "tcp"
+    metrics: str = "tcp:9090:interface=127.0.0.1"
+    pool_size: int = 10
+    pool_min_idle: int = 0
+    pool_max_waiters: int = 1000
+    pool_acquire_timeout: float = 5.0
+    max_concurrency: int = 100
+    queue_size: int = 100
+    queue_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    idle_timeout: float = 60.0
+    max_lifetime: float = 3600.0
+    max_uses: int = 0
+    health_interval: float = 2.0
+    demo: Optional[str] = None
+    # Where each value came from, for error messages: name -> "--flag" or "key (in FILE)".
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _check_table_matches_dataclass() -> None:
+    declared = [(f.name, f.default) for f in fields(ProxyConfig) if f.name != "sources"]
+    assert declared == [(s.name, s.default) for s in SETTINGS], "SETTINGS and ProxyConfig disagree"
+
+
+_check_table_matches_dataclass()
+
+
+def _coerce_number(setting: Setting, raw: Any, where: str) -> Any:
+    wanted = "an integer" if setting.kind == "int" else "a number"
+    if isinstance(raw, bool):
+        raise ConfigError(f"{where}: expected {wanted}, got {raw!r}")
+    try:
+        if setting.kind == "int":
+            if isinstance(raw, float):
+                raise ValueError
+            value: Any = int(raw)
+        else:
+            value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {wanted}, got {raw!r}") from None
+    if setting.kind == "float" and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {raw!r}")
+    if setting.minimum is not None:
+        if setting.exclusive and value <= setting.minimum:
+            raise ConfigError(f"{where}: must be greater than {setting.minimum:g}, got {raw!r}")
+        if value < setting.minimum:
+            raise ConfigError(f"{where}: must be at least {setting.minimum:g}, got {raw!r}")
+    return value
+
+
+def coerce(setting: Setting, raw: Any, where: str) -> Any:
+    """
+    Convert one raw value (a flag's string or a TOML value) to the setting's type.
+
+    @param where: how to name the value's origin in an error message.
+    @raise ConfigError: if the value has the wrong type or range.
+    """
+    if setting.kind in ("int", "float"):
+        return _coerce_number(setting, raw, where)
+    if setting.kind == "str":
+        if not isinstance(raw, str) or not raw.strip():
+            raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
+        return raw.strip()
+    # list
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in raw):
+        raise ConfigError(f"{where}: expected a list of non-empty strings, got {raw!r}")
+    return tuple(x.strip() for x in raw)
+
+
+def load_toml(path: str) -> Dict[str, Any]:
+    """
+    Read a TOML configuration file.
+
+    @return: the top-level table.
+    @raise ConfigError: if the file cannot be read or parsed.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config: {path} is not valid TOML: {e}") from None
+
+
+def build_config(
+    file_values: Mapping[str, Any],
+    flag_values: Mapping[str, Any],
+    file_name: str = "",
+    endpoint_checks: Optional[Mapping[str, Callable[[str, str], None]]] = None,
+) -> ProxyConfig:
+    """
+    Merge defaults, file values and flag values into a validated L{ProxyConfig}.
+
+    @param file_values: the TOML table (keys with underscores).
+    @param flag_values: values given on the command line, keyed by setting
+        name; a value of L{None} means "not given".
+    @param file_name: the TOML file's name, for messages.
+    @param endpoint_checks: setting name -> function(value, where) raising
+        L{ConfigError} for a bad endpoint; see L{poolproxy.endpoints}.
+    """
+    values: Dict[str, Any] = {}
+    sources: Dict[str, str] = {}
+    for key, raw in file_values.items():
+        where = f"{key} (in {file_name})" if file_name else key
+        setting = SETTINGS_BY_NAME.get(key)
+        if setting is None:
+            raise ConfigError(f"{where}: unknown key; known keys are {', '.join(SETTINGS_BY_NAME)}")
+        values[key] = coerce(setting, raw, where)
+        sources[key] = where
+    for key, raw in flag_values.items():
+        if raw is None or (SETTINGS_BY_NAME[key].kind == "list" and not raw):
+            continue
+        setting = SETTINGS_BY_NAME[key]
+        values[key] = coerce(setting, raw, setting.flag)
+        sources[key] = setting.flag
+
+    def where(key: str) -> str:
+        return sources.get(key, SETTINGS_BY_NAME[key].flag)
+
+    if values.get("protocol", "tcp") not in PROTOCOLS:
+        raise ConfigError(
+            f"{where('protocol')}: unknown protocol {values['protocol']!r}; "
+            f"available: {', '.join(PROTOCOLS)}"
+        )
+    if not values.get("listen"):
+        raise ConfigError(f"{where('listen')}: at least one listener is required")
+    if not values.get("backend") and not values.get("demo"):
+        raise ConfigError(f"{where('backend')}: at least one backend is required")
+    pool_size = values.get("pool_size", ProxyConfig.pool_size)
+    if values.get("pool_min_idle", 0) > pool_size:
+        raise ConfigError(
+            f"{where('pool_min_idle')}: must not exceed pool-size ({pool_size}), "
+            f"got {values['pool_min_idle']}"
+        )
+    for key, check in (endpoint_checks or {}).items():
+        raw_value = values.get(key, SETTINGS_BY_NAME[key].default)
+        for one in _as_sequence(raw_value):
+            check(one, where(key))
+    return ProxyConfig(sources=sources, **values)
+
+
+def _as_sequence(value: Any) -> Sequence[str]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return list(value)
+
+
+def describe_defaults() -> List[Tuple[str, str, str, str]]:
+    """
+    Rows for the documentation: (TOML key, flag, default, description).
+    """
+    rows = []
+    for s in SETTINGS:
+        default = "(none)" if s.default in (None, ()) else repr(s.default)
+        rows.append((s.name, s.flag, default, s.doc))
+    return rows

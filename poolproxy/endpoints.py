@@ -1,0 +1,118 @@
+"""
+Endpoint strings: checking them when the configuration is read, and turning
+them into Twisted endpoints when the service starts.
+
+Listeners use Twisted server endpoint strings (C{tcp:6380:interface=127.0.0.1});
+backends use client endpoint strings (C{tcp:host=127.0.0.1:port=6379}) or the
+shorthand C{HOST:PORT} / C{[V6ADDR]:PORT}.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.testing import MemoryReactor
+
+from poolproxy.config import ConfigError
+
+_SHORTHAND = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})$")
+_ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "tls", "unix", "systemd"}
+_TCP_CLIENT = re.compile(r"^tcp6?:(?=.*\bhost=(?P<host>(?:\\:|[^:])+))(?=.*\bport=(?P<port>\d+))")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def expand_backend(description: str) -> str:
+    """
+    Turn the C{HOST:PORT} shorthand into a client endpoint string; return any
+    other description unchanged.
+    """
+    m = _SHORTHAND.match(description)
+    if m is None or (m.group("host") or "").lower() in _ENDPOINT_TYPES:
+        return description
+    port = int(m.group("port"))
+    if m.group("v6"):
+        return f"tcp6:host={_escape(m.group('v6'))}:port={port}"
+    return f"tcp:host={m.group('host')}:port={port}"
+
+
+def backend_name(description: str) -> str:
+    """
+    A short name for a backend: C{HOST:PORT} for TCP, else the description.
+    """
+    m = _SHORTHAND.match(description)
+    if m is not None and (m.group("host") or "").lower() not in _ENDPOINT_TYPES:
+        return description
+    m2 = _TCP_CLIENT.match(description)
+    if m2 is not None:
+        return f"{m2.group('host').replace(chr(92), '')}:{m2.group('port')}"
+    return description
+
+
+def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
+    """
+    Build the client endpoint for a backend description (shorthand allowed).
+    """
+    return clientFromString(reactor, expand_backend(description))
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    Build the server endpoint for a listener description.
+    """
+    return serverFromString(reactor, description)
+
+
+def check_server(description: str, where: str) -> None:
+    """
+    Parse a server endpoint string without listening on it.
+
+    @raise ConfigError: naming C{where} if the string is not a valid endpoint.
+    """
+    try:
+        server_endpoint(MemoryReactor(), description)
+    except Exception as e:
+        raise ConfigError(f"{where}: bad server endpoint {description!r}: {_reason(e)}") from None
+
+
+def check_client(description: str, where: str) -> None:
+    """
+    Parse a client endpoint string (or shorthand) without connecting.
+
+    @raise ConfigError: naming C{where} if the string is not a valid endpoint.
+    """
+    try:
+        client_endpoint(MemoryReactor(), description)
+    except Exception as e:
+        raise ConfigError(f"{where}: bad backend endpoint {description!r}: {_reason(e)}") from None
+
+
+def check_demo(description: str, where: str) -> None:
+    """
+    The demo backend must be a plain C{tcp:PORT[:interface=HOST]} listener,
+    since the proxy connects to it by that address.
+    """
+    check_server(description, where)
+    if demo_address(description) is None:
+        raise ConfigError(f"{where}: the demo backend needs tcp:PORT[:interface=HOST], got {description!r}")
+
+
+def demo_address(description: str) -> "tuple[str, int] | None":
+    """
+    The (host, port) the demo backend listens on, or L{None} if the
+    description is not a plain TCP listener with a fixed port.
+    """
+    m = re.match(r"^tcp:(?:port=)?(\d+)(?::interface=([0-9.]+))?$", description)
+    if m is None or int(m.group(1)) == 0:
+        return None
+    return (m.group(2) or "127.0.0.1", int(m.group(1)))
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,153 @@
+"""
+The Prometheus view of the plain counters in L{poolproxy.stats}, the
+admission gate and the pools.  Nothing here runs per request: the collector
+reads current values when /metrics is scraped.  docs/metrics.md lists every
+metric this module exports.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+from poolproxy.stats import Histogram
+
+if TYPE_CHECKING:
+    from poolproxy.service import ProxyService
+
+
+def _histogram(name: str, doc: str, labels: "list[str]") -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, labels=labels)
+
+
+def _add_histogram(family: HistogramMetricFamily, values: "list[str]", h: Histogram) -> None:
+    family.add_metric(values, h.cumulative(), h.total)
+
+
+class ProxyCollector:
+    """
+    A custom collector over one L{ProxyService}.
+    """
+
+    def __init__(self, service: "ProxyService") -> None:
+        self.service = service
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._listeners()
+        yield from self._admission()
+        yield from self._pools()
+
+    def _listeners(self) -> Iterator[Metric]:
+        opened = CounterMetricFamily("poolproxy_client_connections",
+                                     "Client connections accepted.", labels=["listener"])
+        open_now = GaugeMetricFamily("poolproxy_client_connections_open",
+                                     "Client connections open now.", labels=["listener"])
+        sessions = CounterMetricFamily("poolproxy_sessions",
+                                       "Client sessions ended, by outcome.",
+                                       labels=["listener", "outcome"])
+        requests = CounterMetricFamily("poolproxy_requests",
+                                       "Requests ended, by outcome (tcp mode: one per session).",
+                                       labels=["listener", "outcome"])
+        traffic = CounterMetricFamily("poolproxy_bytes",
+                                      "Bytes forwarded: upstream is client to backend.",
+                                      labels=["listener", "direction"])
+        for listener in self.service.listeners:
+            stats = listener.stats
+            opened.add_metric([listener.name], stats.connections_total)
+            open_now.add_metric([listener.name], stats.connections_open)
+            for outcome, n in stats.sessions.items():
+                sessions.add_metric([listener.name, outcome], n)
+            for outcome, n in stats.requests.items():
+                requests.add_metric([listener.name, outcome], n)
+            traffic.add_metric([listener.name, "upstream"], stats.bytes_upstream)
+            traffic.add_metric([listener.name, "downstream"], stats.bytes_downstream)
+        yield from (opened, open_now, sessions, requests, traffic)
+
+    def _admission(self) -> Iterator[Metric]:
+        admission = self.service.admission
+        yield GaugeMetricFamily("poolproxy_admission_in_flight",
+                                "Requests admitted and being served.", value=admission.in_flight)
+        yield GaugeMetricFamily("poolproxy_admission_queued",
+                                "Requests waiting for admission.", value=admission.queued)
+        yield GaugeMetricFamily("poolproxy_admission_max_concurrency",
+                                "Configured limit of requests served at once.",
+                                value=admission.max_concurrency)
+        yield GaugeMetricFamily("poolproxy_admission_queue_size",
+                                "Configured limit of requests waiting.", value=admission.queue_size)
+        yield CounterMetricFamily("poolproxy_admission_admitted",
+                                  "Requests admitted.", value=admission.admitted)
+        rejected = CounterMetricFamily("poolproxy_admission_rejected",
+                                       "Requests rejected, by reason.", labels=["reason"])
+        for reason, n in admission.rejected.items():
+            rejected.add_metric([reason], n)
+        yield rejected
+        yield CounterMetricFamily("poolproxy_admission_abandoned",
+                                  "Queued requests whose client left first.",
+                                  value=admission.abandoned)
+        wait = _histogram("poolproxy_admission_queue_wait_seconds",
+                          "Time admitted requests spent queued.", [])
+        _add_histogram(wait, [], admission.queue_wait)
+        yield wait
+
+    def _pools(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily("poolproxy_pool_connections",
+                                        "Backend connections by state.",
+                                        labels=["backend", "state"])
+        size = GaugeMetricFamily("poolproxy_pool_size",
+                                 "Configured most connections per backend.", labels=["backend"])
+        waiters = GaugeMetricFamily("poolproxy_pool_waiters",
+                                    "Requests waiting for a backend connection.",
+                                    labels=["backend"])
+        up = GaugeMetricFamily("poolproxy_backend_up",
+                               "1 if the last connect to the backend succeeded.",
+                               labels=["backend"])
+        connects = CounterMetricFamily("poolproxy_pool_connects",
+                                       "Backend connect attempts, by result.",
+                                       labels=["backend", "result"])
+        closes = CounterMetricFamily("poolproxy_pool_closes",
+                                     "Backend connections closed, by reason.",
+                                     labels=["backend", "reason"])
+        failures = CounterMetricFamily("poolproxy_pool_acquire_failures",
+                                       "Requests that got no backend connection, by reason.",
+                                       labels=["backend", "reason"])
+        wait = _histogram("poolproxy_pool_acquire_wait_seconds",
+                          "Time from asking for a backend connection to getting one.",
+                          ["backend"])
+        for pool in self.service.pools:
+            name = [pool.name]
+            for state, n in (("idle", pool.idle), ("active", pool.leased),
+                             ("connecting", pool.connecting)):
+                connections.add_metric(name + [state], n)
+            size.add_metric(name, pool.size)
+            waiters.add_metric(name, pool.waiters)
+            up.add_metric(name, 1 if pool.state == "up" else 0)
+            for result, n in pool.connects.items():
+                connects.add_metric(name + [result], n)
+            for reason, n in pool.closes.items():
+                closes.add_metric(name + [reason], n)
+            for reason, n in pool.acquire_failures.items():
+                failures.add_metric(name + [reason], n)
+            _add_histogram(wait, name, pool.acquire_wait)
+        yield from (connections, size, waiters, up, connects, closes, failures, wait)
+
+
+def build_registry(service: "ProxyService") -> CollectorRegistry:
+    """
+    A private registry (not prometheus-client's global one) holding the
+    proxy's collector and the process collector (memory, CPU, open fds).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(service))
+    ProcessCollector(registry=registry)
+    return registry

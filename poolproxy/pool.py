@@ -1,0 +1,510 @@
+"""
+A bounded pool of reusable connections to one backend.
+
+Modelled on L{twisted.web.client.HTTPConnectionPool}, with what a proxy
+needs on top: a cap on connections (idle, leased and connecting together),
+FIFO waiters with an acquire timeout and a bound on their number, a connect
+timeout, retirement by idle time, lifetime and number of uses (only while a
+connection is idle, never in the middle of a request), a maintenance
+L{LoopingCall} that reaps, refills C{min_idle} and probes a backend that is
+down, and L{BackendPool.close} for shutdown.
+
+Every connection handed out by L{BackendPool.acquire} is a lease: the holder
+ends it with exactly one L{PooledConnection.release} (reuse it) or
+L{PooledConnection.discard} (close it).  A second call raises L{LeaseError}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Set
+
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError as DeferredTimeoutError,
+    fail,
+    succeed,
+)
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from poolproxy.stats import Histogram, Tally
+
+
+class PoolError(Exception):
+    """A backend connection could not be had."""
+
+
+class BackendUnavailable(PoolError):
+    """Connecting to the backend failed or timed out."""
+
+
+class PoolExhausted(PoolError):
+    """Every connection is busy and the waiter queue is full."""
+
+
+class AcquireTimeout(PoolError):
+    """No connection became free within the acquire timeout."""
+
+
+class PoolClosed(PoolError):
+    """The pool is shutting down."""
+
+
+class LeaseError(Exception):
+    """A lease was ended twice, or a connection not leased was released."""
+
+
+class BackendProtocol(Protocol):
+    """
+    Base class for protocols that the pool manages.  The pool sets
+    L{pool_entry} once connected; a subclass that overrides
+    L{connectionLost} must call up to this one.
+    """
+
+    pool_entry: "Optional[PooledConnection]" = None
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        entry = self.pool_entry
+        if entry is not None:
+            entry.pool._connection_lost(entry)
+
+
+class PooledConnection:
+    """
+    The pool's record of one backend connection.
+
+    @ivar protocol: the connected L{BackendProtocol}.
+    @ivar uses: how many times it has been leased.
+    @ivar leased: whether a holder owns it now.
+    @ivar dead: whether its transport is gone.
+    """
+
+    __slots__ = ("pool", "protocol", "created", "idle_since", "uses", "leased", "dead")
+
+    def __init__(self, pool: "BackendPool", protocol: BackendProtocol, now: float) -> None:
+        self.pool = pool
+        self.protocol = protocol
+        self.created = now
+        self.idle_since = now
+        self.uses = 0
+        self.leased = False
+        self.dead = False
+
+    def release(self) -> None:
+        """
+        End the lease and offer the connection for reuse.  The pool closes it
+        instead if it is dead or due for retirement.
+        """
+        self.pool._end_lease(self, None)
+
+    def discard(self, reason: str) -> None:
+        """
+        End the lease and close the connection.
+
+        @param reason: the label for C{poolproxy_pool_closes_total}.
+        """
+        self.pool._end_lease(self, reason)
+
+    def close(self) -> None:
+        transport = self.protocol.transport
+        if transport is not None:
+            transport.loseConnection()
+
+
+class _OneConnection(Factory):
+    """
+    Hands one pre-built protocol to an endpoint, quietly: a pool makes many
+    connections and "Starting factory" lines for each are noise.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: BackendProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> BackendProtocol:
+        return self._protocol
+
+
+class _Waiter:
+    __slots__ = ("deferred", "since")
+
+    def __init__(self, deferred: "Deferred[PooledConnection]", since: float) -> None:
+        self.deferred = deferred
+        self.since = since
+
+
+class BackendPool:
+    """
+    Connections to one backend.
+
+    @ivar state: C{"unknown"} until the first connect attempt ends, then
+        C{"up"} or C{"down"} after each attempt.
+    @ivar last_error: why the last connect attempt failed, for logs and /readyz.
+    @ivar connects: connect attempts by result (C{ok}, C{failed}, C{timeout}).
+    @ivar closes: closed connections by reason.
+    @ivar acquire_failures: failed acquires by reason.
+    @ivar acquire_wait: seconds from acquire to lease, for every lease.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: IStreamClientEndpoint,
+        protocol_factory: Callable[[], BackendProtocol],
+        *,
+        size: int = 10,
+        min_idle: int = 0,
+        max_waiters: int = 1000,
+        acquire_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        idle_timeout: float = 60.0,
+        max_lifetime: float = 3600.0,
+        max_uses: int = 0,
+        health_interval: float = 2.0,
+        clock: Optional[IReactorTime] = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self._clock: Any = clock
+        self.name = name
+        self.endpoint = endpoint
+        self.protocol_factory = protocol_factory
+        self.size = size
+        self.min_idle = min_idle
+        self.max_waiters = max_waiters
+        self.acquire_timeout = acquire_timeout
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
+        self.max_uses = max_uses
+        self.health_interval = health_interval
+
+        self._idle: List[PooledConnection] = []  # a stack: the most recently used is reused first
+        self._leased: Set[PooledConnection] = set()
+        self._connecting: Set["Deferred[BackendProtocol]"] = set()
+        self._waiters: Deque[_Waiter] = deque()
+        self._closing: Optional[List["Deferred[None]"]] = None
+        self._maintenance = LoopingCall(self._maintain)
+        self._maintenance.clock = self._clock
+
+        self.state = "unknown"
+        self.last_error = ""
+        self.connects = Tally("ok", "failed", "timeout")
+        self.closes = Tally()
+        self.acquire_failures = Tally("timeout", "exhausted", "unavailable", "closed")
+        self.acquire_wait = Histogram()
+
+    # -- counts -------------------------------------------------------------
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def leased(self) -> int:
+        return len(self._leased)
+
+    @property
+    def connecting(self) -> int:
+        return len(self._connecting)
+
+    @property
+    def waiters(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def total(self) -> int:
+        """Connections open or being opened; never more than C{size}."""
+        return len(self._idle) + len(self._leased) + len(self._connecting)
+
+    @property
+    def available(self) -> bool:
+        """Whether a connection can be had: one is idle, or the backend is up."""
+        return self._closing is None and (bool(self._idle) or self.state == "up")
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Start maintenance: it runs now (filling C{min_idle}, probing the
+        backend) and every C{health_interval} seconds.
+        """
+        self._maintenance.start(self.health_interval, now=True)
+
+    def close(self) -> "Deferred[None]":
+        """
+        Stop maintenance, fail every waiter with L{PoolClosed}, cancel
+        connects and close every connection, idle or leased.
+
+        @return: a L{Deferred} that fires once every connection is gone.
+        """
+        if self._closing is None:
+            self._closing = []
+            if self._maintenance.running:
+                self._maintenance.stop()
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                self.acquire_failures.add("closed")
+                waiter.deferred.errback(PoolClosed(f"pool for {self.name} is closed"))
+            for attempt in list(self._connecting):
+                attempt.cancel()
+            while self._idle:
+                self._close(self._idle.pop(), "shutdown")
+            for conn in list(self._leased):
+                # Holders still end their leases; the count of closes is ours.
+                if not conn.dead:
+                    conn.dead = True
+                    conn.protocol.pool_entry = None
+                    self.closes.add("shutdown")
+                    conn.close()
+        done: "Deferred[None]" = Deferred()
+        if self.total == 0:
+            done.callback(None)
+        else:
+            self._closing.append(done)
+        return done
+
+    # -- leasing ------------------------------------------------------------
+
+    def acquire(self) -> "Deferred[PooledConnection]":
+        """
+        Lease a connection: an idle one at once, else the next one to be
+        connected or released, in FIFO order.
+
+        @return: a L{Deferred} firing with a leased L{PooledConnection}, or
+            failing with L{PoolExhausted} (at once, waiters full),
+            L{AcquireTimeout}, L{BackendUnavailable} or L{PoolClosed}.  It may
+            be cancelled; the waiter's place is then freed.
+        """
+        if self._closing is not None:
+            self.acquire_failures.add("closed")
+            return fail(PoolClosed(f"pool for {self.name} is closed"))
+        conn = self._pop_idle()
+        if conn is not None:
+            self._lease(conn)
+            self.acquire_wait.observe(0.0)
+            return succeed(conn)
+        if len(self._waiters) >= self.max_waiters:
+            self.acquire_failures.add("exhausted")
+            return fail(PoolExhausted(
+                f"all {self.size} connections to {self.name} are busy and "
+                f"{self.max_waiters} requests are waiting"))
+        d: "Deferred[PooledConnection]" = Deferred(self._cancel_waiter)
+        waiter = _Waiter(d, self._clock.seconds())
+        self._waiters.append(waiter)
+        d.addTimeout(self.acquire_timeout, self._clock)
+        d.addErrback(self._waiter_failed)
+        self._connect_for_waiters()
+        return d
+
+    def _cancel_waiter(self, d: "Deferred[PooledConnection]") -> None:
+        for waiter in self._waiters:
+            if waiter.deferred is d:
+                self._waiters.remove(waiter)
+                break
+
+    def _waiter_failed(self, failure: Failure) -> Failure:
+        if failure.check(DeferredTimeoutError):
+            self.acquire_failures.add("timeout")
+            return Failure(AcquireTimeout(
+                f"no connection to {self.name} became free within {self.acquire_timeout:g}s"))
+        return failure
+
+    def _lease(self, conn: PooledConnection) -> None:
+        conn.leased = True
+        conn.uses += 1
+        self._leased.add(conn)
+
+    def _pop_idle(self) -> Optional[PooledConnection]:
+        now = self._clock.seconds()
+        while self._idle:
+            conn = self._idle.pop()
+            reason = self._retire_reason(conn, now, idle=False)
+            if reason is None:
+                return conn
+            self._close(conn, reason)
+        return None
+
+    def _hand_over(self, conn: PooledConnection) -> None:
+        """
+        Give a free connection to the oldest waiter, or keep it idle.
+        """
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            self._lease(conn)
+            self.acquire_wait.observe(self._clock.seconds() - waiter.since)
+            waiter.deferred.callback(conn)
+        else:
+            conn.idle_since = self._clock.seconds()
+            self._idle.append(conn)
+
+    def _end_lease(self, conn: PooledConnection, discard_reason: Optional[str]) -> None:
+        if not conn.leased or conn.pool is not self:
+            raise LeaseError(f"connection to {self.name} is not leased")
+        conn.leased = False
+        self._leased.discard(conn)
+        if conn.dead:
+            self._after_close()
+            return
+        if self._closing is not None:
+            self._close(conn, "shutdown")
+            return
+        if discard_reason is None:
+            discard_reason = self._retire_reason(conn, self._clock.seconds(), idle=False)
+        if discard_reason is not None:
+            self._close(conn, discard_reason)
+            return
+        self._hand_over(conn)
+
+    def _retire_reason(self, conn: PooledConnection, now: float, idle: bool) -> Optional[str]:
+        if conn.dead:
+            return "backend_closed"
+        if self.max_lifetime and now - conn.created >= self.max_lifetime:
+            return "max_lifetime"
+        if self.max_uses and conn.uses >= self.max_uses:
+            return "max_uses"
+        if idle and self.idle_timeout and now - conn.idle_since >= self.idle_timeout:
+            return "idle_timeout"
+        return None
+
+    # -- connecting ---------------------------------------------------------
+
+    def _connect_for_waiters(self) -> None:
+        while len(self._waiters) > len(self._connecting) and self.total < self.size:
+            self._connect()
+
+    def _connect(self) -> None:
+        attempt = self.endpoint.connect(_OneConnection(self.protocol_factory()))
+        self._connecting.add(attempt)
+        attempt.addTimeout(self.connect_timeout, self._clock)
+        attempt.addBoth(self._connected, attempt)
+
+    def _connected(self, result: Any, attempt: "Deferred[BackendProtocol]") -> None:
+        self._connecting.discard(attempt)
+        if isinstance(result, Failure):
+            self._connect_failed(result)
+            return
+        protocol: BackendProtocol = result
+        conn = PooledConnection(self, protocol, self._clock.seconds())
+        protocol.pool_entry = conn
+        self.connects.add("ok")
+        if self.state != "up":
+            self.log.info("backend {backend} is up", backend=self.name)
+            self.state = "up"
+            self.last_error = ""
+        if self._closing is not None:
+            self._close(conn, "shutdown")
+            return
+        self._hand_over(conn)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError) and self._closing is not None:
+            self._after_close()
+            return
+        if failure.check(DeferredTimeoutError):
+            self.connects.add("timeout")
+            why = f"connect timed out after {self.connect_timeout:g}s"
+        else:
+            self.connects.add("failed")
+            why = failure.getErrorMessage() or failure.type.__name__
+        if self.state != "down":
+            self.log.warn("backend {backend} is down: {why}", backend=self.name, why=why)
+        self.state = "down"
+        self.last_error = why
+        # Waiters that no pending connect can serve fail now rather than at
+        # their acquire timeout: with the backend down, nothing else will.
+        while len(self._waiters) > len(self._connecting):
+            waiter = self._waiters.popleft()
+            self.acquire_failures.add("unavailable")
+            waiter.deferred.errback(BackendUnavailable(f"backend {self.name}: {why}"))
+        self._after_close()
+
+    # -- closing ------------------------------------------------------------
+
+    def _close(self, conn: PooledConnection, reason: str) -> None:
+        """
+        Close a connection that is neither idle nor leased any more.
+        """
+        if not conn.dead:
+            conn.dead = True
+            self.closes.add(reason)
+            conn.protocol.pool_entry = None
+            conn.close()
+        self._after_close()
+
+    def _connection_lost(self, conn: PooledConnection) -> None:
+        """
+        The backend side of C{conn} went away (called by L{BackendProtocol}).
+        """
+        if conn.dead:
+            return
+        conn.dead = True
+        conn.protocol.pool_entry = None
+        self.closes.add("backend_closed")
+        if conn.leased:
+            # The holder learns of it from its protocol and ends the lease.
+            return
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+        self._after_close()
+
+    def _after_close(self) -> None:
+        """
+        A slot may have freed: serve waiters, or finish closing.
+        """
+        if self._closing is not None:
+            if self.total == 0:
+                waiting, self._closing[:] = list(self._closing), []
+                for d in waiting:
+                    d.callback(None)
+            return
+        self._connect_for_waiters()
+
+    # -- maintenance --------------------------------------------------------
+
+    def _maintain(self) -> None:
+        try:
+            self._reap()
+            self._refill()
+        except Exception:
+            # A LoopingCall whose function raises stops for good.
+            self.log.failure("pool maintenance for {backend} failed", backend=self.name)
+
+    def _reap(self) -> None:
+        now = self._clock.seconds()
+        for conn in list(self._idle):
+            reason = self._retire_reason(conn, now, idle=True)
+            if reason is not None:
+                self._idle.remove(conn)
+                self._close(conn, reason)
+
+    def _refill(self) -> None:
+        wanted = self.min_idle
+        if wanted == 0 and self.state != "up" and not self._connecting:
+            # Probe a backend that is down (or not tried yet) so that it is
+            # noticed when it comes back, even with no traffic.
+            wanted = 1
+        while len(self._idle) + len(self._connecting) < wanted and self.total < self.size:
+            self._connect()
+        self._connect_for_waiters()
+
+    def stats(self) -> Dict[str, int]:
+        """
+        Connection counts by state, for metrics, status and tests.
+        """
+        return {
+            "idle": self.idle,
+            "leased": self.leased,
+            "connecting": self.connecting,
+            "waiters": self.waiters,
+        }

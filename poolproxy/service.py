@@ -1,0 +1,150 @@
+"""
+The proxy as a Twisted service: listeners, the admission gate, the backend
+pools (one cluster for now), the operator's web endpoint and, for the demo,
+an embedded backend.  L{poolproxy.tap} builds it from a L{ProxyConfig}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.logger import Logger
+
+from poolproxy.admission import Admission
+from poolproxy.cluster import Cluster
+from poolproxy.config import ProxyConfig
+from poolproxy.demo import demo_site
+from poolproxy.endpoints import backend_name, client_endpoint, demo_address, server_endpoint
+from poolproxy.pool import BackendPool
+from poolproxy.session import SessionBackend, SessionFactory
+from poolproxy.stats import ListenerStats
+from poolproxy.web import build_site
+
+
+class Listener:
+    """
+    One client-facing endpoint and the factory behind it.
+    """
+
+    def __init__(self, name: str, factory: SessionFactory, service: BoundService) -> None:
+        self.name = name
+        self.factory = factory
+        self.service = service
+
+    @property
+    def stats(self) -> ListenerStats:
+        return self.factory.stats
+
+
+class BoundService(StreamServerEndpointService):
+    """
+    A server endpoint service that remembers its listening port, so that
+    tests and the status page can tell the address of a C{tcp:0} listener.
+
+    @ivar port: the L{IListeningPort} once listening, else L{None}.
+    """
+
+    port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._bound)
+
+    def _bound(self, port: Any) -> Any:
+        self.port = port
+        return port
+
+    def stopService(self) -> "Deferred[None]":
+        self.port = None
+        return super().stopService()
+
+
+def _endpoint_service(endpoint: Any, factory: Any, name: str) -> BoundService:
+    svc = BoundService(endpoint, factory)
+    # Fail startup (and twistd) at once if the port cannot be bound, as
+    # strports.service does.
+    svc._raiseSynchronously = True
+    svc.setName(name)
+    return svc
+
+
+class ProxyService(MultiService):
+    """
+    Everything one C{twistd poolproxy} runs.
+
+    @ivar listeners: the client-facing L{Listener}s.
+    @ivar pools: one L{BackendPool} per backend.
+    @ivar cluster: the L{Cluster} the listeners route to.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: ProxyConfig, reactor: Optional[Any] = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        self.config = config
+        self.reactor = reactor
+
+        if config.demo:
+            _endpoint_service(server_endpoint(reactor, config.demo), demo_site(),
+                              "demo-backend").setServiceParent(self)
+
+        self.admission = Admission(config.max_concurrency, config.queue_size,
+                                   config.queue_timeout, clock=reactor)
+        self.pools: List[BackendPool] = [
+            self._make_pool(backend_name(b), client_endpoint(reactor, b)) for b in config.backend
+        ]
+        if config.demo and not config.backend:
+            host, port = demo_address(config.demo)  # type: ignore[misc]
+            self.pools.append(self._make_pool(f"{host}:{port}",
+                                              TCP4ClientEndpoint(reactor, host, port)))
+        self.cluster = Cluster("default", self.pools)
+
+        self.listeners: List[Listener] = []
+        for description in config.listen:
+            factory = SessionFactory(description, self.admission, self.cluster)
+            svc = _endpoint_service(server_endpoint(reactor, description), factory,
+                                    f"listener {description}")
+            svc.setServiceParent(self)
+            self.listeners.append(Listener(description, factory, svc))
+
+        self.web = _endpoint_service(server_endpoint(reactor, config.metrics),
+                                     build_site(self), "metrics")
+        self.web.setServiceParent(self)
+
+    def _make_pool(self, name: str, endpoint: Any) -> BackendPool:
+        c = self.config
+        return BackendPool(
+            name, endpoint, SessionBackend,
+            size=c.pool_size, min_idle=c.pool_min_idle, max_waiters=c.pool_max_waiters,
+            acquire_timeout=c.pool_acquire_timeout, connect_timeout=c.connect_timeout,
+            idle_timeout=c.idle_timeout, max_lifetime=c.max_lifetime, max_uses=c.max_uses,
+            health_interval=c.health_interval, clock=self.reactor,
+        )
+
+    @property
+    def ready(self) -> bool:
+        """Whether a backend connection can be had (for /readyz)."""
+        return self.cluster.ready
+
+    def startService(self) -> None:
+        super().startService()
+        for pool in self.pools:
+            pool.start()
+        self.log.info(
+            "poolproxy ({protocol}) listening on {listen}, backends {backends}, "
+            "metrics on {metrics}",
+            protocol=self.config.protocol, listen=", ".join(self.config.listen),
+            backends=", ".join(p.name for p in self.pools), metrics=self.config.metrics,
+        )
+
+    def stopService(self) -> "Deferred[Any]":
+        # Stop accepting first, then close the pools (which ends the sessions).
+        stopped = super().stopService()
+        closed = gatherResults([pool.close() for pool in self.pools])
+        return DeferredList([stopped, closed])

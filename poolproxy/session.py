@@ -1,0 +1,269 @@
+"""
+The tcp mode: each client session leases one pooled backend connection for
+its whole life and bytes flow unchanged both ways.
+
+Split by connection role as twemproxy does: L{SessionFrontend} owns the
+client side, L{SessionBackend} the backend side.  Backpressure follows
+L{twisted.protocols.portforward}: each transport is registered as the other's
+streaming producer, so a slow reader on either side pauses the other and
+memory stays bounded when one side floods.  Half-close is forwarded both
+ways.  Since the backend's protocol state after a session is unknown, its
+connection is closed at the end, never reused.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Optional
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from poolproxy.admission import Admission, Overloaded
+from poolproxy.pool import (
+    AcquireTimeout,
+    BackendProtocol,
+    BackendUnavailable,
+    PoolClosed,
+    PooledConnection,
+    PoolExhausted,
+)
+from poolproxy.stats import ListenerStats
+
+if TYPE_CHECKING:
+    from poolproxy.cluster import Cluster
+
+# Bytes read from one side before the other is ready; past this, reading pauses.
+EARLY_BUFFER_LIMIT = 64 * 1024
+
+
+@implementer(IHalfCloseableProtocol)
+class SessionBackend(BackendProtocol):
+    """
+    The backend side of a tcp session.  Bytes that arrive while the
+    connection is idle in the pool (a server that speaks first) are kept,
+    up to L{EARLY_BUFFER_LIMIT}, and handed to the client that leases it.
+    """
+
+    peer: "Optional[SessionFrontend]" = None
+
+    def __init__(self) -> None:
+        self._early: List[bytes] = []
+        self._early_size = 0
+        self._eof = False
+
+    def dataReceived(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None:
+            peer.from_backend(data)
+            return
+        self._early.append(data)
+        self._early_size += len(data)
+        if self._early_size >= EARLY_BUFFER_LIMIT:
+            self.transport.pauseProducing()
+
+    def attach(self, peer: "SessionFrontend") -> None:
+        """
+        Start forwarding to C{peer}, beginning with anything already read.
+        """
+        self.peer = peer
+        early, self._early = self._early, []
+        if self._early_size >= EARLY_BUFFER_LIMIT:
+            self.transport.resumeProducing()
+        self._early_size = 0
+        for chunk in early:
+            peer.from_backend(chunk)
+        if self._eof:
+            peer.backend_eof()
+
+    def readConnectionLost(self) -> None:
+        if self.peer is not None:
+            self.peer.backend_eof()
+        elif self.pool_entry is not None and not self.pool_entry.leased:
+            # Idle in the pool and the backend said goodbye: useless now.
+            self.transport.loseConnection()
+        else:
+            self._eof = True
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        BackendProtocol.connectionLost(self, reason)
+        peer, self.peer = self.peer, None
+        if peer is not None:
+            peer.backend_lost()
+
+
+@implementer(IHalfCloseableProtocol)
+class SessionFrontend(Protocol):
+    """
+    The client side of a tcp session: admission, then a lease, then bytes
+    both ways until either side closes.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: "SessionFactory") -> None:
+        self.factory = factory
+        self.stats = factory.stats
+        self._pending: "Optional[Deferred[Any]]" = None
+        self._admitted = False
+        self._conn: Optional[PooledConnection] = None
+        self._attached = False
+        self._early: List[bytes] = []
+        self._early_size = 0
+        self._client_eof = False
+        self._backend_eof = False
+        self._outcome: Optional[str] = None
+        self._gone = False
+
+    # -- client events -------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.stats.connections_total += 1
+        self.stats.connections_open += 1
+        self._pending = d = self.factory.admission.acquire()
+        d.addCallbacks(self._on_admitted, self._on_not_admitted)
+
+    def dataReceived(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is not None:
+            self.stats.bytes_upstream += len(data)
+            conn.protocol.transport.write(data)
+            return
+        # Still queued: keep a little, then stop reading.
+        self._early.append(data)
+        self._early_size += len(data)
+        if self._early_size >= EARLY_BUFFER_LIMIT:
+            self.transport.pauseProducing()
+
+    def readConnectionLost(self) -> None:
+        self._client_eof = True
+        conn = self._conn
+        if conn is not None:
+            conn.protocol.transport.loseWriteConnection()
+            if self._backend_eof:
+                self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._gone = True
+        self.stats.connections_open -= 1
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        self._record("ok" if self._attached else "client_gone")
+        self._end_backend()
+
+    # -- backend events --------------------------------------------------------
+
+    def from_backend(self, data: bytes) -> None:
+        self.stats.bytes_downstream += len(data)
+        self.transport.write(data)
+
+    def backend_eof(self) -> None:
+        self._backend_eof = True
+        self.transport.loseWriteConnection()
+        if self._client_eof:
+            self.transport.loseConnection()
+
+    def backend_lost(self) -> None:
+        # The backend is done: free its pool slot and worker now; the client
+        # transport still flushes what it holds before closing.
+        self._end_backend()
+        self.transport.loseConnection()
+
+    # -- admission and lease ---------------------------------------------------
+
+    def _on_admitted(self, _: object) -> None:
+        self._admitted = True
+        pool = self.factory.cluster.pick()
+        self._pending = d = pool.acquire()
+        d.addCallbacks(self._on_leased, self._on_no_backend)
+
+    def _on_not_admitted(self, failure: Failure) -> None:
+        self._pending = None
+        if failure.check(CancelledError):
+            return
+        failure.trap(Overloaded)
+        self._record("rejected")
+        self.transport.loseConnection()
+
+    def _on_no_backend(self, failure: Failure) -> None:
+        self._pending = None
+        if failure.check(CancelledError):
+            return
+        if failure.check(BackendUnavailable):
+            self._record("backend_unavailable")
+        else:
+            failure.trap(AcquireTimeout, PoolExhausted, PoolClosed)
+            self._record("pool_exhausted")
+        self._end_backend()
+        self.transport.loseConnection()
+
+    def _on_leased(self, conn: PooledConnection) -> None:
+        self._pending = None
+        if self._gone:
+            conn.release()  # never used: fine for the next client
+            return
+        self._conn = conn
+        self._attached = True
+        backend: SessionBackend = conn.protocol  # type: ignore[assignment]
+        backend_transport = backend.transport
+        self.transport.registerProducer(backend_transport, True)
+        backend_transport.registerProducer(self.transport, True)
+        early, self._early = self._early, []
+        for chunk in early:
+            self.stats.bytes_upstream += len(chunk)
+            backend_transport.write(chunk)
+        if self._early_size >= EARLY_BUFFER_LIMIT:
+            self.transport.resumeProducing()
+        self._early_size = 0
+        if self._client_eof:
+            backend_transport.loseWriteConnection()
+        backend.attach(self)
+
+    # -- ending ----------------------------------------------------------------
+
+    def _record(self, outcome: str) -> None:
+        if self._outcome is None:
+            self._outcome = outcome
+            self.stats.sessions.add(outcome)
+            self.stats.requests.add(outcome)
+
+    def _end_backend(self) -> None:
+        """
+        End the lease and give back the worker, each exactly once.
+        """
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            backend: SessionBackend = conn.protocol  # type: ignore[assignment]
+            backend.peer = None
+            conn.discard("session_end")
+        if self._admitted:
+            self._admitted = False
+            self.factory.admission.release()
+
+
+class SessionFactory(Factory):
+    """
+    Builds a L{SessionFrontend} per client of one listener.
+    """
+
+    noisy = False
+
+    def __init__(self, name: str, admission: Admission, cluster: "Cluster",
+                 stats: Optional[ListenerStats] = None) -> None:
+        self.name = name
+        self.admission = admission
+        self.cluster = cluster
+        self.stats = stats if stats is not None else ListenerStats()
+
+    def buildProtocol(self, addr: Any) -> SessionFrontend:
+        return SessionFrontend(self)

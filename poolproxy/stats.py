@@ -1,0 +1,97 @@
+"""
+Plain counters for the hot path.
+
+Counting a request must cost an attribute increment, not a locked
+prometheus-client call: these objects hold ints and floats only, and
+L{poolproxy.metrics} reads them when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Dict, Iterable, List, Tuple
+
+# Seconds; wide enough for a queue wait of microseconds up to a timeout of a minute.
+LATENCY_BUCKETS: Tuple[float, ...] = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
+
+class Histogram:
+    """
+    A fixed-bucket histogram: one bisect and two additions per observation.
+
+    @ivar counts: per-bucket counts (not cumulative); the last one is +Inf.
+    """
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts: List[int] = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> List[Tuple[str, int]]:
+        """
+        Buckets as Prometheus wants them: (upper bound, cumulative count).
+        """
+        out = []
+        running = 0
+        for bound, n in zip(self.bounds + (float("inf"),), self.counts):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+class Tally:
+    """
+    Counters keyed by a label value (an outcome or a reason), created on
+    first use so that only what happened is exported.
+    """
+
+    __slots__ = ("counts",)
+
+    def __init__(self, *known: str) -> None:
+        self.counts: Dict[str, int] = dict.fromkeys(known, 0)
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def __getitem__(self, key: str) -> int:
+        return self.counts.get(key, 0)
+
+    def items(self) -> Iterable[Tuple[str, int]]:
+        return self.counts.items()
+
+
+# ok: served; rejected: not admitted (queue full or queue timeout);
+# backend_unavailable: connecting to the backend failed; pool_exhausted: no pooled
+# connection became free in time; client_gone: the client left before being served.
+OUTCOMES = ("ok", "rejected", "backend_unavailable", "pool_exhausted", "client_gone")
+
+
+class ListenerStats:
+    """
+    What one listener counts.
+
+    @ivar sessions: completed client sessions by outcome.
+    @ivar requests: requests by outcome; in tcp mode a session is one request.
+    """
+
+    __slots__ = ("connections_total", "connections_open", "sessions", "requests",
+                 "bytes_upstream", "bytes_downstream")
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.connections_open = 0
+        self.sessions = Tally(*OUTCOMES)
+        self.requests = Tally(*OUTCOMES)
+        self.bytes_upstream = 0
+        self.bytes_downstream = 0

@@ -1,0 +1,80 @@
+"""
+The C{twistd poolproxy} command line: flags, the TOML file, validation, and
+the service they configure.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from twisted.python import usage
+
+from poolproxy.config import SETTINGS, ConfigError, ProxyConfig, build_config, load_toml
+from poolproxy.endpoints import check_client, check_demo, check_server
+from poolproxy.service import ProxyService
+
+_ENDPOINT_CHECKS = {
+    "listen": check_server,
+    "metrics": check_server,
+    "backend": check_client,
+    "demo": check_demo,
+}
+
+
+class ProxyOptions(usage.Options):
+    """
+    Options for C{twistd poolproxy}; errors raise L{ConfigError}.  Flags override the keys of the TOML file
+    given with C{--config}; docs/configuration.md describes every setting.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A protocol-aware, connection-pooling reverse proxy. Durations are in "
+        "seconds (floats allowed). Example: twistd -n poolproxy --listen "
+        "tcp:6380:interface=127.0.0.1 --backend 127.0.0.1:6379"
+    )
+    optParameters = [["config", "c", None, "TOML file holding these settings; flags override it."]] + [
+        [s.flag[2:], None, None, f"{s.doc} [default: {s.default!r}]"]
+        for s in SETTINGS if s.kind != "list"
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["backend"] = []
+        self.config: ProxyConfig = ProxyConfig()
+
+    def opt_listen(self, description: str) -> None:
+        """Server endpoint to accept clients on, e.g. tcp:6380:interface=127.0.0.1 (repeatable)."""
+        self["listen"].append(description)
+
+    def opt_backend(self, description: str) -> None:
+        """Client endpoint of a backend, e.g. tcp:host=127.0.0.1:port=6379, or HOST:PORT (repeatable)."""
+        self["backend"].append(description)
+
+    def postOptions(self) -> None:
+        file_values: Dict[str, Any] = {}
+        if self["config"]:
+            file_values = load_toml(self["config"])
+        flags = {s.name: self[s.flag[2:]] for s in SETTINGS}
+        self.config = build_config(file_values, flags, self["config"] or "", _ENDPOINT_CHECKS)
+
+
+class Options(ProxyOptions):
+    """
+    What twistd uses: a configuration error becomes one line on stderr and
+    exit status 1, instead of twistd's whole usage text.
+    """
+
+    def postOptions(self) -> None:
+        try:
+            super().postOptions()
+        except ConfigError as e:
+            raise SystemExit(f"poolproxy: error: {e}")
+
+
+def makeService(options: ProxyOptions) -> ProxyService:
+    return ProxyService(options.config)
+
+
+__all__: List[str] = ["ProxyOptions", "Options", "makeService"]

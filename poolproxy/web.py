@@ -1,0 +1,94 @@
+"""
+The operator's resource tree: C{/metrics} (Prometheus text), C{/healthz}
+(the process answers) and C{/readyz} (a backend connection can be had).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from poolproxy import __version__
+from poolproxy.metrics import build_registry
+
+if TYPE_CHECKING:
+    from poolproxy.service import ProxyService
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, service: "ProxyService") -> None:
+        super().__init__()
+        self.registry = build_registry(service)
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.registry)
+
+
+class HealthzResource(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"ok\n"
+
+
+class ReadyzResource(Resource):
+    """
+    200 while some backend connection can be had, else 503 with the reason.
+    """
+
+    isLeaf = True
+
+    def __init__(self, service: "ProxyService") -> None:
+        super().__init__()
+        self.service = service
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        if self.service.ready:
+            return b"ready\n"
+        request.setResponseCode(503)
+        lines = ["not ready: no backend connection can be had"]
+        for pool in self.service.pools:
+            why = pool.last_error or "not connected yet"
+            lines.append(f"{pool.name}: {pool.state} ({why})")
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+class IndexResource(Resource):
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        links = "".join(f'<li><a href="/{p}">/{p}</a></li>' for p in ("metrics", "healthz", "readyz"))
+        return (f"<!doctype html><title>poolproxy</title><h1>poolproxy {__version__}</h1>"
+                f"<ul>{links}</ul>").encode("utf-8")
+
+
+class QuietSite(Site):
+    """
+    A Site without an access log: scrapes every few seconds are not news.
+    """
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+def build_site(service: "ProxyService") -> Site:
+    """
+    The resource tree for one proxy service.
+    """
+    root = IndexResource()
+    root.putChild(b"", root)
+    root.putChild(b"metrics", MetricsResource(service))
+    root.putChild(b"healthz", HealthzResource())
+    root.putChild(b"readyz", ReadyzResource(service))
+    site = QuietSite(root)
+    site.displayTracebacks = False
+    return site
