@@ -6,10 +6,11 @@ an embedded backend.  L{poolproxy.tap} builds it from a L{ProxyConfig}.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, List, Optional
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger
@@ -72,6 +73,15 @@ def _endpoint_service(endpoint: Any, factory: Any, name: str) -> BoundService:
     return svc
 
 
+def _listen_reason(e: Exception) -> str:
+    """One line saying why an endpoint could not listen."""
+    socket_error = getattr(e, "socketError", None)
+    if isinstance(socket_error, OSError) and socket_error.strerror:
+        return socket_error.strerror
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 class ProxyService(MultiService):
     """
     Everything one C{twistd poolproxy} runs.
@@ -126,6 +136,38 @@ class ProxyService(MultiService):
             idle_timeout=c.idle_timeout, max_lifetime=c.max_lifetime, max_uses=c.max_uses,
             health_interval=c.health_interval, clock=self.reactor,
         )
+
+    def privilegedStartService(self) -> None:
+        # Bind every endpoint now, in order.  If one cannot be bound, stop the
+        # ones already listening and exit with one line, not a traceback.
+        Service.privilegedStartService(self)
+        started: List[Any] = []
+        for svc in self:
+            try:
+                svc.privilegedStartService()
+            except Exception as e:
+                for done in reversed(started):
+                    done.stopService()
+                message = (f"poolproxy: error: {self._describe(svc)}: "
+                           f"cannot listen: {_listen_reason(e)}")
+                if sys.__stderr__ is not None and sys.stderr is not sys.__stderr__:
+                    # twistd has pointed sys.stderr at the log (where SystemExit
+                    # prints the message); say it on the real stderr too.
+                    sys.__stderr__.write(message + "\n")
+                    sys.__stderr__.flush()
+                raise SystemExit(message) from None
+            started.append(svc)
+
+    def _describe(self, svc: Any) -> str:
+        """The setting (flag, or key and file) and endpoint behind C{svc}."""
+        key, description = "demo", self.config.demo
+        if svc is self.web:
+            key, description = "metrics", self.config.metrics
+        for listener in self.listeners:
+            if listener.service is svc:
+                key, description = "listen", listener.name
+        where = self.config.sources.get(key, "--" + key)
+        return f"{where} {description}"
 
     @property
     def ready(self) -> bool:
