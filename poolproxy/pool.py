@@ -26,7 +26,7 @@ from twisted.internet.defer import (
     fail,
     succeed,
 )
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -100,20 +100,25 @@ class PooledConnection:
         End the lease and offer the connection for reuse.  The pool closes it
         instead if it is dead or due for retirement.
         """
-        self.pool._end_lease(self, None)
+        self.pool._end_lease(self, None, False)
 
-    def discard(self, reason: str) -> None:
+    def discard(self, reason: str, abort: bool = False) -> None:
         """
         End the lease and close the connection.
 
         @param reason: the label for C{poolproxy_pool_closes_total}.
+        @param abort: drop it at once, unsent bytes and all, instead of
+            flushing first: for a backend that may never read them.
         """
-        self.pool._end_lease(self, reason)
+        self.pool._end_lease(self, reason, abort)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         transport = self.protocol.transport
         if transport is not None:
-            transport.loseConnection()
+            if abort:
+                transport.abortConnection()
+            else:
+                transport.loseConnection()
 
 
 class _OneConnection(Factory):
@@ -192,6 +197,7 @@ class BackendPool:
         self._connecting: Set["Deferred[BackendProtocol]"] = set()
         self._waiters: Deque[_Waiter] = deque()
         self._closing: Optional[List["Deferred[None]"]] = None
+        self._abort_timer: Optional[IDelayedCall] = None
         self._maintenance = LoopingCall(self._maintain)
         self._maintenance.clock = self._clock
 
@@ -239,12 +245,16 @@ class BackendPool:
         """
         self._maintenance.start(self.health_interval, now=True)
 
-    def close(self) -> "Deferred[None]":
+    def close(self, grace: float = 5.0) -> "Deferred[None]":
         """
         Stop maintenance, fail every waiter with L{PoolClosed}, cancel
-        connects and close every connection, idle or leased.
+        connects and close every connection, idle or leased.  Leased
+        connections may flush what they hold for C{grace} seconds; then they
+        are aborted, so that a backend that stopped reading cannot hold up
+        shutdown.
 
-        @return: a L{Deferred} that fires once every connection is gone.
+        @return: a L{Deferred} that fires once every connection is gone and
+            every lease has ended.
         """
         if self._closing is None:
             self._closing = []
@@ -265,6 +275,8 @@ class BackendPool:
                     conn.protocol.pool_entry = None
                     self.closes.add("shutdown")
                     conn.close()
+            if self._leased:
+                self._abort_timer = self._clock.callLater(grace, self._abort_leased)
         done: "Deferred[None]" = Deferred()
         if self.total == 0:
             done.callback(None)
@@ -346,7 +358,8 @@ class BackendPool:
             conn.idle_since = self._clock.seconds()
             self._idle.append(conn)
 
-    def _end_lease(self, conn: PooledConnection, discard_reason: Optional[str]) -> None:
+    def _end_lease(self, conn: PooledConnection, discard_reason: Optional[str],
+                   abort: bool) -> None:
         if not conn.leased or conn.pool is not self:
             raise LeaseError(f"connection to {self.name} is not leased")
         conn.leased = False
@@ -360,7 +373,7 @@ class BackendPool:
         if discard_reason is None:
             discard_reason = self._retire_reason(conn, self._clock.seconds(), idle=False)
         if discard_reason is not None:
-            self._close(conn, discard_reason)
+            self._close(conn, discard_reason, abort)
             return
         self._hand_over(conn)
 
@@ -429,7 +442,7 @@ class BackendPool:
 
     # -- closing ------------------------------------------------------------
 
-    def _close(self, conn: PooledConnection, reason: str) -> None:
+    def _close(self, conn: PooledConnection, reason: str, abort: bool = False) -> None:
         """
         Close a connection that is neither idle nor leased any more.
         """
@@ -437,7 +450,7 @@ class BackendPool:
             conn.dead = True
             self.closes.add(reason)
             conn.protocol.pool_entry = None
-            conn.close()
+            conn.close(abort)
         self._after_close()
 
     def _connection_lost(self, conn: PooledConnection) -> None:
@@ -458,12 +471,20 @@ class BackendPool:
             pass
         self._after_close()
 
+    def _abort_leased(self) -> None:
+        self._abort_timer = None
+        for conn in list(self._leased):
+            conn.close(abort=True)
+
     def _after_close(self) -> None:
         """
         A slot may have freed: serve waiters, or finish closing.
         """
         if self._closing is not None:
             if self.total == 0:
+                if self._abort_timer is not None:
+                    self._abort_timer.cancel()
+                    self._abort_timer = None
                 waiting, self._closing[:] = list(self._closing), []
                 for d in waiting:
                     d.callback(None)

@@ -159,7 +159,9 @@ class SessionFrontend(Protocol):
         if pending is not None:
             pending.cancel()
         self._record("ok" if self._attached else "client_gone")
-        self._end_backend()
+        # Whatever is still queued for the backend has no one to answer to, and
+        # a backend that stopped reading would never let a graceful close end.
+        self._end_backend(abort=True)
 
     # -- backend events --------------------------------------------------------
 
@@ -237,7 +239,7 @@ class SessionFrontend(Protocol):
             self.stats.sessions.add(outcome)
             self.stats.requests.add(outcome)
 
-    def _end_backend(self) -> None:
+    def _end_backend(self, abort: bool = False) -> None:
         """
         End the lease and give back the worker, each exactly once.
         """
@@ -245,7 +247,7 @@ class SessionFrontend(Protocol):
         if conn is not None:
             backend: SessionBackend = conn.protocol  # type: ignore[assignment]
             backend.peer = None
-            conn.discard("session_end")
+            conn.discard("session_end", abort)
         if self._admitted:
             self._admitted = False
             self.factory.admission.release()

@@ -31,6 +31,11 @@ class FakeTransport(StringTransport):
         super().__init__()
         self.protocol = protocol
         self.lost = False
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
 
     def lose(self, reason: Optional[Failure] = None) -> None:
         """

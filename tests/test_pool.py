@@ -454,3 +454,21 @@ class CloseTests(PoolTestCase):
         self.assertEqual(self.endpoint.cancelled, 1)
         self.assertEqual(pool.acquire_failures["closed"], 2)
         self.successResultOf(done)
+
+    def test_close_aborts_after_grace(self) -> None:
+        """
+        A leased connection whose backend never finishes closing is aborted
+        after the grace period, so shutdown cannot hang on it; the timer is
+        not left behind.
+        """
+        pool = self.make_pool()
+        held = self.acquired(pool)
+        transport = self.endpoint.transports[0]
+        done = pool.close(grace=2.0)
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(1.9)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.aborted)
+        held.release()
+        self.successResultOf(done)
