@@ -7,6 +7,7 @@ C{twistd poolproxy} process so that its resident memory can be read from
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from typing import Any, Callable, List
 
@@ -222,4 +223,5 @@ class FloodTests(TestCase):
         # the proxy promptly.
         proc.terminate()
         yield wait_for(lambda: proc.poll() is not None, timeout=15, what="exit on SIGTERM")
-        self.assertEqual(proc.returncode, 0)
+        # twistd re-raises the signal it stopped on, so -SIGTERM is a clean exit.
+        self.assertIn(proc.returncode, (0, -signal.SIGTERM))
