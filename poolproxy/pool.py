@@ -20,7 +20,6 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 from twisted.internet.defer import (
-    CancelledError,
     Deferred,
     TimeoutError as DeferredTimeoutError,
     fail,
@@ -136,6 +135,19 @@ class _OneConnection(Factory):
         return self._protocol
 
 
+class _ConnectAttempt:
+    __slots__ = ("deferred", "timer", "timed_out")
+
+    def __init__(self, deferred: "Deferred[Any]") -> None:
+        self.deferred = deferred
+        self.timer: Optional[IDelayedCall] = None
+        self.timed_out = False
+
+    def time_out(self) -> None:
+        self.timed_out = True
+        self.deferred.cancel()
+
+
 class _Waiter:
     __slots__ = ("deferred", "since")
 
@@ -194,7 +206,7 @@ class BackendPool:
 
         self._idle: List[PooledConnection] = []  # a stack: the most recently used is reused first
         self._leased: Set[PooledConnection] = set()
-        self._connecting: Set["Deferred[BackendProtocol]"] = set()
+        self._connecting: Set[_ConnectAttempt] = set()
         self._waiters: Deque[_Waiter] = deque()
         self._closing: Optional[List["Deferred[None]"]] = None
         self._abort_timer: Optional[IDelayedCall] = None
@@ -265,7 +277,7 @@ class BackendPool:
                 self.acquire_failures.add("closed")
                 waiter.deferred.errback(PoolClosed(f"pool for {self.name} is closed"))
             for attempt in list(self._connecting):
-                attempt.cancel()
+                attempt.deferred.cancel()
             while self._idle:
                 self._close(self._idle.pop(), "shutdown")
             for conn in list(self._leased):
@@ -395,15 +407,20 @@ class BackendPool:
             self._connect()
 
     def _connect(self) -> None:
-        attempt = self.endpoint.connect(_OneConnection(self.protocol_factory()))
+        attempt = _ConnectAttempt(self.endpoint.connect(_OneConnection(self.protocol_factory())))
         self._connecting.add(attempt)
-        attempt.addTimeout(self.connect_timeout, self._clock)
-        attempt.addBoth(self._connected, attempt)
+        # Not Deferred.addTimeout: cancelling a TCP endpoint's connect fails
+        # it with ConnectingCancelledError, which addTimeout does not turn
+        # into a timeout.
+        attempt.timer = self._clock.callLater(self.connect_timeout, attempt.time_out)
+        attempt.deferred.addBoth(self._connected, attempt)
 
-    def _connected(self, result: Any, attempt: "Deferred[BackendProtocol]") -> None:
+    def _connected(self, result: Any, attempt: "_ConnectAttempt") -> None:
         self._connecting.discard(attempt)
+        if attempt.timer is not None and attempt.timer.active():
+            attempt.timer.cancel()
         if isinstance(result, Failure):
-            self._connect_failed(result)
+            self._connect_failed(result, attempt.timed_out)
             return
         protocol: BackendProtocol = result
         conn = PooledConnection(self, protocol, self._clock.seconds())
@@ -418,11 +435,11 @@ class BackendPool:
             return
         self._hand_over(conn)
 
-    def _connect_failed(self, failure: Failure) -> None:
-        if failure.check(CancelledError) and self._closing is not None:
-            self._after_close()
+    def _connect_failed(self, failure: Failure, timed_out: bool) -> None:
+        if self._closing is not None:
+            self._after_close()  # cancelled by close()
             return
-        if failure.check(DeferredTimeoutError):
+        if timed_out:
             self.connects.add("timeout")
             why = f"connect timed out after {self.connect_timeout:g}s"
         else:

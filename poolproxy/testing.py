@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
@@ -63,6 +64,8 @@ class FakeEndpoint:
     @ivar cancelled: how many attempts were cancelled (connect timeouts).
     """
 
+    address = IPv4Address("TCP", "127.0.0.1", 1)
+
     def __init__(self) -> None:
         self.attempts: List[_Attempt] = []
         self.transports: List[FakeTransport] = []
@@ -70,8 +73,10 @@ class FakeEndpoint:
 
     def connect(self, factory: IProtocolFactory) -> "Deferred[Any]":
         def cancel(d: "Deferred[Any]") -> None:
+            # As Twisted's TCP endpoints do: not a CancelledError.
             self.cancelled += 1
             self.attempts[:] = [a for a in self.attempts if a.deferred is not d]
+            d.errback(ConnectingCancelledError(self.address))
 
         d: "Deferred[Any]" = Deferred(cancel)
         self.attempts.append(_Attempt(factory, d))

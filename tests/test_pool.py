@@ -453,6 +453,9 @@ class CloseTests(PoolTestCase):
             self.failureResultOf(d, PoolClosed)
         self.assertEqual(self.endpoint.cancelled, 1)
         self.assertEqual(pool.acquire_failures["closed"], 2)
+        # A connect cancelled by shutdown is neither a failure nor an outage.
+        self.assertEqual((pool.connects["failed"], pool.connects["timeout"]), (0, 0))
+        self.assertNotEqual(pool.state, "down")
         self.successResultOf(done)
 
     def test_close_aborts_after_grace(self) -> None:

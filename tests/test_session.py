@@ -6,8 +6,10 @@ sessions against a pool of 10.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, List
 
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -208,6 +210,36 @@ class BackendOutageTests(SessionTestCase):
         received = yield client.done
         self.assertEqual(received, b"hello")
         self.assertEqual(backend.accepted, 1)
+
+    @inlineCallbacks
+    def test_backend_not_answering_connects(self) -> None:
+        """
+        A backend whose accept queue is full never completes a connect: the
+        client is closed once C{connect_timeout} has passed, and the log says
+        the connect timed out.
+        """
+        black_hole = socket.socket()
+        self.addCleanup(black_hole.close)
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(0)
+        filler = socket.create_connection(black_hole.getsockname(), timeout=5)
+        self.addCleanup(filler.close)
+        with capturedLogs() as events:
+            service = start_proxy(self, black_hole.getsockname()[1], connect_timeout=0.3,
+                                  health_interval=30.0)
+            yield wait_for(lambda: service.pools[0].state == "down", what="probe timed out")
+            started = reactor.seconds()
+            client = connect(listener_port(service), Client(b"hello"))
+            received = yield client.done
+            waited = reactor.seconds() - started
+        self.assertEqual(received, b"")
+        self.assertGreaterEqual(waited, 0.25)
+        self.assertLess(waited, 3.0)
+        self.assertEqual(service.listeners[0].stats.sessions["backend_unavailable"], 1)
+        self.assertEqual(service.pools[0].connects["timeout"], 2)
+        down = [e for e in events if e.get("log_format") == "backend {backend} is down: {why}"]
+        self.assertEqual([e["why"] for e in down], ["connect timed out after 0.3s"])
+        self.assertFalse(service.ready)
 
     @inlineCallbacks
     def test_backend_dies_mid_session(self) -> None:
