@@ -131,9 +131,9 @@ def _check_table_matches_dataclass() -> None:
 _check_table_matches_dataclass()
 
 
-def _coerce_number(setting: Setting, raw: Any, where: str) -> Any:
+def _coerce_number(setting: Setting, raw: Any, where: str, text_ok: bool) -> Any:
     wanted = "an integer" if setting.kind == "int" else "a number"
-    if isinstance(raw, bool):
+    if isinstance(raw, bool) or (isinstance(raw, str) and not text_ok):
         raise ConfigError(f"{where}: expected {wanted}, got {raw!r}")
     try:
         if setting.kind == "int":
@@ -154,15 +154,17 @@ def _coerce_number(setting: Setting, raw: Any, where: str) -> Any:
     return value
 
 
-def coerce(setting: Setting, raw: Any, where: str) -> Any:
+def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
     """
     Convert one raw value (a flag's string or a TOML value) to the setting's type.
 
     @param where: how to name the value's origin in an error message.
+    @param text_ok: whether a number may be given as a string (flags); a TOML
+        file must use TOML numbers.
     @raise ConfigError: if the value has the wrong type or range.
     """
     if setting.kind in ("int", "float"):
-        return _coerce_number(setting, raw, where)
+        return _coerce_number(setting, raw, where, text_ok)
     if setting.kind == "str":
         if not isinstance(raw, str) or not raw.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
@@ -188,7 +190,11 @@ def load_toml(path: str) -> Dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"--config: cannot read {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--config: {path} is not valid TOML: {e}") from None
+        reason = (str(e).strip().splitlines() or ["parse error"])[0]
+        raise ConfigError(f"--config: {path} is not valid TOML: {reason}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config: {path} is not valid TOML: not UTF-8 text "
+                          f"(byte {e.object[e.start]:#04x} at offset {e.start})") from None
 
 
 def build_config(
@@ -214,7 +220,7 @@ def build_config(
         setting = SETTINGS_BY_NAME.get(key)
         if setting is None:
             raise ConfigError(f"{where}: unknown key; known keys are {', '.join(SETTINGS_BY_NAME)}")
-        values[key] = coerce(setting, raw, where)
+        values[key] = coerce(setting, raw, where, text_ok=False)
         sources[key] = where
     for key, raw in flag_values.items():
         if raw is None or (SETTINGS_BY_NAME[key].kind == "list" and not raw):

@@ -37,7 +37,8 @@ def expand_backend(description: str) -> str:
         return description
     port = int(m.group("port"))
     if m.group("v6"):
-        return f"tcp6:host={_escape(m.group('v6'))}:port={port}"
+        # Twisted has no tcp6 client endpoint: tcp connects to IPv6 literals.
+        return f"tcp:host={_escape(m.group('v6'))}:port={port}"
     return f"tcp:host={m.group('host')}:port={port}"
 
 
@@ -50,7 +51,10 @@ def backend_name(description: str) -> str:
         return description
     m2 = _TCP_CLIENT.match(description)
     if m2 is not None:
-        return f"{m2.group('host').replace(chr(92), '')}:{m2.group('port')}"
+        host = m2.group("host").replace(chr(92), "")
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{m2.group('port')}"
     return description
 
 
@@ -75,9 +79,10 @@ def check_server(description: str, where: str) -> None:
     @raise ConfigError: naming C{where} if the string is not a valid endpoint.
     """
     try:
-        server_endpoint(MemoryReactor(), description)
+        endpoint = server_endpoint(MemoryReactor(), description)
     except Exception as e:
         raise ConfigError(f"{where}: bad server endpoint {description!r}: {_reason(e)}") from None
+    _check_port(endpoint, 0, description, where, "server")
 
 
 def check_client(description: str, where: str) -> None:
@@ -87,9 +92,13 @@ def check_client(description: str, where: str) -> None:
     @raise ConfigError: naming C{where} if the string is not a valid endpoint.
     """
     try:
-        client_endpoint(MemoryReactor(), description)
+        endpoint = client_endpoint(MemoryReactor(), description)
     except Exception as e:
-        raise ConfigError(f"{where}: bad backend endpoint {description!r}: {_reason(e)}") from None
+        reason = _reason(e)
+        if reason.startswith("missing parameter"):
+            reason += " (use tcp:host=HOST:port=PORT or HOST:PORT)"
+        raise ConfigError(f"{where}: bad backend endpoint {description!r}: {reason}") from None
+    _check_port(endpoint, 1, description, where, "backend")
 
 
 def check_demo(description: str, where: str) -> None:
@@ -113,6 +122,29 @@ def demo_address(description: str) -> "tuple[str, int] | None":
     return (m.group(2) or "127.0.0.1", int(m.group(1)))
 
 
+def _check_port(endpoint: Any, lowest: int, description: str, where: str, kind: str) -> None:
+    # Twisted's parsers accept any integer; the socket call would fail later.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not lowest <= port <= 65535:
+        raise ConfigError(f"{where}: bad {kind} endpoint {description!r}: "
+                          f"port {port} is not in {lowest}-65535")
+
+
+# Twisted's parsers report mistakes as Python errors; say them in endpoint terms.
+_REASONS = (
+    (re.compile(r"invalid literal for int\(\) with base 10: (.*)"), "{0} is not a number"),
+    (re.compile(r"got an unexpected keyword argument (.*)"), "unknown parameter {0}"),
+    (re.compile(r"missing 1 required positional argument: (.*)"), "missing parameter {0}"),
+    (re.compile(r"missing \d+ required positional arguments: (.*)"), "missing parameters {0}"),
+)
+
+
 def _reason(e: Exception) -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    for pattern, template in _REASONS:
+        m = pattern.search(text[0])
+        if m is not None:
+            return template.format(m.group(1))
+    return text[0]

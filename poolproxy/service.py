@@ -13,7 +13,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, LoggingFile
 
 from poolproxy.admission import Admission
 from poolproxy.cluster import Cluster
@@ -71,6 +71,15 @@ def _endpoint_service(endpoint: Any, factory: Any, name: str) -> BoundService:
     svc._raiseSynchronously = True
     svc.setName(name)
     return svc
+
+
+class StartupError(SystemExit, Exception):
+    """
+    An endpoint could not be bound.  Its code is the one-line message: as a
+    L{SystemExit}, twistd -n exits with status 1 printing just that line; as
+    an L{Exception}, a daemonizing twistd still reports the failure to the
+    launching process (which otherwise waits forever) and removes its pid file.
+    """
 
 
 def _listen_reason(e: Exception) -> str:
@@ -150,12 +159,14 @@ class ProxyService(MultiService):
                     done.stopService()
                 message = (f"poolproxy: error: {self._describe(svc)}: "
                            f"cannot listen: {_listen_reason(e)}")
-                if sys.__stderr__ is not None and sys.stderr is not sys.__stderr__:
-                    # twistd has pointed sys.stderr at the log (where SystemExit
-                    # prints the message); say it on the real stderr too.
-                    sys.__stderr__.write(message + "\n")
-                    sys.__stderr__.flush()
-                raise SystemExit(message) from None
+                # Log it now: a daemonizing twistd reports the failure to its
+                # parent (which then exits) before SystemExit is printed.
+                self.log.error("{line}", line=message)
+                if isinstance(sys.stderr, LoggingFile) and sys.__stderr__ is not None:
+                    # twistd points sys.stderr at the log, which has the line
+                    # now; let SystemExit print it on the real stderr instead.
+                    sys.stderr = sys.__stderr__
+                raise StartupError(message) from None
             started.append(svc)
 
     def _describe(self, svc: Any) -> str:
