@@ -126,8 +126,17 @@ class Admission:
 
         return waiting.addCallbacks(admitted, not_admitted)
 
-    def release(self) -> None:
+    def release(self, count: int = 1) -> None:
         """
-        End one admitted request; the oldest queued one, if any, is admitted.
+        End C{count} admitted requests; as many queued ones, oldest first,
+        are admitted.
         """
-        self._semaphore.release()
+        semaphore = self._semaphore
+        if not semaphore.waiting:
+            tokens = semaphore.tokens + count
+            if tokens > semaphore.limit:
+                raise RuntimeError("admission released more often than acquired")
+            semaphore.tokens = tokens
+            return
+        for _ in range(count):
+            semaphore.release()

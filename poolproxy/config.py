@@ -70,9 +70,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "connection per backend; more fail at once.", minimum=0),
     Setting("pool_acquire_timeout", "float", 5.0, "Seconds a request may wait for a "
             "backend connection.", minimum=0, exclusive=True),
-    Setting("max_concurrency", "int", 100, "Most requests (in tcp mode: sessions) "
+    Setting("max_concurrency", "int", 1000, "Most requests (in tcp mode: sessions) "
             "being served at once.", minimum=1),
-    Setting("queue_size", "int", 100, "Most requests waiting for admission; 0 "
+    Setting("queue_size", "int", 1000, "Most requests waiting for admission; 0 "
             "rejects at once when max-concurrency is reached.", minimum=0),
     Setting("queue_timeout", "float", 5.0, "Seconds a request may wait for "
             "admission before it is rejected.", minimum=0, exclusive=True),
@@ -89,11 +89,42 @@ SETTINGS: Tuple[Setting, ...] = (
             minimum=0, exclusive=True),
     Setting("demo", "str", None, "Also serve a small demo HTTP backend on this "
             "tcp server endpoint and use it as the backend (for make run)."),
+    Setting("max_request_size", "int", 64 * 1024 * 1024, "Largest request, in bytes, "
+            "a client may send; larger ones get the protocol's error.", minimum=1),
+    Setting("mux_connections", "int", 2, "Backend connections per backend shared by "
+            "all clients (redis, memcached); the rest of the pool serves pinned "
+            "sessions.", minimum=1),
+    Setting("backend_password_file", "str", None, "File holding the password that "
+            "pooled redis connections AUTH with."),
+    Setting("backend_username", "str", None, "ACL user name for that AUTH (redis 6+)."),
+    Setting("backend_db", "int", 0, "Redis database pooled connections SELECT.", minimum=0),
+    Setting("client_password_file", "str", None, "File holding the password redis "
+            "clients must AUTH with to use the proxy."),
 )
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
 
-PROTOCOLS = ("tcp",)
+def protocol_names() -> List[str]:
+    """The names of the installed protocol codecs (Twisted plugins)."""
+    from poolproxy.plugins import codec_plugins
+
+    return sorted(codec_plugins())
+
+
+def read_secret(path: str, where: str) -> str:
+    """
+    A password from a file: its first line, without the line ending.
+
+    @raise ConfigError: if the file cannot be read or the line is empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not secret:
+        raise ConfigError(f"{where}: {path} holds no password on its first line")
+    return secret
 
 
 @dataclass(frozen=True)
@@ -110,8 +141,8 @@ class ProxyConfig:
     pool_min_idle: int = 0
     pool_max_waiters: int = 1000
     pool_acquire_timeout: float = 5.0
-    max_concurrency: int = 100
-    queue_size: int = 100
+    max_concurrency: int = 1000
+    queue_size: int = 1000
     queue_timeout: float = 5.0
     connect_timeout: float = 5.0
     idle_timeout: float = 60.0
@@ -119,6 +150,12 @@ class ProxyConfig:
     max_uses: int = 0
     health_interval: float = 2.0
     demo: Optional[str] = None
+    max_request_size: int = 64 * 1024 * 1024
+    mux_connections: int = 2
+    backend_password_file: Optional[str] = None
+    backend_username: Optional[str] = None
+    backend_db: int = 0
+    client_password_file: Optional[str] = None
     # Where each value came from, for error messages: name -> "--flag" or "key (in FILE)".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -232,10 +269,12 @@ def build_config(
     def where(key: str) -> str:
         return sources.get(key, SETTINGS_BY_NAME[key].flag)
 
-    if values.get("protocol", "tcp") not in PROTOCOLS:
+    protocols = protocol_names()
+    protocol = values.get("protocol", ProxyConfig.protocol)
+    if protocol not in protocols:
         raise ConfigError(
-            f"{where('protocol')}: unknown protocol {values['protocol']!r}; "
-            f"available: {', '.join(PROTOCOLS)}"
+            f"{where('protocol')}: unknown protocol {protocol!r}; "
+            f"available: {', '.join(protocols)}"
         )
     if not values.get("listen"):
         raise ConfigError(f"{where('listen')}: at least one listener is required")
@@ -247,6 +286,13 @@ def build_config(
             f"{where('pool_min_idle')}: must not exceed pool-size ({pool_size}), "
             f"got {values['pool_min_idle']}"
         )
+    mux = values.get("mux_connections", ProxyConfig.mux_connections)
+    if mux > pool_size:
+        raise ConfigError(f"{where('mux_connections')}: must not exceed pool-size "
+                          f"({pool_size}), got {mux}")
+    for key in ("backend_password_file", "client_password_file"):
+        if values.get(key):
+            read_secret(values[key], where(key))
     for key, check in (endpoint_checks or {}).items():
         raw_value = values.get(key, SETTINGS_BY_NAME[key].default)
         for one in _as_sequence(raw_value):

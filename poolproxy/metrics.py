@@ -23,6 +23,12 @@ from poolproxy.stats import Histogram
 if TYPE_CHECKING:
     from poolproxy.service import ProxyService
 
+# Why a pool closes a connection (poolproxy.pool and poolproxy.session).  The
+# pool's tally creates a reason on first use; exporting them all from the
+# start keeps rate() and increase() from missing a series' first close.
+CLOSE_REASONS = ("idle_timeout", "max_lifetime", "max_uses", "backend_closed",
+                 "session_end", "shutdown")
+
 
 def _histogram(name: str, doc: str, labels: "list[str]") -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, labels=labels)
@@ -69,6 +75,8 @@ class ProxyCollector:
             for outcome, n in stats.sessions.items():
                 sessions.add_metric([listener.name, outcome], n)
             for outcome, n in stats.requests.items():
+                if outcome == "ok":
+                    n += stats.requests_ok
                 requests.add_metric([listener.name, outcome], n)
             traffic.add_metric([listener.name, "upstream"], stats.bytes_upstream)
             traffic.add_metric([listener.name, "downstream"], stats.bytes_downstream)
@@ -134,8 +142,11 @@ class ProxyCollector:
             up.add_metric(name, 1 if pool.state == "up" else 0)
             for result, n in pool.connects.items():
                 connects.add_metric(name + [result], n)
+            for reason in CLOSE_REASONS:
+                closes.add_metric(name + [reason], pool.closes[reason])
             for reason, n in pool.closes.items():
-                closes.add_metric(name + [reason], n)
+                if reason not in CLOSE_REASONS:
+                    closes.add_metric(name + [reason], n)
             for reason, n in pool.acquire_failures.items():
                 failures.add_metric(name + [reason], n)
             _add_histogram(wait, name, pool.acquire_wait)

@@ -67,6 +67,14 @@ class BackendProtocol(Protocol):
 
     pool_entry: "Optional[PooledConnection]" = None
 
+    def when_ready(self) -> "Optional[Deferred[Any]]":
+        """
+        L{None} if the connection can be used as soon as it is made; else a
+        L{Deferred} that fires once it is set up (a codec's AUTH, SELECT...)
+        or fails if setup failed.  Cancelling it must abort the connection.
+        """
+        return None
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         entry = self.pool_entry
         if entry is not None:
@@ -133,6 +141,11 @@ class _OneConnection(Factory):
 
     def buildProtocol(self, addr: Any) -> BackendProtocol:
         return self._protocol
+
+
+def _set_up(protocol: BackendProtocol) -> Any:
+    ready = protocol.when_ready()
+    return protocol if ready is None else ready
 
 
 class _ConnectAttempt:
@@ -407,7 +420,8 @@ class BackendPool:
             self._connect()
 
     def _connect(self) -> None:
-        attempt = _ConnectAttempt(self.endpoint.connect(_OneConnection(self.protocol_factory())))
+        connecting = self.endpoint.connect(_OneConnection(self.protocol_factory()))
+        attempt = _ConnectAttempt(connecting.addCallback(_set_up))
         self._connecting.add(attempt)
         # Not Deferred.addTimeout: cancelling a TCP endpoint's connect fails
         # it with ConnectingCancelledError, which addTimeout does not turn

@@ -72,8 +72,11 @@ class Tally:
 
 
 # ok: served; rejected: not admitted (queue full or queue timeout);
-# backend_unavailable: connecting to the backend failed; pool_exhausted: no pooled
-# connection became free in time; client_gone: the client left before being served.
+# backend_unavailable: connecting to the backend failed or its connection was
+# lost; pool_exhausted: no pooled connection became free in time; client_gone:
+# the client left before being served.  Framed modes add: local (answered by the
+# proxy itself, e.g. QUIT or AUTH), malformed and too_large (a broken request
+# stream, answered with the codec's error before closing).
 OUTCOMES = ("ok", "rejected", "backend_unavailable", "pool_exhausted", "client_gone")
 
 
@@ -86,12 +89,15 @@ class ListenerStats:
     """
 
     __slots__ = ("connections_total", "connections_open", "sessions", "requests",
-                 "bytes_upstream", "bytes_downstream")
+                 "requests_ok", "bytes_upstream", "bytes_downstream")
 
     def __init__(self) -> None:
         self.connections_total = 0
         self.connections_open = 0
         self.sessions = Tally(*OUTCOMES)
         self.requests = Tally(*OUTCOMES)
+        # Answered by a backend, in the modes that frame requests: a plain int,
+        # since it counts every request; exported as requests{outcome="ok"}.
+        self.requests_ok = 0
         self.bytes_upstream = 0
         self.bytes_downstream = 0

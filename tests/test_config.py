@@ -129,7 +129,7 @@ class DefaultsAndPrecedenceTests(ConfigTestCase):
         self.assertEqual(config.connect_timeout, 2.0)
         self.assertIsInstance(config.connect_timeout, float)
         self.assertEqual(config.metrics, "tcp:9191:interface=127.0.0.1")
-        self.assertEqual(config.queue_size, 100)  # still the default
+        self.assertEqual(config.queue_size, 1000)  # still the default
 
     def test_list_key_accepts_a_string(self) -> None:
         """
@@ -369,7 +369,7 @@ class FlagErrorTests(ConfigTestCase):
         """
         An unknown --protocol is refused, listing the available ones.
         """
-        self.assertFlagError("--protocol", "http", "unknown protocol 'http'", "available: tcp")
+        self.assertFlagError("--protocol", "gopher", "unknown protocol 'gopher'", "available: http, memcached, redis, tcp")
 
     def test_missing_listen(self) -> None:
         """
@@ -487,7 +487,7 @@ class FileErrorTests(ConfigTestCase):
         """
         An unknown protocol in the file names the key and the file.
         """
-        self.assertFileError('protocol = "http"\n', "protocol", "unknown protocol 'http'")
+        self.assertFileError('protocol = "gopher"\n', "protocol", "unknown protocol 'gopher'")
 
     def test_file_checked_even_where_flag_overrides(self) -> None:
         """
