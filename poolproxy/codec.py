@@ -1,0 +1,172 @@
+"""
+The codec seam: what a protocol tells the proxy, and nothing about I/O.
+
+A codec is pure.  Bytes go in; frames, responses and decisions come out; it
+never sees a transport, a reactor or a clock, so it is tested with plain
+bytes.  The proxy owns every connection and every timer.
+
+A codec provides L{ICodec} and is found as a Twisted plugin (see
+L{poolproxy.plugins}); C{--protocol NAME} picks it by C{name}.
+
+Multiplexed codecs (redis, memcached) work with two framers:
+  - an L{IRequestFramer} per client connection cuts the client's byte stream
+    into L{Frame}s; each frame says how many responses it expects, its routing
+    key, and whether it needs connection state (L{PIN}, L{UNPIN}, ...);
+  - an L{IResponseFramer} per backend connection cuts the backend's byte stream
+    into complete responses, which the proxy pairs, oldest first, with the
+    frames it sent on that connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from zope.interface import Attribute, Interface
+
+# -- Frame flags ---------------------------------------------------------------
+
+#: Safe to send again if the connection died before any response byte arrived
+#: (reads, idempotent commands).
+RETRY_SAFE = 1
+#: Needs or creates backend connection state (MULTI, SELECT, WATCH, a blocking
+#: command...): it must go on the client's own pinned connection, which the
+#: proxy leases for it if it has none yet.
+PIN = 2
+#: Once this frame's response has arrived, the client's connection state is
+#: clear again: its pinned connection may go back to the pool.
+UNPIN = 4
+#: From this frame on, backend responses are no longer one per request
+#: (SUBSCRIBE, MONITOR): the pinned connection passes bytes through unchanged
+#: until the session ends.
+PASSTHROUGH = 8
+#: The proxy answers this frame itself with C{Frame.reply}; nothing is sent.
+LOCAL = 16
+#: Close the client connection once the replies so far are written (QUIT).
+CLOSE = 32
+
+#: Kinds of errors the proxy itself answers with, via L{ICodec.error_reply}.
+ERROR_KINDS = ("overloaded", "unavailable", "timeout", "too_large", "malformed")
+
+
+class Frame:
+    """
+    One request, as cut from a client's byte stream.
+
+    @ivar data: the exact bytes to send to the backend (usually a slice of
+        what the client sent).
+    @ivar replies: responses the backend will send for it: 1, or 0 for a
+        request that asks for none (memcached C{noreply}).
+    @ivar key: the routing key, or L{None}.
+    @ivar flags: a bitwise OR of L{RETRY_SAFE}, L{PIN}, L{UNPIN},
+        L{PASSTHROUGH}, L{LOCAL}, L{CLOSE}.
+    @ivar expect: what kind of response to expect, for codecs whose response
+        framing depends on the request (memcached); opaque to the proxy.
+    @ivar reply: the proxy's own answer for a L{LOCAL} frame.
+    """
+
+    __slots__ = ("data", "replies", "key", "flags", "expect", "reply")
+
+    def __init__(self, data: bytes, replies: int = 1, key: Optional[bytes] = None,
+                 flags: int = 0, expect: Any = None, reply: bytes = b"") -> None:
+        self.data = data
+        self.replies = replies
+        self.key = key
+        self.flags = flags
+        self.expect = expect
+        self.reply = reply
+
+    def __repr__(self) -> str:
+        return (f"Frame({self.data[:40]!r}, replies={self.replies}, key={self.key!r}, "
+                f"flags={self.flags}, expect={self.expect!r})")
+
+
+class FramingError(Exception):
+    """
+    The byte stream cannot be framed.
+
+    @ivar kind: C{"malformed"} or C{"too_large"} (see L{ERROR_KINDS}).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class IRequestFramer(Interface):
+    """
+    Cuts one client connection's byte stream into frames.  Stateful: it keeps
+    an incomplete frame's bytes until the rest arrives.
+    """
+
+    error = Attribute(
+        "None, or the FramingError that broke the stream.  Once set, feed() "
+        "returns nothing more; frames returned before it are valid.")
+
+    def feed(data: bytes) -> List[Frame]:
+        """
+        Add bytes; return every frame now complete, in order.  Never raises
+        for bad input: it sets C{error} and returns the frames before it.
+        """
+
+    def pending() -> int:
+        """Bytes held for an incomplete frame."""
+
+
+class IResponseFramer(Interface):
+    """
+    Cuts one backend connection's byte stream into complete responses.
+    """
+
+    error = Attribute("None, or the FramingError that broke the stream.")
+    needs_expect = Attribute(
+        "Whether the proxy must call expect() for every frame it sends, in "
+        "order (memcached: response framing depends on the request).")
+
+    def expect(kind: Any) -> None:
+        """
+        A frame with C{replies > 0} and C{Frame.expect == kind} was sent.
+        """
+
+    def feed(data: bytes) -> List[bytes]:
+        """
+        Add bytes; return every response now complete, in order, each as the
+        exact bytes to pass to the client.
+        """
+
+
+class ICodec(Interface):
+    """
+    A protocol poolproxy can speak.
+    """
+
+    name = Attribute("The --protocol name, e.g. 'redis'.")
+    mode = Attribute("'session' (tcp), 'request' (http) or 'multiplexed'.")
+
+    def request_framer(max_request_size: int) -> IRequestFramer:
+        """A new framer for one client connection."""
+
+    def response_framer() -> IResponseFramer:
+        """A new framer for one backend connection."""
+
+    def error_reply(kind: str, message: str) -> bytes:
+        """
+        The protocol's own error reply, well-formed, for C{kind} in
+        L{ERROR_KINDS}.
+        """
+
+    def setup_frames(options: Any) -> List[Frame]:
+        """
+        Frames sent on every new backend connection, answered before any
+        client frame is written on it (AUTH, SELECT, HELLO).  C{options} is
+        the proxy's configuration.
+        """
+
+    def check_setup_reply(frame: Frame, response: bytes) -> Optional[str]:
+        """
+        L{None} if C{response} is a good answer to setup C{frame}, else why
+        not (the backend connection is then closed and counted as failed).
+        """
+
+    def probe() -> Optional[Frame]:
+        """A cheap health probe (PING, version), or None for a TCP connect."""
