@@ -300,6 +300,39 @@ def build_config(
     return ProxyConfig(sources=sources, **values)
 
 
+@dataclass(frozen=True)
+class CodecOptions:
+    """
+    What codecs read from the configuration (see L{poolproxy.codec.ICodec}):
+    the settings they use, with secrets read from their files.
+    """
+
+    max_request_size: int = ProxyConfig.max_request_size
+    client_password: Optional[str] = None
+    backend_password: Optional[str] = None
+    backend_username: Optional[str] = None
+    backend_db: int = 0
+
+
+def codec_options(config: ProxyConfig) -> CodecOptions:
+    """
+    Codec options for C{config}, reading the password files.
+
+    @raise ConfigError: if a password file cannot be read.
+    """
+    def secret(key: str) -> Optional[str]:
+        path = getattr(config, key)
+        return read_secret(path, config.sources.get(key, key)) if path else None
+
+    return CodecOptions(
+        max_request_size=config.max_request_size,
+        client_password=secret("client_password_file"),
+        backend_password=secret("backend_password_file"),
+        backend_username=config.backend_username,
+        backend_db=config.backend_db,
+    )
+
+
 def _as_sequence(value: Any) -> Sequence[str]:
     if value is None:
         return ()

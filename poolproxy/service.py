@@ -7,7 +7,7 @@ an embedded backend.  L{poolproxy.tap} builds it from a L{ProxyConfig}.
 from __future__ import annotations
 
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -17,10 +17,13 @@ from twisted.logger import Logger, LoggingFile
 
 from poolproxy.admission import Admission
 from poolproxy.cluster import Cluster
-from poolproxy.config import ProxyConfig
+from poolproxy.codec import ICodec
+from poolproxy.config import ProxyConfig, codec_options
 from poolproxy.demo import demo_site
 from poolproxy.endpoints import backend_name, client_endpoint, demo_address, server_endpoint
-from poolproxy.pool import BackendPool
+from poolproxy.multiplex import MultiplexFactory, Multiplexer, PipelineBackend
+from poolproxy.plugins import load_codec
+from poolproxy.pool import BackendPool, BackendProtocol
 from poolproxy.session import SessionBackend, SessionFactory
 from poolproxy.stats import ListenerStats
 from poolproxy.web import build_site
@@ -102,7 +105,8 @@ class ProxyService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: ProxyConfig, reactor: Optional[Any] = None) -> None:
+    def __init__(self, config: ProxyConfig, reactor: Optional[Any] = None,
+                 codec: Optional[ICodec] = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
@@ -115,6 +119,11 @@ class ProxyService(MultiService):
 
         self.admission = Admission(config.max_concurrency, config.queue_size,
                                    config.queue_timeout, clock=reactor)
+        # A codec object may be given directly (embedding, tests); else the
+        # plugin named by --protocol.
+        self.codec = codec if codec is not None else load_codec(config.protocol)
+        self.codec_options = codec_options(config)
+        self._backend_protocol = self._backend_protocol_factory()
         self.pools: List[BackendPool] = [
             self._make_pool(backend_name(b), client_endpoint(reactor, b)) for b in config.backend
         ]
@@ -123,10 +132,14 @@ class ProxyService(MultiService):
             self.pools.append(self._make_pool(f"{host}:{port}",
                                               TCP4ClientEndpoint(reactor, host, port)))
         self.cluster = Cluster("default", self.pools)
+        self.multiplexers: Dict[int, Multiplexer] = {}
+        if self.codec.mode == "multiplexed":
+            self.multiplexers = {id(pool): Multiplexer(pool, config.mux_connections)
+                                 for pool in self.pools}
 
         self.listeners: List[Listener] = []
         for description in config.listen:
-            factory = SessionFactory(description, self.admission, self.cluster)
+            factory = self._frontend_factory(description)
             svc = _endpoint_service(server_endpoint(reactor, description), factory,
                                     f"listener {description}")
             svc.setServiceParent(self)
@@ -136,10 +149,26 @@ class ProxyService(MultiService):
                                      build_site(self), "metrics")
         self.web.setServiceParent(self)
 
+    def _backend_protocol_factory(self) -> Callable[[], BackendProtocol]:
+        codec = self.codec
+        if codec.mode == "session":
+            return SessionBackend
+        if codec.mode == "multiplexed":
+            setup = codec.setup_frames(self.codec_options)
+            admission = self.admission
+            return lambda: PipelineBackend(codec, setup, admission)
+        raise ValueError(f"protocol {codec.name!r} has an unknown mode {codec.mode!r}")
+
+    def _frontend_factory(self, name: str) -> Any:
+        if self.codec.mode == "session":
+            return SessionFactory(name, self.admission, self.cluster)
+        return MultiplexFactory(name, self.codec, self.codec_options, self.admission,
+                                self.cluster, self.multiplexers)
+
     def _make_pool(self, name: str, endpoint: Any) -> BackendPool:
         c = self.config
         return BackendPool(
-            name, endpoint, SessionBackend,
+            name, endpoint, self._backend_protocol,
             size=c.pool_size, min_idle=c.pool_min_idle, max_waiters=c.pool_max_waiters,
             acquire_timeout=c.pool_acquire_timeout, connect_timeout=c.connect_timeout,
             idle_timeout=c.idle_timeout, max_lifetime=c.max_lifetime, max_uses=c.max_uses,
@@ -199,5 +228,10 @@ class ProxyService(MultiService):
     def stopService(self) -> "Deferred[Any]":
         # Stop accepting first, then close the pools (which ends the sessions).
         stopped = super().stopService()
+        for listener in self.listeners:
+            for client in list(listener.factory.clients):
+                client.transport.loseConnection()
+        for multiplexer in self.multiplexers.values():
+            multiplexer.close()
         closed = gatherResults([pool.close() for pool in self.pools])
         return DeferredList([stopped, closed])

@@ -126,6 +126,7 @@ class SessionFrontend(Protocol):
     def connectionMade(self) -> None:
         self.stats.connections_total += 1
         self.stats.connections_open += 1
+        self.factory.clients.add(self)
         self._pending = d = self.factory.admission.acquire()
         d.addCallbacks(self._on_admitted, self._on_not_admitted)
 
@@ -155,6 +156,7 @@ class SessionFrontend(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._gone = True
         self.stats.connections_open -= 1
+        self.factory.clients.discard(self)
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -266,6 +268,7 @@ class SessionFactory(Factory):
         self.admission = admission
         self.cluster = cluster
         self.stats = stats if stats is not None else ListenerStats()
+        self.clients: "set[SessionFrontend]" = set()
 
     def buildProtocol(self, addr: Any) -> SessionFrontend:
         return SessionFrontend(self)

@@ -24,6 +24,16 @@ from poolproxy.config import ProxyConfig
 from poolproxy.service import ProxyService
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_LINEPROTO = os.path.join(ROOT, "examples", "lineproto")
+
+
+def line_codec() -> Any:
+    """The example line-protocol codec, imported from examples/lineproto."""
+    if EXAMPLE_LINEPROTO not in sys.path:
+        sys.path.append(EXAMPLE_LINEPROTO)
+    import lineproto
+
+    return lineproto.codec
 
 
 @inlineCallbacks
@@ -149,7 +159,8 @@ def connect(port: int, client: Client) -> Client:
     return client
 
 
-def start_proxy(testcase: Any, backend_port: int, **settings: Any) -> ProxyService:
+def start_proxy(testcase: Any, backend_port: int, codec: Any = None,
+                **settings: Any) -> ProxyService:
     """
     Start a L{ProxyService} on ephemeral ports in front of a backend on
     C{backend_port}; it is stopped when the test ends.
@@ -157,7 +168,7 @@ def start_proxy(testcase: Any, backend_port: int, **settings: Any) -> ProxyServi
     settings.setdefault("listen", ("tcp:0:interface=127.0.0.1:backlog=1024",))
     settings.setdefault("metrics", "tcp:0:interface=127.0.0.1")
     settings.setdefault("backend", (f"127.0.0.1:{backend_port}",))
-    service = ProxyService(ProxyConfig(**settings))
+    service = ProxyService(ProxyConfig(**settings), codec=codec)
     service.startService()
     testcase.addCleanup(service.stopService)
     return service

@@ -1,0 +1,706 @@
+"""
+Multiplexed mode (redis, memcached, and codecs like them): many clients share
+a few backend connections.
+
+Split by connection role as twemproxy does:
+  - L{MultiplexFrontend}, one per client, frames requests with the codec and
+    keeps a FIFO of L{Slot}s so that replies go back in the client's own order;
+  - L{PipelineBackend}, one per backend connection, keeps the FIFO of slots it
+    owes, cuts responses with the codec and fills the oldest slot with each;
+  - L{Multiplexer}, one per backend pool, holds the shared connections and
+    assigns each client one of them for its whole session, so that one
+    client's requests to one backend are never reordered.
+
+A frame flagged L{PIN} (transactions, SELECT, blocking commands...) moves the
+client to a connection of its own, leased from the same pool, and only after
+everything it sent on the shared connection has been answered; L{UNPIN} gives
+it back once answered; L{PASSTHROUGH} turns the pinned connection into a raw
+byte pipe (SUBSCRIBE).  State therefore never leaks between clients.
+
+The hot path is one C{dataReceived} -> framer -> one write per backend, and
+one C{dataReceived} -> framer -> one write per client: no Deferred, log call
+or prometheus-client call per request.  Admission takes the Deferred-free fast
+path while a worker is free; only a client that must queue gets a Deferred.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, List, Optional
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from poolproxy.admission import Admission, Overloaded
+from poolproxy.codec import CLOSE, LOCAL, PASSTHROUGH, PIN, UNPIN, Frame, ICodec
+from poolproxy.pool import BackendPool, BackendProtocol, PooledConnection
+from poolproxy.stats import ListenerStats
+
+if TYPE_CHECKING:
+    from poolproxy.cluster import Cluster
+
+#: Frames a client may have waiting to be sent, and replies it may be owed,
+#: before the proxy stops reading from it.
+HELD_LIMIT = 1024
+OWED_LIMIT = 4096
+
+# Marks the frame standing for the proxy's own error reply to a broken stream.
+_PROXY_ERROR = object()
+
+
+class SetupFailed(Exception):
+    """A backend rejected the connection setup (AUTH, SELECT...)."""
+
+
+class Slot:
+    """
+    One reply owed to a client.
+
+    @ivar client: the L{MultiplexFrontend}, or L{None} once it has gone (the
+        late response is then read and dropped, never handed to anyone else).
+    @ivar response: the reply bytes, once known.
+    @ivar pinned: whether it was sent on the client's pinned connection.
+    """
+
+    __slots__ = ("client", "response", "pinned")
+
+    def __init__(self, client: "Optional[MultiplexFrontend]", response: Optional[bytes] = None,
+                 pinned: bool = False) -> None:
+        self.client = client
+        self.response = response
+        self.pinned = pinned
+
+
+class PipelineBackend(BackendProtocol):
+    """
+    One backend connection in multiplexed mode, shared or pinned.
+
+    @ivar pending: slots owed by this connection, oldest first.
+    @ivar alive: whether frames may still be sent on it.
+    """
+
+    log = Logger()
+
+    def __init__(self, codec: ICodec, setup: List[Frame], admission: Admission) -> None:
+        self.codec = codec
+        self.framer = codec.response_framer()
+        self.needs_expect = bool(self.framer.needs_expect)
+        self.admission = admission
+        self.pending: Deque[Slot] = deque()
+        self.alive = False
+        self.passthrough_to: "Optional[MultiplexFrontend]" = None
+        self.multiplexer: "Optional[Multiplexer]" = None
+        self.owner: "Optional[MultiplexFrontend]" = None  # while pinned to a client
+        self._setup = list(setup)
+        self._ready: "Optional[Deferred[PipelineBackend]]" = None
+
+    # -- setup ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if not self._setup:
+            self.alive = True
+            return
+        for frame in self._setup:
+            if frame.replies and self.needs_expect:
+                self.framer.expect(frame.expect)
+        self.transport.write(b"".join(frame.data for frame in self._setup))
+
+    def when_ready(self) -> "Optional[Deferred[PipelineBackend]]":
+        """
+        L{None} if usable now, else a L{Deferred} firing once the backend has
+        answered every setup frame (cancelling it aborts the connection).
+        """
+        if self.alive:
+            return None
+        self._ready = Deferred(self._cancel_setup)
+        return self._ready
+
+    def _cancel_setup(self, ready: "Deferred[PipelineBackend]") -> None:
+        self._ready = None
+        self.transport.abortConnection()
+
+    def _setup_answered(self, responses: List[bytes]) -> List[bytes]:
+        while responses and self._setup:
+            frame = self._setup.pop(0)
+            why = self.codec.check_setup_reply(frame, responses.pop(0))
+            if why is not None:
+                self._setup_failed(why)
+                return []
+        if not self._setup:
+            self.alive = True
+            ready, self._ready = self._ready, None
+            if ready is not None:
+                ready.callback(self)
+        return responses
+
+    def _setup_failed(self, why: str) -> None:
+        self._setup = []
+        ready, self._ready = self._ready, None
+        self.transport.abortConnection()
+        if ready is not None:
+            ready.errback(SetupFailed(f"setup failed: {why}"))
+
+    # -- sending -------------------------------------------------------------
+
+    def owe(self, slot: Slot, frame: Frame) -> None:
+        """Record that C{frame}, about to be written, owes C{slot} a reply."""
+        self.pending.append(slot)
+        if self.needs_expect:
+            self.framer.expect(frame.expect)
+
+    # -- receiving -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        raw = self.passthrough_to
+        if raw is not None:
+            raw.from_backend_raw(data)
+            return
+        responses = self.framer.feed(data)
+        if self._setup and responses:
+            responses = self._setup_answered(responses)
+        if responses:
+            self._answer(responses)
+        if self.framer.error is not None:
+            self.log.warn("backend {backend} sent a malformed response: {why}",
+                          backend=self._name(), why=self.framer.error.message)
+            self._fail("malformed response from backend")
+
+    def _answer(self, responses: List[bytes]) -> None:
+        pending = self.pending
+        if len(responses) > len(pending):
+            # More answers than questions: the stream is out of step.
+            self.log.warn("backend {backend} sent {n} unexpected responses",
+                          backend=self._name(), n=len(responses) - len(pending))
+            responses = responses[:len(pending)]
+            self.transport.abortConnection()
+        touched = []
+        for response in responses:
+            slot = pending.popleft()
+            client = slot.client
+            if client is None:
+                continue  # its client left; the reply is dropped
+            slot.response = response
+            client.stats.requests_ok += 1
+            if slot.pinned:
+                client.sent_pinned -= 1
+            else:
+                client.sent_shared -= 1
+            if not client.touched:
+                client.touched = True
+                touched.append(client)
+        self.admission.release(len(responses))
+        for client in touched:
+            client.touched = False
+            client.answered()
+
+    def _fail(self, why: str) -> None:
+        """Answer everything owed with the codec's error and close."""
+        self.alive = False
+        pending, self.pending = self.pending, deque()
+        if pending:
+            reply = self.codec.error_reply("unavailable", why)
+            touched = []
+            for slot in pending:
+                client = slot.client
+                if client is None:
+                    continue
+                slot.response = reply
+                client.stats.requests.add("backend_unavailable")
+                if slot.pinned:
+                    client.sent_pinned -= 1
+                else:
+                    client.sent_shared -= 1
+                if not client.touched:
+                    client.touched = True
+                    touched.append(client)
+            self.admission.release(len(pending))
+            for client in touched:
+                client.touched = False
+                client.answered()
+        if self.transport is not None and self.transport.connected:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        was_setting_up = bool(self._setup)
+        BackendProtocol.connectionLost(self, reason)
+        if was_setting_up and self._ready is not None:
+            ready, self._ready = self._ready, None
+            ready.errback(reason if reason is not None else Failure(ConnectionError("lost")))
+        self._fail("backend connection lost")
+        if self.multiplexer is not None:
+            self.multiplexer.lost(self)
+        self.passthrough_to = None
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.pinned_lost()
+
+    def _name(self) -> str:
+        entry = self.pool_entry
+        return entry.pool.name if entry is not None else "?"
+
+
+class Multiplexer:
+    """
+    The shared connections to one backend: leased from its pool, up to
+    C{size}, and handed to clients round-robin, each client keeping its own
+    for the whole session.
+    """
+
+    def __init__(self, pool: BackendPool, size: int) -> None:
+        self.pool = pool
+        self.size = size
+        self.connections: List[PooledConnection] = []
+        self._acquiring = 0
+        self._next = 0
+        self._waiting: "List[MultiplexFrontend]" = []
+
+    def pick(self, client: "MultiplexFrontend") -> Optional[PipelineBackend]:
+        """
+        A shared connection for C{client}, or L{None}: then the client is
+        told by L{MultiplexFrontend.shared_ready} or
+        L{MultiplexFrontend.shared_failed}.
+        """
+        connections = self.connections
+        if len(connections) + self._acquiring < self.size:
+            self._grow()
+        if connections:
+            i = self._next % len(connections)
+            self._next = i + 1
+            return connections[i].protocol  # type: ignore[return-value]
+        if client not in self._waiting:
+            self._waiting.append(client)
+        return None
+
+    def forget(self, client: "MultiplexFrontend") -> None:
+        if client in self._waiting:
+            self._waiting.remove(client)
+
+    def _grow(self) -> None:
+        self._acquiring += 1
+        self.pool.acquire().addCallbacks(self._got, self._not_got)
+
+    def _got(self, conn: PooledConnection) -> None:
+        self._acquiring -= 1
+        backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
+        if not backend.alive:
+            conn.discard("backend_closed")
+            self._not_got(Failure(ConnectionError("connection lost before use")))
+            return
+        backend.multiplexer = self
+        self.connections.append(conn)
+        waiting, self._waiting = self._waiting, []
+        for client in waiting:
+            client.shared_ready(backend)
+
+    def _not_got(self, failure: Failure) -> None:
+        self._acquiring -= 1
+        if self.connections:
+            return
+        waiting, self._waiting = self._waiting, []
+        why = failure.getErrorMessage()
+        for client in waiting:
+            client.shared_failed(why)
+
+    def lost(self, backend: PipelineBackend) -> None:
+        """A shared connection died: end its lease."""
+        for conn in self.connections:
+            if conn.protocol is backend:
+                self.connections.remove(conn)
+                conn.release()  # dead: the pool closes it and frees the slot
+                return
+
+    def close(self) -> None:
+        connections, self.connections = self.connections, []
+        for conn in connections:
+            conn.protocol.multiplexer = None  # type: ignore[attr-defined]
+            conn.discard("shutdown")
+
+
+@implementer(IPushProducer, IHalfCloseableProtocol)
+class MultiplexFrontend(Protocol):
+    """
+    One client connection in multiplexed mode.
+
+    @ivar slots: replies owed to this client, in its order.
+    @ivar held: frames not sent yet: waiting for admission, for a connection,
+        or for earlier frames to be answered before switching connections.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: "MultiplexFactory") -> None:
+        self.factory = factory
+        self.stats = factory.stats
+        self.codec = factory.codec
+        self.admission = factory.admission
+        self.framer = factory.codec.request_framer(factory.config)
+        self.slots: Deque[Slot] = deque()
+        self.held: Deque[Frame] = deque()
+        self.shared: Optional[PipelineBackend] = None
+        self.pinned: Optional[PooledConnection] = None
+        self.unpin_pending = False
+        self.passthrough = False
+        self.sent_shared = 0
+        self.sent_pinned = 0
+        self.touched = False
+        self._multiplexer: Optional[Multiplexer] = None
+        self._waiting: "Optional[Deferred[Any]]" = None
+        self._token = False
+        self._draining = False
+        self._redrain = False
+        self._closing = False
+        self._eof = False
+        self._gone = False
+        self._paused_reading = False
+        self._write_blocked = False
+
+    # -- client events -------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.stats.connections_total += 1
+        self.stats.connections_open += 1
+        self.factory.clients.add(self)
+        # A client that does not read its replies stops being read.
+        self.transport.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        framer = self.framer
+        frames = framer.feed(data)
+        if frames:
+            self.held.extend(frames)
+        if framer.error is not None:
+            error = framer.error
+            self.held.append(Frame(b"", flags=LOCAL | CLOSE, expect=_PROXY_ERROR,
+                                   reply=self.codec.error_reply(error.kind, error.message)))
+            self.stats.requests.add(error.kind)
+        if self.held:
+            self._drain()
+
+    def readConnectionLost(self) -> None:
+        # The client has said all it will (e.g. "printf 'GET k\n' | nc -N"):
+        # answer what it sent, then close.
+        self._eof = True
+        self._close_if_done()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def _close_if_done(self) -> None:
+        if not self.slots and not self.held and not self._gone:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._gone = True
+        self.stats.connections_open -= 1
+        self.factory.clients.discard(self)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
+        if self._token:
+            self._token = False
+            self.admission.release()
+        for slot in self.slots:
+            if slot.response is None:
+                slot.client = None
+                self.stats.requests.add("client_gone")
+        self.slots.clear()
+        self.held.clear()
+        if self._multiplexer is not None:
+            self._multiplexer.forget(self)
+        pinned, self.pinned = self.pinned, None
+        if pinned is not None:
+            backend: PipelineBackend = pinned.protocol  # type: ignore[assignment]
+            backend.passthrough_to = None
+            backend.owner = None
+            # Its state (a transaction, a database, a blocked command) is
+            # this client's: never hand it to anyone else.
+            pinned.discard("session_end", abort=True)
+
+    # -- IPushProducer: our transport says the client is not reading ----------
+
+    def pauseProducing(self) -> None:
+        self._write_blocked = True
+        self._update_reading()
+        if self.passthrough and self.pinned is not None:
+            self.pinned.protocol.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._write_blocked = False
+        self._update_reading()
+        if self.passthrough and self.pinned is not None:
+            self.pinned.protocol.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _update_reading(self) -> None:
+        block = (self._write_blocked or len(self.held) > HELD_LIMIT
+                 or len(self.slots) > OWED_LIMIT)
+        if block and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pauseProducing()
+        elif not block and self._paused_reading and not self._closing:
+            self._paused_reading = False
+            self.transport.resumeProducing()
+
+    # -- sending frames --------------------------------------------------------
+
+    def _drain(self) -> None:
+        """
+        Send held frames, in order, as far as admission and connections allow.
+        """
+        if self._draining:
+            self._redrain = True
+            return
+        self._draining = True
+        try:
+            while True:
+                self._redrain = False
+                self._drain_once()
+                if not self._redrain:
+                    break
+        finally:
+            self._draining = False
+        self._update_reading()
+
+    def _drain_once(self) -> None:
+        held = self.held
+        admission = self.admission
+        out: List[bytes] = []
+        out_to: Optional[PipelineBackend] = None
+        try:
+            while held and not self._gone:
+                frame = held[0]
+                flags = frame.flags
+                if flags & LOCAL:
+                    held.popleft()
+                    if frame.expect is not _PROXY_ERROR:
+                        self.stats.requests.add("local")
+                    self._answer_locally(frame.reply, flags & CLOSE)
+                    if self._closing:
+                        held.clear()
+                        return
+                    continue
+                if self.unpin_pending:
+                    return  # wait for the UNPIN reply before choosing a connection
+                pinned = bool(flags & PIN) or self.pinned is not None
+                target = self._pinned_target() if pinned else self._shared_target()
+                if target is None:
+                    return
+                if flags & PASSTHROUGH and (self.slots or self.sent_pinned):
+                    return  # every earlier reply first: then the pipe is raw
+                if self._token:
+                    self._token = False
+                elif not admission.try_acquire():
+                    self._wait_for_admission()
+                    return
+                held.popleft()
+                if target is not out_to:
+                    if out:
+                        out_to.transport.write(b"".join(out))  # type: ignore[union-attr]
+                        out = []
+                    out_to = target
+                out.append(frame.data)
+                if frame.replies:
+                    slot = Slot(self, None, pinned)
+                    self.slots.append(slot)
+                    target.owe(slot, frame)
+                    if pinned:
+                        self.sent_pinned += 1
+                    else:
+                        self.sent_shared += 1
+                else:
+                    admission.release()
+                    self.stats.requests_ok += 1
+                if flags & UNPIN:
+                    self.unpin_pending = True
+                if flags & PASSTHROUGH:
+                    self._start_passthrough(target)
+        finally:
+            if out:
+                out_to.transport.write(b"".join(out))  # type: ignore[union-attr]
+
+    def _shared_target(self) -> Optional[PipelineBackend]:
+        if self.sent_pinned or self.pinned is not None:
+            return None  # still answering on the pinned connection
+        backend = self.shared
+        if backend is not None and backend.alive:
+            return backend
+        if self._multiplexer is None:
+            self._multiplexer = self.factory.cluster_multiplexer()
+        backend = self._multiplexer.pick(self)
+        self.shared = backend
+        return backend
+
+    def _pinned_target(self) -> Optional[PipelineBackend]:
+        pinned = self.pinned
+        if pinned is not None:
+            return pinned.protocol  # type: ignore[return-value]
+        if self.sent_shared or self._waiting is not None:
+            return None  # earlier frames first, or a lease is on its way
+        multiplexer = self._multiplexer or self.factory.cluster_multiplexer()
+        self._multiplexer = multiplexer
+        self._waiting = d = multiplexer.pool.acquire()
+        d.addCallbacks(self._pinned_ready, self._pinned_failed)
+        return None
+
+    def _pinned_ready(self, conn: PooledConnection) -> None:
+        self._waiting = None
+        backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
+        if self._gone or not backend.alive:
+            conn.discard("session_end", abort=True)
+            if not self._gone:
+                self._pinned_failed(Failure(ConnectionError("backend connection lost")))
+            return
+        self.pinned = conn
+        backend.owner = self
+        self._drain()
+
+    def _pinned_failed(self, failure: Failure) -> None:
+        self._waiting = None
+        if failure.check(CancelledError) or self._gone:
+            return
+        # Without its own connection the client's state (a transaction) is
+        # gone: answer what is held with errors and close.
+        self.stats.requests.add("backend_unavailable")
+        self._break_session(self.codec.error_reply("unavailable", failure.getErrorMessage()))
+
+    def pinned_lost(self) -> None:
+        """
+        The pinned connection died: its state (a transaction, a database, a
+        subscription) is gone, so this client's session cannot go on.
+        """
+        pinned, self.pinned = self.pinned, None
+        self.unpin_pending = False
+        if pinned is not None:
+            pinned.release()  # dead: the pool only frees the slot
+        if not self._gone:
+            self._break_session(self.codec.error_reply("unavailable",
+                                                       "pinned backend connection lost"))
+
+    def _break_session(self, reply: bytes) -> None:
+        held, self.held = self.held, deque()
+        for frame in held:
+            if frame.replies or frame.flags & LOCAL:
+                self.slots.append(Slot(self, reply))
+        self._closing = True
+        self.answered()
+
+    def shared_ready(self, backend: PipelineBackend) -> None:
+        if not self._gone:
+            self._drain()
+
+    def shared_failed(self, why: str) -> None:
+        """No shared connection could be had: the first held frame fails."""
+        if self._gone or not self.held:
+            return
+        self.held.popleft()
+        self.stats.requests.add("backend_unavailable")
+        self._answer_locally(self.codec.error_reply("unavailable", why), False)
+        self._drain()
+
+    def _wait_for_admission(self) -> None:
+        if self._waiting is not None:
+            return
+        self._waiting = d = self.admission.acquire()
+        d.addCallbacks(self._admitted, self._not_admitted)
+
+    def _admitted(self, _: object) -> None:
+        self._waiting = None
+        if self._gone:
+            self.admission.release()
+            return
+        self._token = True
+        self._drain()
+
+    def _not_admitted(self, failure: Failure) -> None:
+        self._waiting = None
+        if failure.check(CancelledError) or self._gone:
+            return
+        failure.trap(Overloaded)
+        if self.held:
+            self.held.popleft()
+            self.stats.requests.add("rejected")
+            self._answer_locally(self.codec.error_reply("overloaded", failure.value.reason), False)
+        self._drain()
+
+    def _start_passthrough(self, backend: PipelineBackend) -> None:
+        self.passthrough = True
+        backend.passthrough_to = self
+        self.slots.clear()
+
+    # -- replies ---------------------------------------------------------------
+
+    def _answer_locally(self, reply: bytes, close: int) -> None:
+        if reply:
+            self.slots.append(Slot(self, reply))
+        if close:
+            self._closing = True
+        self.answered()
+
+    def answered(self) -> None:
+        """
+        Some slots got their replies: write every one now at the head of the
+        FIFO in one go, give back a pinned connection whose state is clear, and
+        send what was waiting.
+        """
+        if self._gone:
+            return
+        slots = self.slots
+        out = []
+        while slots and slots[0].response is not None:
+            out.append(slots.popleft().response)
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.unpin_pending and not self.sent_pinned:
+            self.unpin_pending = False
+            pinned, self.pinned = self.pinned, None
+            if pinned is not None:
+                pinned.protocol.owner = None  # type: ignore[attr-defined]
+                pinned.release()  # its state is clear again
+        if self._closing:
+            if not slots:
+                self.transport.loseConnection()
+            return
+        if self.held:
+            self._drain()
+        elif self._paused_reading:
+            self._update_reading()
+        if self._eof:
+            self._close_if_done()
+
+    def from_backend_raw(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class MultiplexFactory(Factory):
+    """
+    Builds a L{MultiplexFrontend} per client of one listener.
+    """
+
+    noisy = False
+
+    def __init__(self, name: str, codec: ICodec, config: Any, admission: Admission,
+                 cluster: "Cluster", multiplexers: "dict[int, Multiplexer]",
+                 stats: Optional[ListenerStats] = None) -> None:
+        self.name = name
+        self.codec = codec
+        self.config = config
+        self.admission = admission
+        self.cluster = cluster
+        self.multiplexers = multiplexers
+        self.stats = stats if stats is not None else ListenerStats()
+        self.clients: "set[MultiplexFrontend]" = set()
+
+    def cluster_multiplexer(self) -> Multiplexer:
+        """The multiplexer of the backend the cluster picks next."""
+        return self.multiplexers[id(self.cluster.pick())]
+
+    def buildProtocol(self, addr: Any) -> MultiplexFrontend:
+        return MultiplexFrontend(self)
