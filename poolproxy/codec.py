@@ -43,6 +43,10 @@ PASSTHROUGH = 8
 LOCAL = 16
 #: Close the client connection once the replies so far are written (QUIT).
 CLOSE = 32
+#: This frame undoes the connection's setup (redis RESET drops AUTH and
+#: SELECT): when the client's pinned connection is given up after it, it is
+#: closed instead of going back to the pool.
+DIRTY = 64
 
 #: Kinds of errors the proxy itself answers with, via L{ICodec.error_reply}.
 ERROR_KINDS = ("overloaded", "unavailable", "timeout", "too_large", "malformed")
@@ -143,8 +147,12 @@ class ICodec(Interface):
     name = Attribute("The --protocol name, e.g. 'redis'.")
     mode = Attribute("'session' (tcp), 'request' (http) or 'multiplexed'.")
 
-    def request_framer(max_request_size: int) -> IRequestFramer:
-        """A new framer for one client connection."""
+    def request_framer(options: Any) -> IRequestFramer:
+        """
+        A new framer for one client connection.  C{options} is a
+        L{poolproxy.config.CodecOptions} (C{max_request_size},
+        C{client_password}...); read it with C{getattr} and a default.
+        """
 
     def response_framer() -> IResponseFramer:
         """A new framer for one backend connection."""

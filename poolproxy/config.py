@@ -89,6 +89,9 @@ SETTINGS: Tuple[Setting, ...] = (
             minimum=0, exclusive=True),
     Setting("demo", "str", None, "Also serve a small demo HTTP backend on this "
             "tcp server endpoint and use it as the backend (for make run)."),
+    Setting("request_timeout", "float", 30.0, "Seconds a backend may take to start "
+            "answering a request once it is sent (http: then 504); 0 for no limit.",
+            minimum=0),
     Setting("max_request_size", "int", 64 * 1024 * 1024, "Largest request, in bytes, "
             "a client may send; larger ones get the protocol's error.", minimum=1),
     Setting("mux_connections", "int", 2, "Backend connections per backend shared by "
@@ -150,6 +153,7 @@ class ProxyConfig:
     max_uses: int = 0
     health_interval: float = 2.0
     demo: Optional[str] = None
+    request_timeout: float = 30.0
     max_request_size: int = 64 * 1024 * 1024
     mux_connections: int = 2
     backend_password_file: Optional[str] = None

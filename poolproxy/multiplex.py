@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from poolproxy.admission import Admission, Overloaded
-from poolproxy.codec import CLOSE, LOCAL, PASSTHROUGH, PIN, UNPIN, Frame, ICodec
+from poolproxy.codec import CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, Frame, ICodec
 from poolproxy.pool import BackendPool, BackendProtocol, PooledConnection
 from poolproxy.stats import ListenerStats
 
@@ -343,6 +343,7 @@ class MultiplexFrontend(Protocol):
         self.shared: Optional[PipelineBackend] = None
         self.pinned: Optional[PooledConnection] = None
         self.unpin_pending = False
+        self.pinned_dirty = False
         self.passthrough = False
         self.sent_shared = 0
         self.sent_pinned = 0
@@ -518,6 +519,8 @@ class MultiplexFrontend(Protocol):
                 else:
                     admission.release()
                     self.stats.requests_ok += 1
+                if flags & DIRTY:
+                    self.pinned_dirty = True
                 if flags & UNPIN:
                     self.unpin_pending = True
                 if flags & PASSTHROUGH:
@@ -661,9 +664,13 @@ class MultiplexFrontend(Protocol):
         if self.unpin_pending and not self.sent_pinned:
             self.unpin_pending = False
             pinned, self.pinned = self.pinned, None
+            dirty, self.pinned_dirty = self.pinned_dirty, False
             if pinned is not None:
                 pinned.protocol.owner = None  # type: ignore[attr-defined]
-                pinned.release()  # its state is clear again
+                if dirty:
+                    pinned.discard("setup_lost")  # e.g. RESET dropped its AUTH
+                else:
+                    pinned.release()  # its state is clear again
         if self._closing:
             if not slots:
                 self.transport.loseConnection()

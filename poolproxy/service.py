@@ -21,6 +21,7 @@ from poolproxy.codec import ICodec
 from poolproxy.config import ProxyConfig, codec_options
 from poolproxy.demo import demo_site
 from poolproxy.endpoints import backend_name, client_endpoint, demo_address, server_endpoint
+from poolproxy.httpmode import HttpBackend, HttpFactory
 from poolproxy.multiplex import MultiplexFactory, Multiplexer, PipelineBackend
 from poolproxy.plugins import load_codec
 from poolproxy.pool import BackendPool, BackendProtocol
@@ -157,11 +158,17 @@ class ProxyService(MultiService):
             setup = codec.setup_frames(self.codec_options)
             admission = self.admission
             return lambda: PipelineBackend(codec, setup, admission)
+        if codec.mode == "request":
+            return lambda: HttpBackend(codec)  # type: ignore[arg-type]
         raise ValueError(f"protocol {codec.name!r} has an unknown mode {codec.mode!r}")
 
     def _frontend_factory(self, name: str) -> Any:
         if self.codec.mode == "session":
             return SessionFactory(name, self.admission, self.cluster)
+        if self.codec.mode == "request":
+            return HttpFactory(name, self.codec, self.codec_options,  # type: ignore[arg-type]
+                               self.admission, self.cluster, self.reactor,
+                               self.config.request_timeout)
         return MultiplexFactory(name, self.codec, self.codec_options, self.admission,
                                 self.cluster, self.multiplexers)
 

@@ -1,0 +1,66 @@
+"""
+HTTP/1.1 in request mode: a backend connection is leased for each request
+and goes back to the pool when its response has ended and it can be kept
+alive.  Parsing lives in L{poolproxy.codecs.http_parse}; the proxying in
+L{poolproxy.httpmode}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from zope.interface import implementer
+
+from poolproxy.codec import Frame, ICodec
+from poolproxy.codecs.http_parse import RequestParser, ResponseParser, status_response
+
+# kind -> (status, reason)
+_ERRORS = {
+    "overloaded": (503, "Service Unavailable"),
+    "unavailable": (502, "Bad Gateway"),
+    "timeout": (504, "Gateway Timeout"),
+    "too_large": (413, "Content Too Large"),
+    "malformed": (400, "Bad Request"),
+}
+REASONS = {400: "Bad Request", 413: "Content Too Large", 414: "URI Too Long",
+           431: "Request Header Fields Too Large", 501: "Not Implemented",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+           505: "HTTP Version Not Supported"}
+
+
+@implementer(ICodec)
+class HttpCodec:
+    name = "http"
+    mode = "request"
+
+    def request_framer(self, config: Any) -> RequestParser:
+        return RequestParser()
+
+    def response_framer(self) -> ResponseParser:
+        return ResponseParser()
+
+    def error_reply(self, kind: str, message: str, close: bool = False) -> bytes:
+        status, reason = _ERRORS.get(kind, (502, "Bad Gateway"))
+        return self.status_reply(status, message, close)
+
+    def status_reply(self, status: int, message: str, close: bool = False) -> bytes:
+        """A complete response of the proxy's own, e.g. 400 for a bad request."""
+        headers = []
+        if status == 503:
+            headers.append((b"Retry-After", b"1"))
+        if close:
+            headers.append((b"Connection", b"close"))
+        text = " ".join(message.split()) or REASONS.get(status, "Error")
+        return status_response(status, REASONS.get(status, "Error"), f"poolproxy: {text}\n", headers)
+
+    def setup_frames(self, config: Any) -> List[Frame]:
+        return []
+
+    def check_setup_reply(self, frame: Frame, response: bytes) -> Optional[str]:
+        return None
+
+    def probe(self) -> Optional[Frame]:
+        return None
+
+
+codec = HttpCodec()

@@ -1,0 +1,1025 @@
+"""
+The redis codec: RESP request and response framing, routing keys and the
+connection state a client's commands create.
+
+Pure: bytes in, frames and responses out (see L{poolproxy.codec}).
+
+Request side (L{RespRequestFramer}, one per client connection):
+  - RESP multibulk requests are passed on as the exact bytes the client sent;
+    inline commands (C{PING\\r\\n}) are re-encoded as multibulk, so backends
+    always get RESP.
+  - The framer is as strict as redis's own parser (no leading zeros, no signs,
+    no spaces in lengths; CRLF after every bulk): whatever it accepts, redis
+    parses the same way, so one client cannot desynchronise a connection that
+    other clients share.
+  - Each frame gets a routing key and flags: L{RETRY_SAFE} for reads,
+    L{PIN}/L{UNPIN} for transactions, WATCH, blocking commands and sticky
+    connection state (SELECT, HELLO 3, CLIENT SETNAME...), L{PASSTHROUGH} for
+    pub/sub and MONITOR, L{LOCAL} replies for QUIT and AUTH (which must never
+    reach a shared connection).
+
+Response side (L{RespResponseFramer}, one per backend connection): cuts every
+RESP2 and RESP3 reply, nested to any depth up to L{MAX_DEPTH}, attributes
+included, into its exact bytes.
+
+Both framers keep the state of an incomplete frame between feeds: a large bulk
+arriving in many small chunks is collected in a list and joined once, and the
+already-checked part of a large aggregate is not scanned again.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from zope.interface import implementer
+
+from poolproxy.codec import (
+    CLOSE,
+    DIRTY,
+    LOCAL,
+    PASSTHROUGH,
+    PIN,
+    RETRY_SAFE,
+    UNPIN,
+    Frame,
+    FramingError,
+    ICodec,
+    IRequestFramer,
+    IResponseFramer,
+)
+
+__all__ = [
+    "RespRequestFramer",
+    "RespResponseFramer",
+    "RedisCodec",
+    "codec",
+    "encode_command",
+    "MAX_DEPTH",
+]
+
+#: Longest inline command line, as in redis (PROTO_INLINE_MAX_SIZE).
+MAX_INLINE = 64 * 1024
+#: Most arguments in one multibulk request (redis's historical limit).
+MAX_MULTIBULK = 1024 * 1024
+#: Limits redis applies before a client has authenticated.
+NOAUTH_MAX_ARGS = 10
+NOAUTH_MAX_BULK = 16384
+#: Longest "*N" / "$N" header line: a sign and 20 digits fit well within it.
+MAX_HEADER = 32
+#: Deepest nesting of aggregates accepted in a response.
+MAX_DEPTH = 1000
+#: Longest simple (+ - : , ( # _) response line.
+MAX_RESPONSE_LINE = 16 * 1024 * 1024
+
+#: Strict decimal numbers as redis's string2ll accepts them, for the common
+#: small ones: a dict hit is cheaper than isdigit() + int().
+_INTS: Dict[bytes, int] = {b"%d" % i: i for i in range(10000)}
+
+
+#: Multibulk counts that need no further checks.
+_COUNTS: Dict[bytes, int] = {b"%d" % i: i for i in range(1, NOAUTH_MAX_ARGS + 1)}
+
+
+def _expected_dollar(c: int) -> FramingError:
+    return FramingError("malformed", "Protocol error: expected '$', got '%s'" % chr(c))
+
+
+def _strict_int(s: bytes) -> Optional[int]:
+    """
+    C{s} as a signed decimal in redis's strict form (no sign but '-', no
+    leading zeros, no spaces, fits in 64 bits), or L{None}.
+    """
+    neg = s[:1] == b"-"
+    digits = s[1:] if neg else s
+    if not digits.isdigit() or len(digits) > 19:
+        return None
+    if digits[0] == 48 and (len(digits) > 1 or neg):  # "01", "-0"
+        return None
+    value = int(digits)
+    if value > 0x7FFFFFFFFFFFFFFF:
+        return None
+    return -value if neg else value
+
+
+def encode_command(args: Sequence[bytes]) -> bytes:
+    """C{args} as a RESP multibulk request."""
+    return b"*%d\r\n" % len(args) + b"".join(
+        [b"$%d\r\n%s\r\n" % (len(a), a) for a in args])
+
+
+def _resp_args(data: bytes) -> List[bytes]:
+    """The arguments of one multibulk request that the framer already checked."""
+    eol = data.find(b"\r\n")
+    n = int(data[1:eol])
+    p = eol + 2
+    args = []
+    for _ in range(n):
+        eol = data.find(b"\r\n", p)
+        start = eol + 2
+        end = start + int(data[p + 1:eol])
+        args.append(data[start:end])
+        p = end + 2
+    return args
+
+
+# -- inline commands -----------------------------------------------------------
+
+_ISSPACE = frozenset(b" \t\n\r\x0b\x0c")
+_TOKEN_END = frozenset(b" \t\n\r\x00")
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_UNBALANCED = "Protocol error: unbalanced quotes in request"
+
+
+def _split_inline(line: bytes) -> List[bytes]:
+    """An inline command line split into arguments as redis's sdssplitargs does."""
+    if 34 not in line and 39 not in line:  # no '"' nor "'"
+        return line.split()
+    return _split_quoted(line)
+
+
+def _split_quoted(line: bytes) -> List[bytes]:
+    # A port of sdssplitargs(): "..." with \xHH, \n \r \t \b \a and \<c>
+    # escapes; '...' with \' only; a closing quote must end the argument.
+    args: List[bytes] = []
+    n = len(line)
+    i = 0
+    while True:
+        while i < n and line[i] in _ISSPACE:
+            i += 1
+        if i >= n:
+            return args
+        cur = bytearray()
+        inq = insq = False
+        while True:
+            if i >= n:
+                if inq or insq:
+                    raise FramingError("malformed", _UNBALANCED)
+                break
+            c = line[i]
+            if inq:
+                if (c == 92 and i + 3 < n and line[i + 1] == 120
+                        and line[i + 2] in _HEX and line[i + 3] in _HEX):
+                    cur.append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                elif c == 92 and i + 1 < n:
+                    e = line[i + 1]
+                    cur.append(_ESCAPES.get(e, e))
+                    i += 2
+                elif c == 34:
+                    if i + 1 < n and line[i + 1] not in _ISSPACE:
+                        raise FramingError("malformed", _UNBALANCED)
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+                    i += 1
+            elif insq:
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    cur.append(39)
+                    i += 2
+                elif c == 39:
+                    if i + 1 < n and line[i + 1] not in _ISSPACE:
+                        raise FramingError("malformed", _UNBALANCED)
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+                    i += 1
+            elif c in _TOKEN_END:
+                i += 1
+                break
+            elif c == 34:
+                inq = True
+                i += 1
+            elif c == 39:
+                insq = True
+                i += 1
+            else:
+                cur.append(c)
+                i += 1
+        args.append(bytes(cur))
+
+
+# -- the command table ---------------------------------------------------------
+#
+# A command's entry is an int.  Below 2 it is the frame's flags (0 or
+# RETRY_SAFE) for a plain command whose key is args[1]: the fast path.  Every
+# other value sends the frame through RespRequestFramer._dispatch.
+
+_KEYLESS = 64          # | flags: no key
+_KEY2 = 256            # | flags: key is args[2] (BITOP op dest, ZUNION numkeys key...)
+_KEYNUM = 512          # | flags: EVAL script numkeys key...: args[3] if numkeys > 0
+_BLOCK = 1024          # blocking, key args[1]
+_BLOCK3 = 2048         # blocking, key args[3] (BLMPOP timeout numkeys key)
+_SPECIAL = 4096        # dispatch by name
+
+_READ_KEYED = """
+GET MGET EXISTS TTL PTTL EXPIRETIME PEXPIRETIME TYPE STRLEN GETRANGE SUBSTR GETBIT
+BITCOUNT BITPOS BITFIELD_RO LCS HGET HMGET HGETALL HEXISTS HLEN HKEYS HVALS HSTRLEN
+HRANDFIELD HSCAN LRANGE LLEN LINDEX LPOS SCARD SMEMBERS SISMEMBER SMISMEMBER
+SRANDMEMBER SINTER SUNION SDIFF SSCAN ZRANGE ZRANGEBYSCORE ZRANGEBYLEX ZREVRANGE
+ZREVRANGEBYSCORE ZREVRANGEBYLEX ZSCORE ZMSCORE ZCARD ZRANK ZREVRANK ZCOUNT ZLEXCOUNT
+ZRANDMEMBER ZSCAN PFCOUNT GEOPOS GEODIST GEOHASH GEOSEARCH GEORADIUS_RO
+GEORADIUSBYMEMBER_RO XRANGE XREVRANGE XLEN XPENDING DUMP SORT_RO
+""".split()
+
+_READ_KEYLESS = """
+PING ECHO DBSIZE TIME INFO LASTSAVE RANDOMKEY KEYS SCAN ROLE LOLWUT COMMAND
+""".split()
+
+_PLAIN_KEYLESS = """
+CONFIG FLUSHALL FLUSHDB SCRIPT FUNCTION SAVE BGSAVE BGREWRITEAOF SHUTDOWN SLOWLOG
+CLUSTER REPLICAOF SLAVEOF DEBUG LATENCY MODULE ACL SWAPDB PUBSUB UNSUBSCRIBE
+PUNSUBSCRIBE SUNSUBSCRIBE FAILOVER
+""".split()
+
+_KEY2_COMMANDS = {
+    "BITOP": 0, "OBJECT": RETRY_SAFE, "MEMORY": 0, "XINFO": RETRY_SAFE, "XGROUP": 0,
+    "ZUNION": RETRY_SAFE, "ZINTER": RETRY_SAFE, "ZDIFF": RETRY_SAFE,
+    "ZINTERCARD": RETRY_SAFE, "SINTERCARD": RETRY_SAFE, "LMPOP": 0, "ZMPOP": 0,
+}
+
+_KEYNUM_COMMANDS = {
+    "EVAL": 0, "EVALSHA": 0, "FCALL": 0,
+    "EVAL_RO": RETRY_SAFE, "EVALSHA_RO": RETRY_SAFE, "FCALL_RO": RETRY_SAFE,
+}
+
+_BLOCKING = "BLPOP BRPOP BRPOPLPUSH BLMOVE BZPOPMIN BZPOPMAX".split()
+_BLOCKING3 = "BLMPOP BZMPOP".split()
+_BLOCKING_KEYLESS = "WAIT WAITAOF".split()
+
+_SPECIAL_COMMANDS = """
+QUIT AUTH HELLO RESET MULTI EXEC DISCARD WATCH UNWATCH SELECT CLIENT READONLY
+READWRITE ASKING SUBSCRIBE PSUBSCRIBE SSUBSCRIBE MONITOR SYNC PSYNC XREAD XREADGROUP
+""".split()
+
+
+def _build_table() -> Dict[bytes, int]:
+    table: Dict[str, int] = {}
+    for name in _READ_KEYED:
+        table[name] = RETRY_SAFE
+    for name in _READ_KEYLESS:
+        table[name] = _KEYLESS | RETRY_SAFE
+    for name in _PLAIN_KEYLESS:
+        table[name] = _KEYLESS
+    for name, flags in _KEY2_COMMANDS.items():
+        table[name] = _KEY2 | flags
+    for name, flags in _KEYNUM_COMMANDS.items():
+        table[name] = _KEYNUM | flags
+    for name in _BLOCKING:
+        table[name] = _BLOCK
+    for name in _BLOCKING3:
+        table[name] = _BLOCK3
+    for name in _BLOCKING_KEYLESS:
+        table[name] = _BLOCK | _KEYLESS
+    for name in _SPECIAL_COMMANDS:
+        table[name] = _SPECIAL
+    # Writes that are plain keyed commands need no entry: unknown -> 0.
+    out: Dict[bytes, int] = {}
+    for name, value in table.items():
+        out[name.encode()] = value
+        out[name.lower().encode()] = value
+    return out
+
+
+#: Command name (as upper or lower case bytes) -> entry; see above.
+COMMANDS: Dict[bytes, int] = _build_table()
+
+_OK = b"+OK\r\n"
+_NOAUTH = b"-NOAUTH Authentication required.\r\n"
+_NOAUTH_HELLO = (
+    b"-NOAUTH HELLO must be called with the client already authenticated, "
+    b"otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+    b"authenticate the client and select the RESP protocol version at the same "
+    b"time\r\n")
+_WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+_NOPASS = (
+    b"-ERR AUTH <password> called without any password configured for the "
+    b"default user. Are you sure your configuration is correct?\r\n")
+_AUTH_ARITY = b"-ERR wrong number of arguments for 'auth' command\r\n"
+_NOPROTO = b"-NOPROTO unsupported protocol version\r\n"
+
+
+def _clean(text: bytes) -> bytes:
+    return text.replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+@implementer(IRequestFramer)
+class RespRequestFramer:
+    """
+    Cuts one redis client's byte stream into L{Frame}s, and tracks the
+    connection state its commands create.
+
+    @ivar error: L{None}, or the L{FramingError} that broke the stream.
+    """
+
+    def __init__(self, max_request_size: int, password: Optional[bytes] = None) -> None:
+        self.error: Optional[FramingError] = None
+        self._max = max_request_size
+        self._password = password
+        self._authed = password is None
+        # Connection state (see _dispatch).
+        self._multi = False
+        self._watch = False
+        self._sticky = False
+        self._passthrough = False
+        # Unparsed input: chunks, their total length, and how many bytes are
+        # needed before parsing is worth trying again (-N: a newline, in a
+        # line that may be N bytes long).
+        self._chunks: List[bytes] = []
+        self._have = 0
+        self._need = 0
+        # A multibulk request cut short after some arguments:
+        # (count, next argument index, name, key, checked prefix parts, prefix size).
+        self._mb: Optional[Tuple[int, int, Any, Any, List[bytes], int]] = None
+        self._fast = True
+        self._update()
+
+    # -- state -----------------------------------------------------------------
+
+    def _stateful(self) -> bool:
+        return self._multi or self._watch or self._sticky or self._passthrough
+
+    def _update(self) -> None:
+        self._fast = self._authed and not self._stateful()
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the client currently has connection state."""
+        return self._stateful()
+
+    @property
+    def authenticated(self) -> bool:
+        return self._authed
+
+    def pending(self) -> int:
+        """Bytes held for an incomplete frame."""
+        held = self._have
+        if self._mb is not None:
+            held += self._mb[5]
+        return held
+
+    # -- framing ---------------------------------------------------------------
+
+    def feed(self, data: bytes) -> List[Frame]:
+        if self.error is not None or not data:
+            return []
+        if self._have:
+            self._chunks.append(data)
+            self._have += len(data)
+            need = self._need
+            if need < 0:
+                # Waiting for the end of a line at most -need bytes long: only
+                # a newline in the new bytes (or too many bytes) can change
+                # anything.
+                if 10 not in data and self._have <= -need:
+                    return []
+            elif self._have < need:
+                return []
+            buf = b"".join(self._chunks)
+            self._chunks = []
+            self._have = 0
+        else:
+            buf = data
+        frames: List[Frame] = []
+        append = frames.append
+        find = buf.find
+        ints = _INTS
+        counts = _COUNTS
+        cmds = COMMANDS
+        end = len(buf)
+        maxsize = self._max
+        fast = self._fast
+        mb = self._mb
+        self._mb = None
+        pos = 0
+        need = 0
+        try:
+            while True:
+                if mb is not None:
+                    n, i, name, key, prefix, base = mb
+                    mb = None
+                    start = p = 0
+                else:
+                    if pos >= end:
+                        break
+                    if buf[pos] != 42:  # not '*': an inline command
+                        nl = find(b"\n", pos)
+                        if nl < 0:
+                            if end - pos > MAX_INLINE:
+                                raise FramingError(
+                                    "too_large", "Protocol error: too big inline request")
+                            need = -MAX_INLINE
+                            break
+                        if nl - pos > MAX_INLINE:
+                            raise FramingError(
+                                "too_large", "Protocol error: too big inline request")
+                        line = buf[pos:nl]
+                        pos = nl + 1
+                        args = _split_inline(line)
+                        if args:
+                            frame = self._inline(args)
+                            if frame is not None:
+                                append(frame)
+                            fast = self._fast
+                        continue
+                    eol = find(b"\r\n", pos + 1)
+                    if eol < 0:
+                        if end - pos > MAX_HEADER:
+                            raise FramingError(
+                                "malformed", "Protocol error: too big mbulk count string")
+                        need = -MAX_HEADER
+                        break
+                    n = counts.get(buf[pos + 1:eol])
+                    if n is None:
+                        n = self._count(buf[pos + 1:eol], eol + 2 - pos)
+                        if n <= 0:  # *0, *-1: nothing to do, as in redis
+                            pos = eol + 2
+                            continue
+                    start = pos
+                    p = eol + 2
+                    i = 0
+                    name = key = prefix = None
+                    base = 0
+                # The frame must end by `limit`; `stop` is where the bytes end.
+                limit = start + maxsize - base
+                stop = end if end < limit else limit
+                for i in range(i, n):
+                    eol = find(b"\r\n", p + 1)
+                    if eol < 0:
+                        if p >= end:
+                            need = 1
+                            break
+                        if buf[p] != 36:
+                            raise _expected_dollar(buf[p])
+                        if end - p > MAX_HEADER:
+                            raise FramingError(
+                                "malformed", "Protocol error: too big bulk count string")
+                        need = -MAX_HEADER
+                        break
+                    if buf[p] != 36:  # '$'
+                        raise _expected_dollar(buf[p])
+                    # Lengths up to 9999 come from the table; their frame's
+                    # size is checked below like any other.
+                    blen = ints.get(buf[p + 1:eol])
+                    if blen is None:
+                        blen = self._bulk_len(buf[p + 1:eol])
+                    q = eol + 2 + blen
+                    if q + 2 > stop:
+                        if q + 2 > limit:
+                            raise FramingError(
+                                "too_large",
+                                "Protocol error: request larger than %d bytes" % maxsize)
+                        need = q + 2 - p
+                        break
+                    if buf[q] != 13 or buf[q + 1] != 10:
+                        raise FramingError(
+                            "malformed", "Protocol error: expected CRLF after bulk data")
+                    if i == 0:
+                        name = buf[eol + 2:q]
+                    elif i == 1:
+                        key = buf[eol + 2:q]
+                    p = q + 2
+                else:
+                    pos = p
+                    if prefix:
+                        prefix.append(buf[start:p])
+                        data = b"".join(prefix)
+                    else:
+                        data = buf[start:p]
+                    info = cmds.get(name)
+                    if info is None:
+                        info = cmds.get(name.upper(), 0)
+                    if info < 2 and fast:
+                        append(Frame(data, 1, key, info))
+                    else:
+                        frame = self._dispatch(data, None, name, key, info)
+                        if frame is not None:
+                            append(frame)
+                        fast = self._fast
+                    continue
+                # The request is cut short at p, after i arguments: keep what is
+                # checked, and carry on from p next time.
+                if p > start:
+                    if prefix is None:
+                        prefix = []
+                    prefix.append(buf[start:p])
+                    base += p - start
+                self._mb = (n, i, name, key, prefix, base)
+                pos = p
+                break
+        except FramingError as e:
+            self.error = e
+            self._chunks = []
+            self._have = 0
+            self._mb = None
+            return frames
+        if pos < end:
+            self._chunks = [buf[pos:] if pos else buf]
+            self._have = end - pos
+            self._need = need
+        return frames
+
+    def _count(self, s: bytes, header: int) -> int:
+        n = _strict_int(s)
+        if n is None or n > MAX_MULTIBULK:
+            raise FramingError("malformed", "Protocol error: invalid multibulk length")
+        if n > NOAUTH_MAX_ARGS and not self._authed:
+            raise FramingError("malformed", "Protocol error: unauthenticated multibulk length")
+        if header + 6 * n > self._max:  # "$0\r\n\r\n" is the shortest argument
+            raise FramingError(
+                "too_large", "Protocol error: request larger than %d bytes" % self._max)
+        return n
+
+    def _bulk_len(self, s: bytes) -> int:
+        n = _strict_int(s)
+        if n is None or n < 0:
+            raise FramingError("malformed", "Protocol error: invalid bulk length")
+        if n > self._max:
+            raise FramingError(
+                "too_large", "Protocol error: request larger than %d bytes" % self._max)
+        if n > NOAUTH_MAX_BULK and not self._authed:
+            raise FramingError("malformed", "Protocol error: unauthenticated bulk length")
+        return n
+
+    def _inline(self, args: List[bytes]) -> Optional[Frame]:
+        data = encode_command(args)
+        if len(data) > self._max:
+            raise FramingError(
+                "too_large", "Protocol error: request larger than %d bytes" % self._max)
+        name = args[0]
+        key = args[1] if len(args) > 1 else None
+        info = COMMANDS.get(name)
+        if info is None:
+            info = COMMANDS.get(name.upper(), 0)
+        if info < 2 and self._fast:
+            return Frame(data, 1, key, info)
+        return self._dispatch(data, args, name, key, info)
+
+    # -- commands with consequences ---------------------------------------------
+
+    def _dispatch(self, data: bytes, args: Optional[List[bytes]], name: bytes,
+                  key: Optional[bytes], info: int) -> Optional[Frame]:
+        """
+        The frame for every command but a plain one from a client without
+        state: keys that are not args[1], local replies, and connection state.
+        """
+        if info & _SPECIAL:
+            upper = name.upper()
+            if upper == b"QUIT":
+                return Frame(data, 1, None, LOCAL | CLOSE, reply=_OK)
+            if upper == b"AUTH":
+                return self._auth(args if args is not None else _resp_args(data))
+            if upper == b"HELLO":
+                return self._hello(data, args if args is not None else _resp_args(data))
+            if upper == b"RESET":  # allowed before AUTH, as in redis
+                return self._special(data, args, upper, key, self._stateful())
+        if not self._authed:
+            return Frame(data, 1, None, LOCAL, reply=_NOAUTH)
+        stateful = self._stateful()
+        if info < 2:
+            return Frame(data, 1, key, PIN if stateful else info)
+        if info & _BLOCK:
+            return Frame(data, 1, None if info & _KEYLESS else key,
+                         PIN if stateful else PIN | UNPIN)
+        if info & _KEYLESS:
+            return Frame(data, 1, None, PIN if stateful else info & 3)
+        if info & (_KEY2 | _KEYNUM | _BLOCK3):
+            if args is None:
+                args = _resp_args(data)
+            key = None
+            if info & _KEY2:
+                if len(args) > 2:
+                    key = args[2]
+            elif info & _KEYNUM:
+                if len(args) > 3 and (_strict_int(args[2]) or 0) > 0:
+                    key = args[3]
+            elif len(args) > 3:
+                key = args[3]
+            if info & _BLOCK3:
+                return Frame(data, 1, key, PIN if stateful else PIN | UNPIN)
+            return Frame(data, 1, key, PIN if stateful else info & 3)
+        return self._special(data, args, name.upper(), key, stateful)
+
+    def _special(self, data: bytes, args: Optional[List[bytes]], upper: bytes,
+                 key: Optional[bytes], stateful: bool) -> Optional[Frame]:
+        if upper == b"MULTI":
+            self._multi = True
+            self._update()
+            return Frame(data, 1, None, PIN)
+        if upper == b"EXEC" or upper == b"DISCARD":
+            if not self._multi:  # an error reply; no state changes
+                return Frame(data, 1, None, PIN if stateful else 0)
+            self._multi = self._watch = False
+            return self._ended(data)
+        if upper == b"WATCH":
+            if not self._multi:  # WATCH inside MULTI is an error
+                self._watch = True
+                self._update()
+            return Frame(data, 1, key, PIN)
+        if upper == b"UNWATCH":
+            if not stateful:
+                return Frame(data, 1, None, 0)
+            if self._multi or not self._watch:
+                return Frame(data, 1, None, PIN)
+            self._watch = False
+            return self._ended(data)
+        if upper == b"RESET":
+            if self._passthrough:
+                # The proxy passes bytes through until the session ends: it
+                # cannot see RESET's reply, so the state stays.
+                return Frame(data, 1, None, PIN)
+            self._multi = self._watch = self._sticky = False
+            if self._password is not None:
+                self._authed = False  # RESET re-authenticates as "default"
+            self._update()
+            if not stateful:
+                # Nothing to reset on the proxy's side: answer here rather than
+                # reset (and de-authenticate) a pooled connection.
+                return Frame(data, 1, None, LOCAL, reply=b"+RESET\r\n")
+            # RESET also drops the pooled connection's AUTH and SELECT.
+            return Frame(data, 1, None, PIN | UNPIN | DIRTY)
+        if upper in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR",
+                     b"SYNC", b"PSYNC"):
+            channel = key if upper == b"SUBSCRIBE" or upper == b"SSUBSCRIBE" else None
+            return self._stick(data, channel, passthrough=True)
+        if upper in (b"SELECT", b"READONLY", b"READWRITE", b"ASKING"):
+            return self._stick(data, None)
+        if upper == b"CLIENT":
+            if args is None:
+                args = _resp_args(data)
+            sub = args[1].upper() if len(args) > 1 else b""
+            value = args[2].upper() if len(args) > 2 else b""
+            if sub in (b"SETNAME", b"NO-EVICT", b"NO-TOUCH", b"CACHING"):
+                return self._stick(data, None)
+            if sub == b"REPLY":
+                # OFF and SKIP stop replies coming one per request.
+                return self._stick(data, None, passthrough=value in (b"OFF", b"SKIP"))
+            if sub == b"TRACKING":
+                # With tracking on, invalidation pushes arrive between replies.
+                return self._stick(data, None, passthrough=value == b"ON")
+            if sub == b"SETINFO" and not self._multi:
+                # Client libraries send it on every new connection (redis-py
+                # 5+): it is cosmetic, and a shared connection must not carry
+                # one client's name.
+                return Frame(data, 1, None, LOCAL, reply=_OK)
+            return Frame(data, 1, None, PIN if stateful else 0)
+        if upper == b"XREAD" or upper == b"XREADGROUP":
+            if args is None:
+                args = _resp_args(data)
+            key, blocking = _xread(args)
+            if blocking:
+                return Frame(data, 1, key, PIN if stateful else PIN | UNPIN)
+            flags = RETRY_SAFE if upper == b"XREAD" else 0
+            return Frame(data, 1, key, PIN if stateful else flags)
+        return Frame(data, 1, key, PIN if stateful else 0)  # pragma: no cover
+
+    def _ended(self, data: bytes) -> Frame:
+        self._update()
+        return Frame(data, 1, None, PIN if self._stateful() else PIN | UNPIN)
+
+    def _stick(self, data: bytes, key: Optional[bytes], passthrough: bool = False) -> Frame:
+        self._sticky = True
+        flags = PIN
+        if passthrough:
+            self._passthrough = True
+            flags |= PASSTHROUGH
+        self._update()
+        return Frame(data, 1, key, flags)
+
+    def _credentials_ok(self, user: bytes, password: bytes) -> bool:
+        if user != b"default":
+            return False
+        if self._password is None:
+            return True  # redis's default user is "nopass"
+        return hmac.compare_digest(password, self._password)
+
+    def _auth(self, args: List[bytes]) -> Frame:
+        # Answered here whatever happens: AUTH on a shared connection would
+        # change it for every client.
+        if len(args) == 2:
+            if self._password is None:
+                return Frame(b"", 1, None, LOCAL, reply=_NOPASS)
+            user, password = b"default", args[1]
+        elif len(args) == 3:
+            user, password = args[1], args[2]
+        else:
+            return Frame(b"", 1, None, LOCAL, reply=_AUTH_ARITY)
+        if not self._credentials_ok(user, password):
+            return Frame(b"", 1, None, LOCAL, reply=_WRONGPASS)
+        self._authed = True
+        self._update()
+        return Frame(b"", 1, None, LOCAL, reply=_OK)
+
+    def _hello(self, data: bytes, args: List[bytes]) -> Frame:
+        proto = None
+        auth = None
+        setname = None
+        if len(args) > 1:
+            proto = args[1]
+            if proto != b"2" and proto != b"3":
+                return Frame(data, 1, None, LOCAL, reply=_NOPROTO)
+            j = 2
+            while j < len(args):
+                opt = args[j].upper()
+                more = len(args) - j - 1
+                if opt == b"AUTH" and more >= 2:
+                    auth = (args[j + 1], args[j + 2])
+                    j += 3
+                elif opt == b"SETNAME" and more >= 1:
+                    setname = args[j + 1]
+                    j += 2
+                else:
+                    return Frame(b"" if auth else data, 1, None, LOCAL,
+                                 reply=b"-ERR Syntax error in HELLO option '%s'\r\n"
+                                 % _clean(args[j][:100]))
+        if auth is not None:
+            if not self._credentials_ok(*auth):
+                return Frame(b"", 1, None, LOCAL, reply=_WRONGPASS)
+            self._authed = True
+            self._update()
+            # The backend must not see the client's credentials.
+            rest = [b"HELLO", proto]
+            if setname is not None:
+                rest += [b"SETNAME", setname]
+            data = encode_command(rest)
+        elif not self._authed:
+            return Frame(data, 1, None, LOCAL, reply=_NOAUTH_HELLO)
+        if proto == b"3" or setname is not None:
+            return self._stick(data, None)
+        return Frame(data, 1, None, PIN if self._stateful() else 0)
+
+
+def _xread(args: List[bytes]) -> Tuple[Optional[bytes], bool]:
+    """XREAD / XREADGROUP: the first stream key, and whether BLOCK was given."""
+    blocking = False
+    j = 1
+    n = len(args)
+    while j < n:
+        opt = args[j].upper()
+        if opt == b"STREAMS":
+            return (args[j + 1] if j + 1 < n else None), blocking
+        if opt == b"BLOCK":
+            blocking = True
+            j += 2
+        elif opt == b"COUNT":
+            j += 2
+        elif opt == b"GROUP":
+            j += 3
+        else:  # NOACK, or an error the backend will report
+            j += 1
+    return None, blocking
+
+
+# -- responses -----------------------------------------------------------------
+
+_SIMPLE = frozenset(b"+-:,(#_")
+_BULK = frozenset(b"$!=")
+_AGGREGATE = frozenset(b"*~>%|")
+_TYPES = _SIMPLE | _BULK | _AGGREGATE
+
+
+@implementer(IResponseFramer)
+class RespResponseFramer:
+    """
+    Cuts one backend connection's byte stream into complete RESP2/RESP3
+    replies, each as its exact bytes.  An attribute (C{|}) and the reply it
+    decorates are one response.  Streamed strings and aggregates (C{$?},
+    C{*?}), which redis does not send, are rejected.
+    """
+
+    needs_expect = False
+
+    def __init__(self) -> None:
+        self.error: Optional[FramingError] = None
+        self._chunks: List[bytes] = []
+        self._have = 0
+        self._need = 0
+        # Elements still owed by each open aggregate, outermost first.
+        self._stack: List[int] = []
+        # The checked bytes of a response cut short inside an aggregate.
+        self._parts: List[bytes] = []
+        self._parts_size = 0
+
+    def expect(self, kind: Any) -> None:
+        pass
+
+    def pending(self) -> int:
+        """Bytes held for an incomplete response."""
+        return self._have + self._parts_size
+
+    def feed(self, data: bytes) -> List[bytes]:
+        if self.error is not None or not data:
+            return []
+        if self._have:
+            self._chunks.append(data)
+            self._have += len(data)
+            need = self._need
+            if need < 0:
+                # Waiting for the end of a line at most -need bytes long: only
+                # a newline in the new bytes (or too many bytes) can change
+                # anything.
+                if 10 not in data and self._have <= -need:
+                    return []
+            elif self._have < need:
+                return []
+            buf = b"".join(self._chunks)
+            self._chunks = []
+            self._have = 0
+        else:
+            buf = data
+        out: List[bytes] = []
+        append = out.append
+        find = buf.find
+        ints = _INTS
+        stack = self._stack
+        parts = self._parts
+        end = len(buf)
+        pos = p = need = 0
+        try:
+            while p < end:
+                t = buf[p]
+                eol = find(b"\r\n", p + 1)
+                if eol < 0:
+                    if t not in _TYPES:
+                        raise FramingError("malformed", "unknown reply type %r" % chr(t))
+                    need = -(MAX_RESPONSE_LINE if t in _SIMPLE else MAX_HEADER)
+                    if end - p > -need:
+                        raise FramingError("malformed", "reply line too long")
+                    break
+                if t == 36:  # '$'
+                    n = ints.get(buf[p + 1:eol])
+                    if n is None:
+                        n = _length(buf[p + 1:eol], True)
+                    if n < 0:  # $-1: null
+                        p = eol + 2
+                    else:
+                        q = eol + 2 + n
+                        if q + 2 > end:
+                            need = q + 2 - p
+                            break
+                        if buf[q] != 13 or buf[q + 1] != 10:
+                            raise FramingError("malformed", "no CRLF after bulk reply")
+                        p = q + 2
+                elif t in _SIMPLE:
+                    if (t == 95 and eol != p + 1) or (
+                            t == 35 and (eol != p + 2 or buf[p + 1] not in b"tf")):
+                        raise FramingError("malformed", "bad %r reply" % chr(t))
+                    p = eol + 2
+                elif t in _AGGREGATE:
+                    n = ints.get(buf[p + 1:eol])
+                    if n is None:
+                        n = _length(buf[p + 1:eol], t == 42)
+                    if t == 37:  # '%': pairs
+                        n *= 2
+                    elif t == 124:  # '|': pairs, then the reply they decorate
+                        n = n * 2 + 1
+                    p = eol + 2
+                    if n > 0:
+                        stack.append(n)
+                        if len(stack) > MAX_DEPTH:
+                            raise FramingError("malformed", "replies nested too deep")
+                        continue
+                elif t in _BULK:  # '!' blob error, '=' verbatim string
+                    n = ints.get(buf[p + 1:eol])
+                    if n is None:
+                        n = _length(buf[p + 1:eol], False)
+                    q = eol + 2 + n
+                    if q + 2 > end:
+                        need = q + 2 - p
+                        break
+                    if buf[q] != 13 or buf[q + 1] != 10:
+                        raise FramingError("malformed", "no CRLF after bulk reply")
+                    p = q + 2
+                else:
+                    raise FramingError("malformed", "unknown reply type %r" % chr(t))
+                # One element is complete: close the aggregates it completes.
+                while stack:
+                    left = stack[-1] - 1
+                    if left:
+                        stack[-1] = left
+                        break
+                    stack.pop()
+                else:
+                    if parts:
+                        parts.append(buf[pos:p])
+                        append(b"".join(parts))
+                        del parts[:]
+                        self._parts_size = 0
+                    else:
+                        append(buf[pos:p])
+                    pos = p
+        except FramingError as e:
+            self.error = e
+            self._chunks = []
+            self._have = 0
+            del stack[:]
+            del parts[:]
+            self._parts_size = 0
+            return out
+        if stack and p > pos:
+            # Inside an aggregate: keep the checked part aside.
+            parts.append(buf[pos:p])
+            self._parts_size += p - pos
+            pos = p
+        if pos < end:
+            self._chunks = [buf[pos:] if pos else buf]
+            self._have = end - pos
+            self._need = need
+        return out
+
+
+def _length(s: bytes, null_ok: bool) -> int:
+    n = _strict_int(s)
+    if n is None or n < -1 or (n == -1 and not null_ok):
+        if s[:1] == b"?":
+            raise FramingError("malformed", "streamed replies are not supported")
+        raise FramingError("malformed", "bad length %r in reply" % s[:30])
+    return n
+
+
+# -- the codec -----------------------------------------------------------------
+
+def _as_bytes(value: Any) -> Optional[bytes]:
+    if value is None or value == "" or value == b"":
+        return None
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return bytes(value)
+
+
+_PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+@implementer(ICodec)
+class RedisCodec:
+    """The redis protocol (RESP2, RESP3 on pinned connections)."""
+
+    name = "redis"
+    mode = "multiplexed"
+
+    def request_framer(self, config: Any = None) -> RespRequestFramer:
+        """
+        A framer for one client connection.  C{config} is the proxy's
+        configuration (C{max_request_size}, C{client_password}), or just a
+        maximum request size as an int.
+        """
+        if isinstance(config, int):
+            return RespRequestFramer(config)
+        return RespRequestFramer(
+            getattr(config, "max_request_size", 512 * 1024 * 1024),
+            _as_bytes(getattr(config, "client_password", None)))
+
+    def response_framer(self) -> RespResponseFramer:
+        return RespResponseFramer()
+
+    def error_reply(self, kind: str, message: str) -> bytes:
+        text = str(message or "").replace("\r", " ").replace("\n", " ")
+        if kind == "overloaded":
+            line = "ERR poolproxy: overloaded, try again later"
+        elif kind == "unavailable":
+            line = "ERR poolproxy: backend unavailable: " + text
+        elif kind == "timeout":
+            line = "ERR poolproxy: backend timed out"
+        elif kind in ("too_large", "malformed"):
+            if text.startswith("Protocol error: "):
+                text = text[len("Protocol error: "):]
+            line = "ERR Protocol error: " + text
+        else:
+            line = "ERR poolproxy: %s: %s" % (kind, text)
+        return b"-" + line.encode("utf-8", "replace") + b"\r\n"
+
+    def setup_frames(self, config: Any) -> List[Frame]:
+        frames = []
+        password = _as_bytes(getattr(config, "backend_password", None))
+        if password is not None:
+            user = _as_bytes(getattr(config, "backend_username", None))
+            args = [b"AUTH", user, password] if user else [b"AUTH", password]
+            frames.append(Frame(encode_command(args), 1, None, 0))
+        db = getattr(config, "backend_db", 0) or 0
+        if db:
+            frames.append(Frame(encode_command([b"SELECT", b"%d" % int(db)]), 1, None, 0))
+        return frames
+
+    def check_setup_reply(self, frame: Frame, response: bytes) -> Optional[str]:
+        if response == _OK:
+            return None
+        try:
+            what = _resp_args(frame.data)[0].decode("ascii", "replace")
+        except (ValueError, IndexError):
+            what = "setup"
+        text = response.decode("utf-8", "replace").strip()
+        if text.startswith("-"):
+            return "%s failed: %s" % (what, text[1:])
+        return "%s: unexpected reply %r" % (what, text[:200])
+
+    def probe(self) -> Frame:
+        return Frame(_PING, 1, None, RETRY_SAFE)
+
+    def probe_ok(self, response: bytes) -> bool:
+        return response == b"+PONG\r\n"
+
+
+codec = RedisCodec()

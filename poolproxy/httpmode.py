@@ -1,0 +1,493 @@
+"""
+Request mode for HTTP/1.1: each request leases a pooled backend connection,
+which goes back to the pool when the response has ended, the backend will
+keep it alive and no byte is left over; otherwise it is closed.
+
+Split by role: L{HttpFrontend} owns a client connection (requests are served
+one at a time, in order; pipelined ones wait), L{HttpBackend} a backend
+connection, and an L{Exchange} one request and its response.  Bodies are
+streamed both ways with backpressure (each transport is the other's producer
+for the length of an exchange); nothing buffers a whole body.  Upgrade and
+CONNECT turn the exchange into a raw tunnel on a connection that is never
+reused.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, List, Optional
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from poolproxy.admission import Admission, Overloaded
+from poolproxy.codecs.http import HttpCodec
+from poolproxy.codecs.http_parse import (
+    CHUNKED,
+    END,
+    UNTIL_CLOSE,
+    RequestHead,
+    ResponseHead,
+    serialize_request_head,
+    serialize_response_head,
+)
+from poolproxy.pool import BackendPool, BackendProtocol, BackendUnavailable, PooledConnection
+from poolproxy.stats import ListenerStats
+
+if TYPE_CHECKING:
+    from poolproxy.cluster import Cluster
+
+#: Body bytes read from a client before its backend connection is ready, and
+#: pipelined events held behind the current exchange, before reading pauses.
+EARLY_LIMIT = 64 * 1024
+QUEUE_LIMIT = 256
+_DROP_FORWARDED = (b"x-forwarded-for",)
+
+
+class HttpBackend(BackendProtocol):
+    """
+    One backend connection in request mode.
+
+    @ivar exchange: the L{Exchange} using it, while leased.
+    """
+
+    log = Logger()
+
+    def __init__(self, codec: HttpCodec) -> None:
+        self.parser = codec.response_framer()
+        self.exchange: Optional[Exchange] = None
+        self.tunnel_to: Optional[HttpFrontend] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        tunnel = self.tunnel_to
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            return
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes on an idle connection: it is out of step; drop it.
+            self.transport.abortConnection()
+            return
+        events = self.parser.feed(data)
+        if events:
+            exchange.from_backend(events)
+        if self.parser.error is not None and self.exchange is exchange:
+            exchange.backend_failed(f"bad response from backend: {self.parser.error}")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        BackendProtocol.connectionLost(self, reason)
+        tunnel = self.tunnel_to
+        if tunnel is not None:
+            tunnel.transport.loseConnection()  # its connectionLost ends the lease
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            events = self.parser.eof()
+            if events:
+                exchange.from_backend(events)
+            if self.exchange is exchange:
+                exchange.backend_failed("backend closed the connection")
+
+
+class Exchange:
+    """
+    One request and its response: admission, a lease, the request forwarded,
+    the response relayed, the lease ended exactly once.
+    """
+
+    def __init__(self, frontend: "HttpFrontend", head: RequestHead) -> None:
+        self.frontend = frontend
+        self.head = head
+        self.early: List[bytes] = []
+        self.early_size = 0
+        self.request_done = False
+        self.response: Optional[ResponseHead] = None
+        self.response_started = False
+        self.conn: Optional[PooledConnection] = None
+        self.backend: Optional[HttpBackend] = None
+        self.admitted = False
+        self.finished = False
+        self.tunnel = False
+        self.close_client = not head.keep_alive
+        self._waiting: "Optional[Deferred[Any]]" = None
+        self._timer: Any = None
+
+    # -- admission and lease ---------------------------------------------------
+
+    def start(self) -> None:
+        admission = self.frontend.factory.admission
+        if admission.try_acquire():
+            self._admitted(None)
+            return
+        self._waiting = d = admission.acquire()
+        d.addCallbacks(self._admitted, self._not_admitted)
+
+    def _admitted(self, _: object) -> None:
+        self._waiting = None
+        self.admitted = True
+        if self.finished:
+            self._release_admission()
+            return
+        pool: BackendPool = self.frontend.factory.cluster.pick()
+        self._waiting = d = pool.acquire()
+        d.addCallbacks(self._leased, self._no_backend)
+
+    def _not_admitted(self, failure: Failure) -> None:
+        self._waiting = None
+        if failure.check(CancelledError):
+            return
+        failure.trap(Overloaded)
+        self.frontend.stats.requests.add("rejected")
+        self._error("overloaded", "overloaded, try again later")
+
+    def _no_backend(self, failure: Failure) -> None:
+        self._waiting = None
+        if failure.check(CancelledError):
+            return
+        outcome = "backend_unavailable" if failure.check(BackendUnavailable) else "pool_exhausted"
+        self.frontend.stats.requests.add(outcome)
+        self._error("unavailable", failure.getErrorMessage())
+
+    def _leased(self, conn: PooledConnection) -> None:
+        self._waiting = None
+        if self.finished:
+            conn.release()  # never used
+            return
+        frontend = self.frontend
+        backend: HttpBackend = conn.protocol  # type: ignore[assignment]
+        self.conn, self.backend = conn, backend
+        backend.exchange = self
+        backend.parser.expect(self.head.method)
+        transport = backend.transport
+        transport.write(serialize_request_head(self.head, frontend.forwarded(self.head),
+                                               _DROP_FORWARDED))
+        early, self.early = self.early, []
+        for piece in early:
+            transport.write(piece)
+        if self.early_size >= EARLY_LIMIT:
+            frontend.transport.resumeProducing()
+        self.early_size = 0
+        # Each side pauses the other while its own send buffer is full.
+        transport.registerProducer(frontend.transport, True)
+        frontend.transport.registerProducer(transport, True)
+        if self.request_done:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        """The response must start within request_timeout of the request's end."""
+        timeout = self.frontend.factory.request_timeout
+        if timeout and self._timer is None:
+            self._timer = self.frontend.factory.clock.callLater(timeout, self._timed_out)
+
+    # -- request side ------------------------------------------------------------
+
+    def request_event(self, event: Any) -> None:
+        if event is END:
+            self.request_done = True
+            if self.backend is not None and self.response is None:
+                self._start_timer()
+            return
+        backend = self.backend
+        if backend is not None:
+            backend.transport.write(event)
+            return
+        self.early.append(event)
+        self.early_size += len(event)
+        if self.early_size >= EARLY_LIMIT:
+            self.frontend.transport.pauseProducing()
+
+    # -- response side -----------------------------------------------------------
+
+    def from_backend(self, events: List[Any]) -> None:
+        frontend = self.frontend
+        write = frontend.transport.write
+        for event in events:
+            if self.finished:
+                return
+            if event.__class__ is ResponseHead:
+                self._cancel_timer()
+                if event.informational:
+                    # 100 Continue and friends: only an HTTP/1.1 client gets them.
+                    if self.head.version == b"HTTP/1.1":
+                        write(serialize_response_head(event))
+                    continue
+                self.response = event
+                self.response_started = True
+                extra = []
+                if event.body == UNTIL_CLOSE or not event.keep_alive:
+                    # The client cannot tell where such a body ends but by the close.
+                    self.close_client = self.close_client or event.body == UNTIL_CLOSE
+                if self.close_client and not event.upgrade:
+                    extra.append((b"Connection", b"close"))
+                write(serialize_response_head(event, extra))
+                if event.upgrade or (self.head.method == b"CONNECT" and 200 <= event.status < 300):
+                    self._become_tunnel()
+                    return
+            elif event is END:
+                if self.response is None:
+                    continue  # the end of an informational response
+                self._complete()
+                return
+            else:
+                write(event)
+
+    def _become_tunnel(self) -> None:
+        # From now on both sides are raw byte pipes (their transports stay
+        # each other's producers); the lease is held until either side closes.
+        self.tunnel = True
+        frontend, backend = self.frontend, self.backend
+        backend.exchange = None  # type: ignore[union-attr]
+        backend.tunnel_to = frontend  # type: ignore[union-attr]
+        frontend.tunnel_to = backend
+        leftover = frontend.parser_leftover()
+        if leftover:
+            backend.transport.write(leftover)  # type: ignore[union-attr]
+        self._release_admission()
+        self.frontend.stats.requests_ok += 1
+
+    def end_tunnel(self) -> None:
+        """Either side of the tunnel closed: the connection is not reusable."""
+        conn, self.conn = self.conn, None
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.tunnel_to = None
+        if conn is not None:
+            conn.discard("tunnel_end")
+
+    def _complete(self) -> None:
+        response = self.response
+        backend = self.backend
+        reusable = (self.request_done and response is not None and response.keep_alive
+                    and backend is not None and backend.parser.pending() == 0
+                    and backend.parser.expected == 0)
+        if not self.request_done:
+            self.close_client = True  # the rest of its body can no longer be framed
+        self.frontend.stats.requests_ok += 1
+        self._finish(release=reusable)
+
+    # -- failure -------------------------------------------------------------------
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.frontend.stats.requests.add("timeout")
+        self._error("timeout", f"no response within {self.frontend.factory.request_timeout:g}s")
+
+    def backend_failed(self, why: str) -> None:
+        """The backend connection broke (closed, or sent garbage)."""
+        if self.response_started:
+            # Part of the response is already with the client: it cannot be
+            # completed or replaced, only cut.
+            self.close_client = True
+            self._finish(release=False)
+            return
+        self.frontend.stats.requests.add("backend_unavailable")
+        self._error("unavailable", why)
+
+    def _error(self, kind: str, message: str) -> None:
+        """Answer with the proxy's own error response, then end the exchange."""
+        if self.finished:
+            return
+        if not self.request_done:
+            self.close_client = True
+        codec: HttpCodec = self.frontend.factory.codec
+        self.frontend.transport.write(codec.error_reply(kind, message, self.close_client))
+        self._finish(release=False)
+
+    def client_gone(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
+        self._finish(release=False, abort=True)
+
+    # -- ending ------------------------------------------------------------------------
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _release_admission(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.frontend.factory.admission.release()
+
+    def _finish(self, release: bool, abort: bool = False) -> None:
+        """End the lease (exactly once) and the exchange."""
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        conn, self.conn = self.conn, None
+        backend, self.backend = self.backend, None
+        frontend = self.frontend
+        if conn is not None and backend is not None:
+            backend.exchange = None
+            transport = backend.transport
+            transport.unregisterProducer()
+            if frontend.transport.producer is transport:
+                frontend.transport.unregisterProducer()
+            if release:
+                # Backpressure may have paused it; the next exchange must read.
+                transport.resumeProducing()
+                conn.release()
+            else:
+                conn.discard("not_reusable", abort=abort)
+        if not frontend.paused_by_us() and not frontend.gone():
+            frontend.transport.resumeProducing()
+        self._release_admission()
+        frontend.exchange_done(self)
+
+
+
+class HttpFrontend(Protocol):
+    """
+    One client connection: requests are parsed as they come, served one at a
+    time in order, each in its own L{Exchange}.
+    """
+
+    def __init__(self, factory: "HttpFactory") -> None:
+        self.factory = factory
+        self.stats = factory.stats
+        self.parser = factory.codec.request_framer(factory.config)
+        self.queue: Deque[Any] = deque()
+        self.exchange: Optional[Exchange] = None
+        self.tunnel_to: Optional[HttpBackend] = None
+        self._starting = False
+        self._paused = False
+        self._closing = False
+        self._gone = False
+
+    def connectionMade(self) -> None:
+        self.stats.connections_total += 1
+        self.stats.connections_open += 1
+        self.factory.clients.add(self)
+        peer = self.transport.getPeer()
+        self.peer_host = getattr(peer, "host", "").encode("ascii", "replace")
+
+    def forwarded(self, head: RequestHead) -> List[Any]:
+        """X-Forwarded-For and -Proto for a request from this client."""
+        previous = head.header(b"x-forwarded-for")
+        chain = previous + b", " + self.peer_host if previous else self.peer_host
+        return [(b"X-Forwarded-For", chain), (b"X-Forwarded-Proto", b"http")]
+
+    def dataReceived(self, data: bytes) -> None:
+        tunnel = self.tunnel_to
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            return
+        if self._closing:
+            return
+        parser = self.parser
+        events = parser.feed(data)
+        exchange = self.exchange
+        for event in events:
+            if exchange is not None and not exchange.request_done and not exchange.finished:
+                exchange.request_event(event)
+            else:
+                self.queue.append(event)
+        if parser.error is not None:
+            self.queue.append(parser.error)
+        if self.queue and self.exchange is None:
+            self._start_next()
+        elif len(self.queue) > QUEUE_LIMIT and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def parser_leftover(self) -> bytes:
+        """Bytes a tunnelling request sent after its head, held in the queue."""
+        pieces = []
+        while self.queue and isinstance(self.queue[0], bytes):
+            pieces.append(self.queue.popleft())
+        return b"".join(pieces)
+
+    def _start_next(self) -> None:
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            queue = self.queue
+            while self.exchange is None and queue and not self._closing and not self._gone:
+                event = queue.popleft()
+                if event.__class__ is not RequestHead:
+                    # A parse error (a request the parser refused).
+                    status = getattr(event, "status", 400)
+                    self.stats.requests.add("malformed")
+                    self.transport.write(self.factory.codec.status_reply(
+                        status, str(event), close=True))
+                    self._close()
+                    return
+                exchange = Exchange(self, event)
+                self.exchange = exchange
+                while queue and queue[0].__class__ is not RequestHead and not exchange.request_done:
+                    if isinstance(queue[0], bytes) or queue[0] is END:
+                        exchange.request_event(queue.popleft())
+                    else:
+                        break
+                exchange.start()
+        finally:
+            self._starting = False
+        if self._paused and len(self.queue) <= QUEUE_LIMIT // 2:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def paused_by_us(self) -> bool:
+        return self._paused or self._closing
+
+    def gone(self) -> bool:
+        return self._gone
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if self.exchange is not exchange:
+            return
+        self.exchange = None
+        if self._gone:
+            return
+        if exchange.close_client:
+            self._close()
+            return
+        if self.queue:
+            self._start_next()
+
+    def _close(self) -> None:
+        self._closing = True
+        self.queue.clear()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._gone = True
+        self.stats.connections_open -= 1
+        self.factory.clients.discard(self)
+        self.queue.clear()
+        exchange, self.exchange = self.exchange, None
+        self.tunnel_to = None
+        if exchange is not None:
+            if exchange.tunnel:
+                exchange.end_tunnel()
+            else:
+                if not exchange.finished:
+                    self.stats.requests.add("client_gone")
+                exchange.client_gone()
+
+
+class HttpFactory(Factory):
+    """Builds an L{HttpFrontend} per client of one listener."""
+
+    noisy = False
+
+    def __init__(self, name: str, codec: HttpCodec, config: Any, admission: Admission,
+                 cluster: "Cluster", clock: Any, request_timeout: float,
+                 stats: Optional[ListenerStats] = None) -> None:
+        self.name = name
+        self.codec = codec
+        self.config = config
+        self.admission = admission
+        self.cluster = cluster
+        self.clock = clock
+        self.request_timeout = request_timeout
+        self.stats = stats if stats is not None else ListenerStats()
+        self.clients: "set[HttpFrontend]" = set()
+
+    def buildProtocol(self, addr: Any) -> HttpFrontend:
+        return HttpFrontend(self)
