@@ -208,3 +208,14 @@ class ProxyProcess:
 
     def log(self) -> str:
         return _tail(self.process.log)
+
+
+def recv_until(s: socket.socket, suffix: bytes) -> bytes:
+    """Read until the bytes end with C{suffix} (or the peer closes)."""
+    data = b""
+    while not data.endswith(suffix):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -15,7 +15,7 @@ from typing import Any, List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.interop import ProxyProcess, binary, module, redis_server
+from tests.interop import ProxyProcess, binary, module, recv_until, redis_server
 
 
 class RedisInteropTests(SynchronousTestCase):
@@ -184,8 +184,9 @@ class RedisInteropTests(SynchronousTestCase):
         good = self.client()
         good.set("k", "v")
         bad = socket.create_connection(("127.0.0.1", self.pp.port))
+        bad.settimeout(30)
         bad.sendall(b"*2\r\n$3\r\nGET\r\n$abc\r\n")
-        reply = bad.recv(1000)
+        reply = recv_until(bad, b"\r\n")
         self.assertTrue(reply.startswith(b"-ERR Protocol error"), reply)
         self.assertEqual(bad.recv(1000), b"")  # closed
         bad.close()
