@@ -110,6 +110,7 @@ class Exchange:
         self.admitted = False
         self.finished = False
         self.tunnel = False
+        self.draining = False
         self.close_client = not head.keep_alive
         self._waiting: "Optional[Deferred[Any]]" = None
         self._timer: Any = None
@@ -184,6 +185,14 @@ class Exchange:
     # -- request side ------------------------------------------------------------
 
     def request_event(self, event: Any) -> None:
+        if self.draining:
+            # The response came before the whole request body: read the rest
+            # and drop it, so the client can read its response and go on.
+            if event is END:
+                self.request_done = True
+                self.draining = False
+                self.frontend.exchange_done(self)
+            return
         if event is END:
             self.request_done = True
             if self.backend is not None and self.response is None:
@@ -206,6 +215,9 @@ class Exchange:
         for event in events:
             if self.finished:
                 return
+            if self.tunnel:
+                write(event)
+                continue
             if event.__class__ is ResponseHead:
                 self._cancel_timer()
                 if event.informational:
@@ -223,8 +235,7 @@ class Exchange:
                     extra.append((b"Connection", b"close"))
                 write(serialize_response_head(event, extra))
                 if event.upgrade or (self.head.method == b"CONNECT" and 200 <= event.status < 300):
-                    self._become_tunnel()
-                    return
+                    self._become_tunnel()  # what follows in events is raw tunnel bytes
             elif event is END:
                 if self.response is None:
                     continue  # the end of an informational response
@@ -262,9 +273,8 @@ class Exchange:
         reusable = (self.request_done and response is not None and response.keep_alive
                     and backend is not None and backend.parser.pending() == 0
                     and backend.parser.expected == 0)
-        if not self.request_done:
-            self.close_client = True  # the rest of its body can no longer be framed
         self.frontend.stats.requests_ok += 1
+        self.draining = not self.request_done and not self.close_client
         self._finish(release=reusable)
 
     # -- failure -------------------------------------------------------------------
@@ -337,7 +347,8 @@ class Exchange:
         if not frontend.paused_by_us() and not frontend.gone():
             frontend.transport.resumeProducing()
         self._release_admission()
-        frontend.exchange_done(self)
+        if not self.draining:
+            frontend.exchange_done(self)
 
 
 
@@ -383,7 +394,7 @@ class HttpFrontend(Protocol):
         events = parser.feed(data)
         exchange = self.exchange
         for event in events:
-            if exchange is not None and not exchange.request_done and not exchange.finished:
+            if exchange is not None and not exchange.request_done:
                 exchange.request_event(event)
             else:
                 self.queue.append(event)

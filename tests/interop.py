@@ -125,14 +125,15 @@ def memcached_server(testcase: Any) -> int:
 
 
 NGINX_CONF = """
+{user}
 daemon off;
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log {dir}/access.log conn;
     log_format conn '$connection $request_uri $status';
+    access_log {dir}/access.log conn;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -159,7 +160,10 @@ def nginx_server(testcase: Any) -> Any:
         f.write(os.urandom(1024 * 1024))
     conf = os.path.join(directory, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(dir=directory, port=port))
+        # As root, nginx's workers would run as nobody, who cannot read the
+        # test's temporary directory.
+        user = "user root;" if os.geteuid() == 0 else ""
+        f.write(NGINX_CONF.format(dir=directory, port=port, user=user))
     p = Process(testcase, [nginx, "-c", conf, "-p", directory, "-e", os.path.join(directory, "error.log")],
                 "nginx")
     wait_port(port, p.proc, log=os.path.join(directory, "error.log"))
