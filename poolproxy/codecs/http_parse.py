@@ -367,7 +367,10 @@ class _Parser:
         #: True once the connection is a tunnel: feed() returns raw bytes.
         self.tunnel = False
         self._decode = False
+        #: Leftover bytes (an incomplete chunk-size or trailer line).
         self._buf = b""
+        #: An incomplete head, grown in place (linear, however small the feeds).
+        self._acc: Optional[bytearray] = None
         self._state = _HEAD
         self._remaining = 0
         self._scan = 0
@@ -375,22 +378,42 @@ class _Parser:
 
     def pending(self) -> int:
         """Bytes held for an incomplete head, chunk-size line or trailer."""
-        return len(self._buf)
+        return len(self._buf) + (len(self._acc) if self._acc is not None else 0)
 
-    def _fail(self, status: int, message: str) -> None:
+    def _fail(self, status: int, message: str) -> Any:
+        """Set C{error} (the first one stays) and stop; returns L{None}."""
         if self.error is None:
             self.error = HttpError(status, message)
         self._state = _DEAD
         self._buf = b""
+        self._acc = None
+        return None
 
-    def _incomplete_head(self, buf: bytes, pos: int, n: int) -> None:
+    def _take(self, data: bytes) -> Optional[bytes]:
+        """
+        An incomplete head is held: add C{data} to it.  Return the bytes to
+        parse once the head may be complete, else L{None} (limits checked).
+        """
+        acc = self._acc
+        assert acc is not None
+        start = len(acc)
+        acc += data
+        if acc.find(b"\r\n\r\n", start - 3 if start > 3 else 0) < 0:
+            self._incomplete_head(acc, 0, len(acc))
+            return None
+        self._acc = None
+        return bytes(acc)
+
+    def _incomplete_head(self, buf: Any, pos: int, n: int) -> None:
         """No complete head yet at C{pos}: enforce the limits, reject bare LF early."""
         size = n - pos
-        if size > self.max_line + 1:
-            le = buf.find(b"\r\n", pos, pos + self.max_line + 2)
-            if le < 0:
+        max_line = self.max_line
+        if size > max_line + 1:
+            # The start line is checked once, when the head grows past it;
+            # the exact header-section size is checked once the head is whole.
+            if self._scan + 3 <= max_line + 1 and buf.find(b"\r\n", pos, pos + max_line + 2) < 0:
                 return self._fail(self._LONG_LINE, f"{self._what} line too long")
-            if size - (le - pos) - 2 > self.max_headers_size:
+            if size > max_line + self.max_headers_size + 4:
                 return self._fail(self._TOO_LARGE, "header section too large")
         s = pos + self._scan
         if buf.count(b"\n", s) != buf.count(b"\r\n", s - 1 if s > pos else s):
@@ -574,7 +597,7 @@ class _Parser:
         """Whether the stream stops inside a message (not between messages)."""
         state = self._state
         if state == _HEAD:
-            return bool(self._buf.lstrip(b"\r\n"))
+            return self._acc is not None
         return state != _TUNNEL and state != _DEAD and state != _UNTIL_CLOSE
 
 
@@ -595,7 +618,11 @@ class RequestParser(_Parser):
             return [data] if data else []
         if type(data) is not bytes:
             data = bytes(data)
-        if self._buf:
+        if self._acc is not None:
+            buf = self._take(data)
+            if buf is None:
+                return []
+        elif self._buf:
             buf = self._buf + data
             self._buf = b""
         else:
@@ -647,7 +674,10 @@ class RequestParser(_Parser):
             else:
                 self._state = _CHUNK_SIZE
         if pos < n:
-            self._buf = buf[pos:]
+            if self._state == _HEAD:
+                self._acc = bytearray(memoryview(buf)[pos:])
+            else:
+                self._buf = buf[pos:]
         return events
 
     def eof(self) -> List[Any]:
@@ -774,7 +804,11 @@ class ResponseParser(_Parser):
             return [data] if data else []
         if type(data) is not bytes:
             data = bytes(data)
-        if self._buf:
+        if self._acc is not None:
+            buf = self._take(data)
+            if buf is None:
+                return []
+        elif self._buf:
             buf = self._buf + data
             self._buf = b""
         else:
@@ -835,7 +869,10 @@ class ResponseParser(_Parser):
             else:
                 self._state = _UNTIL_CLOSE
         if pos < n:
-            self._buf = buf[pos:]
+            if self._state == _HEAD:
+                self._acc = bytearray(memoryview(buf)[pos:])
+            else:
+                self._buf = buf[pos:]
         return events
 
     def eof(self) -> List[Any]:
