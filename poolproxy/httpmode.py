@@ -271,8 +271,8 @@ class Exchange:
         response = self.response
         backend = self.backend
         reusable = (self.request_done and response is not None and response.keep_alive
-                    and backend is not None and backend.parser.pending() == 0
-                    and backend.parser.expected == 0)
+                    and backend is not None and backend.parser.error is None
+                    and backend.parser.pending() == 0 and backend.parser.expected == 0)
         self.frontend.stats.requests_ok += 1
         self.draining = not self.request_done and not self.close_client
         self._finish(release=reusable)

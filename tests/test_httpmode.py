@@ -252,7 +252,41 @@ class ForwardingTests(HttpTestCase):
         self.assertEqual(self.service.admission.in_flight, 0)
 
 
+class Overtalker(Protocol):
+    """Answers each request, then sends bytes nobody asked for."""
+
+    def connectionMade(self) -> None:
+        self.factory.opened()
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.factory.closed()
+
+
 class ErrorTests(HttpTestCase):
+    @inlineCallbacks
+    def test_leftover_bytes_close_backend_connection(self) -> None:
+        """
+        A backend that sends more than the response it owed: its connection
+        is closed, never reused, and the next request gets a clean one.
+        """
+        talker = BackendFactory(Overtalker)
+        port = reactor.listenTCP(0, talker, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.backend_port = port.getHost().port
+        self.proxy(health_interval=30.0)
+        for _ in range(3):
+            response, content = yield self.get(b"/x")
+            self.assertEqual(content, b"ok")
+        yield wait_for(lambda: talker.accepted >= 3, what="a connection per request")
+        self.assertEqual(self.service.pools[0].idle, 0)
+
     @inlineCallbacks
     def test_malformed_request(self) -> None:
         """A malformed request gets 400 and the connection is closed."""

@@ -9,13 +9,14 @@ import hashlib
 import http.client
 import os
 import re
+import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.interop import ProxyProcess, binary, nginx_server
+from tests.interop import ProxyProcess, binary, nginx_server, recv_until
 
 
 class NginxInteropTests(SynchronousTestCase):
@@ -94,6 +95,22 @@ class NginxInteropTests(SynchronousTestCase):
             problems = sum(pool.map(work, range(30)), [])
         self.assertEqual(problems, [])
         self.assertLessEqual(len(set(self.backend_connections())), 10)
+
+    def test_short_sessions_reuse_backend_connections(self) -> None:
+        """
+        10,000 short sessions (connect, one request with Connection: close,
+        read to the end) reach nginx over no more than pool-size connections.
+        """
+        self.proxy("--pool-size", "4")
+        request = b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        for _ in range(10_000):
+            s = socket.create_connection(("127.0.0.1", self.pp.port), timeout=30)
+            s.sendall(request)
+            reply = recv_until(s, b"nginx says /s\n")
+            s.close()
+            self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply)
+        self.assertEqual(len(self.backend_connections()), 10_000)
+        self.assertLessEqual(len(set(self.backend_connections())), 4)
 
     def test_wrk(self) -> None:
         """

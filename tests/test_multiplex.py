@@ -56,6 +56,8 @@ class LineBackend(Protocol):
                 self.held.append(line + b"\n")  # and everything after it waits
             elif word == b"NOREPLY":
                 pass
+            elif word == b"EXTRA":
+                self.answer(line + b"\nunasked\n")  # one reply too many
             elif word == b"SUB":
                 self.answer(b"subscribed\nmessage 1\nmessage 2\n")
             else:
@@ -92,6 +94,8 @@ def flag_codec(setup: List[bytes] = ()) -> Any:  # type: ignore[assignment]
                 frame.flags |= PIN
             elif word == b"UNPIN":
                 frame.flags |= PIN | UNPIN
+            elif word == b"EXTRA":
+                self.answer(line + b"\nunasked\n")  # one reply too many
             elif word == b"SUB":
                 frame.flags |= PIN | PASSTHROUGH
             elif word == b"NOREPLY":
@@ -358,6 +362,21 @@ class FailureTests(MultiplexTestCase):
         yield wait_for(lambda: len(client.lines()) == 3, what="served again")
         self.assertEqual(client.lines()[2], b"GET again")
         yield wait_for(lambda: service.admission.in_flight == 0, what="tokens back")
+
+    @inlineCallbacks
+    def test_unasked_reply_closes_connection(self) -> None:
+        """
+        A backend that sends a reply nobody asked for is out of step: its
+        connection is closed and the next request goes to a new one.
+        """
+        backend = self.backend()
+        service = self.proxy(backend, mux_connections=1, health_interval=30.0)
+        client = yield self.ask(service, b"EXTRA 1\n", 1)
+        self.assertEqual(client.lines(), [b"EXTRA 1"])
+        yield wait_for(lambda: backend.open == 0, what="connection closed")
+        client.transport.write(b"GET 2\n")
+        yield wait_for(lambda: client.lines() == [b"EXTRA 1", b"GET 2"], what="served anew")
+        self.assertEqual(backend.accepted, 2)
 
     @inlineCallbacks
     def test_overload_answers_in_order(self) -> None:
