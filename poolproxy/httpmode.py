@@ -160,6 +160,8 @@ class Exchange:
         backend: HttpBackend = conn.protocol  # type: ignore[assignment]
         self.conn, self.backend = conn, backend
         backend.exchange = self
+        # An HTTP/1.0 client cannot read chunked encoding: decode it for them.
+        backend.parser.decode_chunked = self.head.version == b"HTTP/1.0"
         backend.parser.expect(self.head.method)
         transport = backend.transport
         transport.write(serialize_request_head(self.head, frontend.forwarded(self.head),
@@ -231,9 +233,14 @@ class Exchange:
                 if event.body == UNTIL_CLOSE or not event.keep_alive:
                     # The client cannot tell where such a body ends but by the close.
                     self.close_client = self.close_client or event.body == UNTIL_CLOSE
+                drop = ()
+                if event.body == CHUNKED and self.head.version == b"HTTP/1.0":
+                    # Relayed decoded, so only the close can end it for the client.
+                    self.close_client = True
+                    drop = (b"transfer-encoding",)
                 if self.close_client and not event.upgrade:
                     extra.append((b"Connection", b"close"))
-                write(serialize_response_head(event, extra))
+                write(serialize_response_head(event, extra, drop))
                 if event.upgrade or (self.head.method == b"CONNECT" and 200 <= event.status < 300):
                     self._become_tunnel()  # what follows in events is raw tunnel bytes
             elif event is END:

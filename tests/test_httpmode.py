@@ -44,6 +44,12 @@ class EchoResource(Resource):
         if parts[0] == "big":
             request.setHeader(b"content-type", b"application/octet-stream")
             return b"x" * int(parts[1])
+        if parts[0] == "stream":
+            # No Content-Length: twisted.web sends it chunked to HTTP/1.1.
+            for i in range(int(parts[1])):
+                request.write(b"part%d" % i)
+            request.finish()
+            return NOT_DONE_YET
         if parts[0] == "hang":
             self.hanging.append(request)
             return NOT_DONE_YET
@@ -227,6 +233,23 @@ class ForwardingTests(HttpTestCase):
         self.assertIn(b"Connection: close", reply)
         reply = yield self.raw(b"GET /y HTTP/1.0\r\nHost: x\r\n\r\n")
         self.assertIn(b'"path": "/y"', reply)
+        self.assertEqual(self.site.connections, 1)
+
+    @inlineCallbacks
+    def test_http10_client_gets_chunked_body_decoded(self) -> None:
+        """
+        A chunked response to an HTTP/1.0 client arrives decoded, without
+        Transfer-Encoding, ended by the close; an HTTP/1.1 client on the same
+        backend connection still gets it chunked.
+        """
+        self.proxy()
+        reply = yield self.raw(b"GET /stream/3 HTTP/1.0\r\nHost: x\r\n\r\n")
+        head, body = reply.split(b"\r\n\r\n", 1)
+        self.assertNotIn(b"transfer-encoding", head.lower())
+        self.assertIn(b"Connection: close", head)
+        self.assertEqual(body, b"part0part1part2")
+        reply = yield self.raw(b"GET /stream/3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertIn(b"transfer-encoding: chunked", reply.lower())
         self.assertEqual(self.site.connections, 1)
 
     @inlineCallbacks

@@ -788,6 +788,18 @@ class ResponseParser(_Parser):
         self._expected.append(method)
 
     @property
+    def decode_chunked(self) -> bool:
+        """
+        Whether chunked bodies are emitted decoded; may be changed between
+        responses (the proxy sets it for a request from an HTTP/1.0 client).
+        """
+        return self._decode
+
+    @decode_chunked.setter
+    def decode_chunked(self, value: bool) -> None:
+        self._decode = value
+
+    @property
     def expected(self) -> int:
         """Responses still expected (including the one being received)."""
         return len(self._expected) + (self._state != _HEAD and self._state != _DEAD
