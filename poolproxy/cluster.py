@@ -1,48 +1,189 @@
 """
-A cluster: the backends one listener routes to, each with its own pool.
+Clusters: the backends a listener routes to.
 
-For now it balances round-robin and skips backends known to be down while
-another is not; weighted policies, consistent hashing and health checks build
-on this seam (see docs/architecture.md).
+A L{Backend} is one server: its pool, its weight, whether active health
+checks pass, its circuit breaker (passive health), and how many requests it
+has in flight.  A L{Cluster} picks a backend for each request (or client
+session) with a balancing policy from L{poolproxy.balancing}, among the
+backends that are available, and keeps a cluster from ejecting too many of
+its backends at once.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import random
+from typing import Any, Callable, List, Optional, Sequence
+
+from twisted.logger import Logger
 
 from poolproxy.pool import BackendPool
 
 
+class Backend:
+    """
+    One backend server of a cluster.
+
+    @ivar outstanding: requests (or sessions) in flight to it, kept by the
+        proxy modes for least-outstanding balancing.
+    @ivar disabled: taken out of rotation by an operator.
+    @ivar requests: requests sent to it; C{failures}: those that failed.
+    """
+
+    log = Logger()
+
+    def __init__(self, name: str, pool: BackendPool, weight: int = 1) -> None:
+        self.name = name
+        self.pool = pool
+        self.weight = weight
+        self.outstanding = 0
+        self.disabled = False
+        self.health: Any = None  # a poolproxy.health.HealthCheck, if checks are on
+        self.breaker: Any = None  # a poolproxy.breaker.CircuitBreaker, if on
+        self.requests = 0
+        self.failures = 0
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name}>"
+
+    @property
+    def healthy(self) -> bool:
+        """Active checks pass (or are off)."""
+        return self.health is None or self.health.healthy
+
+    @property
+    def ejected(self) -> bool:
+        """
+        Out of rotation: failed health checks, or a breaker not closed (a
+        half-open backend gets one trial request at most).
+        """
+        if not self.healthy:
+            return True
+        breaker = self.breaker
+        return breaker is not None and breaker.state != "closed"
+
+    @property
+    def available(self) -> bool:
+        """May get a new request now."""
+        if self.disabled or not self.healthy:
+            return False
+        breaker = self.breaker
+        if breaker is None or breaker.state == "closed":
+            return True
+        return breaker.state == "half_open" and not breaker.trial_in_flight
+
+    @property
+    def state(self) -> str:
+        """One word for status pages: up, down, ejected, disabled."""
+        if self.disabled:
+            return "disabled"
+        if not self.healthy:
+            return "down"
+        if self.ejected:
+            return "ejected"
+        return "up"
+
+    def claim(self) -> None:
+        """A request is going to this backend (after L{Cluster.pick})."""
+        self.requests += 1
+        breaker = self.breaker
+        if breaker is not None and breaker.state == "half_open":
+            breaker.allow()  # this request is the trial
+
+    def succeeded(self) -> None:
+        """A request to this backend got its answer."""
+        breaker = self.breaker
+        # The common case, a closed breaker with no failure counted, needs no
+        # trip through its state machine (a few microseconds).
+        if breaker is not None and (breaker.consecutive_failures or breaker.state != "closed"):
+            breaker.success()
+
+    def abandoned(self) -> None:
+        """
+        A request to this backend ended without an outcome (its client left):
+        if it was the half-open breaker's trial, let another one go.
+        """
+        breaker = self.breaker
+        if breaker is not None and breaker.trial_in_flight:
+            breaker.cancel_trial()
+
+    def failed(self, why: str) -> None:
+        """
+        A request to this backend failed (connect error, timeout, broken
+        response): passive health.
+        """
+        self.failures += 1
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.failure()
+
+    def stop(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+        if self.breaker is not None:
+            self.breaker.stop()
+
+
 class Cluster:
     """
-    A named set of backend pools.
+    A named set of backends and the policy that picks among them.
+
+    @ivar max_ejected_share: the largest fraction of backends that health
+        checks and breakers may take out of rotation at once.
     """
 
-    def __init__(self, name: str, pools: Sequence[BackendPool]) -> None:
-        if not pools:
-            raise ValueError("a cluster needs at least one backend")
-        self.name = name
-        self.pools: List[BackendPool] = list(pools)
-        self._next = 0
+    log = Logger()
 
-    def pick(self) -> BackendPool:
+    def __init__(self, name: str, backends: Sequence[Backend], policy: str = "round_robin",
+                 max_ejected_share: float = 0.5, rng: Optional[random.Random] = None,
+                 make_policy: Optional[Callable[..., Any]] = None) -> None:
+        if not backends:
+            raise ValueError("a cluster needs at least one backend")
+        from poolproxy.balancing import make_policy as default_make_policy
+
+        self.name = name
+        self.backends: List[Backend] = list(backends)
+        self.policy_name = policy
+        self.max_ejected_share = max_ejected_share
+        self.policy = (make_policy or default_make_policy)(
+            policy, [(b, b.weight) for b in self.backends],
+            outstanding=lambda b: b.outstanding, rng=rng or random.Random(),
+            name_of=lambda b: b.name)
+
+    @property
+    def pools(self) -> List[BackendPool]:
+        return [b.pool for b in self.backends]
+
+    def pick(self, key: Optional[bytes] = None) -> Optional[Backend]:
         """
-        The next pool in turn that is not known to be down; if all are down,
-        the next in turn anyway, so that its error reaches the client.
+        The backend for a request with routing key C{key}, or L{None} if no
+        backend is available.  The caller then calls L{Backend.claim}.
         """
-        pools = self.pools
-        n = len(pools)
-        start = self._next
-        self._next = (start + 1) % n
-        for i in range(n):
-            pool = pools[(start + i) % n]
-            if pool.state != "down":
-                if i:
-                    self._next = (start + i + 1) % n
-                return pool
-        return pools[start]
+        return self.policy.pick(key, _available)
+
+    def may_eject(self) -> bool:
+        """
+        Whether one more backend may be taken out of rotation without
+        passing C{max_ejected_share}.
+        """
+        ejected = sum(1 for b in self.backends if b.ejected)
+        return (ejected + 1) <= self.max_ejected_share * len(self.backends)
+
+    def set_weight(self, backend: Backend, weight: int) -> None:
+        self.policy.set_weight(backend, weight)  # raises on a bad weight: change nothing
+        backend.weight = weight
 
     @property
     def ready(self) -> bool:
         """Whether some backend connection can be had."""
-        return any(pool.available for pool in self.pools)
+        return any(b.available and b.pool.available for b in self.backends)
+
+    def stop(self) -> None:
+        for b in self.backends:
+            b.stop()
+
+
+def _available(backend: Backend) -> bool:
+    return backend.available

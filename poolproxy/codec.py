@@ -47,6 +47,16 @@ CLOSE = 32
 #: SELECT): when the client's pinned connection is given up after it, it is
 #: closed instead of going back to the pool.
 DIRTY = 64
+#: From this frame on the client needs backend connections of another
+#: variant, named by C{Frame.expect} (redis: the RESP version chosen with
+#: HELLO).  The proxy moves the client, once its earlier replies are in, to
+#: shared connections switched to that variant with the codec's
+#: C{variant_setup(options, variant)} frames; L{None} is the pool's own.
+#: A codec that uses VARIANT must have that method (it is not part of
+#: L{ICodec}, which codecs without variants need not implement): it returns
+#: the frames that switch a set-up pooled connection to C{variant}, answered
+#: and checked with C{check_setup_reply} before any client frame uses it.
+VARIANT = 128
 
 #: Kinds of errors the proxy itself answers with, via L{ICodec.error_reply}.
 ERROR_KINDS = ("overloaded", "unavailable", "timeout", "too_large", "malformed")

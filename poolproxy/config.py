@@ -103,9 +103,40 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("backend_db", "int", 0, "Redis database pooled connections SELECT.", minimum=0),
     Setting("client_password_file", "str", None, "File holding the password redis "
             "clients must AUTH with to use the proxy."),
+    Setting("balance", "str", None, "How the cluster picks a backend: round_robin, "
+            "least_outstanding, consistent_hash or random [default: consistent_hash for "
+            "redis and memcached, least_outstanding for http, round_robin for tcp]."),
+    Setting("hash_key", "str", None, "http with consistent_hash: what to hash, 'path' or "
+            "'header:NAME'."),
+    Setting("check_interval", "float", 2.0, "Seconds between active health checks of each "
+            "backend (redis PING, memcached version, HTTP GET check-path, TCP connect); 0 "
+            "turns them off.", minimum=0),
+    Setting("check_timeout", "float", 1.0, "Seconds a health check may take.", minimum=0,
+            exclusive=True),
+    Setting("check_rise", "int", 2, "Consecutive good checks that bring a backend back.",
+            minimum=1),
+    Setting("check_fall", "int", 3, "Consecutive failed checks that take a backend out.",
+            minimum=1),
+    Setting("check_path", "str", "/", "http: the path health checks GET (2xx is healthy)."),
+    Setting("breaker_failures", "int", 5, "Consecutive failed requests that open a "
+            "backend's circuit breaker; 0 turns breakers off.", minimum=0),
+    Setting("breaker_reset_timeout", "float", 5.0, "Seconds an open breaker waits before "
+            "letting one trial request through; doubles after each failed trial.",
+            minimum=0, exclusive=True),
+    Setting("breaker_max_reset_timeout", "float", 60.0, "Longest wait of an open breaker.",
+            minimum=0, exclusive=True),
+    Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
+            "that health checks and breakers may take out at once.", minimum=0),
 )
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+BALANCE_POLICIES = ("round_robin", "least_outstanding", "consistent_hash", "random")
+
+#: The policy a cluster gets when --balance is not given, by codec mode.
+DEFAULT_BALANCE = {"multiplexed": "consistent_hash", "request": "least_outstanding",
+                   "session": "round_robin"}
+
 
 def protocol_names() -> List[str]:
     """The names of the installed protocol codecs (Twisted plugins)."""
@@ -160,6 +191,17 @@ class ProxyConfig:
     backend_username: Optional[str] = None
     backend_db: int = 0
     client_password_file: Optional[str] = None
+    balance: Optional[str] = None
+    hash_key: Optional[str] = None
+    check_interval: float = 2.0
+    check_timeout: float = 1.0
+    check_rise: int = 2
+    check_fall: int = 3
+    check_path: str = "/"
+    breaker_failures: int = 5
+    breaker_reset_timeout: float = 5.0
+    breaker_max_reset_timeout: float = 60.0
+    max_ejected_percent: float = 50.0
     # Where each value came from, for error messages: name -> "--flag" or "key (in FILE)".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -290,6 +332,21 @@ def build_config(
             f"{where('pool_min_idle')}: must not exceed pool-size ({pool_size}), "
             f"got {values['pool_min_idle']}"
         )
+    balance = values.get("balance")
+    if balance is not None and balance not in BALANCE_POLICIES:
+        raise ConfigError(f"{where('balance')}: unknown policy {balance!r}; "
+                          f"available: {', '.join(BALANCE_POLICIES)}")
+    hash_key = values.get("hash_key")
+    if hash_key is not None and not (hash_key == "path" or (
+            hash_key.startswith("header:") and len(hash_key) > len("header:"))):
+        raise ConfigError(f"{where('hash_key')}: expected 'path' or 'header:NAME', "
+                          f"got {hash_key!r}")
+    if values.get("breaker_max_reset_timeout", 60.0) < values.get("breaker_reset_timeout", 5.0):
+        raise ConfigError(f"{where('breaker_max_reset_timeout')}: must be at least "
+                          f"breaker-reset-timeout ({values.get('breaker_reset_timeout', 5.0):g})")
+    if values.get("max_ejected_percent", 0) > 100:
+        raise ConfigError(f"{where('max_ejected_percent')}: must be at most 100, "
+                          f"got {values['max_ejected_percent']!r}")
     mux = values.get("mux_connections", ProxyConfig.mux_connections)
     if mux > pool_size:
         raise ConfigError(f"{where('mux_connections')}: must not exceed pool-size "

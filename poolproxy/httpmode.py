@@ -15,7 +15,7 @@ reused.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -33,7 +33,7 @@ from poolproxy.codecs.http_parse import (
     serialize_request_head,
     serialize_response_head,
 )
-from poolproxy.pool import BackendPool, BackendProtocol, BackendUnavailable, PooledConnection
+from poolproxy.pool import BackendProtocol, BackendUnavailable, PooledConnection
 from poolproxy.stats import ListenerStats
 
 if TYPE_CHECKING:
@@ -44,6 +44,19 @@ if TYPE_CHECKING:
 EARLY_LIMIT = 64 * 1024
 QUEUE_LIMIT = 256
 _DROP_FORWARDED = (b"x-forwarded-for",)
+
+
+def route_key(spec: Optional[str]) -> Optional[Callable[[RequestHead], Optional[bytes]]]:
+    """
+    The routing key of a request for consistent hashing: C{"path"} (the
+    request target), C{"header:NAME"}, or L{None} for no key.
+    """
+    if not spec:
+        return None
+    if spec == "path":
+        return lambda head: head.target
+    name = spec[len("header:"):].encode("latin-1")
+    return lambda head: head.header(name)
 
 
 class HttpBackend(BackendProtocol):
@@ -114,6 +127,8 @@ class Exchange:
         self.close_client = not head.keep_alive
         self._waiting: "Optional[Deferred[Any]]" = None
         self._timer: Any = None
+        self.cluster_backend: Any = None
+        self.reported = False  # an outcome was told to the backend's breaker
 
     # -- admission and lease ---------------------------------------------------
 
@@ -131,8 +146,17 @@ class Exchange:
         if self.finished:
             self._release_admission()
             return
-        pool: BackendPool = self.frontend.factory.cluster.pick()
-        self._waiting = d = pool.acquire()
+        factory = self.frontend.factory
+        key = factory.route_key(self.head) if factory.route_key is not None else None
+        backend = factory.cluster.pick(key)
+        if backend is None:
+            self.frontend.stats.requests.add("backend_unavailable")
+            self._error("unavailable", "no backend is available")
+            return
+        backend.claim()
+        backend.outstanding += 1
+        self.cluster_backend = backend
+        self._waiting = d = backend.pool.acquire()
         d.addCallbacks(self._leased, self._no_backend)
 
     def _not_admitted(self, failure: Failure) -> None:
@@ -229,6 +253,13 @@ class Exchange:
                     continue
                 self.response = event
                 self.response_started = True
+                backend = self.cluster_backend
+                if backend is not None:
+                    self.reported = True
+                    if event.status >= 500 and self.frontend.factory.fail_on_5xx:
+                        backend.failed(f"HTTP {event.status}")
+                    else:
+                        backend.succeeded()
                 extra = []
                 if event.body == UNTIL_CLOSE or not event.keep_alive:
                     # The client cannot tell where such a body ends but by the close.
@@ -289,6 +320,9 @@ class Exchange:
     def _timed_out(self) -> None:
         self._timer = None
         self.frontend.stats.requests.add("timeout")
+        if self.cluster_backend is not None:
+            self.reported = True
+            self.cluster_backend.failed("request timed out")
         self._error("timeout", f"no response within {self.frontend.factory.request_timeout:g}s")
 
     def backend_failed(self, why: str) -> None:
@@ -300,6 +334,9 @@ class Exchange:
             self._finish(release=False)
             return
         self.frontend.stats.requests.add("backend_unavailable")
+        if self.cluster_backend is not None:
+            self.reported = True
+            self.cluster_backend.failed(why)
         self._error("unavailable", why)
 
     def _error(self, kind: str, message: str) -> None:
@@ -329,6 +366,11 @@ class Exchange:
         if self.admitted:
             self.admitted = False
             self.frontend.factory.admission.release()
+        backend, self.cluster_backend = self.cluster_backend, None
+        if backend is not None:
+            backend.outstanding -= 1
+            if not self.reported:
+                backend.abandoned()
 
     def _finish(self, release: bool, abort: bool = False) -> None:
         """End the lease (exactly once) and the exchange."""
@@ -496,7 +538,9 @@ class HttpFactory(Factory):
 
     def __init__(self, name: str, codec: HttpCodec, config: Any, admission: Admission,
                  cluster: "Cluster", clock: Any, request_timeout: float,
-                 stats: Optional[ListenerStats] = None) -> None:
+                 stats: Optional[ListenerStats] = None,
+                 route_key: Optional[Callable[[RequestHead], Optional[bytes]]] = None,
+                 fail_on_5xx: bool = True) -> None:
         self.name = name
         self.codec = codec
         self.config = config
@@ -506,6 +550,8 @@ class HttpFactory(Factory):
         self.request_timeout = request_timeout
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[HttpFrontend]" = set()
+        self.route_key = route_key
+        self.fail_on_5xx = fail_on_5xx
 
     def buildProtocol(self, addr: Any) -> HttpFrontend:
         return HttpFrontend(self)

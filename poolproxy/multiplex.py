@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from poolproxy.admission import Admission, Overloaded
-from poolproxy.codec import CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, Frame, ICodec
+from poolproxy.codec import CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, VARIANT, Frame, ICodec
 from poolproxy.pool import BackendPool, BackendProtocol, PooledConnection
 from poolproxy.stats import ListenerStats
 
@@ -50,6 +50,8 @@ OWED_LIMIT = 4096
 
 # Marks the frame standing for the proxy's own error reply to a broken stream.
 _PROXY_ERROR = object()
+# A routing answer: no backend of the cluster is available.
+_NO_BACKEND: Any = object()
 
 
 class SetupFailed(Exception):
@@ -85,8 +87,15 @@ class PipelineBackend(BackendProtocol):
 
     log = Logger()
 
-    def __init__(self, codec: ICodec, setup: List[Frame], admission: Admission) -> None:
+    def __init__(self, codec: ICodec, setup: List[Frame], admission: Admission,
+                 cluster_backend: Any = None, clock: Any = None,
+                 request_timeout: float = 0.0) -> None:
         self.codec = codec
+        self.cluster_backend = cluster_backend
+        self.clock = clock
+        self.request_timeout = request_timeout
+        self._timer: Any = None
+        self._progress = 0.0  # when the oldest reply owed was sent, or last came in
         self.framer = codec.response_framer()
         self.needs_expect = bool(self.framer.needs_expect)
         self.admission = admission
@@ -119,6 +128,20 @@ class PipelineBackend(BackendProtocol):
         self._ready = Deferred(self._cancel_setup)
         return self._ready
 
+    def switch(self, frames: List[Frame]) -> "Deferred[PipelineBackend]":
+        """
+        Switch this connection to another variant (e.g. RESP3) with setup
+        frames: no client frame may use it until the returned Deferred fires.
+        """
+        self.alive = False
+        self._setup = list(frames)
+        for frame in frames:
+            if frame.replies and self.needs_expect:
+                self.framer.expect(frame.expect)
+        self.transport.write(b"".join(frame.data for frame in frames))
+        self._ready = Deferred(self._cancel_setup)
+        return self._ready
+
     def _cancel_setup(self, ready: "Deferred[PipelineBackend]") -> None:
         self._ready = None
         self.transport.abortConnection()
@@ -148,9 +171,33 @@ class PipelineBackend(BackendProtocol):
 
     def owe(self, slot: Slot, frame: Frame) -> None:
         """Record that C{frame}, about to be written, owes C{slot} a reply."""
-        self.pending.append(slot)
+        pending = self.pending
+        if not pending and self.request_timeout:
+            self._progress = self.clock.seconds()
+            if self._timer is None:
+                self._timer = self.clock.callLater(self.request_timeout, self._check_timeout)
+        pending.append(slot)
         if self.needs_expect:
             self.framer.expect(frame.expect)
+
+    def _check_timeout(self) -> None:
+        # One timer per connection, re-armed only when replies keep coming:
+        # the oldest reply owed must arrive within request_timeout.
+        self._timer = None
+        if not self.pending or not self.alive:
+            return
+        late = self.clock.seconds() - self._progress
+        if late < self.request_timeout:
+            self._timer = self.clock.callLater(self.request_timeout - late, self._check_timeout)
+            return
+        self.log.warn("backend {backend}: no reply within {timeout}s; closing the connection",
+                      backend=self._name(), timeout=self.request_timeout)
+        self._fail(f"backend timed out after {self.request_timeout:g}s", kind="timeout")
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     # -- receiving -----------------------------------------------------------
 
@@ -193,23 +240,37 @@ class PipelineBackend(BackendProtocol):
                 client.touched = True
                 touched.append(client)
         self.admission.release(len(responses))
+        backend = self.cluster_backend
+        if backend is not None:
+            backend.outstanding -= len(responses)
+            backend.succeeded()
+        if self._timer is not None:
+            if pending:
+                self._progress = self.clock.seconds()
+            else:
+                self._cancel_timer()
         for client in touched:
             client.touched = False
             client.answered()
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, kind: str = "unavailable") -> None:
         """Answer everything owed with the codec's error and close."""
         self.alive = False
+        self._cancel_timer()
         pending, self.pending = self.pending, deque()
+        backend = self.cluster_backend
+        if backend is not None and pending:
+            backend.outstanding -= len(pending)
+            backend.failed(why)
         if pending:
-            reply = self.codec.error_reply("unavailable", why)
+            reply = self.codec.error_reply(kind, why)
             touched = []
             for slot in pending:
                 client = slot.client
                 if client is None:
                     continue
                 slot.response = reply
-                client.stats.requests.add("backend_unavailable")
+                client.stats.requests.add("timeout" if kind == "timeout" else "backend_unavailable")
                 if slot.pinned:
                     client.sent_pinned -= 1
                 else:
@@ -250,13 +311,32 @@ class Multiplexer:
     for the whole session.
     """
 
-    def __init__(self, pool: BackendPool, size: int) -> None:
+    def __init__(self, pool: BackendPool, size: int, setup: Optional[List[Frame]] = None,
+                 variant_setup: Optional[Any] = None) -> None:
+        """
+        @param setup: frames that switch a pooled connection to this
+            multiplexer's variant before it is shared (e.g. HELLO 3).
+        @param variant_setup: C{variant -> frames}, for L{for_variant}.
+        """
         self.pool = pool
         self.size = size
+        self.setup = setup or []
+        self.variant_setup = variant_setup
         self.connections: List[PooledConnection] = []
         self._acquiring = 0
         self._next = 0
         self._waiting: "List[MultiplexFrontend]" = []
+        self._variants: "dict[Any, Multiplexer]" = {}
+
+    def for_variant(self, variant: Any) -> "Multiplexer":
+        """The shared connections of another variant (RESP3) to the same backend."""
+        if variant is None:
+            return self
+        multiplexer = self._variants.get(variant)
+        if multiplexer is None:
+            frames = self.variant_setup(variant) if self.variant_setup is not None else []
+            multiplexer = self._variants[variant] = Multiplexer(self.pool, self.size, frames)
+        return multiplexer
 
     def pick(self, client: "MultiplexFrontend") -> Optional[PipelineBackend]:
         """
@@ -284,26 +364,42 @@ class Multiplexer:
         self.pool.acquire().addCallbacks(self._got, self._not_got)
 
     def _got(self, conn: PooledConnection) -> None:
-        self._acquiring -= 1
         backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
         if not backend.alive:
+            self._acquiring -= 1
             conn.discard("backend_closed")
-            self._not_got(Failure(ConnectionError("connection lost before use")))
+            self._not_got(Failure(ConnectionError("connection lost before use")), counted=True)
             return
+        if self.setup:
+            def switched(_: object) -> None:
+                self._share(conn)
+
+            def failed(failure: Failure) -> None:
+                conn.discard("setup_failed", abort=True)
+                self._not_got(failure)
+
+            backend.switch(self.setup).addCallbacks(switched, failed)
+            return
+        self._share(conn)
+
+    def _share(self, conn: PooledConnection) -> None:
+        self._acquiring -= 1
+        backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
         backend.multiplexer = self
         self.connections.append(conn)
         waiting, self._waiting = self._waiting, []
         for client in waiting:
-            client.shared_ready(backend)
+            client.shared_ready(self)
 
-    def _not_got(self, failure: Failure) -> None:
-        self._acquiring -= 1
+    def _not_got(self, failure: Failure, counted: bool = False) -> None:
+        if not counted:
+            self._acquiring -= 1
         if self.connections:
             return
         waiting, self._waiting = self._waiting, []
         why = failure.getErrorMessage()
         for client in waiting:
-            client.shared_failed(why)
+            client.shared_failed(self, why)
 
     def lost(self, backend: PipelineBackend) -> None:
         """A shared connection died: end its lease."""
@@ -318,6 +414,8 @@ class Multiplexer:
         for conn in connections:
             conn.protocol.multiplexer = None  # type: ignore[attr-defined]
             conn.discard("shutdown")
+        for multiplexer in self._variants.values():
+            multiplexer.close()
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol)
@@ -340,7 +438,11 @@ class MultiplexFrontend(Protocol):
         self.framer = factory.codec.request_framer(factory.config)
         self.slots: Deque[Slot] = deque()
         self.held: Deque[Frame] = deque()
-        self.shared: Optional[PipelineBackend] = None
+        # The shared connection this client uses on each backend (one per
+        # backend for the whole session, so its requests keep their order).
+        self.shared: "dict[Any, PipelineBackend]" = {}
+        self._backend: Any = None  # the cluster Backend, when not routing by key
+        self.variant: Any = None  # the connection variant this client needs (VARIANT)
         self.pinned: Optional[PooledConnection] = None
         self.unpin_pending = False
         self.pinned_dirty = False
@@ -348,7 +450,7 @@ class MultiplexFrontend(Protocol):
         self.sent_shared = 0
         self.sent_pinned = 0
         self.touched = False
-        self._multiplexer: Optional[Multiplexer] = None
+        self._waiting_on: List[Multiplexer] = []
         self._waiting: "Optional[Deferred[Any]]" = None
         self._token = False
         self._draining = False
@@ -412,8 +514,8 @@ class MultiplexFrontend(Protocol):
                 self.stats.requests.add("client_gone")
         self.slots.clear()
         self.held.clear()
-        if self._multiplexer is not None:
-            self._multiplexer.forget(self)
+        for multiplexer in self._waiting_on:
+            multiplexer.forget(self)
         pinned, self.pinned = self.pinned, None
         if pinned is not None:
             backend: PipelineBackend = pinned.protocol  # type: ignore[assignment]
@@ -479,6 +581,14 @@ class MultiplexFrontend(Protocol):
             while held and not self._gone:
                 frame = held[0]
                 flags = frame.flags
+                if flags & VARIANT and frame.expect != self.variant:
+                    if self.pinned is None and not flags & PIN:
+                        if self.sent_shared:
+                            return  # the replies owed on the old variant first
+                        self.shared.clear()
+                    elif frame.expect is not None:
+                        self.pinned_dirty = True  # it leaves the pool's variant
+                    self.variant = frame.expect
                 if flags & LOCAL:
                     held.popleft()
                     if frame.expect is not _PROXY_ERROR:
@@ -491,9 +601,15 @@ class MultiplexFrontend(Protocol):
                 if self.unpin_pending:
                     return  # wait for the UNPIN reply before choosing a connection
                 pinned = bool(flags & PIN) or self.pinned is not None
-                target = self._pinned_target() if pinned else self._shared_target()
+                target = self._pinned_target(frame) if pinned else self._shared_target(frame)
                 if target is None:
                     return
+                if target is _NO_BACKEND:
+                    held.popleft()
+                    self.stats.requests.add("backend_unavailable")
+                    self._answer_locally(
+                        self.codec.error_reply("unavailable", "no backend is available"), False)
+                    continue
                 if flags & PASSTHROUGH and (self.slots or self.sent_pinned):
                     return  # every earlier reply first: then the pipe is raw
                 if self._token:
@@ -508,6 +624,11 @@ class MultiplexFrontend(Protocol):
                         out = []
                     out_to = target
                 out.append(frame.data)
+                cluster_backend = target.cluster_backend
+                if cluster_backend is not None:
+                    cluster_backend.claim()
+                    if frame.replies:
+                        cluster_backend.outstanding += 1
                 if frame.replies:
                     slot = Slot(self, None, pinned)
                     self.slots.append(slot)
@@ -529,37 +650,64 @@ class MultiplexFrontend(Protocol):
             if out:
                 out_to.transport.write(b"".join(out))  # type: ignore[union-attr]
 
-    def _shared_target(self) -> Optional[PipelineBackend]:
-        if self.sent_pinned or self.pinned is not None:
-            return None  # still answering on the pinned connection
-        backend = self.shared
-        if backend is not None and backend.alive:
-            return backend
-        if self._multiplexer is None:
-            self._multiplexer = self.factory.cluster_multiplexer()
-        backend = self._multiplexer.pick(self)
-        self.shared = backend
+    def _route(self, frame: Frame) -> Any:
+        """The cluster Backend for C{frame}, or L{None} if none is available."""
+        factory = self.factory
+        if factory.by_key:
+            return factory.cluster.pick(frame.key)
+        backend = self._backend
+        if backend is None or not backend.available:
+            backend = self._backend = factory.cluster.pick(None)
         return backend
 
-    def _pinned_target(self) -> Optional[PipelineBackend]:
+    def _shared_target(self, frame: Frame) -> Any:
+        if self.sent_pinned or self.pinned is not None:
+            return None  # still answering on the pinned connection
+        backend = self._route(frame)
+        if backend is None:
+            return _NO_BACKEND
+        connection = self.shared.get(backend)
+        if connection is not None and connection.alive:
+            return connection
+        multiplexer = self.factory.multiplexers[backend].for_variant(self.variant)
+        connection = multiplexer.pick(self)
+        if connection is None:
+            if multiplexer not in self._waiting_on:
+                self._waiting_on.append(multiplexer)
+            return None
+        self.shared[backend] = connection
+        return connection
+
+    def _pinned_target(self, frame: Frame) -> Any:
         pinned = self.pinned
         if pinned is not None:
-            return pinned.protocol  # type: ignore[return-value]
+            return pinned.protocol
         if self.sent_shared or self._waiting is not None:
             return None  # earlier frames first, or a lease is on its way
-        multiplexer = self._multiplexer or self.factory.cluster_multiplexer()
-        self._multiplexer = multiplexer
-        self._waiting = d = multiplexer.pool.acquire()
+        backend = self._route(frame)
+        if backend is None:
+            return _NO_BACKEND
+        self._waiting = d = backend.pool.acquire()
         d.addCallbacks(self._pinned_ready, self._pinned_failed)
         return None
 
-    def _pinned_ready(self, conn: PooledConnection) -> None:
+    def _pinned_ready(self, conn: PooledConnection, switched: bool = False) -> None:
         self._waiting = None
         backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
         if self._gone or not backend.alive:
             conn.discard("session_end", abort=True)
             if not self._gone:
                 self._pinned_failed(Failure(ConnectionError("backend connection lost")))
+            return
+        if self.variant is not None and not switched:
+            # Pooled connections speak the pool's variant: switch this one, and
+            # never give it back to the pool afterwards.
+            self.pinned_dirty = True
+            setup = self.codec.variant_setup(self.factory.config, self.variant)  # type: ignore[attr-defined]
+            self._waiting = d = backend.switch(setup)
+            d.addCallbacks(lambda _: self._pinned_ready(conn, switched=True),
+                           lambda f: (conn.discard("setup_failed", abort=True),
+                                      self._pinned_failed(f)))
             return
         self.pinned = conn
         backend.owner = self
@@ -595,12 +743,16 @@ class MultiplexFrontend(Protocol):
         self._closing = True
         self.answered()
 
-    def shared_ready(self, backend: PipelineBackend) -> None:
+    def shared_ready(self, multiplexer: "Multiplexer") -> None:
+        if multiplexer in self._waiting_on:
+            self._waiting_on.remove(multiplexer)
         if not self._gone:
             self._drain()
 
-    def shared_failed(self, why: str) -> None:
+    def shared_failed(self, multiplexer: "Multiplexer", why: str) -> None:
         """No shared connection could be had: the first held frame fails."""
+        if multiplexer in self._waiting_on:
+            self._waiting_on.remove(multiplexer)
         if self._gone or not self.held:
             return
         self.held.popleft()
@@ -689,12 +841,16 @@ class MultiplexFrontend(Protocol):
 class MultiplexFactory(Factory):
     """
     Builds a L{MultiplexFrontend} per client of one listener.
+
+    @ivar multiplexers: the L{Multiplexer} of each backend of the cluster.
+    @ivar by_key: route each frame by its key (consistent hashing over more
+        than one backend); otherwise a client keeps one backend.
     """
 
     noisy = False
 
     def __init__(self, name: str, codec: ICodec, config: Any, admission: Admission,
-                 cluster: "Cluster", multiplexers: "dict[int, Multiplexer]",
+                 cluster: "Cluster", multiplexers: "dict[Any, Multiplexer]",
                  stats: Optional[ListenerStats] = None) -> None:
         self.name = name
         self.codec = codec
@@ -702,12 +858,9 @@ class MultiplexFactory(Factory):
         self.admission = admission
         self.cluster = cluster
         self.multiplexers = multiplexers
+        self.by_key = cluster.policy_name == "consistent_hash" and len(cluster.backends) > 1
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[MultiplexFrontend]" = set()
-
-    def cluster_multiplexer(self) -> Multiplexer:
-        """The multiplexer of the backend the cluster picks next."""
-        return self.multiplexers[id(self.cluster.pick())]
 
     def buildProtocol(self, addr: Any) -> MultiplexFrontend:
         return MultiplexFrontend(self)

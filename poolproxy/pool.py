@@ -228,6 +228,9 @@ class BackendPool:
 
         self.state = "unknown"
         self.last_error = ""
+        # The cluster's Backend this pool serves (poolproxy.cluster), told of
+        # failed connects: passive health.
+        self.backend: Any = None
         self.connects = Tally("ok", "failed", "timeout")
         self.closes = Tally()
         self.acquire_failures = Tally("timeout", "exhausted", "unavailable", "closed")
@@ -308,6 +311,17 @@ class BackendPool:
         else:
             self._closing.append(done)
         return done
+
+    def evict(self, reason: str) -> None:
+        """
+        The backend was marked down: close idle connections, so none is
+        reused, and abort leased ones, so that requests in flight on them fail
+        at once with their codec's error.
+        """
+        while self._idle:
+            self._close(self._idle.pop(), reason)
+        for conn in list(self._leased):
+            conn.close(abort=True)
 
     # -- leasing ------------------------------------------------------------
 
@@ -463,6 +477,8 @@ class BackendPool:
             self.log.warn("backend {backend} is down: {why}", backend=self.name, why=why)
         self.state = "down"
         self.last_error = why
+        if self.backend is not None:
+            self.backend.failed(why)
         # Waiters that no pending connect can serve fail now rather than at
         # their acquire timeout: with the backend down, nothing else will.
         while len(self._waiters) > len(self._connecting):

@@ -16,12 +16,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger, LoggingFile
 
 from poolproxy.admission import Admission
-from poolproxy.cluster import Cluster
+from poolproxy.cluster import Backend, Cluster
 from poolproxy.codec import ICodec
-from poolproxy.config import ProxyConfig, codec_options
+from poolproxy.config import DEFAULT_BALANCE, ProxyConfig, codec_options
 from poolproxy.demo import demo_site
 from poolproxy.endpoints import backend_name, client_endpoint, demo_address, server_endpoint
-from poolproxy.httpmode import HttpBackend, HttpFactory
+from poolproxy.httpmode import HttpBackend, HttpFactory, route_key
 from poolproxy.multiplex import MultiplexFactory, Multiplexer, PipelineBackend
 from poolproxy.plugins import load_codec
 from poolproxy.pool import BackendPool, BackendProtocol
@@ -124,19 +124,24 @@ class ProxyService(MultiService):
         # plugin named by --protocol.
         self.codec = codec if codec is not None else load_codec(config.protocol)
         self.codec_options = codec_options(config)
-        self._backend_protocol = self._backend_protocol_factory()
-        self.pools: List[BackendPool] = [
-            self._make_pool(backend_name(b), client_endpoint(reactor, b)) for b in config.backend
-        ]
+        addresses = [(backend_name(b), client_endpoint(reactor, b)) for b in config.backend]
         if config.demo and not config.backend:
             host, port = demo_address(config.demo)  # type: ignore[misc]
-            self.pools.append(self._make_pool(f"{host}:{port}",
-                                              TCP4ClientEndpoint(reactor, host, port)))
-        self.cluster = Cluster("default", self.pools)
-        self.multiplexers: Dict[int, Multiplexer] = {}
+            addresses.append((f"{host}:{port}", TCP4ClientEndpoint(reactor, host, port)))
+        backends = [self._make_backend(name, endpoint) for name, endpoint in addresses]
+        self.cluster = Cluster("default", backends,
+                               config.balance or DEFAULT_BALANCE.get(self.codec.mode, "round_robin"),
+                               max_ejected_share=config.max_ejected_percent / 100.0)
+        self.pools: List[BackendPool] = [b.pool for b in backends]
+        self.multiplexers: Dict[Any, Multiplexer] = {}
         if self.codec.mode == "multiplexed":
-            self.multiplexers = {id(pool): Multiplexer(pool, config.mux_connections)
-                                 for pool in self.pools}
+            variant_setup = getattr(self.codec, "variant_setup", None)
+            options = self.codec_options
+            self.multiplexers = {
+                b: Multiplexer(b.pool, config.mux_connections,
+                               variant_setup=(lambda v: variant_setup(options, v))
+                               if variant_setup is not None else None)
+                for b in backends}
 
         self.listeners: List[Listener] = []
         for description in config.listen:
@@ -150,17 +155,68 @@ class ProxyService(MultiService):
                                      build_site(self), "metrics")
         self.web.setServiceParent(self)
 
-    def _backend_protocol_factory(self) -> Callable[[], BackendProtocol]:
+    def _backend_protocol_factory(self, backend: Backend) -> Callable[[], BackendProtocol]:
         codec = self.codec
         if codec.mode == "session":
             return SessionBackend
         if codec.mode == "multiplexed":
             setup = codec.setup_frames(self.codec_options)
-            admission = self.admission
-            return lambda: PipelineBackend(codec, setup, admission)
+            admission, clock, timeout = self.admission, self.reactor, self.config.request_timeout
+            return lambda: PipelineBackend(codec, setup, admission, backend, clock, timeout)
         if codec.mode == "request":
             return lambda: HttpBackend(codec)  # type: ignore[arg-type]
         raise ValueError(f"protocol {codec.name!r} has an unknown mode {codec.mode!r}")
+
+    def _make_backend(self, name: str, endpoint: Any) -> Backend:
+        """A backend: its pool, and its breaker and health check if they are on."""
+        c = self.config
+        pool = self._make_pool(name, endpoint)
+        backend = Backend(name, pool)
+        pool.backend = backend
+        pool.protocol_factory = self._backend_protocol_factory(backend)
+        if c.breaker_failures:
+            from poolproxy.breaker import BreakerSettings, CircuitBreaker
+
+            backend.breaker = CircuitBreaker(
+                BreakerSettings(c.breaker_failures, c.breaker_reset_timeout,
+                                max(c.breaker_max_reset_timeout, c.breaker_reset_timeout)),
+                clock=self.reactor,
+                on_change=lambda old, new: self._breaker_changed(backend, old, new),
+                may_open=lambda: self.cluster.may_eject())
+        if c.check_interval:
+            from poolproxy.health import HealthCheck
+
+            backend.health = HealthCheck(
+                name, self._probe(endpoint), interval=c.check_interval, timeout=c.check_timeout,
+                rise=c.check_rise, fall=c.check_fall, clock=self.reactor,
+                on_change=lambda old, new, why: self._health_changed(backend, old, new, why))
+        return backend
+
+    def _probe(self, endpoint: Any) -> Callable[[], Any]:
+        from poolproxy import health
+
+        codec = self.codec
+        if codec.mode == "request":
+            path = self.config.check_path.encode("utf-8")
+            return lambda: health.http_probe(endpoint, path)
+        if codec.mode == "multiplexed" and codec.probe() is not None and hasattr(codec, "probe_ok"):
+            if codec.setup_frames(self.codec_options):
+                # A probe would need the setup (AUTH) too: a connect is what we can check.
+                return lambda: health.tcp_probe(endpoint)
+            return lambda: health.codec_probe(endpoint, codec)
+        return lambda: health.tcp_probe(endpoint)
+
+    def _breaker_changed(self, backend: Backend, old: str, new: str) -> None:
+        self.log.warn("backend {backend}: circuit breaker {old} -> {new}",
+                      backend=backend.name, old=old, new=new)
+        if new == "open":
+            backend.pool.evict("ejected")
+
+    def _health_changed(self, backend: Backend, old: str, new: str, why: str) -> None:
+        self.log.warn("backend {backend}: health {old} -> {new} ({why})",
+                      backend=backend.name, old=old, new=new, why=why)
+        if new == "unhealthy":
+            backend.pool.evict("unhealthy")
 
     def _frontend_factory(self, name: str) -> Any:
         if self.codec.mode == "session":
@@ -168,14 +224,15 @@ class ProxyService(MultiService):
         if self.codec.mode == "request":
             return HttpFactory(name, self.codec, self.codec_options,  # type: ignore[arg-type]
                                self.admission, self.cluster, self.reactor,
-                               self.config.request_timeout)
+                               self.config.request_timeout,
+                               route_key=route_key(self.config.hash_key))
         return MultiplexFactory(name, self.codec, self.codec_options, self.admission,
                                 self.cluster, self.multiplexers)
 
     def _make_pool(self, name: str, endpoint: Any) -> BackendPool:
         c = self.config
         return BackendPool(
-            name, endpoint, self._backend_protocol,
+            name, endpoint, SessionBackend,  # replaced by _make_backend
             size=c.pool_size, min_idle=c.pool_min_idle, max_waiters=c.pool_max_waiters,
             acquire_timeout=c.pool_acquire_timeout, connect_timeout=c.connect_timeout,
             idle_timeout=c.idle_timeout, max_lifetime=c.max_lifetime, max_uses=c.max_uses,
@@ -223,8 +280,10 @@ class ProxyService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        for pool in self.pools:
-            pool.start()
+        for backend in self.cluster.backends:
+            backend.pool.start()
+            if backend.health is not None:
+                backend.health.start()
         self.log.info(
             "poolproxy ({protocol}) listening on {listen}, backends {backends}, "
             "metrics on {metrics}",
@@ -240,5 +299,6 @@ class ProxyService(MultiService):
                 client.transport.loseConnection()
         for multiplexer in self.multiplexers.values():
             multiplexer.close()
+        self.cluster.stop()
         closed = gatherResults([pool.close() for pool in self.pools])
         return DeferredList([stopped, closed])

@@ -113,6 +113,7 @@ class SessionFrontend(Protocol):
         self._pending: "Optional[Deferred[Any]]" = None
         self._admitted = False
         self._conn: Optional[PooledConnection] = None
+        self._backend: Any = None
         self._attached = False
         self._early: List[bytes] = []
         self._early_size = 0
@@ -187,8 +188,17 @@ class SessionFrontend(Protocol):
 
     def _on_admitted(self, _: object) -> None:
         self._admitted = True
-        pool = self.factory.cluster.pick()
-        self._pending = d = pool.acquire()
+        backend = self.factory.cluster.pick(None)
+        if backend is None:
+            # Every backend is down, ejected or disabled: fail fast.
+            self._record("backend_unavailable")
+            self._end_backend()
+            self.transport.loseConnection()
+            return
+        backend.claim()
+        backend.outstanding += 1
+        self._backend = backend
+        self._pending = d = backend.pool.acquire()
         d.addCallbacks(self._on_leased, self._on_no_backend)
 
     def _on_not_admitted(self, failure: Failure) -> None:
@@ -218,6 +228,8 @@ class SessionFrontend(Protocol):
             return
         self._conn = conn
         self._attached = True
+        if self._backend is not None:
+            self._backend.succeeded()
         backend: SessionBackend = conn.protocol  # type: ignore[assignment]
         backend_transport = backend.transport
         self.transport.registerProducer(backend_transport, True)
@@ -253,6 +265,11 @@ class SessionFrontend(Protocol):
         if self._admitted:
             self._admitted = False
             self.factory.admission.release()
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.outstanding -= 1
+            if not self._attached and self._outcome == "client_gone":
+                backend.abandoned()
 
 
 class SessionFactory(Factory):

@@ -100,8 +100,10 @@ class Process:
                 self.proc.wait(20)
 
 
-def redis_server(testcase: Any, password: Optional[str] = None) -> int:
-    port = free_port()
+def redis_server(testcase: Any, password: Optional[str] = None, port: int = 0) -> int:
+    """Start a redis-server (on C{port}, or a free one); its Process is kept
+    in C{testcase.redis_processes[port]}."""
+    port = port or free_port()
     args = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--daemonize", "no",
             "--dir", os.path.abspath(testcase.mktemp())]
@@ -110,7 +112,9 @@ def redis_server(testcase: Any, password: Optional[str] = None) -> int:
         args += ["--requirepass", password]
     p = Process(testcase, args, "redis")
     wait_port(port, p.proc, log=p.log)
-    testcase.redis_process = p
+    if not hasattr(testcase, "redis_processes"):
+        testcase.redis_processes = {}
+    testcase.redis_processes[port] = p
     return port
 
 
@@ -178,9 +182,12 @@ class ProxyProcess:
     def __init__(self, testcase: Any, protocol: str, backends: List[int], *extra: str) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
+        # Active health checks open connections of their own; tests that count
+        # backend connections are about pooling, so checks are off unless asked.
         args = ["poolproxy", "--protocol", protocol,
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
-                "--metrics", f"tcp:{self.metrics_port}:interface=127.0.0.1", *extra]
+                "--metrics", f"tcp:{self.metrics_port}:interface=127.0.0.1",
+                "--check-interval", "0", *extra]
         for b in backends:
             args += ["--backend", f"127.0.0.1:{b}"]
         self.process = Process(testcase, twistd_command(*args), "proxy")

@@ -168,6 +168,8 @@ def start_proxy(testcase: Any, backend_port: int, codec: Any = None,
     settings.setdefault("listen", ("tcp:0:interface=127.0.0.1:backlog=1024",))
     settings.setdefault("metrics", "tcp:0:interface=127.0.0.1")
     settings.setdefault("backend", (f"127.0.0.1:{backend_port}",))
+    # Active checks open connections of their own; on only where a test asks.
+    settings.setdefault("check_interval", 0.0)
     service = ProxyService(ProxyConfig(**settings), codec=codec)
     service.startService()
     testcase.addCleanup(service.stopService)

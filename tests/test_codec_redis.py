@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 from poolproxy.codec import (
     CLOSE,
     DIRTY,
+    VARIANT,
     LOCAL,
     PASSTHROUGH,
     PIN,
@@ -390,28 +391,51 @@ class FlagTests(SynchronousTestCase):
 
     def test_sticky(self) -> None:
         """
-        SELECT, CLIENT SETNAME/REPLY ON/NO-EVICT/NO-TOUCH, READONLY, READWRITE,
-        HELLO 3 and HELLO with SETNAME pin for the rest of the session: even a
+        SELECT, CLIENT SETNAME/REPLY ON/NO-EVICT/NO-TOUCH, READONLY, READWRITE
+        and HELLO with SETNAME pin for the rest of the session: even a
         transaction's end does not unpin.
         """
         for first in (("SELECT", "0"), ("SELECT", "2"), ("CLIENT", "SETNAME", "x"),
                       ("client", "reply", "on"), ("CLIENT", "NO-EVICT", "on"),
                       ("CLIENT", "NO-TOUCH", "on"), ("CLIENT", "TRACKING", "off"),
-                      ("READONLY",), ("READWRITE",),
-                      ("HELLO", "3"), ("HELLO", "2", "SETNAME", "x")):
+                      ("READONLY",), ("READWRITE",), ("HELLO", "2", "SETNAME", "x")):
             f = framer()
+            first_flags = PIN | VARIANT if first[0] == "HELLO" else PIN
             self.assertEqual(
                 flags_of(f, first, ("GET", "k"), ("MULTI",), ("EXEC",), ("BLPOP", "q", "0"),
                          ("WATCH", "k"), ("UNWATCH",), ("GET", "k")),
-                [PIN] * 8, first)
+                [first_flags] + [PIN] * 7, first)
             self.assertTrue(f.pinned)
 
     def test_not_sticky(self) -> None:
-        """HELLO 2, bare HELLO and other CLIENT subcommands leave the client unpinned."""
+        """
+        HELLO 2, HELLO 3, bare HELLO and other CLIENT subcommands leave the
+        client unpinned; HELLO with a version is a VARIANT frame naming the
+        RESP version (None for the pool's own RESP2).
+        """
         f = framer()
-        self.assertEqual(flags_of(f, ("HELLO", "2"), ("HELLO",), ("CLIENT", "ID"),
-                                  ("CLIENT", "GETNAME")), [0, 0, 0, 0])
+        frames = f.feed(b"".join(cmd(*c) for c in (("HELLO", "3"), ("HELLO", "2"), ("HELLO",),
+                                                   ("CLIENT", "ID"), ("CLIENT", "GETNAME"))))
+        self.assertEqual([fr.flags for fr in frames], [VARIANT, VARIANT, 0, 0, 0])
+        self.assertEqual([fr.expect for fr in frames[:2]], [3, None])
         self.assertFalse(f.pinned)
+
+    def test_reset_returns_to_resp2(self) -> None:
+        """RESET, answered locally or not, puts the client back on RESP2."""
+        frame = framer().feed(cmd("RESET"))[0]
+        self.assertEqual((frame.flags & VARIANT, frame.expect), (VARIANT, None))
+        f = framer()
+        flags_of(f, ("MULTI",))
+        frame = f.feed(cmd("RESET"))[0]
+        self.assertEqual(frame.flags, PIN | UNPIN | DIRTY | VARIANT)
+
+    def test_variant_setup(self) -> None:
+        """RESP3 connections are pool connections after HELLO 3, whose map reply is accepted."""
+        [hello] = redis.codec.variant_setup(None, 3)
+        self.assertEqual(hello.data, cmd("HELLO", "3"))
+        self.assertIsNone(redis.codec.check_setup_reply(hello, b"%1\r\n+proto\r\n:3\r\n"))
+        self.assertIsNotNone(redis.codec.check_setup_reply(hello, b"-NOPROTO x\r\n"))
+        self.assertEqual(redis.codec.variant_setup(None, None), [])
 
     def test_client_setinfo(self) -> None:
         """CLIENT SETINFO (sent by client libraries on connect) is answered +OK locally."""
@@ -463,13 +487,14 @@ class FlagTests(SynchronousTestCase):
                       (("HELLO", "3"), ("MULTI",), ("WATCH", "k"))):
             f = framer()
             flags_of(f, *setup)
-            self.assertEqual(flags_of(f, ("RESET",), ("GET", "k")), [PIN | UNPIN | DIRTY, RETRY_SAFE])
+            self.assertEqual(flags_of(f, ("RESET",), ("GET", "k")),
+                             [PIN | UNPIN | DIRTY | VARIANT, RETRY_SAFE])
             self.assertFalse(f.pinned)
 
     def test_reset_without_state(self) -> None:
         """RESET from a client without state is answered by the proxy itself."""
         frame = framer().feed(cmd("RESET"))[0]
-        self.assertEqual((frame.flags, frame.reply), (LOCAL, b"+RESET\r\n"))
+        self.assertEqual((frame.flags, frame.reply), (LOCAL | VARIANT, b"+RESET\r\n"))
 
     def test_quit(self) -> None:
         """QUIT is answered +OK by the proxy, which then closes the client."""
@@ -553,16 +578,17 @@ class AuthTests(SynchronousTestCase):
 
     def test_hello_with_auth(self) -> None:
         """
-        HELLO 3 AUTH default <pw> authenticates, pins (RESP3), and reaches the
-        backend without the credentials.
+        HELLO 3 AUTH default <pw> SETNAME authenticates, pins (a name is
+        connection state) on RESP3, and reaches the backend without the
+        credentials.
         """
         f = framer(b"pw")
         frame = self.one(f, "HELLO", "3", "AUTH", "default", "pw", "SETNAME", "me")
-        self.assertEqual(frame.flags, PIN)
+        self.assertEqual((frame.flags, frame.expect), (PIN | VARIANT, 3))
         self.assertEqual(frame.data, cmd("HELLO", "3", "SETNAME", "me"))
         self.assertTrue(f.authenticated)
         frame = self.one(framer(b"pw"), "HELLO", "2", "AUTH", "default", "pw")
-        self.assertEqual((frame.flags, frame.data), (0, cmd("HELLO", "2")))
+        self.assertEqual((frame.flags, frame.data), (VARIANT, cmd("HELLO", "2")))
 
     def test_hello_wrong_password(self) -> None:
         """HELLO with wrong credentials gets WRONGPASS locally and no credentials leak."""

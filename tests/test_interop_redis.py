@@ -116,6 +116,26 @@ class RedisInteropTests(SynchronousTestCase):
         clients = self.backend_info("clients")["connected_clients"]
         self.assertLessEqual(clients, 21)  # pool-size, plus the INFO connection
 
+    def test_resp3_and_resp2_clients_share_connections(self) -> None:
+        """
+        redis-py 8 opens with HELLO 3: such clients are not pinned but moved
+        to shared RESP3 connections. 40 of them and 10 RESP2 clients, all
+        connected at once, get correct replies over at most mux-connections
+        connections per protocol version.
+        """
+        self.proxy("--mux-connections", "2", "--pool-size", "10")
+        clients = [self.client() for _ in range(40)] + [self.client(protocol=2) for _ in range(10)]
+        for n, c in enumerate(clients):
+            c.set(f"v{n}", n)
+            c.hset(f"h{n}", mapping={"n": str(n)})
+        for n, c in enumerate(clients):
+            self.assertEqual(c.get(f"v{n}"), str(n).encode())
+            self.assertEqual(c.hgetall(f"h{n}"), {b"n": str(n).encode()})
+            self.assertTrue(c.ping())
+        # Two RESP3 and two RESP2 shared connections, plus our INFO connection.
+        self.assertLessEqual(self.backend_info("clients")["connected_clients"], 5)
+        self.assertEqual(self.pp.metric("poolproxy_pool_connections", state="active"), 4)
+
     def test_select_stays_with_its_client(self) -> None:
         """
         SELECT pins the client that sent it: another client, on the shared

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from poolproxy.codec import (
     CLOSE,
     DIRTY,
+    VARIANT,
     LOCAL,
     PASSTHROUGH,
     PIN,
@@ -289,6 +290,7 @@ COMMANDS: Dict[bytes, int] = _build_table()
 
 _OK = b"+OK\r\n"
 _NOAUTH = b"-NOAUTH Authentication required.\r\n"
+_HELLO_3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
 _NOAUTH_HELLO = (
     b"-NOAUTH HELLO must be called with the client already authenticated, "
     b"otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
@@ -635,12 +637,13 @@ class RespRequestFramer:
             if self._password is not None:
                 self._authed = False  # RESET re-authenticates as "default"
             self._update()
+            # RESET also puts the client back on RESP2 (VARIANT, expect None).
             if not stateful:
                 # Nothing to reset on the proxy's side: answer here rather than
                 # reset (and de-authenticate) a pooled connection.
-                return Frame(data, 1, None, LOCAL, reply=b"+RESET\r\n")
+                return Frame(data, 1, None, LOCAL | VARIANT, reply=b"+RESET\r\n")
             # RESET also drops the pooled connection's AUTH and SELECT.
-            return Frame(data, 1, None, PIN | UNPIN | DIRTY)
+            return Frame(data, 1, None, PIN | UNPIN | DIRTY | VARIANT)
         if upper in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR",
                      b"SYNC", b"PSYNC"):
             channel = key if upper == b"SUBSCRIBE" or upper == b"SSUBSCRIBE" else None
@@ -747,8 +750,20 @@ class RespRequestFramer:
             data = encode_command(rest)
         elif not self._authed:
             return Frame(data, 1, None, LOCAL, reply=_NOAUTH_HELLO)
-        if proto == b"3" or setname is not None:
-            return self._stick(data, None)
+        variant = 3 if proto == b"3" else None  # the pool's connections speak RESP2
+        if setname is not None:
+            # The name is connection state: a connection of its own, which this
+            # HELLO also switches to the chosen protocol.
+            frame = self._stick(data, None)
+            if proto is not None:
+                frame.flags |= VARIANT
+                frame.expect = variant
+            return frame
+        if proto is not None:
+            # A protocol version is not a reason to pin: the client moves to
+            # shared connections that speak it.
+            return Frame(data, 1, None, VARIANT | (PIN if self._stateful() else 0),
+                         expect=variant)
         return Frame(data, 1, None, PIN if self._stateful() else 0)
 
 
@@ -1003,9 +1018,17 @@ class RedisCodec:
             frames.append(Frame(encode_command([b"SELECT", b"%d" % int(db)]), 1, None, 0))
         return frames
 
+    def variant_setup(self, config: Any, variant: Any) -> List[Frame]:
+        """RESP3 shared and pinned connections are pool connections after HELLO 3."""
+        if variant == 3:
+            return [Frame(encode_command([b"HELLO", b"3"]))]
+        return []
+
     def check_setup_reply(self, frame: Frame, response: bytes) -> Optional[str]:
         if response == _OK:
             return None
+        if frame.data.startswith(_HELLO_3) and response[:1] in (b"%", b"*"):
+            return None  # HELLO answers with the server's details
         try:
             what = _resp_args(frame.data)[0].decode("ascii", "replace")
         except (ValueError, IndexError):
