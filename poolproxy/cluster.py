@@ -41,6 +41,7 @@ class Backend:
         self.breaker: Any = None  # a poolproxy.breaker.CircuitBreaker, if on
         self.requests = 0
         self.failures = 0
+        self.retries = 0
 
     def __str__(self) -> str:
         return self.name

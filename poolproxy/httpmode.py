@@ -18,15 +18,18 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from poolproxy.admission import Admission, Overloaded
 from poolproxy.codecs.http import HttpCodec
 from poolproxy.codecs.http_parse import (
     CHUNKED,
     END,
+    NONE,
     UNTIL_CLOSE,
     RequestHead,
     ResponseHead,
@@ -34,6 +37,7 @@ from poolproxy.codecs.http_parse import (
     serialize_response_head,
 )
 from poolproxy.pool import BackendProtocol, BackendUnavailable, PooledConnection
+from poolproxy.retry import RetryBudget
 from poolproxy.stats import ListenerStats
 
 if TYPE_CHECKING:
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
 EARLY_LIMIT = 64 * 1024
 QUEUE_LIMIT = 256
 _DROP_FORWARDED = (b"x-forwarded-for",)
+#: Methods that are safe to send twice (RFC 9110 9.2.1): only these are retried.
+RETRY_SAFE_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
 
 
 def route_key(spec: Optional[str]) -> Optional[Callable[[RequestHead], Optional[bytes]]]:
@@ -57,6 +63,31 @@ def route_key(spec: Optional[str]) -> Optional[Callable[[RequestHead], Optional[
         return lambda head: head.target
     name = spec[len("header:"):].encode("latin-1")
     return lambda head: head.header(name)
+
+
+@implementer(IPushProducer)
+class _PauseOnly:
+    """
+    Registers a transport as another's producer for pausing and resuming
+    only.  Registering the transport itself would let Twisted stop it
+    (close it) when the other side's connection is lost: a dead backend
+    connection would close a keep-alive client that is about to get a 502 or a
+    retry.
+    """
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class HttpBackend(BackendProtocol):
@@ -129,10 +160,12 @@ class Exchange:
         self._timer: Any = None
         self.cluster_backend: Any = None
         self.reported = False  # an outcome was told to the backend's breaker
+        self.retried = False
 
     # -- admission and lease ---------------------------------------------------
 
     def start(self) -> None:
+        self.frontend.factory.retry_budget.deposit()
         admission = self.frontend.factory.admission
         if admission.try_acquire():
             self._admitted(None)
@@ -197,8 +230,8 @@ class Exchange:
             frontend.transport.resumeProducing()
         self.early_size = 0
         # Each side pauses the other while its own send buffer is full.
-        transport.registerProducer(frontend.transport, True)
-        frontend.transport.registerProducer(transport, True)
+        transport.registerProducer(_PauseOnly(frontend.transport), True)
+        frontend.transport.registerProducer(_PauseOnly(transport), True)
         if self.request_done:
             self._start_timer()
 
@@ -325,8 +358,40 @@ class Exchange:
             self.cluster_backend.failed("request timed out")
         self._error("timeout", f"no response within {self.frontend.factory.request_timeout:g}s")
 
+    def _may_retry(self) -> bool:
+        """
+        The keep-alive race: a reused connection the backend had closed. A
+        safe request without a body whose response has not begun may go again,
+        once, on a fresh connection, if the retry budget allows; a request that
+        may have had an effect never does.
+        """
+        conn = self.conn
+        return (not self.retried and conn is not None and conn.uses > 1
+                and self.request_done and self.head.body == NONE
+                and self.head.method in RETRY_SAFE_METHODS
+                and self.frontend.factory.retry_budget.withdraw())
+
+    def _retry(self) -> None:
+        self.retried = True
+        self._cancel_timer()
+        conn, self.conn = self.conn, None
+        backend, self.backend = self.backend, None
+        frontend = self.frontend
+        if conn is not None and backend is not None:
+            backend.exchange = None
+            backend.transport.unregisterProducer()
+            frontend.transport.unregisterProducer()
+            conn.discard("stale", abort=True)
+        cluster_backend = self.cluster_backend
+        cluster_backend.retries += 1
+        self._waiting = d = cluster_backend.pool.acquire_fresh()
+        d.addCallbacks(self._leased, self._no_backend)
+
     def backend_failed(self, why: str) -> None:
         """The backend connection broke (closed, or sent garbage)."""
+        if not self.response_started and self.cluster_backend is not None and self._may_retry():
+            self._retry()
+            return
         if self.response_started:
             # Part of the response is already with the client: it cannot be
             # completed or replaced, only cut.
@@ -385,7 +450,7 @@ class Exchange:
             backend.exchange = None
             transport = backend.transport
             transport.unregisterProducer()
-            if frontend.transport.producer is transport:
+            if not self.tunnel:
                 frontend.transport.unregisterProducer()
             if release:
                 # Backpressure may have paused it; the next exchange must read.
@@ -540,7 +605,7 @@ class HttpFactory(Factory):
                  cluster: "Cluster", clock: Any, request_timeout: float,
                  stats: Optional[ListenerStats] = None,
                  route_key: Optional[Callable[[RequestHead], Optional[bytes]]] = None,
-                 fail_on_5xx: bool = True) -> None:
+                 fail_on_5xx: bool = True, retry_budget: Optional[RetryBudget] = None) -> None:
         self.name = name
         self.codec = codec
         self.config = config
@@ -552,6 +617,7 @@ class HttpFactory(Factory):
         self.clients: "set[HttpFrontend]" = set()
         self.route_key = route_key
         self.fail_on_5xx = fail_on_5xx
+        self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
 
     def buildProtocol(self, addr: Any) -> HttpFrontend:
         return HttpFrontend(self)

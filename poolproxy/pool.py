@@ -149,12 +149,14 @@ def _set_up(protocol: BackendProtocol) -> Any:
 
 
 class _ConnectAttempt:
-    __slots__ = ("deferred", "timer", "timed_out")
+    __slots__ = ("deferred", "timer", "timed_out", "owner")
 
     def __init__(self, deferred: "Deferred[Any]") -> None:
         self.deferred = deferred
         self.timer: Optional[IDelayedCall] = None
         self.timed_out = False
+        # The Deferred of an acquire_fresh() this connection is for, if any.
+        self.owner: "Optional[Deferred[PooledConnection]]" = None
 
     def time_out(self) -> None:
         self.timed_out = True
@@ -433,9 +435,28 @@ class BackendPool:
         while len(self._waiters) > len(self._connecting) and self.total < self.size:
             self._connect()
 
-    def _connect(self) -> None:
+    def acquire_fresh(self) -> "Deferred[PooledConnection]":
+        """
+        Lease a newly made connection, never an idle one: for retrying a
+        request whose reused connection turned out to be dead.  At the cap,
+        the oldest idle connection is closed to make room; with none idle,
+        this is an ordinary L{acquire} (a connection just released was alive
+        a moment ago).
+        """
+        if self._closing is not None:
+            return self.acquire()
+        if self.total >= self.size:
+            if not self._idle:
+                return self.acquire()
+            self._close(self._idle.pop(0), "replaced")
+        owner: "Deferred[PooledConnection]" = Deferred()
+        self._connect(owner)
+        return owner
+
+    def _connect(self, owner: "Optional[Deferred[PooledConnection]]" = None) -> None:
         connecting = self.endpoint.connect(_OneConnection(self.protocol_factory()))
         attempt = _ConnectAttempt(connecting.addCallback(_set_up))
+        attempt.owner = owner
         self._connecting.add(attempt)
         # Not Deferred.addTimeout: cancelling a TCP endpoint's connect fails
         # it with ConnectingCancelledError, which addTimeout does not turn
@@ -448,7 +469,10 @@ class BackendPool:
         if attempt.timer is not None and attempt.timer.active():
             attempt.timer.cancel()
         if isinstance(result, Failure):
+            owner = attempt.owner
             self._connect_failed(result, attempt.timed_out)
+            if owner is not None:
+                owner.errback(BackendUnavailable(f"backend {self.name}: {self.last_error}"))
             return
         protocol: BackendProtocol = result
         conn = PooledConnection(self, protocol, self._clock.seconds())
@@ -460,6 +484,12 @@ class BackendPool:
             self.last_error = ""
         if self._closing is not None:
             self._close(conn, "shutdown")
+            if attempt.owner is not None:
+                attempt.owner.errback(PoolClosed(f"pool for {self.name} is closed"))
+            return
+        if attempt.owner is not None:
+            self._lease(conn)
+            attempt.owner.callback(conn)
             return
         self._hand_over(conn)
 

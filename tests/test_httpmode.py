@@ -292,6 +292,80 @@ class Overtalker(Protocol):
         self.factory.closed()
 
 
+class ClosesOnReuse(Protocol):
+    """
+    Answers the first request on each connection (keep-alive), and drops the
+    connection when another request arrives on it: the keep-alive race, made
+    deterministic. Every request line it sees is recorded.
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.opened()
+        self.buffer = b""
+        self.answered = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.factory.seen.append(head.split(b"\r\n", 1)[0])
+            if b"Content-Length: " in head:
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                self.buffer = self.buffer[length:]
+            if self.answered:
+                self.transport.abortConnection()
+                return
+            self.answered = True
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.factory.closed()
+
+
+class RetryTests(HttpTestCase):
+    def closing_backend(self) -> BackendFactory:
+        backend = BackendFactory(ClosesOnReuse)
+        backend.seen = []
+        port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.backend_port = port.getHost().port
+        self.proxy(health_interval=30.0, pool_size=4)
+        return backend
+
+    @inlineCallbacks
+    def test_safe_request_retried_on_fresh_connection(self) -> None:
+        """
+        A GET sent on a reused connection that the backend had closed is
+        sent again, once, on a new connection: the client sees success.
+        """
+        backend = self.closing_backend()
+        for path in (b"/one", b"/two", b"/three"):
+            response, content = yield self.get(path)
+            self.assertEqual((response.code, content), (200, b"ok"))
+        self.assertEqual(backend.seen, [b"GET /one HTTP/1.1", b"GET /two HTTP/1.1",
+                                        b"GET /two HTTP/1.1", b"GET /three HTTP/1.1",
+                                        b"GET /three HTTP/1.1"])
+        self.assertEqual(self.service.cluster.backends[0].retries, 2)
+
+    @inlineCallbacks
+    def test_unsafe_request_never_retried(self) -> None:
+        """
+        A POST in the same situation is not sent again (it may have had an
+        effect): the client gets 502, and the backend saw it exactly once.
+        """
+        from io import BytesIO
+
+        from twisted.web.client import FileBodyProducer
+
+        backend = self.closing_backend()
+        response, content = yield self.get(b"/warm")
+        self.assertEqual(response.code, 200)
+        response, content = yield self.get(b"/write", b"POST", FileBodyProducer(BytesIO(b"data")))
+        self.assertEqual(response.code, 502)
+        self.assertEqual(backend.seen.count(b"POST /write HTTP/1.1"), 1)
+        self.assertEqual(self.service.cluster.backends[0].retries, 0)
+
+
 class ErrorTests(HttpTestCase):
     @inlineCallbacks
     def test_leftover_bytes_close_backend_connection(self) -> None:
