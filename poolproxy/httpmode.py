@@ -483,11 +483,14 @@ class HttpFrontend(Protocol):
         self._paused = False
         self._closing = False
         self._gone = False
+        self._head_timer: Any = None
+        self.last_active = 0.0
 
     def connectionMade(self) -> None:
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         self.factory.clients.add(self)
+        self.last_active = self.factory.clock.seconds()
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", "").encode("ascii", "replace")
 
@@ -504,6 +507,8 @@ class HttpFrontend(Protocol):
             return
         if self._closing:
             return
+        clock = self.factory.clock
+        self.last_active = clock.seconds()
         parser = self.parser
         events = parser.feed(data)
         exchange = self.exchange
@@ -519,6 +524,40 @@ class HttpFrontend(Protocol):
         elif len(self.queue) > QUEUE_LIMIT and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
+        self._watch_head()
+
+    def _watch_head(self) -> None:
+        """
+        A request head that has begun must be complete within
+        header_timeout (slow clients, slowloris): else 408 and close.
+        """
+        timeout = self.factory.header_timeout
+        if not timeout:
+            return
+        reading_head = (self.exchange is None and not self.queue and not self._closing
+                        and self.tunnel_to is None and self.parser.pending() > 0)
+        timer = self._head_timer
+        if reading_head and timer is None:
+            self._head_timer = self.factory.clock.callLater(timeout, self._head_too_slow)
+        elif not reading_head and timer is not None:
+            self._head_timer = None
+            if timer.active():
+                timer.cancel()
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self.stats.requests.add("timeout")
+        self.transport.write(self.factory.codec.status_reply(
+            408, f"no complete request head within {self.factory.header_timeout:g}s", close=True))
+        self._close()
+
+    @property
+    def busy(self) -> bool:
+        """An exchange is under way (for the idle sweep)."""
+        return self.exchange is not None or self.tunnel_to is not None
+
+    def close_idle(self) -> None:
+        self._close()
 
     def parser_leftover(self) -> bytes:
         """Bytes a tunnelling request sent after its head, held in the queue."""
@@ -567,6 +606,7 @@ class HttpFrontend(Protocol):
         if self.exchange is not exchange:
             return
         self.exchange = None
+        self.last_active = self.factory.clock.seconds()
         if self._gone:
             return
         if exchange.close_client:
@@ -574,6 +614,7 @@ class HttpFrontend(Protocol):
             return
         if self.queue:
             self._start_next()
+        self._watch_head()
 
     def _close(self) -> None:
         self._closing = True
@@ -585,6 +626,9 @@ class HttpFrontend(Protocol):
         self.stats.connections_open -= 1
         self.factory.clients.discard(self)
         self.queue.clear()
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         exchange, self.exchange = self.exchange, None
         self.tunnel_to = None
         if exchange is not None:
@@ -605,7 +649,8 @@ class HttpFactory(Factory):
                  cluster: "Cluster", clock: Any, request_timeout: float,
                  stats: Optional[ListenerStats] = None,
                  route_key: Optional[Callable[[RequestHead], Optional[bytes]]] = None,
-                 fail_on_5xx: bool = True, retry_budget: Optional[RetryBudget] = None) -> None:
+                 fail_on_5xx: bool = True, retry_budget: Optional[RetryBudget] = None,
+                 header_timeout: float = 0.0) -> None:
         self.name = name
         self.codec = codec
         self.config = config
@@ -618,6 +663,7 @@ class HttpFactory(Factory):
         self.route_key = route_key
         self.fail_on_5xx = fail_on_5xx
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
+        self.header_timeout = header_timeout
 
     def buildProtocol(self, addr: Any) -> HttpFrontend:
         return HttpFrontend(self)

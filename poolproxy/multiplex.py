@@ -458,6 +458,7 @@ class MultiplexFrontend(Protocol):
         self._closing = False
         self._eof = False
         self._gone = False
+        self.last_active = 0.0
         self._paused_reading = False
         self._write_blocked = False
 
@@ -467,12 +468,14 @@ class MultiplexFrontend(Protocol):
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         self.factory.clients.add(self)
+        self.last_active = self.factory.clock.seconds()
         # A client that does not read its replies stops being read.
         self.transport.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        self.last_active = self.factory.clock.seconds()
         framer = self.framer
         frames = framer.feed(data)
         if frames:
@@ -493,6 +496,14 @@ class MultiplexFrontend(Protocol):
 
     def writeConnectionLost(self) -> None:
         pass
+
+    @property
+    def busy(self) -> bool:
+        """Requests in flight or waiting (for the idle sweep)."""
+        return bool(self.slots or self.held) or self.passthrough
+
+    def close_idle(self) -> None:
+        self.transport.loseConnection()
 
     def _close_if_done(self) -> None:
         if not self.slots and not self.held and not self._gone:
@@ -851,7 +862,9 @@ class MultiplexFactory(Factory):
 
     def __init__(self, name: str, codec: ICodec, config: Any, admission: Admission,
                  cluster: "Cluster", multiplexers: "dict[Any, Multiplexer]",
-                 stats: Optional[ListenerStats] = None) -> None:
+                 stats: Optional[ListenerStats] = None, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.name = name
         self.codec = codec
         self.config = config
@@ -859,6 +872,7 @@ class MultiplexFactory(Factory):
         self.cluster = cluster
         self.multiplexers = multiplexers
         self.by_key = cluster.policy_name == "consistent_hash" and len(cluster.backends) > 1
+        self.clock = clock
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[MultiplexFrontend]" = set()
 

@@ -22,6 +22,8 @@ from poolproxy.config import DEFAULT_BALANCE, ProxyConfig, codec_options
 from poolproxy.demo import demo_site
 from poolproxy.endpoints import backend_name, client_endpoint, demo_address, server_endpoint
 from poolproxy.httpmode import HttpBackend, HttpFactory, route_key
+from poolproxy.idle import IdleSweeper
+from poolproxy.retry import RetryBudget
 from poolproxy.multiplex import MultiplexFactory, Multiplexer, PipelineBackend
 from poolproxy.plugins import load_codec
 from poolproxy.pool import BackendPool, BackendProtocol
@@ -143,6 +145,7 @@ class ProxyService(MultiService):
                                if variant_setup is not None else None)
                 for b in backends}
 
+        self.retry_budget = RetryBudget(getattr(config, "retry_budget_percent", 20.0) / 100.0)
         self.listeners: List[Listener] = []
         for description in config.listen:
             factory = self._frontend_factory(description)
@@ -150,6 +153,10 @@ class ProxyService(MultiService):
                                     f"listener {description}")
             svc.setServiceParent(self)
             self.listeners.append(Listener(description, factory, svc))
+        idle = getattr(config, "client_idle_timeout", 0.0)
+        self.sweepers = [IdleSweeper(listener.factory.clients, idle, reactor)
+                         for listener in self.listeners
+                         if idle and self.codec.mode in ("multiplexed", "request")]
 
         self.web = _endpoint_service(server_endpoint(reactor, config.metrics),
                                      build_site(self), "metrics")
@@ -225,9 +232,11 @@ class ProxyService(MultiService):
             return HttpFactory(name, self.codec, self.codec_options,  # type: ignore[arg-type]
                                self.admission, self.cluster, self.reactor,
                                self.config.request_timeout,
-                               route_key=route_key(self.config.hash_key))
+                               route_key=route_key(self.config.hash_key),
+                               retry_budget=self.retry_budget,
+                               header_timeout=getattr(self.config, "header_timeout", 10.0))
         return MultiplexFactory(name, self.codec, self.codec_options, self.admission,
-                                self.cluster, self.multiplexers)
+                                self.cluster, self.multiplexers, clock=self.reactor)
 
     def _make_pool(self, name: str, endpoint: Any) -> BackendPool:
         c = self.config
@@ -280,6 +289,8 @@ class ProxyService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        for sweeper in self.sweepers:
+            sweeper.start()
         for backend in self.cluster.backends:
             backend.pool.start()
             if backend.health is not None:
@@ -294,6 +305,8 @@ class ProxyService(MultiService):
     def stopService(self) -> "Deferred[Any]":
         # Stop accepting first, then close the pools (which ends the sessions).
         stopped = super().stopService()
+        for sweeper in self.sweepers:
+            sweeper.stop()
         for listener in self.listeners:
             for client in list(listener.factory.clients):
                 client.transport.loseConnection()

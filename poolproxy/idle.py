@@ -1,0 +1,54 @@
+"""
+Closing idle client connections.
+
+Resetting a timer on every read would cost a callLater per read; instead each
+client keeps the time of its last activity (one attribute store) and one
+L{LoopingCall} per listener sweeps its clients a few times per timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+
+class IdleSweeper:
+    """
+    Closes the connections in C{clients} that have been idle (nothing
+    received and nothing in flight) for C{timeout} seconds.  A client
+    provides C{last_active} (clock seconds), C{busy} (bool) and
+    C{close_idle()}.
+
+    @ivar closed: connections closed for idleness.
+    """
+
+    log = Logger()
+
+    def __init__(self, clients: Iterable[Any], timeout: float, clock: Any) -> None:
+        self.clients = clients
+        self.timeout = timeout
+        self.clock = clock
+        self.closed = 0
+        self._loop = LoopingCall(self._sweep)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        # A connection is closed between timeout and 1.25 x timeout after its
+        # last activity.
+        self._loop.start(self.timeout / 4.0, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _sweep(self) -> None:
+        try:
+            deadline = self.clock.seconds() - self.timeout
+            for client in [c for c in self.clients if c.last_active <= deadline and not c.busy]:
+                self.closed += 1
+                client.close_idle()
+        except Exception:
+            # A LoopingCall whose function raises stops for good.
+            self.log.failure("idle sweep failed")
