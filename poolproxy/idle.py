@@ -46,7 +46,10 @@ class IdleSweeper:
     def _sweep(self) -> None:
         try:
             deadline = self.clock.seconds() - self.timeout
-            for client in [c for c in self.clients if c.last_active <= deadline and not c.busy]:
+            idle = [c for c in self.clients
+                    if c.last_active <= deadline and not c.busy
+                    and not c.transport.disconnecting]  # already closing: flushing
+            for client in idle:
                 self.closed += 1
                 client.close_idle()
         except Exception:
