@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.python.usage import UsageError
@@ -125,6 +126,13 @@ SETTINGS: Tuple[Setting, ...] = (
             minimum=0, exclusive=True),
     Setting("breaker_max_reset_timeout", "float", 60.0, "Longest wait of an open breaker.",
             minimum=0, exclusive=True),
+    Setting("header_timeout", "float", 10.0, "http: seconds a client may take to send a "
+            "request head once it has begun (then 408); 0 for no limit.", minimum=0),
+    Setting("client_idle_timeout", "float", 0.0, "Seconds a redis, memcached or http client "
+            "connection may stay idle (nothing sent, nothing in flight) before it is "
+            "closed; 0 keeps idle clients.", minimum=0),
+    Setting("retry_budget_percent", "float", 20.0, "Retries (of safe requests on a stale "
+            "connection) may add at most this share of a cluster's requests.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
             "that health checks and breakers may take out at once.", minimum=0),
 )
@@ -161,10 +169,101 @@ def read_secret(path: str, where: str) -> str:
     return secret
 
 
+#: The top-level settings a [[cluster]] table may override for its own backends.
+CLUSTER_OVERRIDES: Tuple[str, ...] = (
+    "pool_size", "pool_min_idle", "mux_connections", "request_timeout", "check_interval",
+    "check_timeout", "check_rise", "check_fall", "check_path", "breaker_failures",
+    "breaker_reset_timeout", "breaker_max_reset_timeout", "max_ejected_percent",
+)
+
+LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster")
+CLUSTER_KEYS: Tuple[str, ...] = ("name", "protocol", "balance", "hash_key", "backend") + CLUSTER_OVERRIDES
+BACKEND_KEYS: Tuple[str, ...] = ("address", "name", "weight")
+
+#: The name of the cluster built from the flat C{backend} key (or C{demo}).
+DEFAULT_CLUSTER = "default"
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """
+    One backend of a cluster.
+
+    @ivar name: its name in metrics and logs, unique within the cluster.
+    @ivar address: a client endpoint string or C{HOST:PORT}; see
+        L{poolproxy.endpoints.client_endpoint}.
+    @ivar weight: its share of requests relative to the cluster's other backends.
+    """
+
+    name: str
+    address: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """
+    A named group of backends that listeners route to.
+
+    @ivar protocol: the codec's name (the top-level C{protocol} unless the
+        cluster sets its own).
+    @ivar balance: the balancing policy, or L{None} for the codec mode's
+        default (L{DEFAULT_BALANCE}).
+    @ivar hash_key: for http with C{consistent_hash}, or L{None}.
+    @ivar overrides: the L{CLUSTER_OVERRIDES} keys this cluster sets, already
+        validated; read them with L{setting}.
+    """
+
+    name: str
+    protocol: str
+    balance: Optional[str]
+    hash_key: Optional[str]
+    backends: Tuple[BackendConfig, ...]
+    overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.overrides, MappingProxyType):
+            object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
+
+    def setting(self, key: str, config: "ProxyConfig") -> Any:
+        """
+        The value of setting C{key} for this cluster: its own override, else
+        C{config}'s top-level value.  C{protocol}, C{balance} and C{hash_key}
+        give this cluster's fields.
+        """
+        if key in ("protocol", "balance", "hash_key"):
+            return getattr(self, key)
+        if key in self.overrides:
+            return self.overrides[key]
+        return getattr(config, key)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """
+    A server endpoint and the cluster its clients are proxied to.
+
+    @ivar name: unique among listeners; the endpoint string unless given.
+    @ivar endpoint: a server endpoint string.
+    @ivar cluster: the L{ClusterConfig.name} it routes to.
+    """
+
+    name: str
+    endpoint: str
+    cluster: str
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     """
-    A validated configuration.  Field names are the TOML keys.
+    A validated configuration.  Field names are the TOML keys, except
+    C{listeners} and C{clusters}: what to listen on and proxy to, computed by
+    L{build_config} from the C{[[listener]]} and C{[[cluster]]} tables or else
+    from the flat C{listen}, C{backend} and C{demo} keys (which keep the values
+    given, and are empty when the tables are used).
+
+    Constructed directly (embedding, tests) with neither C{listeners} nor
+    C{clusters}, both are derived from the flat keys as L{build_config} does.
     """
 
     listen: Tuple[str, ...] = ()
@@ -201,13 +300,38 @@ class ProxyConfig:
     breaker_failures: int = 5
     breaker_reset_timeout: float = 5.0
     breaker_max_reset_timeout: float = 60.0
+    header_timeout: float = 10.0
+    client_idle_timeout: float = 0.0
+    retry_budget_percent: float = 20.0
     max_ejected_percent: float = 50.0
-    # Where each value came from, for error messages: name -> "--flag" or "key (in FILE)".
+    listeners: Tuple[ListenerConfig, ...] = ()
+    clusters: Tuple[ClusterConfig, ...] = ()
+    # Where each value came from, for error messages: name -> "--flag" or "key (in FILE)";
+    # also "listeners" and "clusters" -> e.g. "--listen", "[[cluster]] (in FILE)".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.listeners and not self.clusters:
+            listeners, clusters = _flat_topology(self.listen, self.backend, self.demo,
+                                                 self.protocol, self.balance, self.hash_key)
+            object.__setattr__(self, "listeners", listeners)
+            object.__setattr__(self, "clusters", clusters)
+
+    def cluster(self, name: str) -> ClusterConfig:
+        """
+        The cluster called C{name}.
+
+        @raise KeyError: if there is none.
+        """
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        raise KeyError(name)
 
 
 def _check_table_matches_dataclass() -> None:
-    declared = [(f.name, f.default) for f in fields(ProxyConfig) if f.name != "sources"]
+    computed = ("listeners", "clusters", "sources")
+    declared = [(f.name, f.default) for f in fields(ProxyConfig) if f.name not in computed]
     assert declared == [(s.name, s.default) for s in SETTINGS], "SETTINGS and ProxyConfig disagree"
 
 
@@ -280,6 +404,26 @@ def load_toml(path: str) -> Dict[str, Any]:
                           f"(byte {e.object[e.start]:#04x} at offset {e.start})") from None
 
 
+def _located(path: str, file_name: str) -> str:
+    """How an error names C{path} (a key or a table's key) of the TOML file."""
+    return f"{path} (in {file_name})" if file_name else path
+
+
+def _dash(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def _check_choice(kind: str, value: Optional[str], choices: Sequence[str], where: str) -> None:
+    if value is not None and value not in choices:
+        raise ConfigError(f"{where}: unknown {kind} {value!r}; available: {', '.join(choices)}")
+
+
+def _check_hash_key(hash_key: Optional[str], where: str) -> None:
+    if hash_key is not None and not (hash_key == "path" or (
+            hash_key.startswith("header:") and len(hash_key) > len("header:"))):
+        raise ConfigError(f"{where}: expected 'path' or 'header:NAME', got {hash_key!r}")
+
+
 def build_config(
     file_values: Mapping[str, Any],
     flag_values: Mapping[str, Any],
@@ -289,20 +433,28 @@ def build_config(
     """
     Merge defaults, file values and flag values into a validated L{ProxyConfig}.
 
-    @param file_values: the TOML table (keys with underscores).
+    @param file_values: the TOML table (keys with underscores), which may hold
+        C{[[listener]]} and C{[[cluster]]} tables.
     @param flag_values: values given on the command line, keyed by setting
         name; a value of L{None} means "not given".
     @param file_name: the TOML file's name, for messages.
     @param endpoint_checks: setting name -> function(value, where) raising
-        L{ConfigError} for a bad endpoint; see L{poolproxy.endpoints}.
+        L{ConfigError} for a bad endpoint; see L{poolproxy.endpoints}.  The
+        C{listen} check also applies to C{[[listener]]} endpoints and the
+        C{backend} check to C{[[cluster.backend]]} addresses.
     """
+    checks = endpoint_checks or {}
+    file_values = dict(file_values)
+    listener_tables = file_values.pop("listener", None)
+    cluster_tables = file_values.pop("cluster", None)
     values: Dict[str, Any] = {}
     sources: Dict[str, str] = {}
     for key, raw in file_values.items():
-        where = f"{key} (in {file_name})" if file_name else key
+        where = _located(key, file_name)
         setting = SETTINGS_BY_NAME.get(key)
         if setting is None:
-            raise ConfigError(f"{where}: unknown key; known keys are {', '.join(SETTINGS_BY_NAME)}")
+            raise ConfigError(f"{where}: unknown key; known keys are {', '.join(SETTINGS_BY_NAME)}"
+                              ", [[listener]], [[cluster]]")
         values[key] = coerce(setting, raw, where, text_ok=False)
         sources[key] = where
     for key, raw in flag_values.items():
@@ -317,14 +469,19 @@ def build_config(
 
     protocols = protocol_names()
     protocol = values.get("protocol", ProxyConfig.protocol)
-    if protocol not in protocols:
-        raise ConfigError(
-            f"{where('protocol')}: unknown protocol {protocol!r}; "
-            f"available: {', '.join(protocols)}"
-        )
-    if not values.get("listen"):
+    _check_choice("protocol", protocol, protocols, where("protocol"))
+    if cluster_tables is not None and "backend" in file_values:
+        raise ConfigError(f"{_located('backend', file_name)}: use either backend or "
+                          "[[cluster]], not both")
+    if cluster_tables is not None and sources.get("backend") == "--backend":
+        raise ConfigError(f"--backend: use either backend or [[cluster]], not both "
+                          f"({file_name or 'the file'} has [[cluster]] tables)")
+    if listener_tables is not None and "listen" in file_values:
+        raise ConfigError(f"{_located('listen', file_name)}: use either listen or "
+                          "[[listener]], not both")
+    if not values.get("listen") and listener_tables is None:
         raise ConfigError(f"{where('listen')}: at least one listener is required")
-    if not values.get("backend") and not values.get("demo"):
+    if cluster_tables is None and not values.get("backend") and not values.get("demo"):
         raise ConfigError(f"{where('backend')}: at least one backend is required")
     pool_size = values.get("pool_size", ProxyConfig.pool_size)
     if values.get("pool_min_idle", 0) > pool_size:
@@ -332,15 +489,8 @@ def build_config(
             f"{where('pool_min_idle')}: must not exceed pool-size ({pool_size}), "
             f"got {values['pool_min_idle']}"
         )
-    balance = values.get("balance")
-    if balance is not None and balance not in BALANCE_POLICIES:
-        raise ConfigError(f"{where('balance')}: unknown policy {balance!r}; "
-                          f"available: {', '.join(BALANCE_POLICIES)}")
-    hash_key = values.get("hash_key")
-    if hash_key is not None and not (hash_key == "path" or (
-            hash_key.startswith("header:") and len(hash_key) > len("header:"))):
-        raise ConfigError(f"{where('hash_key')}: expected 'path' or 'header:NAME', "
-                          f"got {hash_key!r}")
+    _check_choice("policy", values.get("balance"), BALANCE_POLICIES, where("balance"))
+    _check_hash_key(values.get("hash_key"), where("hash_key"))
     if values.get("breaker_max_reset_timeout", 60.0) < values.get("breaker_reset_timeout", 5.0):
         raise ConfigError(f"{where('breaker_max_reset_timeout')}: must be at least "
                           f"breaker-reset-timeout ({values.get('breaker_reset_timeout', 5.0):g})")
@@ -354,11 +504,223 @@ def build_config(
     for key in ("backend_password_file", "client_password_file"):
         if values.get(key):
             read_secret(values[key], where(key))
-    for key, check in (endpoint_checks or {}).items():
+    for key, check in checks.items():
         raw_value = values.get(key, SETTINGS_BY_NAME[key].default)
         for one in _as_sequence(raw_value):
             check(one, where(key))
-    return ProxyConfig(sources=sources, **values)
+
+    top = {s.name: values.get(s.name, s.default) for s in SETTINGS}
+    if cluster_tables is not None:
+        clusters = _clusters_from_tables(cluster_tables, top, file_name, protocols,
+                                         checks.get("backend"))
+        sources["clusters"] = _located("[[cluster]]", file_name)
+    else:
+        _, clusters = _flat_topology((), top["backend"], top["demo"], protocol,
+                                     top["balance"], top["hash_key"])
+        if not clusters:
+            raise ConfigError(f"{where('demo')}: the demo backend needs "
+                              f"tcp:PORT[:interface=HOST], got {top['demo']!r}")
+        sources["clusters"] = where("backend") if top["backend"] else where("demo")
+        seen = set()
+        for backend in clusters[0].backends:
+            if backend.name in seen:
+                raise ConfigError(f"{where('backend')}: duplicate backend name {backend.name!r}")
+            seen.add(backend.name)
+    listeners: Tuple[ListenerConfig, ...] = ()
+    if listener_tables is not None:
+        listeners = _listeners_from_tables(listener_tables, clusters, file_name, checks.get("listen"))
+        sources["listeners"] = _located("[[listener]]", file_name)
+    if values.get("listen"):  # the flat key, or --listen flags overriding [[listener]]
+        listeners = _flat_listeners(values["listen"], clusters, where("listen"))
+        sources["listeners"] = where("listen")
+    return ProxyConfig(sources=sources, listeners=listeners, clusters=clusters, **values)
+
+
+_WEIGHT = Setting("weight", "int", 1, "A backend's share of requests.", minimum=1)
+
+
+def _flat_topology(listen: Sequence[str], backend: Sequence[str], demo: Optional[str],
+                   protocol: str, balance: Optional[str], hash_key: Optional[str],
+                   ) -> Tuple[Tuple[ListenerConfig, ...], Tuple[ClusterConfig, ...]]:
+    """
+    The listeners and the one cluster, named L{DEFAULT_CLUSTER}, that the flat
+    keys describe: the C{backend} addresses, or else the C{demo} backend.
+    Nothing is checked; with no backend at all there is no cluster and no
+    listener.
+    """
+    if not backend and not demo:
+        return (), ()
+    from poolproxy.endpoints import backend_name, demo_address
+
+    addresses = list(backend)
+    if not addresses and demo:
+        host_port = demo_address(demo)
+        if host_port is not None:
+            addresses.append(f"{host_port[0]}:{host_port[1]}")
+    if not addresses:
+        return (), ()
+    cluster = ClusterConfig(DEFAULT_CLUSTER, protocol, balance, hash_key,
+                            tuple(BackendConfig(backend_name(a), a, 1) for a in addresses))
+    return tuple(ListenerConfig(e, e, DEFAULT_CLUSTER) for e in listen), (cluster,)
+
+
+def _flat_listeners(listen: Sequence[str], clusters: Sequence[ClusterConfig],
+                    where: str) -> Tuple[ListenerConfig, ...]:
+    if len(clusters) != 1:
+        raise ConfigError(f"{where}: cannot tell which of the clusters "
+                          f"{', '.join(c.name for c in clusters)} to route to; use "
+                          "[[listener]] tables with cluster = NAME")
+    if len(set(listen)) != len(listen):
+        duplicate = next(e for e in listen if listen.count(e) > 1)
+        raise ConfigError(f"{where}: duplicate listener {duplicate!r}")
+    return tuple(ListenerConfig(e, e, clusters[0].name) for e in listen)
+
+
+def _tables(raw: Any, header: str, where: str) -> List[Dict[str, Any]]:
+    """C{raw} as a non-empty array of tables written C{[[header]]}."""
+    if isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected [[{header}]] tables, got a single [{header}] table")
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"{where}: expected [[{header}]] tables, got {raw!r}")
+    if not raw:
+        raise ConfigError(f"{where}: at least one [[{header}]] table is required")
+    return raw
+
+
+class _Table:
+    """One C{[[header]]} table of the file, read key by key with its location."""
+
+    def __init__(self, values: Dict[str, Any], path: str, header: str, known: Sequence[str],
+                 file_name: str) -> None:
+        self.values, self.path, self.header, self.file_name = values, path, header, file_name
+        for key in values:
+            if key in known:
+                continue
+            why = ("not a per-cluster setting (set it at the top level)"
+                   if header == "cluster" and key in SETTINGS_BY_NAME else
+                   f"unknown key in [[{header}]]")
+            raise ConfigError(f"{self.at(key)}: {why}; known keys are {', '.join(known)}")
+
+    def at(self, key: str) -> str:
+        return _located(f"{self.path}.{key}", self.file_name)
+
+    def text(self, key: str, required: bool = False) -> Optional[str]:
+        if key not in self.values:
+            if required:
+                raise ConfigError(f"{self.at(key)}: missing; every [[{self.header}]] "
+                                  f"table needs {key}")
+            return None
+        return coerce(Setting(key, "str", None, ""), self.values[key], self.at(key), text_ok=False)
+
+
+def _clusters_from_tables(raw: Any, top: Mapping[str, Any], file_name: str,
+                          protocols: Sequence[str], check: Optional[Callable[[str, str], None]],
+                          ) -> Tuple[ClusterConfig, ...]:
+    clusters: List[ClusterConfig] = []
+    seen: Dict[str, str] = {}
+    for i, values in enumerate(_tables(raw, "cluster", _located("cluster", file_name))):
+        table = _Table(values, f"cluster[{i}]", "cluster", CLUSTER_KEYS, file_name)
+        name = table.text("name", required=True)
+        assert name is not None
+        if name in seen:
+            raise ConfigError(f"{table.at('name')}: duplicate cluster name {name!r} "
+                              f"(also {seen[name]})")
+        seen[name] = table.path
+        protocol = table.text("protocol") or top["protocol"]
+        _check_choice("protocol", protocol, protocols, table.at("protocol"))
+        balance = table.text("balance") or top["balance"]
+        _check_choice("policy", balance, BALANCE_POLICIES, table.at("balance"))
+        hash_key = table.text("hash_key") or top["hash_key"]
+        _check_hash_key(hash_key, table.at("hash_key"))
+        overrides = {key: coerce(SETTINGS_BY_NAME[key], values[key], table.at(key), text_ok=False)
+                     for key in CLUSTER_OVERRIDES if key in values}
+        _check_overrides(overrides, top, table)
+        backends = _backends_from_tables(values.get("backend"), table, name, check)
+        clusters.append(ClusterConfig(name, protocol, balance, hash_key, backends,
+                                      MappingProxyType(overrides)))
+    return tuple(clusters)
+
+
+# (lower, upper, whether an error names the lower key when the cluster sets both)
+_ORDERED_PAIRS = (("pool_min_idle", "pool_size", True), ("mux_connections", "pool_size", True),
+                  ("breaker_reset_timeout", "breaker_max_reset_timeout", False))
+
+
+def _check_overrides(overrides: Mapping[str, Any], top: Mapping[str, Any], table: _Table) -> None:
+    """
+    The checks between settings, on a cluster's values (its overrides, else the
+    top-level ones); an error names a key the cluster sets.
+    """
+    percent = overrides.get("max_ejected_percent", 0)
+    if percent > 100:
+        raise ConfigError(f"{table.at('max_ejected_percent')}: must be at most 100, got {percent!r}")
+    for low, high, name_low in _ORDERED_PAIRS:
+        if low not in overrides and high not in overrides:
+            continue
+        low_value, high_value = overrides.get(low, top[low]), overrides.get(high, top[high])
+        if low_value <= high_value:
+            continue
+        if (low in overrides) if name_low else (high not in overrides):
+            raise ConfigError(f"{table.at(low)}: must not exceed {_dash(high)} "
+                              f"({high_value:g}), got {low_value:g}")
+        raise ConfigError(f"{table.at(high)}: must be at least {_dash(low)} "
+                          f"({low_value:g}), got {high_value:g}")
+
+
+def _backends_from_tables(raw: Any, cluster: _Table, cluster_name: str,
+                          check: Optional[Callable[[str, str], None]]) -> Tuple[BackendConfig, ...]:
+    from poolproxy.endpoints import backend_name
+
+    where = cluster.at("backend")
+    if raw is None:
+        raise ConfigError(f"{where}: at least one [[cluster.backend]] table is required")
+    backends: List[BackendConfig] = []
+    seen: Dict[str, str] = {}
+    for j, values in enumerate(_tables(raw, "cluster.backend", where)):
+        table = _Table(values, f"{cluster.path}.backend[{j}]", "cluster.backend", BACKEND_KEYS,
+                       cluster.file_name)
+        address = table.text("address", required=True)
+        assert address is not None
+        if check is not None:
+            check(address, table.at("address"))
+        name = table.text("name") or backend_name(address)
+        if name in seen:
+            raise ConfigError(f"{table.at('name' if 'name' in values else 'address')}: duplicate "
+                              f"backend name {name!r} in cluster {cluster_name!r} (also {seen[name]})")
+        seen[name] = table.path
+        weight = coerce(_WEIGHT, values.get("weight", 1), table.at("weight"), text_ok=False)
+        backends.append(BackendConfig(name, address, weight))
+    return tuple(backends)
+
+
+def _listeners_from_tables(raw: Any, clusters: Sequence[ClusterConfig], file_name: str,
+                           check: Optional[Callable[[str, str], None]],
+                           ) -> Tuple[ListenerConfig, ...]:
+    names = [c.name for c in clusters]
+    listeners: List[ListenerConfig] = []
+    seen: Dict[str, str] = {}
+    for i, values in enumerate(_tables(raw, "listener", _located("listener", file_name))):
+        table = _Table(values, f"listener[{i}]", "listener", LISTENER_KEYS, file_name)
+        endpoint = table.text("listen", required=True)
+        assert endpoint is not None
+        if check is not None:
+            check(endpoint, table.at("listen"))
+        name = table.text("name") or endpoint
+        if name in seen:
+            raise ConfigError(f"{table.at('name' if 'name' in values else 'listen')}: duplicate "
+                              f"listener name {name!r} (also {seen[name]})")
+        seen[name] = table.path
+        cluster = table.text("cluster")
+        if cluster is None:
+            if len(names) != 1:
+                raise ConfigError(f"{table.at('cluster')}: missing; required when there are "
+                                  f"several clusters ({', '.join(names)})")
+            cluster = names[0]
+        elif cluster not in names:
+            raise ConfigError(f"{table.at('cluster')}: unknown cluster {cluster!r}; "
+                              f"clusters are {', '.join(names)}")
+        listeners.append(ListenerConfig(name, endpoint, cluster))
+    return tuple(listeners)
 
 
 @dataclass(frozen=True)

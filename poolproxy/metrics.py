@@ -1,13 +1,14 @@
 """
 The Prometheus view of the plain counters in L{poolproxy.stats}, the
-admission gate and the pools.  Nothing here runs per request: the collector
+admission gate, the pools and the cluster's backends (their health checks
+and circuit breakers).  Nothing here runs per request: the collector
 reads current values when /metrics is scraped.  docs/metrics.md lists every
 metric this module exports.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -29,6 +30,14 @@ if TYPE_CHECKING:
 CLOSE_REASONS = ("idle_timeout", "max_lifetime", "max_uses", "backend_closed",
                  "session_end", "shutdown")
 
+# The values of poolproxy.cluster.Backend.state, poolproxy.health.HealthCheck.state
+# and poolproxy.breaker.CircuitBreaker.state (poolproxy.breaker.STATES).  Each
+# is exported as a Prometheus "enum" gauge: one series per value, 1 for the
+# current one and 0 for the others, all present from the start.
+BACKEND_STATES = ("up", "down", "ejected", "disabled")
+HEALTH_STATES = ("unknown", "healthy", "unhealthy")
+BREAKER_STATES = ("closed", "open", "half_open")
+
 
 def _histogram(name: str, doc: str, labels: "list[str]") -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, labels=labels)
@@ -36,6 +45,18 @@ def _histogram(name: str, doc: str, labels: "list[str]") -> HistogramMetricFamil
 
 def _add_histogram(family: HistogramMetricFamily, values: "list[str]", h: Histogram) -> None:
     family.add_metric(values, h.cumulative(), h.total)
+
+
+def _add_enum(family: GaugeMetricFamily, values: "list[str]", states: "tuple[str, ...]",
+              current: str) -> None:
+    """
+    One series per state in C{states}, 1 for C{current} and 0 for the others
+    (a state not in C{states} is exported too, so the series always sum to 1).
+    """
+    for state in states:
+        family.add_metric(values + [state], 1 if state == current else 0)
+    if current not in states:
+        family.add_metric(values + [current], 1)
 
 
 class ProxyCollector:
@@ -53,6 +74,7 @@ class ProxyCollector:
         yield from self._listeners()
         yield from self._admission()
         yield from self._pools()
+        yield from self._backends()
 
     def _listeners(self) -> Iterator[Metric]:
         opened = CounterMetricFamily("poolproxy_client_connections",
@@ -151,6 +173,87 @@ class ProxyCollector:
                 failures.add_metric(name + [reason], n)
             _add_histogram(wait, name, pool.acquire_wait)
         yield from (connections, size, waiters, up, connects, closes, failures, wait)
+
+    def _clusters(self) -> "list[Any]":
+        """The service's clusters: all of C{service.clusters}, else C{service.cluster}."""
+        clusters = getattr(self.service, "clusters", None)
+        if clusters:
+            return list(clusters.values()) if isinstance(clusters, dict) else list(clusters)
+        return [self.service.cluster]
+
+    def _backends(self) -> Iterator[Metric]:
+        per_backend = ["cluster", "backend"]
+        weight = GaugeMetricFamily("poolproxy_backend_weight",
+                                   "The backend's balancing weight.", labels=per_backend)
+        outstanding = GaugeMetricFamily("poolproxy_backend_outstanding",
+                                        "Requests (tcp mode: sessions) in flight to the backend.",
+                                        labels=per_backend)
+        requests = CounterMetricFamily("poolproxy_backend_requests",
+                                       "Requests (tcp mode: sessions) sent to the backend.",
+                                       labels=per_backend)
+        failures = CounterMetricFamily("poolproxy_backend_failures",
+                                       "Failures counted against the backend: failed connects "
+                                       "and failed requests.",
+                                       labels=per_backend)
+        retries = CounterMetricFamily("poolproxy_backend_retries",
+                                      "Requests to the backend sent again after a failed attempt.",
+                                      labels=per_backend)
+        state = GaugeMetricFamily("poolproxy_backend_state",
+                                  "1 for the backend's current state, 0 for the others.",
+                                  labels=per_backend + ["state"])
+        checks = CounterMetricFamily("poolproxy_backend_health_checks",
+                                     "Active health checks of the backend, by result.",
+                                     labels=per_backend + ["result"])
+        health = GaugeMetricFamily("poolproxy_backend_health_state",
+                                   "1 for the health check's current state, 0 for the others.",
+                                   labels=per_backend + ["state"])
+        breaker_state = GaugeMetricFamily("poolproxy_backend_breaker_state",
+                                          "1 for the circuit breaker's current state, "
+                                          "0 for the others.",
+                                          labels=per_backend + ["state"])
+        opened = CounterMetricFamily("poolproxy_backend_breaker_opened",
+                                     "Times the backend's circuit breaker opened (ejections).",
+                                     labels=per_backend)
+        refused = CounterMetricFamily("poolproxy_backend_breaker_refused",
+                                      "Times the breaker stayed closed at its failure threshold "
+                                      "because too many backends were ejected.",
+                                      labels=per_backend)
+        counts = GaugeMetricFamily("poolproxy_cluster_backends",
+                                   "Backends of the cluster, by state.",
+                                   labels=["cluster", "state"])
+        any_health = any_breaker = False
+        for cluster in self._clusters():
+            tally = dict.fromkeys(BACKEND_STATES, 0)
+            for backend in cluster.backends:
+                name = [cluster.name, backend.name]
+                weight.add_metric(name, backend.weight)
+                outstanding.add_metric(name, backend.outstanding)
+                requests.add_metric(name, backend.requests)
+                failures.add_metric(name, backend.failures)
+                retries.add_metric(name, getattr(backend, "retries", 0))
+                current = backend.state
+                tally[current] = tally.get(current, 0) + 1
+                _add_enum(state, name, BACKEND_STATES, current)
+                check = backend.health
+                if check is not None:
+                    any_health = True
+                    checks.add_metric(name + ["ok"], check.probes_ok)
+                    checks.add_metric(name + ["failed"], check.probes_failed)
+                    _add_enum(health, name, HEALTH_STATES, check.state)
+                breaker = backend.breaker
+                if breaker is not None:
+                    any_breaker = True
+                    _add_enum(breaker_state, name, BREAKER_STATES, breaker.state)
+                    opened.add_metric(name, breaker.opened_total)
+                    refused.add_metric(name, breaker.refused_total)
+            for value, n in tally.items():
+                counts.add_metric([cluster.name, value], n)
+        yield from (weight, outstanding, requests, failures, retries, state)
+        if any_health:
+            yield from (checks, health)
+        if any_breaker:
+            yield from (breaker_state, opened, refused)
+        yield counts
 
 
 def build_registry(service: "ProxyService") -> CollectorRegistry:

@@ -7,27 +7,25 @@ an embedded backend.  L{poolproxy.tap} builds it from a L{ProxyConfig}.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import Logger, LoggingFile
 
 from poolproxy.admission import Admission
-from poolproxy.cluster import Backend, Cluster
+from poolproxy.cluster import Cluster
 from poolproxy.codec import ICodec
-from poolproxy.config import DEFAULT_BALANCE, ProxyConfig, codec_options
+from poolproxy.config import ProxyConfig, codec_options
 from poolproxy.demo import demo_site
-from poolproxy.endpoints import backend_name, client_endpoint, demo_address, server_endpoint
-from poolproxy.httpmode import HttpBackend, HttpFactory, route_key
+from poolproxy.endpoints import server_endpoint
+from poolproxy.assemble import ClusterAssembly
+from poolproxy.httpmode import HttpFactory, route_key
 from poolproxy.idle import IdleSweeper
-from poolproxy.retry import RetryBudget
-from poolproxy.multiplex import MultiplexFactory, Multiplexer, PipelineBackend
-from poolproxy.plugins import load_codec
-from poolproxy.pool import BackendPool, BackendProtocol
-from poolproxy.session import SessionBackend, SessionFactory
+from poolproxy.multiplex import MultiplexFactory
+from poolproxy.pool import BackendPool
+from poolproxy.session import SessionFactory
 from poolproxy.stats import ListenerStats
 from poolproxy.web import build_site
 
@@ -37,10 +35,12 @@ class Listener:
     One client-facing endpoint and the factory behind it.
     """
 
-    def __init__(self, name: str, factory: SessionFactory, service: BoundService) -> None:
+    def __init__(self, name: str, factory: Any, service: BoundService,
+                 endpoint: str = "") -> None:
         self.name = name
         self.factory = factory
         self.service = service
+        self.endpoint = endpoint or name
 
     @property
     def stats(self) -> ListenerStats:
@@ -122,131 +122,50 @@ class ProxyService(MultiService):
 
         self.admission = Admission(config.max_concurrency, config.queue_size,
                                    config.queue_timeout, clock=reactor)
-        # A codec object may be given directly (embedding, tests); else the
-        # plugin named by --protocol.
-        self.codec = codec if codec is not None else load_codec(config.protocol)
         self.codec_options = codec_options(config)
-        addresses = [(backend_name(b), client_endpoint(reactor, b)) for b in config.backend]
-        if config.demo and not config.backend:
-            host, port = demo_address(config.demo)  # type: ignore[misc]
-            addresses.append((f"{host}:{port}", TCP4ClientEndpoint(reactor, host, port)))
-        backends = [self._make_backend(name, endpoint) for name, endpoint in addresses]
-        self.cluster = Cluster("default", backends,
-                               config.balance or DEFAULT_BALANCE.get(self.codec.mode, "round_robin"),
-                               max_ejected_share=config.max_ejected_percent / 100.0)
-        self.pools: List[BackendPool] = [b.pool for b in backends]
-        self.multiplexers: Dict[Any, Multiplexer] = {}
-        if self.codec.mode == "multiplexed":
-            variant_setup = getattr(self.codec, "variant_setup", None)
-            options = self.codec_options
-            self.multiplexers = {
-                b: Multiplexer(b.pool, config.mux_connections,
-                               variant_setup=(lambda v: variant_setup(options, v))
-                               if variant_setup is not None else None)
-                for b in backends}
+        # One cluster per [[cluster]] (or the "default" one built from
+        # --backend).  A codec object may be given directly (embedding,
+        # tests); else each cluster's protocol plugin is loaded.
+        self.clusters: Dict[str, Cluster] = {}
+        for spec in config.clusters:
+            self.clusters[spec.name] = ClusterAssembly(
+                spec, config, reactor, self.admission, self.codec_options, codec).build()
+        self.cluster = next(iter(self.clusters.values()))
+        self.codec = self.cluster.codec  # type: ignore[attr-defined]
+        self.pools: List[BackendPool] = [
+            b.pool for cluster in self.clusters.values() for b in cluster.backends]
 
-        self.retry_budget = RetryBudget(getattr(config, "retry_budget_percent", 20.0) / 100.0)
         self.listeners: List[Listener] = []
-        for description in config.listen:
-            factory = self._frontend_factory(description)
-            svc = _endpoint_service(server_endpoint(reactor, description), factory,
-                                    f"listener {description}")
+        self.sweepers: List[IdleSweeper] = []
+        idle = config.client_idle_timeout
+        for spec in config.listeners:
+            cluster = self.clusters[spec.cluster]
+            factory = self._frontend_factory(spec.name, cluster)
+            svc = _endpoint_service(server_endpoint(reactor, spec.endpoint), factory,
+                                    f"listener {spec.name}")
             svc.setServiceParent(self)
-            self.listeners.append(Listener(description, factory, svc))
-        idle = getattr(config, "client_idle_timeout", 0.0)
-        self.sweepers = [IdleSweeper(listener.factory.clients, idle, reactor)
-                         for listener in self.listeners
-                         if idle and self.codec.mode in ("multiplexed", "request")]
+            self.listeners.append(Listener(spec.name, factory, svc, spec.endpoint))
+            if idle and cluster.codec.mode in ("multiplexed", "request"):  # type: ignore[attr-defined]
+                self.sweepers.append(IdleSweeper(factory.clients, idle, reactor))
 
         self.web = _endpoint_service(server_endpoint(reactor, config.metrics),
                                      build_site(self), "metrics")
         self.web.setServiceParent(self)
 
-    def _backend_protocol_factory(self, backend: Backend) -> Callable[[], BackendProtocol]:
-        codec = self.codec
+    def _frontend_factory(self, name: str, cluster: Cluster) -> Any:
+        codec: Any = cluster.codec  # type: ignore[attr-defined]
+        setting = cluster.setting  # type: ignore[attr-defined]
         if codec.mode == "session":
-            return SessionBackend
-        if codec.mode == "multiplexed":
-            setup = codec.setup_frames(self.codec_options)
-            admission, clock, timeout = self.admission, self.reactor, self.config.request_timeout
-            return lambda: PipelineBackend(codec, setup, admission, backend, clock, timeout)
+            return SessionFactory(name, self.admission, cluster)
         if codec.mode == "request":
-            return lambda: HttpBackend(codec)  # type: ignore[arg-type]
-        raise ValueError(f"protocol {codec.name!r} has an unknown mode {codec.mode!r}")
-
-    def _make_backend(self, name: str, endpoint: Any) -> Backend:
-        """A backend: its pool, and its breaker and health check if they are on."""
-        c = self.config
-        pool = self._make_pool(name, endpoint)
-        backend = Backend(name, pool)
-        pool.backend = backend
-        pool.protocol_factory = self._backend_protocol_factory(backend)
-        if c.breaker_failures:
-            from poolproxy.breaker import BreakerSettings, CircuitBreaker
-
-            backend.breaker = CircuitBreaker(
-                BreakerSettings(c.breaker_failures, c.breaker_reset_timeout,
-                                max(c.breaker_max_reset_timeout, c.breaker_reset_timeout)),
-                clock=self.reactor,
-                on_change=lambda old, new: self._breaker_changed(backend, old, new),
-                may_open=lambda: self.cluster.may_eject())
-        if c.check_interval:
-            from poolproxy.health import HealthCheck
-
-            backend.health = HealthCheck(
-                name, self._probe(endpoint), interval=c.check_interval, timeout=c.check_timeout,
-                rise=c.check_rise, fall=c.check_fall, clock=self.reactor,
-                on_change=lambda old, new, why: self._health_changed(backend, old, new, why))
-        return backend
-
-    def _probe(self, endpoint: Any) -> Callable[[], Any]:
-        from poolproxy import health
-
-        codec = self.codec
-        if codec.mode == "request":
-            path = self.config.check_path.encode("utf-8")
-            return lambda: health.http_probe(endpoint, path)
-        if codec.mode == "multiplexed" and codec.probe() is not None and hasattr(codec, "probe_ok"):
-            if codec.setup_frames(self.codec_options):
-                # A probe would need the setup (AUTH) too: a connect is what we can check.
-                return lambda: health.tcp_probe(endpoint)
-            return lambda: health.codec_probe(endpoint, codec)
-        return lambda: health.tcp_probe(endpoint)
-
-    def _breaker_changed(self, backend: Backend, old: str, new: str) -> None:
-        self.log.warn("backend {backend}: circuit breaker {old} -> {new}",
-                      backend=backend.name, old=old, new=new)
-        if new == "open":
-            backend.pool.evict("ejected")
-
-    def _health_changed(self, backend: Backend, old: str, new: str, why: str) -> None:
-        self.log.warn("backend {backend}: health {old} -> {new} ({why})",
-                      backend=backend.name, old=old, new=new, why=why)
-        if new == "unhealthy":
-            backend.pool.evict("unhealthy")
-
-    def _frontend_factory(self, name: str) -> Any:
-        if self.codec.mode == "session":
-            return SessionFactory(name, self.admission, self.cluster)
-        if self.codec.mode == "request":
-            return HttpFactory(name, self.codec, self.codec_options,  # type: ignore[arg-type]
-                               self.admission, self.cluster, self.reactor,
-                               self.config.request_timeout,
-                               route_key=route_key(self.config.hash_key),
-                               retry_budget=self.retry_budget,
-                               header_timeout=getattr(self.config, "header_timeout", 10.0))
-        return MultiplexFactory(name, self.codec, self.codec_options, self.admission,
-                                self.cluster, self.multiplexers, clock=self.reactor)
-
-    def _make_pool(self, name: str, endpoint: Any) -> BackendPool:
-        c = self.config
-        return BackendPool(
-            name, endpoint, SessionBackend,  # replaced by _make_backend
-            size=c.pool_size, min_idle=c.pool_min_idle, max_waiters=c.pool_max_waiters,
-            acquire_timeout=c.pool_acquire_timeout, connect_timeout=c.connect_timeout,
-            idle_timeout=c.idle_timeout, max_lifetime=c.max_lifetime, max_uses=c.max_uses,
-            health_interval=c.health_interval, clock=self.reactor,
-        )
+            return HttpFactory(name, codec, self.codec_options, self.admission, cluster,
+                               self.reactor, setting("request_timeout"),
+                               route_key=route_key(setting("hash_key")),
+                               retry_budget=cluster.retry_budget,  # type: ignore[attr-defined]
+                               header_timeout=self.config.header_timeout)
+        return MultiplexFactory(name, codec, self.codec_options, self.admission, cluster,
+                                cluster.multiplexers,  # type: ignore[attr-defined]
+                                clock=self.reactor)
 
     def privilegedStartService(self) -> None:
         # Bind every endpoint now, in order.  If one cannot be bound, stop the
@@ -278,29 +197,34 @@ class ProxyService(MultiService):
             key, description = "metrics", self.config.metrics
         for listener in self.listeners:
             if listener.service is svc:
-                key, description = "listen", listener.name
+                where = self.config.sources.get("listeners") or self.config.sources.get(
+                    "listen", "--listen")
+                return f"{where} {listener.endpoint}"
         where = self.config.sources.get(key, "--" + key)
         return f"{where} {description}"
 
     @property
     def ready(self) -> bool:
-        """Whether a backend connection can be had (for /readyz)."""
-        return self.cluster.ready
+        """Whether every cluster can get a backend connection (for /readyz)."""
+        return all(cluster.ready for cluster in self.clusters.values())
 
     def startService(self) -> None:
         super().startService()
         for sweeper in self.sweepers:
             sweeper.start()
-        for backend in self.cluster.backends:
-            backend.pool.start()
-            if backend.health is not None:
-                backend.health.start()
-        self.log.info(
-            "poolproxy ({protocol}) listening on {listen}, backends {backends}, "
-            "metrics on {metrics}",
-            protocol=self.config.protocol, listen=", ".join(self.config.listen),
-            backends=", ".join(p.name for p in self.pools), metrics=self.config.metrics,
-        )
+        for cluster in self.clusters.values():
+            for backend in cluster.backends:
+                backend.pool.start()
+                if backend.health is not None:
+                    backend.health.start()
+        for listener in self.listeners:
+            cluster = listener.factory.cluster
+            self.log.info(
+                "poolproxy listening on {listen} ({protocol}) for cluster {cluster}: "
+                "{backends} ({policy})", listen=listener.endpoint,
+                protocol=cluster.codec.name, cluster=cluster.name, policy=cluster.policy_name,
+                backends=", ".join(b.name for b in cluster.backends))
+        self.log.info("metrics on {metrics}", metrics=self.config.metrics)
 
     def stopService(self) -> "Deferred[Any]":
         # Stop accepting first, then close the pools (which ends the sessions).
@@ -310,8 +234,9 @@ class ProxyService(MultiService):
         for listener in self.listeners:
             for client in list(listener.factory.clients):
                 client.transport.loseConnection()
-        for multiplexer in self.multiplexers.values():
-            multiplexer.close()
-        self.cluster.stop()
+        for cluster in self.clusters.values():
+            for multiplexer in cluster.multiplexers.values():  # type: ignore[attr-defined]
+                multiplexer.close()
+            cluster.stop()
         closed = gatherResults([pool.close() for pool in self.pools])
         return DeferredList([stopped, closed])
