@@ -36,7 +36,18 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from poolproxy.admission import Admission, Overloaded
-from poolproxy.codec import CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, VARIANT, Frame, ICodec
+from poolproxy.codec import (
+    CLOSE,
+    DIRTY,
+    LOCAL,
+    PASSTHROUGH,
+    PIN,
+    RETRY_SAFE,
+    UNPIN,
+    VARIANT,
+    Frame,
+    ICodec,
+)
 from poolproxy.pool import BackendPool, BackendProtocol, PooledConnection
 from poolproxy.stats import ListenerStats
 
@@ -66,15 +77,18 @@ class Slot:
         late response is then read and dropped, never handed to anyone else).
     @ivar response: the reply bytes, once known.
     @ivar pinned: whether it was sent on the client's pinned connection.
+    @ivar frame: the frame, if it is L{RETRY_SAFE}; C{retried}: sent twice.
     """
 
-    __slots__ = ("client", "response", "pinned")
+    __slots__ = ("client", "response", "pinned", "frame", "retried")
 
     def __init__(self, client: "Optional[MultiplexFrontend]", response: Optional[bytes] = None,
-                 pinned: bool = False) -> None:
+                 pinned: bool = False, frame: Optional[Frame] = None) -> None:
         self.client = client
         self.response = response
         self.pinned = pinned
+        self.frame = frame  # kept only for frames that are safe to send again
+        self.retried = False
 
 
 class PipelineBackend(BackendProtocol):
@@ -253,8 +267,31 @@ class PipelineBackend(BackendProtocol):
             client.touched = False
             client.answered()
 
-    def _fail(self, why: str, kind: str = "unavailable") -> None:
-        """Answer everything owed with the codec's error and close."""
+    def _retryable(self, pending: Deque[Slot]) -> "set[Slot]":
+        """
+        The slots owed here whose request may go again on another connection:
+        safe (a read), sent once, not pinned, no byte of the reply received
+        (for the oldest, the response framer holds nothing), within the retry
+        budget.  A write already sent is never retried.
+        """
+        partial = getattr(self.framer, "pending", None)
+        head_started = partial() > 0 if partial is not None else True
+        chosen = set()
+        for i, slot in enumerate(pending):
+            client = slot.client
+            if (client is None or slot.frame is None or slot.retried or slot.pinned
+                    or (i == 0 and head_started)):
+                continue
+            budget = getattr(client.factory.cluster, "retry_budget", None)
+            if budget is not None and budget.withdraw():
+                chosen.add(slot)
+        return chosen
+
+    def _fail(self, why: str, kind: str = "unavailable", retry: bool = False) -> None:
+        """
+        Answer everything owed with the codec's error and close; with
+        C{retry}, the slots that may go again are resent by their clients.
+        """
         self.alive = False
         self._cancel_timer()
         pending, self.pending = self.pending, deque()
@@ -262,12 +299,19 @@ class PipelineBackend(BackendProtocol):
         if backend is not None and pending:
             backend.outstanding -= len(pending)
             backend.failed(why)
+        resend = self._retryable(pending) if retry and pending else ()
+        if resend:
+            backend.retries += len(resend)  # type: ignore[union-attr]
+            by_client: "dict[MultiplexFrontend, List[Slot]]" = {}
+            for slot in pending:
+                if slot in resend:
+                    by_client.setdefault(slot.client, []).append(slot)  # type: ignore[arg-type]
         if pending:
             reply = self.codec.error_reply(kind, why)
             touched = []
             for slot in pending:
                 client = slot.client
-                if client is None:
+                if client is None or slot in resend:
                     continue
                 slot.response = reply
                 client.stats.requests.add("timeout" if kind == "timeout" else "backend_unavailable")
@@ -278,10 +322,13 @@ class PipelineBackend(BackendProtocol):
                 if not client.touched:
                     client.touched = True
                     touched.append(client)
-            self.admission.release(len(pending))
+            self.admission.release(len(pending) - len(resend))  # resent ones keep theirs
             for client in touched:
                 client.touched = False
                 client.answered()
+        if resend:
+            for client, slots in by_client.items():
+                client.resend(slots)
         if self.transport is not None and self.transport.connected:
             self.transport.abortConnection()
 
@@ -291,9 +338,10 @@ class PipelineBackend(BackendProtocol):
         if was_setting_up and self._ready is not None:
             ready, self._ready = self._ready, None
             ready.errback(reason if reason is not None else Failure(ConnectionError("lost")))
-        self._fail("backend connection lost")
         if self.multiplexer is not None:
+            # First, so that resent requests cannot be given this connection.
             self.multiplexer.lost(self)
+        self._fail("backend connection lost", retry=True)
         self.passthrough_to = None
         owner, self.owner = self.owner, None
         if owner is not None:
@@ -451,6 +499,8 @@ class MultiplexFrontend(Protocol):
         self.sent_pinned = 0
         self.touched = False
         self._waiting_on: List[Multiplexer] = []
+        self._resend: Deque[Slot] = deque()
+        self.retry_budget = getattr(factory.cluster, "retry_budget", None)
         self._waiting: "Optional[Deferred[Any]]" = None
         self._token = False
         self._draining = False
@@ -500,7 +550,7 @@ class MultiplexFrontend(Protocol):
     @property
     def busy(self) -> bool:
         """Requests in flight or waiting (for the idle sweep)."""
-        return bool(self.slots or self.held) or self.passthrough
+        return bool(self.slots or self.held or self._resend) or self.passthrough
 
     def close_idle(self) -> None:
         self.transport.loseConnection()
@@ -524,6 +574,10 @@ class MultiplexFrontend(Protocol):
                 slot.client = None
                 self.stats.requests.add("client_gone")
         self.slots.clear()
+        if self._resend:
+            # Owed by no backend any more: their admission tokens come back here.
+            self.admission.release(len(self._resend))
+            self._resend.clear()
         self.held.clear()
         for multiplexer in self._waiting_on:
             multiplexer.forget(self)
@@ -583,11 +637,50 @@ class MultiplexFrontend(Protocol):
             self._draining = False
         self._update_reading()
 
+    def resend(self, slots: List[Slot]) -> None:
+        """
+        Requests whose shared connection died before any byte of their reply
+        came: send them again, ahead of anything newer, into the same slots.
+        """
+        self._resend.extend(slots)
+        self._drain()
+
+    def _drain_resend(self) -> bool:
+        """Resend what is waiting to be; False if it must wait for a connection."""
+        queue = self._resend
+        while queue and not self._gone:
+            slot = queue[0]
+            frame: Frame = slot.frame  # type: ignore[assignment]
+            target = self._shared_target(frame)
+            if target is None:
+                return False
+            queue.popleft()
+            if target is _NO_BACKEND:
+                slot.response = self.codec.error_reply("unavailable", "no backend is available")
+                self.sent_shared -= 1
+                self.admission.release()
+                self.stats.requests.add("backend_unavailable")
+                continue
+            slot.retried = True
+            target.owe(slot, frame)
+            if target.cluster_backend is not None:
+                target.cluster_backend.outstanding += 1
+            target.transport.write(frame.data)
+        self.answered_if_ready()
+        return True
+
+    def answered_if_ready(self) -> None:
+        if self.slots and self.slots[0].response is not None:
+            self.answered()
+
     def _drain_once(self) -> None:
+        if self._resend and not self._drain_resend():
+            return
         held = self.held
         admission = self.admission
         out: List[bytes] = []
         out_to: Optional[PipelineBackend] = None
+        sent = 0
         try:
             while held and not self._gone:
                 frame = held[0]
@@ -640,8 +733,9 @@ class MultiplexFrontend(Protocol):
                     cluster_backend.claim()
                     if frame.replies:
                         cluster_backend.outstanding += 1
+                sent += 1
                 if frame.replies:
-                    slot = Slot(self, None, pinned)
+                    slot = Slot(self, None, pinned, frame if flags & RETRY_SAFE else None)
                     self.slots.append(slot)
                     target.owe(slot, frame)
                     if pinned:
@@ -660,6 +754,10 @@ class MultiplexFrontend(Protocol):
         finally:
             if out:
                 out_to.transport.write(b"".join(out))  # type: ignore[union-attr]
+            if sent:
+                budget = self.retry_budget
+                if budget is not None:
+                    budget.deposit(sent)
 
     def _route(self, frame: Frame) -> Any:
         """The cluster Backend for C{frame}, or L{None} if none is available."""

@@ -25,9 +25,9 @@ class RetryBudget:
         self.retries = 0
         self.refused = 0
 
-    def deposit(self) -> None:
-        """A request was sent."""
-        tokens = self.tokens + self.ratio
+    def deposit(self, requests: int = 1) -> None:
+        """C{requests} were sent."""
+        tokens = self.tokens + self.ratio * requests
         self.tokens = tokens if tokens < self.cap else self.cap
 
     def withdraw(self) -> bool:

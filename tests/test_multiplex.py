@@ -364,6 +364,55 @@ class FailureTests(MultiplexTestCase):
         yield wait_for(lambda: service.admission.in_flight == 0, what="tokens back")
 
     @inlineCallbacks
+    def test_safe_requests_resent_once_writes_never(self) -> None:
+        """
+        When a shared connection dies with requests in flight, the safe ones
+        (reads) are sent again, once, on a new connection, into their places
+        in the client's order; a write already sent gets the codec's error,
+        never a second try.
+        """
+        backend = self.backend()
+        service = self.proxy(backend, mux_connections=1, health_interval=30.0)
+        client = connect(listener_port(service),
+                         LineClient(b"GET HOLD-1\nSET HOLD-2\nGET HOLD-3\n"))
+        yield wait_for(lambda: backend.connections and len(backend.connections[0].lines) == 3,
+                       what="all three held")
+        backend.connections[0].transport.abortConnection()
+        yield wait_for(lambda: len(backend.connections) == 2
+                       and len(backend.connections[1].lines) == 2, what="reads resent")
+        self.assertEqual(backend.connections[1].lines, [b"GET HOLD-1", b"GET HOLD-3"])
+        self.assertEqual(client.lines(), [])  # the first reply is still owed
+        backend.connections[1].release()
+        yield wait_for(lambda: len(client.lines()) == 3, what="replies")
+        lines = client.lines()
+        self.assertEqual(lines[0], b"GET HOLD-1")
+        self.assertTrue(lines[1].startswith(b"ERR unavailable"), lines)
+        self.assertEqual(lines[2], b"GET HOLD-3")
+        self.assertEqual(service.cluster.backends[0].retries, 2)
+        yield wait_for(lambda: service.admission.in_flight == 0, what="tokens back")
+
+    @inlineCallbacks
+    def test_resent_request_not_resent_again(self) -> None:
+        """
+        A read already sent twice whose second connection dies too gets the
+        codec's error: there is no third try.
+        """
+        backend = self.backend()
+        service = self.proxy(backend, mux_connections=1, health_interval=30.0)
+        client = connect(listener_port(service), LineClient(b"GET HOLD-1\n"))
+        yield wait_for(lambda: backend.connections and backend.connections[0].lines,
+                       what="held")
+        backend.connections[0].transport.abortConnection()
+        yield wait_for(lambda: len(backend.connections) == 2 and backend.connections[1].lines,
+                       what="resent")
+        backend.connections[1].transport.abortConnection()
+        yield wait_for(lambda: len(client.lines()) == 1, what="error")
+        self.assertTrue(client.lines()[0].startswith(b"ERR unavailable"), client.lines())
+        self.assertEqual(len(backend.connections), 2)
+        self.assertEqual(service.cluster.backends[0].retries, 1)
+        yield wait_for(lambda: service.admission.in_flight == 0, what="tokens back")
+
+    @inlineCallbacks
     def test_unasked_reply_closes_connection(self) -> None:
         """
         A backend that sends a reply nobody asked for is out of step: its
