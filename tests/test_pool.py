@@ -475,3 +475,25 @@ class CloseTests(PoolTestCase):
         self.assertTrue(transport.aborted)
         held.release()
         self.successResultOf(done)
+
+
+class EvictTests(PoolTestCase):
+    def test_evict_closes_idle_and_aborts_leased(self) -> None:
+        """
+        A backend marked down: its idle connections are closed (never reused)
+        and its leased ones aborted, so requests in flight fail at once; the
+        leases still end normally and the slots free up.
+        """
+        pool = self.make_pool(size=3)
+        held = self.acquired(pool)
+        spare = self.acquired(pool)
+        spare.release()
+        pool.evict("unhealthy")
+        idle_transport, held_transport = self.endpoint.transports[1], self.endpoint.transports[0]
+        self.assertTrue(idle_transport.disconnecting)
+        self.assertTrue(held_transport.aborted)
+        self.assertEqual(pool.closes["unhealthy"], 1)
+        self.assertEqual(pool.idle, 0)
+        held_transport.lose()
+        held.release()
+        self.assertEqual(pool.total, 0)

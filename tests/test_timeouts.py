@@ -157,3 +157,29 @@ class MultiplexRequestTimeoutTests(Setup):
         backend_transport.lose()
         self.assertEqual(self.admission.in_flight, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class HttpRequestTimeoutTests(Setup):
+    def test_no_response_gives_504(self) -> None:
+        """
+        A backend that has not begun its response request_timeout after the
+        request was sent: the client gets 504 and the backend connection is
+        closed, not reused; the timer is gone afterwards.
+        """
+        cluster = self.cluster(lambda: HttpBackend(http_codec))
+        factory = HttpFactory("l", http_codec, None, self.admission, cluster, self.clock,
+                              request_timeout=3.0, header_timeout=0.0)
+        protocol, transport = connected(factory)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        [backend_transport] = self.endpoint.succeed()
+        self.assertTrue(backend_transport.value().startswith(b"GET / HTTP/1.1\r\n"))
+        self.clock.advance(2.9)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "), transport.value())
+        self.assertTrue(backend_transport.disconnecting)
+        self.assertFalse(transport.disconnecting)  # the client may go on
+        self.endpoint.deliver_losses()
+        self.assertEqual(cluster.backends[0].pool.total, 0)
+        protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
