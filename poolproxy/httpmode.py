@@ -371,16 +371,26 @@ class Exchange:
                 and self.head.method in RETRY_SAFE_METHODS
                 and self.frontend.factory.retry_budget.withdraw())
 
+    def _detach(self) -> Optional[PooledConnection]:
+        """
+        Stop using the backend connection: unhook it from this exchange and
+        from backpressure.  The caller ends the lease.
+        """
+        conn, self.conn = self.conn, None
+        backend, self.backend = self.backend, None
+        if conn is None or backend is None:
+            return None
+        backend.exchange = None
+        backend.transport.unregisterProducer()
+        if not self.tunnel:
+            self.frontend.transport.unregisterProducer()
+        return conn
+
     def _retry(self) -> None:
         self.retried = True
         self._cancel_timer()
-        conn, self.conn = self.conn, None
-        backend, self.backend = self.backend, None
-        frontend = self.frontend
-        if conn is not None and backend is not None:
-            backend.exchange = None
-            backend.transport.unregisterProducer()
-            frontend.transport.unregisterProducer()
+        conn = self._detach()
+        if conn is not None:
             conn.discard("stale", abort=True)
         cluster_backend = self.cluster_backend
         cluster_backend.retries += 1
@@ -443,18 +453,12 @@ class Exchange:
             return
         self.finished = True
         self._cancel_timer()
-        conn, self.conn = self.conn, None
-        backend, self.backend = self.backend, None
         frontend = self.frontend
-        if conn is not None and backend is not None:
-            backend.exchange = None
-            transport = backend.transport
-            transport.unregisterProducer()
-            if not self.tunnel:
-                frontend.transport.unregisterProducer()
+        conn = self._detach()
+        if conn is not None:
             if release:
                 # Backpressure may have paused it; the next exchange must read.
-                transport.resumeProducing()
+                conn.protocol.transport.resumeProducing()
                 conn.release()
             else:
                 conn.discard("not_reusable", abort=abort)

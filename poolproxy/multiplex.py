@@ -307,6 +307,8 @@ class PipelineBackend(BackendProtocol):
                 if slot in resend:
                     by_client.setdefault(slot.client, []).append(slot)  # type: ignore[arg-type]
         if pending:
+            # The same bookkeeping as _answer, which keeps it inline: a helper
+            # call per response would cost on the hot path.
             reply = self.codec.error_reply(kind, why)
             touched = []
             for slot in pending:
