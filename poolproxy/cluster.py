@@ -26,6 +26,8 @@ class Backend:
     @ivar outstanding: requests (or sessions) in flight to it, kept by the
         proxy modes for least-outstanding balancing.
     @ivar disabled: taken out of rotation by an operator.
+    @ivar draining: gets no new requests; those in flight finish (an operator
+        is taking it out gracefully).
     @ivar requests: requests sent to it; C{failures}: those that failed.
     """
 
@@ -37,6 +39,7 @@ class Backend:
         self.weight = weight
         self.outstanding = 0
         self.disabled = False
+        self.draining = False
         self.health: Any = None  # a poolproxy.health.HealthCheck, if checks are on
         self.breaker: Any = None  # a poolproxy.breaker.CircuitBreaker, if on
         self.requests = 0
@@ -67,8 +70,8 @@ class Backend:
 
     @property
     def available(self) -> bool:
-        """May get a new request now."""
-        if self.disabled or not self.healthy:
+        """May get a new request now (a draining backend only finishes its own)."""
+        if self.disabled or self.draining or not self.healthy:
             return False
         breaker = self.breaker
         if breaker is None or breaker.state == "closed":
@@ -77,9 +80,11 @@ class Backend:
 
     @property
     def state(self) -> str:
-        """One word for status pages: up, down, ejected, disabled."""
+        """One word for status pages: up, down, draining, disabled, ejected."""
         if self.disabled:
             return "disabled"
+        if self.draining:
+            return "draining"
         if not self.healthy:
             return "down"
         if self.ejected:

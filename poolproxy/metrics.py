@@ -34,7 +34,7 @@ CLOSE_REASONS = ("idle_timeout", "max_lifetime", "max_uses", "backend_closed",
 # and poolproxy.breaker.CircuitBreaker.state (poolproxy.breaker.STATES).  Each
 # is exported as a Prometheus "enum" gauge: one series per value, 1 for the
 # current one and 0 for the others, all present from the start.
-BACKEND_STATES = ("up", "down", "ejected", "disabled")
+BACKEND_STATES = ("up", "down", "draining", "ejected", "disabled")
 HEALTH_STATES = ("unknown", "healthy", "unhealthy")
 BREAKER_STATES = ("closed", "open", "half_open")
 
