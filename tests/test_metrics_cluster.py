@@ -99,7 +99,7 @@ class ClusterMetricsTests(WebTestCase):
         for index in (0, 1):
             labels = self.labels(service, index)
             self.assertEqual(_enum(families, "poolproxy_backend_state", **labels),
-                             {"up": 1, "down": 0, "ejected": 0, "disabled": 0})
+                             {"up": 1, "down": 0, "draining": 0, "ejected": 0, "disabled": 0})
             self.assertEqual(_value(families, "poolproxy_backend_weight", **labels), 1)
             self.assertEqual(_value(families, "poolproxy_backend_outstanding", **labels), 0)
             self.assertGreaterEqual(_value(families, "poolproxy_backend_health_checks_total",
@@ -118,7 +118,7 @@ class ClusterMetricsTests(WebTestCase):
                 self.assertEqual(_value(families, name, **labels), 0, name)
         self.assertEqual(_enum(families, "poolproxy_cluster_backends",
                                cluster=service.cluster.name),
-                         {"up": 2, "down": 0, "ejected": 0, "disabled": 0})
+                         {"up": 2, "down": 0, "draining": 0, "ejected": 0, "disabled": 0})
 
     @inlineCallbacks
     def test_backend_down(self) -> None:
@@ -141,7 +141,7 @@ class ClusterMetricsTests(WebTestCase):
         self.assertEqual(_enum(families, "poolproxy_backend_health_state", **down),
                          {"unknown": 0, "healthy": 0, "unhealthy": 1})
         self.assertEqual(_enum(families, "poolproxy_backend_state", **down),
-                         {"up": 0, "down": 1, "ejected": 0, "disabled": 0})
+                         {"up": 0, "down": 1, "draining": 0, "ejected": 0, "disabled": 0})
         self.assertGreaterEqual(_value(families, "poolproxy_backend_health_checks_total",
                                        result="failed", **down), check.fall)
         self.assertGreaterEqual(_value(families, "poolproxy_backend_health_checks_total",
@@ -149,12 +149,12 @@ class ClusterMetricsTests(WebTestCase):
 
         up = self.labels(service, 1)
         self.assertEqual(_enum(families, "poolproxy_backend_state", **up),
-                         {"up": 1, "down": 0, "ejected": 0, "disabled": 0})
+                         {"up": 1, "down": 0, "draining": 0, "ejected": 0, "disabled": 0})
         self.assertEqual(_enum(families, "poolproxy_backend_health_state", **up),
                          {"unknown": 0, "healthy": 1, "unhealthy": 0})
         self.assertEqual(_enum(families, "poolproxy_cluster_backends",
                                cluster=service.cluster.name),
-                         {"up": 1, "down": 1, "ejected": 0, "disabled": 0})
+                         {"up": 1, "down": 1, "draining": 0, "ejected": 0, "disabled": 0})
 
     @inlineCallbacks
     def test_session_counted(self) -> None:
