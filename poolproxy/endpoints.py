@@ -65,11 +65,27 @@ def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
     return clientFromString(reactor, expand_backend(description))
 
 
+#: Listen backlog for tcp listeners that do not set one: Twisted's default
+#: of 50 drops connection bursts that a proxy is there to absorb.
+DEFAULT_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """
+    A tcp/tcp6 server endpoint description with C{backlog=DEFAULT_BACKLOG}
+    added unless it has one.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
 def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """
     Build the server endpoint for a listener description.
     """
-    return serverFromString(reactor, description)
+    return serverFromString(reactor, with_backlog(description))
 
 
 def check_server(description: str, where: str) -> None:

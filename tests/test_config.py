@@ -643,3 +643,22 @@ class DocumentationTests(SynchronousTestCase):
                 self.assertIn(f"`{setting.default}`", row, setting.name)
             else:
                 self.assertIn(f"`{setting.default}`", row, setting.name)
+
+
+class BacklogTests(SynchronousTestCase):
+    def test_tcp_listeners_get_a_larger_backlog(self) -> None:
+        """
+        tcp listeners default to a backlog of 1024 (Twisted's is 50); one the
+        user set is kept, and other endpoint kinds are left alone.
+        """
+        from poolproxy.endpoints import server_endpoint, with_backlog
+        from twisted.internet.testing import MemoryReactor
+
+        self.assertEqual(with_backlog("tcp:6380:interface=127.0.0.1"),
+                         "tcp:6380:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(with_backlog("tcp:6380:backlog=7"), "tcp:6380:backlog=7")
+        self.assertEqual(with_backlog("unix:/tmp/x.sock"), "unix:/tmp/x.sock")
+        reactor = MemoryReactor()
+        server_endpoint(reactor, "tcp:6380:interface=127.0.0.1").listen(object())
+        self.assertEqual(reactor.tcpServers[0][2], 1024)
+
