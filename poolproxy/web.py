@@ -1,6 +1,7 @@
 """
 The operator's resource tree: C{/metrics} (Prometheus text), C{/healthz}
-(the process answers) and C{/readyz} (a backend connection can be had).
+(the process answers), C{/readyz} (a backend connection can be had) and
+C{/status} and C{/status.json} (see L{poolproxy.status}).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from twisted.web.server import Request, Site
 
 from poolproxy import __version__
 from poolproxy.metrics import build_registry
+from poolproxy.status import StatusJsonResource, StatusPageResource
 
 if TYPE_CHECKING:
     from poolproxy.service import ProxyService
@@ -64,7 +66,8 @@ class ReadyzResource(Resource):
 class IndexResource(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        links = "".join(f'<li><a href="/{p}">/{p}</a></li>' for p in ("metrics", "healthz", "readyz"))
+        links = "".join(f'<li><a href="/{p}">/{p}</a></li>'
+                        for p in ("status", "status.json", "metrics", "healthz", "readyz"))
         return (f"<!doctype html><title>poolproxy</title><h1>poolproxy {__version__}</h1>"
                 f"<ul>{links}</ul>").encode("utf-8")
 
@@ -89,6 +92,8 @@ def build_site(service: "ProxyService") -> Site:
     root.putChild(b"metrics", MetricsResource(service))
     root.putChild(b"healthz", HealthzResource())
     root.putChild(b"readyz", ReadyzResource(service))
+    root.putChild(b"status", StatusPageResource(service))
+    root.putChild(b"status.json", StatusJsonResource(service))
     site = QuietSite(root)
     site.displayTracebacks = False
     return site

@@ -1,0 +1,318 @@
+"""
+The operator's status page: C{/status.json} (a machine-readable snapshot)
+and C{/status} (a self-refreshing HTML page in the spirit of HAProxy's stats
+page: one table per cluster, one row per backend).
+
+Both are read on the reactor thread from the same plain counters that
+C{/metrics} reads (see L{poolproxy.stats}), so one page is a consistent
+snapshot.  Request and error rates are computed here, per resource, from the
+difference to the previous snapshot that resource took: see L{RateSampler}.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from poolproxy import __version__
+
+if TYPE_CHECKING:
+    from poolproxy.cluster import Backend, Cluster
+    from poolproxy.service import ProxyService
+
+#: Seconds between two reloads of the HTML page (its meta refresh).
+REFRESH_SECONDS = 5
+
+#: The backend states L{poolproxy.cluster.Backend.state} can report.
+BACKEND_STATES = ("up", "down", "draining", "disabled", "ejected")
+
+
+def backend_address(backend: "Backend") -> str:
+    """
+    Where a backend's connections go, as C{HOST:PORT} (IPv6 hosts in
+    brackets) or a UNIX socket path.
+
+    Twisted's client endpoints expose no public address, so this reads the
+    private attributes of the common ones (C{TCP4ClientEndpoint},
+    C{TCP6ClientEndpoint}, C{HostnameEndpoint}, C{UNIXClientEndpoint}); for
+    any other endpoint it falls back to the backend's name, which defaults
+    to C{HOST:PORT} (see L{poolproxy.endpoints.backend_name}).
+    """
+    endpoint = getattr(backend.pool, "endpoint", None)
+    port = getattr(endpoint, "_port", None)
+    host = None
+    for attribute in ("_host", "_hostText", "_hostStr"):
+        value = getattr(endpoint, attribute, None)
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        if isinstance(value, str) and value:
+            host = value
+            break
+    if host is not None and isinstance(port, int):
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{port}"
+    path = getattr(endpoint, "_path", None)
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "replace")
+    if isinstance(path, str) and path:
+        return f"unix:{path}"
+    return backend.name
+
+
+class RateSampler:
+    """
+    Per-second rates of monotonic counters, from the difference to the
+    previous sample of the same key.
+
+    The first sample of a key gives rates of 0.  A sample taken at the same
+    clock time as the previous one (two fetches in one reactor turn) gives
+    the previous rates again rather than dividing by zero.  A counter that
+    went down (it cannot, short of a restart) counts as 0.
+
+    @ivar samples: key -> (time, counter values, rates).
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.samples: Dict[Any, Tuple[float, Tuple[int, ...], Tuple[float, ...]]] = {}
+
+    def rates(self, key: Any, values: Tuple[int, ...]) -> Tuple[float, ...]:
+        now = self.clock.seconds()
+        previous = self.samples.get(key)
+        if previous is None:
+            rates = tuple(0.0 for _ in values)
+        else:
+            then, old, old_rates = previous
+            elapsed = now - then
+            if elapsed <= 0:
+                return old_rates
+            rates = tuple(max(0, new - before) / elapsed for new, before in zip(values, old))
+        self.samples[key] = (now, values, rates)
+        return rates
+
+
+def _backend_status(backend: "Backend", cluster: "Cluster", sampler: RateSampler) -> Dict[str, Any]:
+    pool = backend.pool
+    health = backend.health
+    breaker = backend.breaker
+    request_rate, error_rate = sampler.rates((cluster.name, backend.name),
+                                             (backend.requests, backend.failures))
+    last_error = (health.last_error if health is not None and health.last_error else "") \
+        or pool.last_error or ""
+    return {
+        "name": backend.name,
+        "address": backend_address(backend),
+        "state": backend.state,
+        "weight": backend.weight,
+        "health": health.state if health is not None else None,
+        "breaker": breaker.state if breaker is not None else None,
+        "in_flight": backend.outstanding,
+        "pool": {
+            "idle": pool.idle,
+            "active": pool.leased,
+            "connecting": pool.connecting,
+            "waiters": pool.waiters,
+            "size": pool.size,
+        },
+        "requests": backend.requests,
+        "failures": backend.failures,
+        "retries": backend.retries,
+        "request_rate": round(request_rate, 3),
+        "error_rate": round(error_rate, 3),
+        "last_error": last_error or None,
+    }
+
+
+def status_snapshot(service: "ProxyService", sampler: RateSampler) -> Dict[str, Any]:
+    """
+    Everything C{/status.json} shows, as plain JSON-able values; see
+    docs/operations.md for the schema.
+    """
+    listeners: List[Dict[str, Any]] = []
+    for listener in service.listeners:
+        stats = listener.stats
+        requests = dict(stats.requests.items())
+        # Framed modes count answered requests in a plain int (as /metrics does).
+        requests["ok"] = requests.get("ok", 0) + stats.requests_ok
+        cluster = getattr(listener.factory, "cluster", None)
+        listeners.append({
+            "name": listener.name,
+            "endpoint": listener.endpoint,
+            "cluster": cluster.name if cluster is not None else None,
+            "connections_open": stats.connections_open,
+            "connections_total": stats.connections_total,
+            "requests": requests,
+        })
+    admission = service.admission
+    clusters = [{
+        "name": cluster.name,
+        "policy": cluster.policy_name,
+        "backends": [_backend_status(b, cluster, sampler) for b in cluster.backends],
+    } for cluster in service.clusters.values()]
+    return {
+        "version": __version__,
+        "listeners": listeners,
+        "admission": {
+            "in_flight": admission.in_flight,
+            "queued": admission.queued,
+            "max_concurrency": admission.max_concurrency,
+            "queue_size": admission.queue_size,
+            "admitted": admission.admitted,
+            "rejected": dict(admission.rejected.items()),
+        },
+        "clusters": clusters,
+    }
+
+
+# -- HTML -------------------------------------------------------------------------
+
+_CSS = """
+body{font:13px/1.4 sans-serif;margin:1em;color:#222;background:#fafafa}
+h1{font-size:18px;margin:0 0 .3em}h2{font-size:15px;margin:1.2em 0 .3em}
+table{border-collapse:collapse;background:#fff;margin-bottom:.5em}
+th,td{border:1px solid #bbb;padding:2px 6px;text-align:left;white-space:nowrap}
+th{background:#e4e4ec}td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.err{white-space:normal;max-width:30em;color:#900}
+.s-up{background:#c8f0c0}.s-down{background:#f4a8a8}.s-draining{background:#f8e08c}
+.s-disabled{background:#d0d0d0}.s-ejected{background:#f8c090}
+p.meta{color:#666}
+"""
+
+
+def h(value: Any) -> str:
+    """Text for HTML: L{None} as an empty cell, everything else escaped."""
+    if value is None:
+        return ""
+    return escape(str(value), quote=True)
+
+
+def _cell(value: Any, numeric: bool = False, css: str = "") -> str:
+    classes = " ".join(c for c in ("n" if numeric else "", css) if c)
+    attribute = f' class="{h(classes)}"' if classes else ""
+    return f"<td{attribute}>{h(value)}</td>"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _table(headers: List[str], rows: List[str]) -> str:
+    head = "".join(f"<th>{h(title)}</th>" for title in headers)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+_BACKEND_HEADERS = ["Backend", "Address", "State", "Health", "Breaker", "Weight", "In flight",
+                    "Idle", "Active", "Size", "Req/s", "Err/s", "Requests", "Failures",
+                    "Retries", "Last error"]
+
+
+def _backend_row(b: Dict[str, Any]) -> str:
+    state = b["state"]
+    state_class = f"s-{state}" if state in BACKEND_STATES else ""
+    pool = b["pool"]
+    cells = [
+        _cell(b["name"]), _cell(b["address"]), _cell(state, css=state_class),
+        _cell(b["health"] if b["health"] is not None else "-"),
+        _cell(b["breaker"] if b["breaker"] is not None else "-"),
+        _cell(b["weight"], True), _cell(b["in_flight"], True),
+        _cell(pool["idle"], True), _cell(pool["active"], True), _cell(pool["size"], True),
+        _cell(_rate(b["request_rate"]), True), _cell(_rate(b["error_rate"]), True),
+        _cell(b["requests"], True), _cell(b["failures"], True), _cell(b["retries"], True),
+        _cell(b["last_error"], css="err"),
+    ]
+    return f'<tr class="{h(state_class)}">{"".join(cells)}</tr>'
+
+
+def render_html(snapshot: Dict[str, Any]) -> str:
+    """
+    The HTML page for a L{status_snapshot}: inline CSS, no script, no
+    external asset, every string from the snapshot escaped.
+    """
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
+        f"<title>poolproxy {h(snapshot['version'])} status</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>poolproxy {h(snapshot['version'])}</h1>",
+        f'<p class="meta">Refreshes every {REFRESH_SECONDS} s. Rates are per second since '
+        'this page was last loaded. <a href="/status.json">JSON</a> · '
+        '<a href="/metrics">metrics</a></p>',
+    ]
+
+    admission = snapshot["admission"]
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(admission["rejected"].items()))
+    parts.append("<h2>Admission</h2>")
+    parts.append(_table(
+        ["In flight", "Max concurrency", "Queued", "Queue size", "Admitted", "Rejected"],
+        ["<tr>" + "".join([
+            _cell(admission["in_flight"], True), _cell(admission["max_concurrency"], True),
+            _cell(admission["queued"], True), _cell(admission["queue_size"], True),
+            _cell(admission["admitted"], True), _cell(rejected),
+        ]) + "</tr>"]))
+
+    parts.append("<h2>Listeners</h2>")
+    listener_rows = []
+    for listener in snapshot["listeners"]:
+        requests = ", ".join(f"{k} {v}" for k, v in sorted(listener["requests"].items()) if v)
+        listener_rows.append("<tr>" + "".join([
+            _cell(listener["name"]), _cell(listener["endpoint"]), _cell(listener["cluster"]),
+            _cell(listener["connections_open"], True), _cell(listener["connections_total"], True),
+            _cell(requests or "-"),
+        ]) + "</tr>")
+    parts.append(_table(["Listener", "Endpoint", "Cluster", "Open", "Total", "Requests"],
+                        listener_rows))
+
+    for cluster in snapshot["clusters"]:
+        up = sum(1 for b in cluster["backends"] if b["state"] == "up")
+        parts.append(f"<h2>Cluster {h(cluster['name'])} <small>({h(cluster['policy'])}, "
+                     f"{up}/{len(cluster['backends'])} up)</small></h2>")
+        parts.append(_table(_BACKEND_HEADERS, [_backend_row(b) for b in cluster["backends"]]))
+
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+# -- resources -------------------------------------------------------------------
+
+
+class _StatusResource(Resource):
+    isLeaf = True
+
+    def __init__(self, service: "ProxyService", clock: Optional[Any] = None) -> None:
+        super().__init__()
+        self.service = service
+        self.sampler = RateSampler(clock if clock is not None else service.reactor)
+
+    def snapshot(self) -> Dict[str, Any]:
+        return status_snapshot(self.service, self.sampler)
+
+
+class StatusJsonResource(_StatusResource):
+    """
+    C{/status.json}: L{status_snapshot} as JSON.  Its rates come from the
+    previous fetch of this resource (by any client).
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return (json.dumps(self.snapshot(), indent=1, sort_keys=False) + "\n").encode("utf-8")
+
+
+class StatusPageResource(_StatusResource):
+    """
+    C{/status}: the HTML page, reloading itself every L{REFRESH_SECONDS}.
+    Its rates come from the previous fetch of this resource (by any client),
+    independently of C{/status.json}.
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return render_html(self.snapshot()).encode("utf-8")
