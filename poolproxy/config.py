@@ -104,6 +104,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("backend_db", "int", 0, "Redis database pooled connections SELECT.", minimum=0),
     Setting("client_password_file", "str", None, "File holding the password redis "
             "clients must AUTH with to use the proxy."),
+    Setting("admin_token_file", "str", None, "File whose first line is the bearer token "
+            "for the admin API; without it the API is off."),
     Setting("balance", "str", None, "How the cluster picks a backend: round_robin, "
             "least_outstanding, consistent_hash or random [default: consistent_hash for "
             "redis and memcached, least_outstanding for http, round_robin for tcp]."),
@@ -290,6 +292,7 @@ class ProxyConfig:
     backend_username: Optional[str] = None
     backend_db: int = 0
     client_password_file: Optional[str] = None
+    admin_token_file: Optional[str] = None
     balance: Optional[str] = None
     hash_key: Optional[str] = None
     check_interval: float = 2.0
@@ -501,7 +504,7 @@ def build_config(
     if mux > pool_size:
         raise ConfigError(f"{where('mux_connections')}: must not exceed pool-size "
                           f"({pool_size}), got {mux}")
-    for key in ("backend_password_file", "client_password_file"):
+    for key in ("backend_password_file", "client_password_file", "admin_token_file"):
         if values.get(key):
             read_secret(values[key], where(key))
     for key, check in checks.items():

@@ -13,6 +13,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from poolproxy import __version__
+from poolproxy.admin import build_admin
+from poolproxy.config import read_secret
 from poolproxy.metrics import build_registry
 from poolproxy.status import StatusJsonResource, StatusPageResource
 
@@ -94,6 +96,12 @@ def build_site(service: "ProxyService") -> Site:
     root.putChild(b"readyz", ReadyzResource(service))
     root.putChild(b"status", StatusPageResource(service))
     root.putChild(b"status.json", StatusJsonResource(service))
+    config = service.config
+    if config.admin_token_file:
+        # Off unless a token is configured; the token never goes on a command line.
+        token = read_secret(config.admin_token_file,
+                            config.sources.get("admin_token_file", "--admin-token-file"))
+        root.putChild(b"admin", build_admin(service, token))
     site = QuietSite(root)
     site.displayTracebacks = False
     return site
