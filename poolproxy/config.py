@@ -135,6 +135,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "closed; 0 keeps idle clients.", minimum=0),
     Setting("retry_budget_percent", "float", 20.0, "Retries (of safe requests on a stale "
             "connection) may add at most this share of a cluster's requests.", minimum=0),
+    Setting("shutdown_timeout", "float", 10.0, "Seconds a stopping proxy (SIGTERM) lets "
+            "clients finish what is in flight before closing them.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
             "that health checks and breakers may take out at once.", minimum=0),
 )
@@ -306,6 +308,7 @@ class ProxyConfig:
     header_timeout: float = 10.0
     client_idle_timeout: float = 0.0
     retry_budget_percent: float = 20.0
+    shutdown_timeout: float = 10.0
     max_ejected_percent: float = 50.0
     listeners: Tuple[ListenerConfig, ...] = ()
     clusters: Tuple[ClusterConfig, ...] = ()

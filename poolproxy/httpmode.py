@@ -563,6 +563,13 @@ class HttpFrontend(Protocol):
     def close_idle(self) -> None:
         self._close()
 
+    def finish_up(self) -> None:
+        """The proxy is stopping: close after the current response, or now."""
+        if self.exchange is None and self.tunnel_to is None:
+            self._close()
+        elif self.exchange is not None:
+            self.exchange.close_client = True
+
     def parser_leftover(self) -> bytes:
         """Bytes a tunnelling request sent after its head, held in the queue."""
         pieces = []

@@ -557,6 +557,17 @@ class MultiplexFrontend(Protocol):
     def close_idle(self) -> None:
         self.transport.loseConnection()
 
+    def finish_up(self) -> None:
+        """
+        The proxy is stopping: read nothing more, answer what was asked,
+        then close.
+        """
+        self._eof = True
+        if not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pauseProducing()
+        self._close_if_done()
+
     def _close_if_done(self) -> None:
         if not self.slots and not self.held and not self._gone:
             self.transport.loseConnection()

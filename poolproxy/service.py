@@ -11,7 +11,14 @@ from typing import Any, Dict, List, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.task import LoopingCall
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.logger import Logger, LoggingFile
 
 from poolproxy.admission import Admission
@@ -227,16 +234,54 @@ class ProxyService(MultiService):
         self.log.info("metrics on {metrics}", metrics=self.config.metrics)
 
     def stopService(self) -> "Deferred[Any]":
-        # Stop accepting first, then close the pools (which ends the sessions).
-        stopped = super().stopService()
+        """
+        Graceful shutdown (SIGTERM): stop accepting, let clients finish what
+        is in flight for up to shutdown_timeout seconds, then close what is
+        left, the pools and the web endpoint.
+        """
+        if not self.running:
+            return succeed(None)  # stopped already (or never started)
+        Service.stopService(self)
+        listening = [listener.service for listener in self.listeners]
+        stopping = [maybeDeferred(svc.stopService) for svc in listening]
         for sweeper in self.sweepers:
             sweeper.stop()
         for listener in self.listeners:
             for client in list(listener.factory.clients):
-                client.transport.loseConnection()
-        for cluster in self.clusters.values():
-            for multiplexer in cluster.multiplexers.values():  # type: ignore[attr-defined]
-                multiplexer.close()
-            cluster.stop()
-        closed = gatherResults([pool.close() for pool in self.pools])
-        return DeferredList([stopped, closed])
+                client.finish_up()
+        waited = self._clients_done(self.config.shutdown_timeout)
+
+        def close(_: object) -> "Deferred[Any]":
+            for listener in self.listeners:
+                for client in list(listener.factory.clients):
+                    client.transport.loseConnection()
+            for cluster in self.clusters.values():
+                for multiplexer in cluster.multiplexers.values():  # type: ignore[attr-defined]
+                    multiplexer.close()
+                cluster.stop()
+            closed = gatherResults([pool.close() for pool in self.pools])
+            others = [maybeDeferred(svc.stopService)
+                      for svc in reversed(list(self)) if svc not in listening]
+            return DeferredList(stopping + others + [closed])
+
+        return waited.addCallback(close)
+
+    def _clients_done(self, timeout: float) -> "Deferred[None]":
+        """Fires once no client connection is left, or after C{timeout} seconds."""
+        clock = self.reactor
+        deadline = clock.seconds() + timeout
+        done: "Deferred[None]" = Deferred()
+
+        def check() -> None:
+            left = sum(len(listener.factory.clients) for listener in self.listeners)
+            if not left or clock.seconds() >= deadline:
+                if left:
+                    self.log.warn("shutdown: {n} client connections still busy after "
+                                  "{timeout}s; closing them", n=left, timeout=timeout)
+                loop.stop()
+                done.callback(None)
+
+        loop = LoopingCall(check)
+        loop.clock = clock
+        loop.start(min(0.05, timeout) if timeout else 0.05, now=True)
+        return done

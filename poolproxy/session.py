@@ -247,6 +247,14 @@ class SessionFrontend(Protocol):
 
     # -- ending ----------------------------------------------------------------
 
+    def finish_up(self) -> None:
+        """
+        The proxy is stopping: a session under way runs on (until the
+        shutdown timeout); one still waiting for a backend is closed.
+        """
+        if not self._attached:
+            self.transport.loseConnection()
+
     def _record(self, outcome: str) -> None:
         if self._outcome is None:
             self._outcome = outcome

@@ -170,6 +170,8 @@ def start_proxy(testcase: Any, backend_port: int, codec: Any = None,
     settings.setdefault("backend", (f"127.0.0.1:{backend_port}",))
     # Active checks open connections of their own; on only where a test asks.
     settings.setdefault("check_interval", 0.0)
+    # Sessions a test leaves open would hold up its cleanup for the default 10s.
+    settings.setdefault("shutdown_timeout", 0.5)
     service = ProxyService(ProxyConfig(**settings), codec=codec)
     service.startService()
     testcase.addCleanup(service.stopService)
