@@ -308,8 +308,40 @@ def _clean(text: bytes) -> bytes:
     return text.replace(b"\r", b" ").replace(b"\n", b" ")
 
 
+class _Buffered:
+    """
+    The bytes of an incomplete frame, kept between feeds as chunks, with how
+    many more are needed (C{_need} > 0) or the longest line awaited
+    (C{_need} < 0) before parsing again is worth it: a large bulk arriving in
+    small chunks is joined once, not at every feed.
+    """
+
+    _chunks: List[bytes]
+    _have: int
+    _need: int
+
+    def _take(self, data: bytes) -> Optional[bytes]:
+        """The bytes to parse now, or L{None} if nothing can be complete yet."""
+        if not self._have:
+            return data
+        self._chunks.append(data)
+        self._have += len(data)
+        need = self._need
+        if need < 0:
+            # Waiting for the end of a line at most -need bytes long: only a
+            # newline in the new bytes (or too many bytes) can change anything.
+            if 10 not in data and self._have <= -need:
+                return None
+        elif self._have < need:
+            return None
+        buf = b"".join(self._chunks)
+        self._chunks = []
+        self._have = 0
+        return buf
+
+
 @implementer(IRequestFramer)
-class RespRequestFramer:
+class RespRequestFramer(_Buffered):
     """
     Cuts one redis client's byte stream into L{Frame}s, and tracks the
     connection state its commands create.
@@ -368,23 +400,9 @@ class RespRequestFramer:
     def feed(self, data: bytes) -> List[Frame]:
         if self.error is not None or not data:
             return []
-        if self._have:
-            self._chunks.append(data)
-            self._have += len(data)
-            need = self._need
-            if need < 0:
-                # Waiting for the end of a line at most -need bytes long: only
-                # a newline in the new bytes (or too many bytes) can change
-                # anything.
-                if 10 not in data and self._have <= -need:
-                    return []
-            elif self._have < need:
-                return []
-            buf = b"".join(self._chunks)
-            self._chunks = []
-            self._have = 0
-        else:
-            buf = data
+        buf = self._take(data)
+        if buf is None:
+            return []
         frames: List[Frame] = []
         append = frames.append
         find = buf.find
@@ -797,7 +815,7 @@ _TYPES = _SIMPLE | _BULK | _AGGREGATE
 
 
 @implementer(IResponseFramer)
-class RespResponseFramer:
+class RespResponseFramer(_Buffered):
     """
     Cuts one backend connection's byte stream into complete RESP2/RESP3
     replies, each as its exact bytes.  An attribute (C{|}) and the reply it
@@ -828,23 +846,9 @@ class RespResponseFramer:
     def feed(self, data: bytes) -> List[bytes]:
         if self.error is not None or not data:
             return []
-        if self._have:
-            self._chunks.append(data)
-            self._have += len(data)
-            need = self._need
-            if need < 0:
-                # Waiting for the end of a line at most -need bytes long: only
-                # a newline in the new bytes (or too many bytes) can change
-                # anything.
-                if 10 not in data and self._have <= -need:
-                    return []
-            elif self._have < need:
-                return []
-            buf = b"".join(self._chunks)
-            self._chunks = []
-            self._have = 0
-        else:
-            buf = data
+        buf = self._take(data)
+        if buf is None:
+            return []
         out: List[bytes] = []
         append = out.append
         find = buf.find
