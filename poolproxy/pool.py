@@ -345,7 +345,11 @@ class BackendPool:
             self._lease(conn)
             self.acquire_wait.observe(0.0)
             return succeed(conn)
-        if len(self._waiters) >= self.max_waiters:
+        # max_waiters bounds the requests waiting for a busy connection; those
+        # a connect (pending, or that there is room to start) will serve do not
+        # count.
+        servable = len(self._connecting) + self.size - self.total
+        if len(self._waiters) >= self.max_waiters + servable:
             self.acquire_failures.add("exhausted")
             return fail(PoolExhausted(
                 f"all {self.size} connections to {self.name} are busy and "

@@ -30,6 +30,7 @@ from poolproxy.endpoints import server_endpoint
 from poolproxy.assemble import ClusterAssembly
 from poolproxy.httpmode import HttpFactory, route_key
 from poolproxy.idle import IdleSweeper
+from poolproxy.summary import RejectionSummary
 from poolproxy.multiplex import MultiplexFactory
 from poolproxy.pool import BackendPool
 from poolproxy.session import SessionFactory
@@ -142,6 +143,7 @@ class ProxyService(MultiService):
         self.pools: List[BackendPool] = [
             b.pool for cluster in self.clusters.values() for b in cluster.backends]
 
+        self.rejections = RejectionSummary(self.admission, self.pools, reactor)
         self.listeners: List[Listener] = []
         self.sweepers: List[IdleSweeper] = []
         idle = config.client_idle_timeout
@@ -217,6 +219,7 @@ class ProxyService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self.rejections.start()
         for sweeper in self.sweepers:
             sweeper.start()
         for cluster in self.clusters.values():
@@ -244,6 +247,7 @@ class ProxyService(MultiService):
         Service.stopService(self)
         listening = [listener.service for listener in self.listeners]
         stopping = [maybeDeferred(svc.stopService) for svc in listening]
+        self.rejections.stop()
         for sweeper in self.sweepers:
             sweeper.stop()
         for listener in self.listeners:

@@ -128,6 +128,20 @@ class LeaseTests(PoolTestCase):
         self.successResultOf(waiting[0]).release()
         self.successResultOf(waiting[1]).release()
 
+    def test_no_waiting_still_connects(self) -> None:
+        """
+        max_waiters 0 means no waiting for a busy connection, not "never
+        connect": an acquire with room in the pool gets a new connection; one
+        more, with the pool full, fails at once.
+        """
+        pool = self.make_pool(size=1, max_waiters=0)
+        d = pool.acquire()
+        self.assertNoResult(d)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.failureResultOf(pool.acquire(), PoolExhausted)
+        self.endpoint.succeed()
+        self.successResultOf(d).release()
+
     def test_acquire_timeout(self) -> None:
         """
         A waiter not served within C{acquire_timeout} fails with

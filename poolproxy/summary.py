@@ -1,0 +1,59 @@
+"""
+Rejections, summarized: under overload a log line per rejected request would
+itself be an outage, so one line per interval says how many were rejected and
+why, and nothing is logged while nothing is rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+
+class RejectionSummary:
+    """
+    Every C{interval} seconds, logs one line if requests were rejected by
+    admission or got no backend connection since the last line.
+    """
+
+    log = Logger()
+
+    def __init__(self, admission: Any, pools: Iterable[Any], clock: Any,
+                 interval: float = 10.0) -> None:
+        self.admission = admission
+        self.pools = list(pools)
+        self.interval = interval
+        self._last = self._counts()
+        self._loop = LoopingCall(self._report)
+        self._loop.clock = clock
+
+    def _counts(self) -> Dict[str, int]:
+        counts = {f"admission {k}": n for k, n in self.admission.rejected.items()}
+        for pool in self.pools:
+            for reason, n in pool.acquire_failures.items():
+                counts[f"{pool.name} {reason}"] = n
+        return counts
+
+    def start(self) -> None:
+        self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _report(self) -> None:
+        try:
+            now = self._counts()
+            new = {k: n - self._last.get(k, 0) for k, n in now.items()}
+            self._last = now
+            new = {k: n for k, n in new.items() if n > 0}
+            if new:
+                details = ", ".join(f"{k}: {n}" for k, n in sorted(new.items()))
+                self.log.warn("rejected {total} requests in the last {interval}s ({details})",
+                              total=sum(new.values()), interval=self.interval,
+                              details=details, counts=new)
+        except Exception:
+            # A LoopingCall whose function raises stops for good.
+            self.log.failure("rejection summary failed")

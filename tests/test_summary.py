@@ -1,0 +1,45 @@
+"""
+The rejection summary: one line per interval, only when something was
+rejected; on a Clock.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from poolproxy.admission import Admission, Overloaded
+from poolproxy.pool import BackendPool, BackendProtocol, PoolExhausted
+from poolproxy.summary import RejectionSummary
+from poolproxy.testing import FakeEndpoint
+
+
+class SummaryTests(SynchronousTestCase):
+    def test_one_line_per_interval_when_rejecting(self) -> None:
+        """
+        500 rejections within an interval make one log line with their
+        count and reasons; a quiet interval makes none.
+        """
+        clock = Clock()
+        admission = Admission(1, 0, 1.0, clock=clock)
+        endpoint = FakeEndpoint()
+        pool = BackendPool("b", endpoint, BackendProtocol, size=1, max_waiters=0,
+                           clock=clock)
+        summary = RejectionSummary(admission, [pool], clock, interval=10.0)
+        summary.start()
+        self.addCleanup(summary.stop)
+        admission.try_acquire()
+        first = pool.acquire()  # connecting: the pool is now full
+        with capturedLogs() as events:
+            for _ in range(500):
+                self.failureResultOf(admission.acquire(), Overloaded)
+            self.failureResultOf(pool.acquire(), PoolExhausted)
+            endpoint.succeed()
+            self.successResultOf(first).release()
+            clock.advance(10.0)
+            clock.advance(10.0)  # nothing new: no line
+        lines = [e for e in events if e.get("log_format", "").startswith("rejected")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["total"], 501)
+        self.assertEqual(lines[0]["counts"], {"admission queue_full": 500, "b exhausted": 1})
