@@ -7,7 +7,7 @@ builds one per C{[[cluster]]}.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
@@ -58,17 +58,27 @@ class ClusterAssembly:
         cluster.setting = self.setting  # type: ignore[attr-defined]
         cluster.retry_budget = RetryBudget(  # type: ignore[attr-defined]
             self.config.retry_budget_percent / 100.0)
-        multiplexers: Dict[Backend, Multiplexer] = {}
-        if codec.mode == "multiplexed":
-            variant_setup = getattr(codec, "variant_setup", None)
-            options = self.options
-            for b in backends:
-                multiplexers[b] = Multiplexer(
-                    b.pool, self.setting("mux_connections"),
-                    variant_setup=(lambda v: variant_setup(options, v))
-                    if variant_setup is not None else None)
-        cluster.multiplexers = multiplexers  # type: ignore[attr-defined]
+        cluster.multiplexers = {}  # type: ignore[attr-defined]
+        for b in backends:
+            self.add_multiplexer(b)
         return cluster
+
+    def add_multiplexer(self, backend: Backend) -> None:
+        """Multiplexed mode: the shared connections of one backend."""
+        if self.codec.mode != "multiplexed":
+            return
+        variant_setup = getattr(self.codec, "variant_setup", None)
+        options = self.options
+        self.cluster.multiplexers[backend] = Multiplexer(  # type: ignore[attr-defined]
+            backend.pool, self.setting("mux_connections"),
+            variant_setup=(lambda v: variant_setup(options, v))
+            if variant_setup is not None else None)
+
+    def new_backend(self, name: str, address: str, weight: int) -> Backend:
+        """A backend added to the built cluster (reload)."""
+        backend = self._backend(name, client_endpoint(self.reactor, address), weight)
+        self.add_multiplexer(backend)
+        return backend
 
     # -- one backend -------------------------------------------------------------
 

@@ -177,6 +177,16 @@ class Cluster:
         ejected = sum(1 for b in self.backends if b.ejected)
         return (ejected + 1) <= self.max_ejected_share * len(self.backends)
 
+    def add(self, backend: Backend) -> None:
+        """A new backend joins (reload)."""
+        self.policy.add(backend, backend.weight)
+        self.backends.append(backend)
+
+    def remove(self, backend: Backend) -> None:
+        """A backend leaves (reload): no new request is picked for it."""
+        self.policy.remove(backend)
+        self.backends.remove(backend)
+
     def set_weight(self, backend: Backend, weight: int) -> None:
         self.policy.set_weight(backend, weight)  # raises on a bad weight: change nothing
         backend.weight = weight

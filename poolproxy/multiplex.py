@@ -982,10 +982,15 @@ class MultiplexFactory(Factory):
         self.admission = admission
         self.cluster = cluster
         self.multiplexers = multiplexers
-        self.by_key = cluster.policy_name == "consistent_hash" and len(cluster.backends) > 1
         self.clock = clock
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[MultiplexFrontend]" = set()
+
+    @property
+    def by_key(self) -> bool:
+        # Read per frame, not cached: a reload may add backends to the cluster.
+        cluster = self.cluster
+        return cluster.policy_name == "consistent_hash" and len(cluster.backends) > 1
 
     def buildProtocol(self, addr: Any) -> MultiplexFrontend:
         return MultiplexFrontend(self)

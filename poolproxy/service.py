@@ -7,7 +7,8 @@ an embedded backend.  L{poolproxy.tap} builds it from a L{ProxyConfig}.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional
+import signal
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -30,6 +31,7 @@ from poolproxy.endpoints import server_endpoint
 from poolproxy.assemble import ClusterAssembly
 from poolproxy.httpmode import HttpFactory, route_key
 from poolproxy.idle import IdleSweeper
+from poolproxy.reload import Reloader
 from poolproxy.summary import RejectionSummary
 from poolproxy.multiplex import MultiplexFactory
 from poolproxy.pool import BackendPool
@@ -117,7 +119,9 @@ class ProxyService(MultiService):
     log = Logger()
 
     def __init__(self, config: ProxyConfig, reactor: Optional[Any] = None,
-                 codec: Optional[ICodec] = None) -> None:
+                 codec: Optional[ICodec] = None,
+                 reload_config: Optional[Callable[[], ProxyConfig]] = None,
+                 handle_sighup: bool = False) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
@@ -144,6 +148,8 @@ class ProxyService(MultiService):
             b.pool for cluster in self.clusters.values() for b in cluster.backends]
 
         self.rejections = RejectionSummary(self.admission, self.pools, reactor)
+        self.reloader = Reloader(self, reload_config) if reload_config is not None else None
+        self._handle_sighup = handle_sighup and self.reloader is not None
         self.listeners: List[Listener] = []
         self.sweepers: List[IdleSweeper] = []
         idle = config.client_idle_timeout
@@ -217,8 +223,20 @@ class ProxyService(MultiService):
         """Whether every cluster can get a backend connection (for /readyz)."""
         return all(cluster.ready for cluster in self.clusters.values())
 
+    def reload(self) -> bool:
+        """Reload the configuration file (what SIGHUP does)."""
+        if self.reloader is None:
+            self.log.warn("reload: no configuration to reload")
+            return False
+        return self.reloader.reload()
+
+    def _sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
     def startService(self) -> None:
         super().startService()
+        if self._handle_sighup:
+            signal.signal(signal.SIGHUP, self._sighup)
         self.rejections.start()
         for sweeper in self.sweepers:
             sweeper.start()
@@ -244,6 +262,8 @@ class ProxyService(MultiService):
         """
         if not self.running:
             return succeed(None)  # stopped already (or never started)
+        if self._handle_sighup:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
         Service.stopService(self)
         listening = [listener.service for listener in self.listeners]
         stopping = [maybeDeferred(svc.stopService) for svc in listening]

@@ -53,11 +53,20 @@ class ProxyOptions(usage.Options):
         self["backend"].append(description)
 
     def postOptions(self) -> None:
+        self.config = self.reload()
+
+    def reload(self) -> ProxyConfig:
+        """
+        The configuration from the same flags and a fresh read of the file
+        (SIGHUP).
+
+        @raise ConfigError: if the file is now unreadable or invalid.
+        """
         file_values: Dict[str, Any] = {}
         if self["config"]:
             file_values = load_toml(self["config"])
         flags = {s.name: self[s.flag[2:]] for s in SETTINGS}
-        self.config = build_config(file_values, flags, self["config"] or "", _ENDPOINT_CHECKS)
+        return build_config(file_values, flags, self["config"] or "", _ENDPOINT_CHECKS)
 
 
 class Options(ProxyOptions):
@@ -74,7 +83,8 @@ class Options(ProxyOptions):
 
 
 def makeService(options: ProxyOptions) -> ProxyService:
-    return ProxyService(options.config)
+    # Under twistd, SIGHUP reloads the file given with --config.
+    return ProxyService(options.config, reload_config=options.reload, handle_sighup=True)
 
 
 __all__: List[str] = ["ProxyOptions", "Options", "makeService"]

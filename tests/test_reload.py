@@ -1,0 +1,158 @@
+"""
+Reloading the configuration file (SIGHUP): backends added, re-weighted and
+removed (after draining) without dropping client connections; a broken file
+keeps the running configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, List
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from poolproxy.service import ProxyService
+from poolproxy.tap import ProxyOptions
+from tests.support import wait_for
+
+
+class Named(Resource):
+    isLeaf = True
+
+    def __init__(self, name: bytes) -> None:
+        super().__init__()
+        self.name = name
+        self.hold = False
+        self.held: List[Any] = []
+
+    def render_GET(self, request: Any) -> Any:
+        if self.hold:
+            self.held.append(request)
+            return NOT_DONE_YET
+        return self.name
+
+
+class ReloadTests(TestCase):
+    def setUp(self) -> None:
+        self.resources = {}
+        self.ports = {}
+        for name in ("a", "b"):
+            resource = Named(name.encode())
+            site = Site(resource)
+            site.log = lambda request: None  # type: ignore[assignment]
+            port = reactor.listenTCP(0, site, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            self.resources[name] = resource
+            self.ports[name] = port.getHost().port
+        self.path = os.path.abspath(self.mktemp())
+        self.client_pool = HTTPConnectionPool(reactor, persistent=True)
+        self.client_pool.maxPersistentPerHost = 1
+        self.addCleanup(self.client_pool.closeCachedConnections)
+
+    def write(self, backends: Any, extra: str = "") -> None:
+        lines = ['metrics = "tcp:0:interface=127.0.0.1"', "check_interval = 0",
+                 "shutdown_timeout = 30", extra, "",
+                 "[[listener]]", 'name = "web"', 'listen = "tcp:0:interface=127.0.0.1"', "",
+                 "[[cluster]]", 'name = "web"', 'protocol = "http"', 'balance = "round_robin"']
+        for name, weight in backends:
+            lines += ["[[cluster.backend]]", f'name = "{name}"',
+                      f'address = "127.0.0.1:{self.ports[name]}"', f"weight = {weight}"]
+        with open(self.path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def start(self, **kwargs: Any) -> ProxyService:
+        options = ProxyOptions()
+        options.parseOptions(["--config", self.path])
+        service = ProxyService(options.config, reload_config=options.reload, **kwargs)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.port = service.listeners[0].service.port.getHost().port
+        return service
+
+    @inlineCallbacks
+    def fetch(self, n: int) -> Any:
+        # One keep-alive client connection throughout: a reload must not drop it.
+        agent = Agent(reactor, pool=self.client_pool)
+        bodies = []
+        for _ in range(n):
+            response = yield agent.request(b"GET", b"http://127.0.0.1:%d/" % self.port)
+            bodies.append((yield readBody(response)))
+        return bodies
+
+    @inlineCallbacks
+    def test_add_reweight_remove(self) -> None:
+        """
+        Adding b with weight 3 splits requests 1:3; removing a drains it (its
+        request in flight finishes) and sends everything to b; the client's
+        keep-alive connection survives every reload.
+        """
+        self.write([("a", 1)])
+        service = self.start()
+        self.assertEqual((yield self.fetch(4)), [b"a"] * 4)
+        clients_before = service.listeners[0].stats.connections_total
+
+        self.write([("a", 1), ("b", 3)])
+        self.assertTrue(service.reload())
+        bodies = yield self.fetch(40)
+        self.assertEqual((bodies.count(b"a"), bodies.count(b"b")), (10, 30))
+
+        self.resources["a"].hold = True
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        in_flight = None
+        sent = 0
+        for _ in range(4):  # round robin: one of these reaches a and is held
+            sent += 1
+            d = agent.request(b"GET", b"http://127.0.0.1:%d/" % self.port)
+            yield wait_for(lambda: d.called or self.resources["a"].held, what="answered or held")
+            if self.resources["a"].held:
+                in_flight = d
+                break
+            yield d.addCallback(readBody)
+        self.assertIsNotNone(in_flight)
+        self.write([("b", 3)])
+        self.assertTrue(service.reload())
+        self.assertEqual((yield self.fetch(6)), [b"b"] * 6)
+        a_pool = [p for p in service.pools if p.name == "a"]
+        self.assertEqual(len(a_pool), 1)  # still draining
+        request = self.resources["a"].held[0]
+        request.write(b"a, late")
+        request.finish()
+        response = yield in_flight
+        self.assertEqual((yield readBody(response)), b"a, late")
+        yield wait_for(lambda: not any(p.name == "a" for p in service.pools), what="a closed")
+        # Only the separate clients above connected anew: the keep-alive client
+        # used for every fetch kept its one connection through three reloads.
+        self.assertEqual(service.listeners[0].stats.connections_total, clients_before + sent)
+
+    @inlineCallbacks
+    def test_broken_file_keeps_running_config(self) -> None:
+        """
+        A reload that finds a broken file logs why and changes nothing.
+        """
+        self.write([("a", 1)])
+        service = self.start()
+        with open(self.path, "a") as f:
+            f.write("this is not toml = = =\n")
+        with capturedLogs() as events:
+            self.assertFalse(service.reload())
+        errors = [e for e in events if "broken" in e.get("log_format", "")]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("not valid TOML", errors[0]["why"])
+        self.assertEqual((yield self.fetch(2)), [b"a", b"a"])
+
+    @inlineCallbacks
+    def test_sighup_reloads(self) -> None:
+        """SIGHUP makes a service started with handle_sighup reload its file."""
+        self.write([("a", 1)])
+        service = self.start(handle_sighup=True)
+        self.write([("a", 1), ("b", 1)])
+        os.kill(os.getpid(), signal.SIGHUP)
+        yield wait_for(lambda: service.reloader.reloads == 1, what="reload")
+        self.assertEqual(sorted(b.name for b in service.cluster.backends), ["a", "b"])
