@@ -135,6 +135,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "closed; 0 keeps idle clients.", minimum=0),
     Setting("retry_budget_percent", "float", 20.0, "Retries (of safe requests on a stale "
             "connection) may add at most this share of a cluster's requests.", minimum=0),
+    Setting("access_log_sample", "float", 0.0, "http: the share of requests (0 to 1) "
+            "logged in an access log line; 0 logs none.", minimum=0),
     Setting("shutdown_timeout", "float", 10.0, "Seconds a stopping proxy (SIGTERM) lets "
             "clients finish what is in flight before closing them.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
@@ -308,6 +310,7 @@ class ProxyConfig:
     header_timeout: float = 10.0
     client_idle_timeout: float = 0.0
     retry_budget_percent: float = 20.0
+    access_log_sample: float = 0.0
     shutdown_timeout: float = 10.0
     max_ejected_percent: float = 50.0
     listeners: Tuple[ListenerConfig, ...] = ()
@@ -500,6 +503,9 @@ def build_config(
     if values.get("breaker_max_reset_timeout", 60.0) < values.get("breaker_reset_timeout", 5.0):
         raise ConfigError(f"{where('breaker_max_reset_timeout')}: must be at least "
                           f"breaker-reset-timeout ({values.get('breaker_reset_timeout', 5.0):g})")
+    if values.get("access_log_sample", 0) > 1:
+        raise ConfigError(f"{where('access_log_sample')}: must be at most 1, "
+                          f"got {values['access_log_sample']!r}")
     if values.get("max_ejected_percent", 0) > 100:
         raise ConfigError(f"{where('max_ejected_percent')}: must be at most 100, "
                           f"got {values['max_ejected_percent']!r}")

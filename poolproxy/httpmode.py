@@ -14,6 +14,7 @@ reused.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional
 
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 EARLY_LIMIT = 64 * 1024
 QUEUE_LIMIT = 256
 _DROP_FORWARDED = (b"x-forwarded-for",)
+# Module level: a Logger used as a class attribute takes the class's namespace.
+_access = Logger(namespace="poolproxy.access")
+
 #: Methods that are safe to send twice (RFC 9110 9.2.1): only these are retried.
 RETRY_SAFE_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
 
@@ -161,11 +165,17 @@ class Exchange:
         self.cluster_backend: Any = None
         self.reported = False  # an outcome was told to the backend's breaker
         self.retried = False
+        self.sampled = False  # gets an access log line
+        self.started = 0.0
 
     # -- admission and lease ---------------------------------------------------
 
     def start(self) -> None:
-        self.frontend.factory.retry_budget.deposit()
+        factory = self.frontend.factory
+        factory.retry_budget.deposit()
+        if factory.access_log_sample and factory.random() < factory.access_log_sample:
+            self.sampled = True
+            self.started = factory.clock.seconds()
         admission = self.frontend.factory.admission
         if admission.try_acquire():
             self._admitted(None)
@@ -338,7 +348,21 @@ class Exchange:
         if conn is not None:
             conn.discard("tunnel_end")
 
+    def _access_log(self, status: int) -> None:
+        frontend = self.frontend
+        factory = frontend.factory
+        backend = self.cluster_backend
+        _access.info(
+            "{client} {method} {target} -> {status} via {backend} in {ms:.1f} ms",
+            client=frontend.peer_host.decode("ascii", "replace"),
+            method=self.head.method.decode("ascii", "replace"),
+            target=self.head.target.decode("ascii", "replace"), status=status,
+            backend=backend.name if backend is not None else "-",
+            ms=(factory.clock.seconds() - self.started) * 1000.0)
+
     def _complete(self) -> None:
+        if self.sampled:
+            self._access_log(self.response.status if self.response is not None else 0)
         response = self.response
         backend = self.backend
         reusable = (self.request_done and response is not None and response.keep_alive
@@ -421,6 +445,8 @@ class Exchange:
         if not self.request_done:
             self.close_client = True
         codec: HttpCodec = self.frontend.factory.codec
+        if self.sampled:
+            self._access_log({"overloaded": 503, "timeout": 504}.get(kind, 502))
         self.frontend.transport.write(codec.error_reply(kind, message, self.close_client))
         self._finish(release=False)
 
@@ -661,7 +687,8 @@ class HttpFactory(Factory):
                  stats: Optional[ListenerStats] = None,
                  route_key: Optional[Callable[[RequestHead], Optional[bytes]]] = None,
                  fail_on_5xx: bool = True, retry_budget: Optional[RetryBudget] = None,
-                 header_timeout: float = 0.0) -> None:
+                 header_timeout: float = 0.0, access_log_sample: float = 0.0,
+                 random: Callable[[], float] = random.random) -> None:
         self.name = name
         self.codec = codec
         self.config = config
@@ -675,6 +702,8 @@ class HttpFactory(Factory):
         self.fail_on_5xx = fail_on_5xx
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
         self.header_timeout = header_timeout
+        self.access_log_sample = access_log_sample
+        self.random = random
 
     def buildProtocol(self, addr: Any) -> HttpFrontend:
         return HttpFrontend(self)

@@ -177,7 +177,8 @@ class ProxyService(MultiService):
                                self.reactor, setting("request_timeout"),
                                route_key=route_key(setting("hash_key")),
                                retry_budget=cluster.retry_budget,  # type: ignore[attr-defined]
-                               header_timeout=self.config.header_timeout)
+                               header_timeout=self.config.header_timeout,
+                               access_log_sample=self.config.access_log_sample)
         return MultiplexFactory(name, codec, self.codec_options, self.admission, cluster,
                                 cluster.multiplexers,  # type: ignore[attr-defined]
                                 clock=self.reactor)

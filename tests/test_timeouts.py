@@ -183,3 +183,33 @@ class HttpRequestTimeoutTests(Setup):
         self.assertEqual(cluster.backends[0].pool.total, 0)
         protocol.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class AccessLogTests(Setup):
+    def test_sampled_lines(self) -> None:
+        """
+        With a sample of 0.5 and a random source alternating below and above
+        it, every other request gets one access log line with its method,
+        target, status, backend and duration; with 0, none.
+        """
+        from twisted.logger import capturedLogs
+
+        cluster = self.cluster(lambda: HttpBackend(http_codec))
+        draws = iter([0.1, 0.9] * 10)
+        factory = HttpFactory("l", http_codec, None, self.admission, cluster, self.clock,
+                              request_timeout=30.0, access_log_sample=0.5,
+                              random=lambda: next(draws))
+        protocol, transport = connected(factory)
+        with capturedLogs() as events:
+            for i in range(4):
+                protocol.dataReceived(b"GET /r%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                if i == 0:
+                    [backend_transport] = self.endpoint.succeed()
+                self.clock.advance(0.25)
+                backend_transport.protocol.dataReceived(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        lines = [e for e in events if e.get("log_namespace") == "poolproxy.access"]
+        self.assertEqual([(e["method"], e["target"], e["status"], e["backend"]) for e in lines],
+                         [("GET", "/r0", 200, "b"), ("GET", "/r2", 200, "b")])
+        self.assertAlmostEqual(lines[0]["ms"], 250.0)
+        protocol.connectionLost(None)
