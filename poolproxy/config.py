@@ -459,13 +459,13 @@ def build_config(
     values: Dict[str, Any] = {}
     sources: Dict[str, str] = {}
     for key, raw in file_values.items():
-        where = _located(key, file_name)
+        location = _located(key, file_name)
         setting = SETTINGS_BY_NAME.get(key)
         if setting is None:
-            raise ConfigError(f"{where}: unknown key; known keys are {', '.join(SETTINGS_BY_NAME)}"
-                              ", [[listener]], [[cluster]]")
-        values[key] = coerce(setting, raw, where, text_ok=False)
-        sources[key] = where
+            raise ConfigError(f"{location}: unknown key; known keys are "
+                              f"{', '.join(SETTINGS_BY_NAME)}, [[listener]], [[cluster]]")
+        values[key] = coerce(setting, raw, location, text_ok=False)
+        sources[key] = location
     for key, raw in flag_values.items():
         if raw is None or (SETTINGS_BY_NAME[key].kind == "list" and not raw):
             continue

@@ -826,10 +826,15 @@ class MultiplexFrontend(Protocol):
             # never give it back to the pool afterwards.
             self.pinned_dirty = True
             setup = self.codec.variant_setup(self.factory.config, self.variant)  # type: ignore[attr-defined]
+            def switched(_: object) -> None:
+                self._pinned_ready(conn, switched=True)
+
+            def not_switched(failure: Failure) -> None:
+                conn.discard("setup_failed", abort=True)
+                self._pinned_failed(failure)
+
             self._waiting = d = backend.switch(setup)
-            d.addCallbacks(lambda _: self._pinned_ready(conn, switched=True),
-                           lambda f: (conn.discard("setup_failed", abort=True),
-                                      self._pinned_failed(f)))
+            d.addCallbacks(switched, not_switched)
             return
         self.pinned = conn
         backend.owner = self

@@ -267,8 +267,8 @@ class SessionFrontend(Protocol):
         """
         conn, self._conn = self._conn, None
         if conn is not None:
-            backend: SessionBackend = conn.protocol  # type: ignore[assignment]
-            backend.peer = None
+            protocol: SessionBackend = conn.protocol  # type: ignore[assignment]
+            protocol.peer = None
             conn.discard("session_end", abort)
         if self._admitted:
             self._admitted = False
