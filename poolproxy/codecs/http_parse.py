@@ -154,7 +154,25 @@ def _find_header(headers: List[Tuple[bytes, bytes]], name: Any) -> Optional[byte
     return None
 
 
-class RequestHead:
+class _Head:
+    """What request and response heads share: header lookup and equality."""
+
+    __slots__: Tuple[str, ...] = ()
+    headers: List[Tuple[bytes, bytes]]
+
+    def header(self, name: Any) -> Optional[bytes]:
+        """The first value of header C{name} (case-insensitive), or L{None}."""
+        return _find_header(self.headers, name)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class RequestHead(_Head):
     """
     A parsed request head.
 
@@ -200,17 +218,6 @@ class RequestHead:
         self.expect_continue = expect_continue
         self.connection = connection
 
-    def header(self, name: Any) -> Optional[bytes]:
-        """The first value of header C{name} (case-insensitive), or L{None}."""
-        return _find_header(self.headers, name)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not RequestHead:
-            return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         return (f"RequestHead({self.method!r}, {self.target!r}, {self.version!r}, "
                 f"body={self.body}, length={self.length}, keep_alive={self.keep_alive}, "
@@ -218,7 +225,7 @@ class RequestHead:
                 f"headers={self.headers!r})")
 
 
-class ResponseHead:
+class ResponseHead(_Head):
     """
     A parsed response head.
 
@@ -257,17 +264,6 @@ class ResponseHead:
         self.upgrade = upgrade
         self.informational = informational
         self.connection = connection
-
-    def header(self, name: Any) -> Optional[bytes]:
-        """The first value of header C{name} (case-insensitive), or L{None}."""
-        return _find_header(self.headers, name)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not ResponseHead:
-            return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return (f"ResponseHead({self.version!r}, {self.status}, {self.reason!r}, "
