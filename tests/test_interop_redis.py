@@ -124,7 +124,8 @@ class RedisInteropTests(SynchronousTestCase):
         connections per protocol version.
         """
         self.proxy("--mux-connections", "2", "--pool-size", "10")
-        clients = [self.client() for _ in range(40)] + [self.client(protocol=2) for _ in range(10)]
+        clients = ([self.client(protocol=3) for _ in range(40)]
+                   + [self.client(protocol=2) for _ in range(10)])
         for n, c in enumerate(clients):
             c.set(f"v{n}", n)
             c.hset(f"h{n}", mapping={"n": str(n)})

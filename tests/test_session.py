@@ -222,8 +222,18 @@ class BackendOutageTests(SessionTestCase):
         self.addCleanup(black_hole.close)
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(0)
-        filler = socket.create_connection(black_hole.getsockname(), timeout=5)
-        self.addCleanup(filler.close)
+        # Fill the accept queue until a connect hangs (how many fit depends on
+        # the kernel and the interpreter's listen()).
+        for _ in range(100):
+            filler = socket.socket()
+            self.addCleanup(filler.close)
+            filler.settimeout(0.2)
+            try:
+                filler.connect(black_hole.getsockname())
+            except socket.timeout:
+                break
+        else:
+            self.fail("the accept queue never filled")
         with capturedLogs() as events:
             service = start_proxy(self, black_hole.getsockname()[1], connect_timeout=0.3,
                                   health_interval=30.0)
