@@ -146,8 +146,33 @@ def _local(data: bytes, reply: bytes, flags: int = 0) -> Frame:
     return Frame(data, 0, None, LOCAL | flags, None, reply)
 
 
+class _Held:
+    """
+    Bytes of an incomplete request or response kept between feeds as chunks,
+    joined only once C{_need} bytes are held (a large data block arriving in
+    small chunks is joined once).  The parser resets C{_chunks}, C{_have} and
+    C{_need} after parsing.
+    """
+
+    _chunks: List[bytes]
+    _have: int
+    _need: int
+
+    def _take(self, data: bytes) -> Optional[bytes]:
+        """The bytes to parse now, or L{None} while fewer than needed are held."""
+        have = self._have + len(data)
+        if have < self._need:
+            self._chunks.append(data)
+            self._have = have
+            return None
+        if self._chunks:
+            self._chunks.append(data)
+            return b"".join(self._chunks)
+        return data
+
+
 @implementer(IRequestFramer)
-class MemcachedRequestFramer:
+class MemcachedRequestFramer(_Held):
     """
     Cuts one client's memcached stream into frames.
 
@@ -170,16 +195,9 @@ class MemcachedRequestFramer:
     def feed(self, data: bytes) -> List[Frame]:
         if self.error is not None or self._closed or not data:
             return []
-        have = self._have + len(data)
-        if have < self._need:
-            self._chunks.append(data)
-            self._have = have
+        buf = self._take(data)
+        if buf is None:
             return []
-        if self._chunks:
-            self._chunks.append(data)
-            buf = b"".join(self._chunks)
-        else:
-            buf = data
         frames: List[Frame] = []
         append = frames.append
         n = len(buf)
@@ -378,7 +396,7 @@ def _meta_flags(parts: List[bytes], start: int) -> "tuple[bool, bytes]":
 
 
 @implementer(IResponseFramer)
-class MemcachedResponseFramer:
+class MemcachedResponseFramer(_Held):
     """
     Cuts one backend connection's memcached stream into responses, each of
     the kind the proxy said to expect, in order.
@@ -400,16 +418,9 @@ class MemcachedResponseFramer:
     def feed(self, data: bytes) -> List[bytes]:
         if self.error is not None or not data:
             return []
-        have = self._have + len(data)
-        if have < self._need:
-            self._chunks.append(data)
-            self._have = have
+        buf = self._take(data)
+        if buf is None:
             return []
-        if self._chunks:
-            self._chunks.append(data)
-            buf = b"".join(self._chunks)
-        else:
-            buf = data
         out: List[bytes] = []
         append = out.append
         expect = self._expect
