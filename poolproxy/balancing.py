@@ -146,6 +146,18 @@ class Policy:
     def _changed(self) -> None:
         """The set or a weight changed: rebuild derived state."""
 
+    def _candidates(self, available: Available) -> Tuple[List[Any], List[int], int]:
+        """The available backends, their weights, and the weights' total."""
+        backends = []
+        weights = []
+        total = 0
+        for backend, weight in self._weights.items():
+            if available(backend):
+                backends.append(backend)
+                weights.append(weight)
+                total += weight
+        return backends, weights, total
+
     def pick(self, key: Optional[bytes], available: Available) -> Optional[Any]:
         raise NotImplementedError
 
@@ -242,14 +254,7 @@ class LeastOutstanding(Policy):
         Policy.__init__(self, backends)
 
     def pick(self, key: Optional[bytes], available: Available) -> Optional[Any]:
-        backends = []
-        weights = []
-        total = 0
-        for backend, weight in self._weights.items():
-            if available(backend):
-                backends.append(backend)
-                weights.append(weight)
-                total += weight
+        backends, weights, total = self._candidates(available)
         if len(backends) < 2:
             return backends[0] if backends else None
         rng = self._rng
@@ -405,14 +410,7 @@ class WeightedRandom(Policy):
         Policy.__init__(self, backends)
 
     def pick(self, key: Optional[bytes], available: Available) -> Optional[Any]:
-        backends = []
-        weights = []
-        total = 0
-        for backend, weight in self._weights.items():
-            if available(backend):
-                backends.append(backend)
-                weights.append(weight)
-                total += weight
+        backends, weights, total = self._candidates(available)
         if not backends:
             return None
         return backends[_weighted_index(self._rng, weights, total)]
