@@ -106,14 +106,25 @@ class Backend:
         if breaker is not None and (breaker.consecutive_failures or breaker.state != "closed"):
             breaker.success()
 
-    def abandoned(self) -> None:
+    def begin(self) -> None:
         """
-        A request to this backend ended without an outcome (its client left):
-        if it was the half-open breaker's trial, let another one go.
+        A request (or tcp session) starts on this backend: L{claim} it and
+        count it in flight until L{end}.
         """
-        breaker = self.breaker
-        if breaker is not None and breaker.trial_in_flight:
-            breaker.cancel_trial()
+        self.claim()
+        self.outstanding += 1
+
+    def end(self, reported: bool) -> None:
+        """
+        A request counted by L{begin} is over.  If no outcome was reported
+        (its client left first) and it was the half-open breaker's trial,
+        another trial may go.
+        """
+        self.outstanding -= 1
+        if not reported:
+            breaker = self.breaker
+            if breaker is not None and breaker.trial_in_flight:
+                breaker.cancel_trial()
 
     def failed(self, why: str) -> None:
         """

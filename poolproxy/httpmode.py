@@ -196,8 +196,7 @@ class Exchange:
             self.frontend.stats.requests.add("backend_unavailable")
             self._error("unavailable", "no backend is available")
             return
-        backend.claim()
-        backend.outstanding += 1
+        backend.begin()
         self.cluster_backend = backend
         self._waiting = d = backend.pool.acquire()
         d.addCallbacks(self._leased, self._no_backend)
@@ -469,9 +468,7 @@ class Exchange:
             self.frontend.factory.admission.release()
         backend, self.cluster_backend = self.cluster_backend, None
         if backend is not None:
-            backend.outstanding -= 1
-            if not self.reported:
-                backend.abandoned()
+            backend.end(self.reported)
 
     def _finish(self, release: bool, abort: bool = False) -> None:
         """End the lease (exactly once) and the exchange."""

@@ -195,8 +195,7 @@ class SessionFrontend(Protocol):
             self._end_backend()
             self.transport.loseConnection()
             return
-        backend.claim()
-        backend.outstanding += 1
+        backend.begin()
         self._backend = backend
         self._pending = d = backend.pool.acquire()
         d.addCallbacks(self._on_leased, self._on_no_backend)
@@ -275,9 +274,8 @@ class SessionFrontend(Protocol):
             self.factory.admission.release()
         backend, self._backend = self._backend, None
         if backend is not None:
-            backend.outstanding -= 1
-            if not self._attached and self._outcome == "client_gone":
-                backend.abandoned()
+            # A client gone before its session started told the breaker nothing.
+            backend.end(reported=self._attached or self._outcome != "client_gone")
 
 
 class SessionFactory(Factory):
