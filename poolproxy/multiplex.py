@@ -667,13 +667,10 @@ class MultiplexFrontend(Protocol):
             target = self._shared_target(frame)
             if target is None:
                 return False
-            queue.popleft()
             if target is _NO_BACKEND:
-                slot.response = self.codec.error_reply("unavailable", "no backend is available")
-                self.sent_shared -= 1
-                self.admission.release()
-                self.stats.requests.add("backend_unavailable")
+                self._fail_resend("no backend is available")
                 continue
+            queue.popleft()
             slot.retried = True
             target.owe(slot, frame)
             if target.cluster_backend is not None:
@@ -681,6 +678,14 @@ class MultiplexFrontend(Protocol):
             target.transport.write(frame.data)
         self.answered_if_ready()
         return True
+
+    def _fail_resend(self, why: str) -> None:
+        """The oldest request waiting to be resent cannot be: it gets the error."""
+        slot = self._resend.popleft()
+        slot.response = self.codec.error_reply("unavailable", why)
+        self.sent_shared -= 1
+        self.admission.release()
+        self.stats.requests.add("backend_unavailable")
 
     def answered_if_ready(self) -> None:
         if self.slots and self.slots[0].response is not None:
@@ -880,11 +885,16 @@ class MultiplexFrontend(Protocol):
         """No shared connection could be had: the first held frame fails."""
         if multiplexer in self._waiting_on:
             self._waiting_on.remove(multiplexer)
-        if self._gone or not self.held:
+        if self._gone:
             return
-        self.held.popleft()
-        self.stats.requests.add("backend_unavailable")
-        self._answer_locally(self.codec.error_reply("unavailable", why), False)
+        if self._resend:
+            # A resend was what waited: it fails, not the next new frame.
+            self._fail_resend(why)
+            self.answered_if_ready()
+        elif self.held:
+            self.held.popleft()
+            self.stats.requests.add("backend_unavailable")
+            self._answer_locally(self.codec.error_reply("unavailable", why), False)
         self._drain()
 
     def _wait_for_admission(self) -> None:

@@ -129,6 +129,7 @@ class MultiplexTestCase(TestCase):
         port = listen(factory)
         self.addCleanup(port.stopListening)
         factory.port = port.getHost().port
+        factory.listening = port
         return factory
 
     def proxy(self, backend: BackendFactory, codec: Any = None, **settings: Any) -> Any:
@@ -389,6 +390,23 @@ class FailureTests(MultiplexTestCase):
         self.assertTrue(lines[1].startswith(b"ERR unavailable"), lines)
         self.assertEqual(lines[2], b"GET HOLD-3")
         self.assertEqual(service.cluster.backends[0].retries, 2)
+        yield wait_for(lambda: service.admission.in_flight == 0, what="tokens back")
+
+    @inlineCallbacks
+    def test_resend_with_no_connection_to_be_had(self) -> None:
+        """
+        A read to resend when no new connection can be made (the backend is
+        gone) gets the codec's error, in its place; nothing is left waiting.
+        """
+        backend = self.backend()
+        service = self.proxy(backend, mux_connections=1, health_interval=30.0)
+        client = connect(listener_port(service), LineClient(b"GET HOLD-1\n"))
+        yield wait_for(lambda: backend.connections and backend.connections[0].lines,
+                       what="held")
+        yield backend.listening.stopListening()
+        backend.connections[0].transport.abortConnection()
+        yield wait_for(lambda: len(client.lines()) == 1, what="error")
+        self.assertTrue(client.lines()[0].startswith(b"ERR unavailable"), client.lines())
         yield wait_for(lambda: service.admission.in_flight == 0, what="tokens back")
 
     @inlineCallbacks
