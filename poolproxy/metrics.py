@@ -8,7 +8,7 @@ metric this module exports.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -174,13 +174,6 @@ class ProxyCollector:
             _add_histogram(wait, name, pool.acquire_wait)
         yield from (connections, size, waiters, up, connects, closes, failures, wait)
 
-    def _clusters(self) -> "list[Any]":
-        """The service's clusters: all of C{service.clusters}, else C{service.cluster}."""
-        clusters = getattr(self.service, "clusters", None)
-        if clusters:
-            return list(clusters.values()) if isinstance(clusters, dict) else list(clusters)
-        return [self.service.cluster]
-
     def _backends(self) -> Iterator[Metric]:
         per_backend = ["cluster", "backend"]
         weight = GaugeMetricFamily("poolproxy_backend_weight",
@@ -222,7 +215,7 @@ class ProxyCollector:
                                    "Backends of the cluster, by state.",
                                    labels=["cluster", "state"])
         any_health = any_breaker = False
-        for cluster in self._clusters():
+        for cluster in self.service.clusters.values():
             tally = dict.fromkeys(BACKEND_STATES, 0)
             for backend in cluster.backends:
                 name = [cluster.name, backend.name]

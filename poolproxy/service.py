@@ -142,8 +142,8 @@ class ProxyService(MultiService):
         for spec in config.clusters:
             self.clusters[spec.name] = ClusterAssembly(
                 spec, config, reactor, self.admission, self.codec_options, codec).build()
+        # The first cluster: the only one when configured by flags.
         self.cluster = next(iter(self.clusters.values()))
-        self.codec = self.cluster.codec  # type: ignore[attr-defined]
         self.pools: List[BackendPool] = [
             b.pool for cluster in self.clusters.values() for b in cluster.backends]
 
