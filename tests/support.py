@@ -12,12 +12,14 @@ import subprocess
 import sys
 from typing import Any, Callable, List, Optional
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.trial.util import suppress
 from zope.interface import implementer
 
 from poolproxy.config import ProxyConfig
@@ -220,3 +222,27 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> Optional[int]:
             proc.kill()
             return proc.wait(timeout)
     return proc.returncode
+
+
+class LeakCheckedTestCase(TestCase):
+    """
+    A test against services on loopback that leaves no socket behind: the
+    last cleanup waits until every connection and port the test made is
+    closed.  Also silences readBody's warning about transports without
+    abortConnection.
+    """
+
+    suppress = [suppress(category=DeprecationWarning, message="Using readBody with a transport")]
+
+    def setUp(self) -> None:
+        baseline = self._sockets()
+        # Registered first, so run last: after the service and backends stop.
+        self.addCleanup(wait_for, lambda: self._sockets() <= baseline,
+                        5.0, "every socket of the test to close")
+
+    @staticmethod
+    def _sockets() -> "set[Any]":
+        """The TCP ports and connections the reactor watches now."""
+        return {s for s in reactor.getReaders() + reactor.getWriters()
+                if isinstance(s, (tcp.Connection, tcp.Port))}
+

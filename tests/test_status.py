@@ -11,12 +11,11 @@ import json
 import re
 from typing import Any, Dict, List, Tuple
 
-from twisted.internet import reactor, tcp
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
-from twisted.trial.util import suppress as SUPPRESS
 from twisted.web.client import Agent, readBody
 
 from poolproxy import __version__
@@ -33,6 +32,7 @@ from poolproxy.status import (
     render_html,
 )
 from tests.support import (
+    LeakCheckedTestCase,
     BackendFactory,
     Client,
     Echo,
@@ -46,9 +46,6 @@ from tests.support import (
 )
 
 # readBody warns when the whole response arrived before it was called; nothing is wrong.
-_READBODY_WARNING = SUPPRESS(category=DeprecationWarning,
-                             message="Using readBody with a transport")
-
 HOSTILE = '<script>alert("x")</script>&\''
 
 BACKEND_KEYS = {"name", "address", "state", "weight", "health", "breaker", "in_flight", "pool",
@@ -62,25 +59,13 @@ def _media_type(value: bytes) -> str:
     return value.decode("ascii").split(";")[0].strip().lower()
 
 
-class StatusTestCase(TestCase):
+class StatusTestCase(LeakCheckedTestCase):
     """
     Runs each test against a proxy service on ephemeral loopback ports and
     leaves no socket behind: the last cleanup waits until every connection
     the test made (HTTP, proxy sessions, pool connections) is closed.
     """
 
-    suppress = [_READBODY_WARNING]
-
-    def setUp(self) -> None:
-        baseline = self._sockets()
-        # Registered first, so run last: after the service and backends stop.
-        self.addCleanup(wait_for, lambda: self._sockets() <= baseline,
-                        5.0, "every socket of the test to close")
-
-    @staticmethod
-    def _sockets() -> "set[Any]":
-        return {s for s in reactor.getReaders() + reactor.getWriters()
-                if isinstance(s, (tcp.Connection, tcp.Port))}
 
     def echo_backend(self) -> Tuple[BackendFactory, Any]:
         """An echo server on a loopback port, closed when the test ends (if still open)."""

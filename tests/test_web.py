@@ -11,15 +11,14 @@ import re
 from typing import Any, Dict, List, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor, tcp
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
-from twisted.trial.util import suppress as SUPPRESS
 from twisted.web.client import Agent, readBody
 
 from poolproxy.service import ProxyService
 from poolproxy.stats import OUTCOMES
 from tests.support import (
+    LeakCheckedTestCase,
     BackendFactory,
     Client,
     Echo,
@@ -37,36 +36,19 @@ DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # readBody warns when the whole response arrived before it was called (the
 # transport it gets then has no abortConnection); nothing is wrong.
-_READBODY_WARNING = SUPPRESS(category=DeprecationWarning,
-                             message="Using readBody with a transport")
-
-
 def _media_type(value: str) -> Tuple[str, Dict[str, str]]:
     """Split a Content-Type value into its media type and parameters."""
     kind, *params = [p.strip() for p in value.split(";")]
     return kind.lower(), dict(p.split("=", 1) for p in params if "=" in p)
 
 
-class WebTestCase(TestCase):
+class WebTestCase(LeakCheckedTestCase):
     """
     Runs each test against a proxy service on ephemeral loopback ports and
     leaves no socket behind: the last cleanup waits until every connection
     the test made (HTTP, proxy sessions, pool connections) is closed.
     """
 
-    suppress = [_READBODY_WARNING]
-
-    def setUp(self) -> None:
-        baseline = self._sockets()
-        # Registered first, so run last: after the service and backends stop.
-        self.addCleanup(wait_for, lambda: self._sockets() <= baseline,
-                        5.0, "every socket of the test to close")
-
-    @staticmethod
-    def _sockets() -> "set[Any]":
-        """The TCP ports and connections the reactor watches now."""
-        return {s for s in reactor.getReaders() + reactor.getWriters()
-                if isinstance(s, (tcp.Connection, tcp.Port))}
 
     def echo_backend(self) -> BackendFactory:
         """An echo server on a loopback port, closed when the test ends."""
