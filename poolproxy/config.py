@@ -141,6 +141,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "clients finish what is in flight before closing them.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
             "that health checks and breakers may take out at once.", minimum=0),
+    Setting("workers", "int", 1, "Processes serving clients. Above 1, a supervisor "
+            "process spawns that many workers sharing tcp listeners (SO_REUSEPORT) and "
+            "sums their /metrics.", minimum=1),
 )
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -313,6 +316,7 @@ class ProxyConfig:
     access_log_sample: float = 0.0
     shutdown_timeout: float = 10.0
     max_ejected_percent: float = 50.0
+    workers: int = 1
     listeners: Tuple[ListenerConfig, ...] = ()
     clusters: Tuple[ClusterConfig, ...] = ()
     # Where each value came from, for error messages: name -> "--flag" or "key (in FILE)";

@@ -10,9 +10,15 @@ shorthand C{HOST:PORT} / C{[V6ADDR]:PORT}.
 from __future__ import annotations
 
 import re
-from typing import Any
+import socket
+from typing import Any, NamedTuple, Optional
 
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    clientFromString,
+    serverFromString,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactor
 
@@ -86,6 +92,32 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     Build the server endpoint for a listener description.
     """
     return serverFromString(reactor, with_backlog(description))
+
+
+class TcpListenAddress(NamedTuple):
+    """Where a tcp or tcp6 listener binds (see L{tcp_listen_address})."""
+
+    family: int
+    host: str
+    port: int
+    backlog: int
+
+
+def tcp_listen_address(description: str) -> Optional[TcpListenAddress]:
+    """
+    The address a C{tcp:} or C{tcp6:} listener description binds, or L{None}
+    for any other kind (unix, ssl, systemd): multi-process workers bind such
+    addresses themselves, with SO_REUSEPORT.
+    """
+    endpoint = server_endpoint(MemoryReactor(), description)
+    if isinstance(endpoint, TCP6ServerEndpoint):
+        family = socket.AF_INET6
+    elif isinstance(endpoint, TCP4ServerEndpoint):
+        family = socket.AF_INET
+    else:
+        return None
+    host = endpoint._interface or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    return TcpListenAddress(family, host, endpoint._port, endpoint._backlog)
 
 
 def check_server(description: str, where: str) -> None:

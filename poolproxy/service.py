@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import signal
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -38,6 +38,7 @@ from poolproxy.pool import BackendPool
 from poolproxy.session import SessionFactory
 from poolproxy.stats import ListenerStats
 from poolproxy.web import build_site
+from poolproxy.worker import AdoptedPortService, Handoff, WorkerControl
 
 
 class Listener:
@@ -107,6 +108,18 @@ def _listen_reason(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def fail_startup(log: Logger, message: str) -> NoReturn:
+    """Log C{message} and exit twistd with it (see L{StartupError})."""
+    # Log it now: a daemonizing twistd reports the failure to its parent
+    # (which then exits) before SystemExit is printed.
+    log.error("{line}", line=message)
+    if isinstance(sys.stderr, LoggingFile) and sys.__stderr__ is not None:
+        # twistd points sys.stderr at the log, which has the line now; let
+        # SystemExit print it on the real stderr instead.
+        sys.stderr = sys.__stderr__
+    raise StartupError(message) from None
+
+
 class ProxyService(MultiService):
     """
     Everything one C{twistd poolproxy} runs.
@@ -121,14 +134,14 @@ class ProxyService(MultiService):
     def __init__(self, config: ProxyConfig, reactor: Optional[Any] = None,
                  codec: Optional[ICodec] = None,
                  reload_config: Optional[Callable[[], ProxyConfig]] = None,
-                 handle_sighup: bool = False) -> None:
+                 handle_sighup: bool = False, handoff: Optional[Handoff] = None) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self.config = config
         self.reactor = reactor
 
-        if config.demo:
+        if config.demo and handoff is None:  # a worker's supervisor serves the demo
             _endpoint_service(server_endpoint(reactor, config.demo), demo_site(),
                               "demo-backend").setServiceParent(self)
 
@@ -156,8 +169,13 @@ class ProxyService(MultiService):
         for spec in config.listeners:
             cluster = self.clusters[spec.cluster]
             factory = self._frontend_factory(spec.name, cluster)
-            svc = _endpoint_service(server_endpoint(reactor, spec.endpoint), factory,
-                                    f"listener {spec.name}")
+            svc: Any
+            if handoff is not None and spec.name in handoff.listeners:
+                fd, family = handoff.listeners[spec.name]
+                svc = AdoptedPortService(reactor, fd, family, factory)
+            else:
+                svc = _endpoint_service(server_endpoint(reactor, spec.endpoint), factory,
+                                        f"listener {spec.name}")
             svc.setServiceParent(self)
             self.listeners.append(Listener(spec.name, factory, svc, spec.endpoint))
             if idle and cluster.codec.mode in ("multiplexed", "request"):  # type: ignore[attr-defined]
@@ -166,6 +184,8 @@ class ProxyService(MultiService):
         self.web = _endpoint_service(server_endpoint(reactor, config.metrics),
                                      build_site(self), "metrics")
         self.web.setServiceParent(self)
+        if handoff is not None:
+            WorkerControl(reactor, handoff, lambda: self.web.port).setServiceParent(self)
 
     def _frontend_factory(self, name: str, cluster: Cluster) -> Any:
         codec: Any = cluster.codec  # type: ignore[attr-defined]
@@ -194,16 +214,8 @@ class ProxyService(MultiService):
             except Exception as e:
                 for done in reversed(started):
                     done.stopService()
-                message = (f"poolproxy: error: {self._describe(svc)}: "
-                           f"cannot listen: {_listen_reason(e)}")
-                # Log it now: a daemonizing twistd reports the failure to its
-                # parent (which then exits) before SystemExit is printed.
-                self.log.error("{line}", line=message)
-                if isinstance(sys.stderr, LoggingFile) and sys.__stderr__ is not None:
-                    # twistd points sys.stderr at the log, which has the line
-                    # now; let SystemExit print it on the real stderr instead.
-                    sys.stderr = sys.__stderr__
-                raise StartupError(message) from None
+                fail_startup(self.log, f"poolproxy: error: {self._describe(svc)}: "
+                                       f"cannot listen: {_listen_reason(e)}")
             started.append(svc)
 
     def _describe(self, svc: Any) -> str:

@@ -5,13 +5,18 @@ the service they configure.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
 
+from twisted.application.service import Service
 from twisted.python import usage
 
 from poolproxy.config import SETTINGS, ConfigError, ProxyConfig, build_config, load_toml
-from poolproxy.endpoints import check_client, check_demo, check_server
+from poolproxy.endpoints import check_client, check_demo, check_server, tcp_listen_address
 from poolproxy.service import ProxyService
+from poolproxy.supervisor import Supervisor
+from poolproxy.worker import Handoff, worker_config
 
 _ENDPOINT_CHECKS = {
     "listen": check_server,
@@ -52,6 +57,11 @@ class ProxyOptions(usage.Options):
         """Client endpoint of a backend, e.g. tcp:host=127.0.0.1:port=6379, or HOST:PORT (repeatable)."""
         self["backend"].append(description)
 
+    def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
+        # Kept so that --workers can start each worker with the same arguments.
+        self.argv: List[str] = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
     def postOptions(self) -> None:
         self.config = self.reload()
 
@@ -66,7 +76,19 @@ class ProxyOptions(usage.Options):
         if self["config"]:
             file_values = load_toml(self["config"])
         flags = {s.name: self[s.flag[2:]] for s in SETTINGS}
-        return build_config(file_values, flags, self["config"] or "", _ENDPOINT_CHECKS)
+        config = build_config(file_values, flags, self["config"] or "", _ENDPOINT_CHECKS)
+        if config.workers > 1:
+            _check_worker_listeners(config)
+        return config
+
+
+def _check_worker_listeners(config: ProxyConfig) -> None:
+    """Workers bind tcp listeners with SO_REUSEPORT: no other kind will do."""
+    for spec in config.listeners:
+        if tcp_listen_address(spec.endpoint) is None:
+            where = config.sources.get("workers", "--workers")
+            raise ConfigError(f"{where}: workers need tcp or tcp6 listeners; "
+                              f"listener {spec.name} is {spec.endpoint!r}")
 
 
 class Options(ProxyOptions):
@@ -82,8 +104,15 @@ class Options(ProxyOptions):
             raise SystemExit(f"poolproxy: error: {e}")
 
 
-def makeService(options: ProxyOptions) -> ProxyService:
+def makeService(options: ProxyOptions) -> Service:
     # Under twistd, SIGHUP reloads the file given with --config.
+    handoff = Handoff.from_env(os.environ)
+    if handoff is not None:  # a worker spawned by a supervisor
+        return ProxyService(worker_config(options.config),
+                            reload_config=lambda: worker_config(options.reload()),
+                            handle_sighup=True, handoff=handoff)
+    if options.config.workers > 1:
+        return Supervisor(options.config, options.argv)
     return ProxyService(options.config, reload_config=options.reload, handle_sighup=True)
 
 

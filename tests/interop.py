@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SkipTest
@@ -54,22 +54,39 @@ def module(name: str) -> Any:
         raise SkipTest(why)
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0, log: str = "") -> None:
-    """Block until something accepts on 127.0.0.1:port (no fixed sleeps)."""
+def wait_until(predicate: Callable[[], Any], proc: subprocess.Popen, what: str,
+               timeout: float = 30.0, log: str = "") -> Any:
+    """
+    Block until C{predicate()} is true (no fixed sleeps: each poll waits for
+    C{proc} to exit, up to 20 ms); fail if C{proc} exits first.
+    """
     deadline = time.monotonic() + timeout
     while True:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode}: {_tail(log)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {timeout}s: {_tail(log)}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"process exited with {proc.returncode}: {_tail(log)}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing listening on {port} after {timeout}s: {_tail(log)}")
-            try:
-                proc.wait(0.02)  # returns at once if it exits; else the poll interval
-            except subprocess.TimeoutExpired:
-                pass
+            proc.wait(0.02)  # returns at once if it exits; else the poll interval
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0, log: str = "") -> None:
+    """Block until something accepts on 127.0.0.1:port (no fixed sleeps)."""
+    wait_until(lambda: accepts(port), proc, f"listener on {port}", timeout, log)
 
 
 def _tail(path: str) -> str:
