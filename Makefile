@@ -1,14 +1,18 @@
 # Two commands for a fresh clone with only python3 and make:
 #   make run   - set up .venv and start the demo (proxy on :8080, metrics on :9090)
 #   make test  - set up .venv and run the whole trial suite
+#   make test-pypy - the same suite on PyPy (Debian's pypy3), in .venv-pypy
 SHELL := /bin/bash
 PYTHON ?= python3
+PYPY ?= pypy3
 VENV ?= .venv
+PYPY_VENV ?= .venv-pypy
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PYPY_STAMP := $(PYPY_VENV)/.installed
 TRIAL_ARGS ?= tests
 
-.PHONY: run test venv clean
+.PHONY: run test venv venv-pypy test-pypy clean
 
 venv: $(STAMP)
 
@@ -17,6 +21,15 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' \
+		--config-settings editable_mode=compat
+	touch $@
+
+venv-pypy: $(PYPY_STAMP)
+
+$(PYPY_STAMP): setup.cfg pyproject.toml
+	@command -v $(PYPY) >/dev/null || { echo "make test-pypy needs $(PYPY) (Debian: apt-get install pypy3)"; exit 1; }
+	$(PYPY) -m venv $(PYPY_VENV)
+	$(PYPY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' \
 		--config-settings editable_mode=compat
 	touch $@
 
@@ -32,5 +45,10 @@ test: $(STAMP)
 	set -o pipefail; $(BIN)/python -m twisted.trial $(TRIAL_ARGS) 2>&1 | tee _trial_temp.out; \
 		status=$$?; $(BIN)/python tools/trial_summary.py _trial_temp.out; exit $$status
 
+test-pypy: $(PYPY_STAMP)
+	set -o pipefail; $(PYPY_VENV)/bin/python -m twisted.trial --temp-directory=_trial_temp_pypy \
+		$(TRIAL_ARGS) 2>&1 | tee _trial_temp_pypy.out; \
+		status=$$?; $(PYPY_VENV)/bin/python tools/trial_summary.py _trial_temp_pypy.out; exit $$status
+
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(PYPY_VENV) _trial_temp* build dist *.egg-info twisted/plugins/dropin.cache

@@ -40,6 +40,7 @@ from poolproxy.codecs.http_parse import (
 from poolproxy.pool import BackendProtocol, BackendUnavailable, PooledConnection
 from poolproxy.retry import RetryBudget
 from poolproxy.stats import ListenerStats
+from poolproxy.writethrough import write_through
 
 if TYPE_CHECKING:
     from poolproxy.cluster import Cluster
@@ -278,8 +279,15 @@ class Exchange:
     # -- response side -----------------------------------------------------------
 
     def from_backend(self, events: List[Any]) -> None:
-        frontend = self.frontend
-        write = frontend.transport.write
+        # What this batch of events writes to the client goes out in one send.
+        out: List[bytes] = []
+        try:
+            self._relay(events, out.append, out)
+        finally:
+            if out:
+                write_through(self.frontend.transport, b"".join(out))
+
+    def _relay(self, events: List[Any], write: Any, out: List[bytes]) -> None:
         for event in events:
             if self.finished:
                 return
@@ -319,6 +327,9 @@ class Exchange:
             elif event is END:
                 if self.response is None:
                     continue  # the end of an informational response
+                if out:  # the response's last bytes before whatever completing does
+                    write_through(self.frontend.transport, b"".join(out))
+                    out.clear()
                 self._complete()
                 return
             else:

@@ -50,6 +50,7 @@ from poolproxy.codec import (
 )
 from poolproxy.pool import BackendPool, BackendProtocol, PooledConnection
 from poolproxy.stats import ListenerStats
+from poolproxy.writethrough import write_through
 
 if TYPE_CHECKING:
     from poolproxy.cluster import Cluster
@@ -949,7 +950,7 @@ class MultiplexFrontend(Protocol):
         while slots and slots[0].response is not None:
             out.append(slots.popleft().response)
         if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            write_through(self.transport, out[0] if len(out) == 1 else b"".join(out))
         if self.unpin_pending and not self.sent_pinned:
             self.unpin_pending = False
             pinned, self.pinned = self.pinned, None
@@ -972,7 +973,7 @@ class MultiplexFrontend(Protocol):
             self._close_if_done()
 
     def from_backend_raw(self, data: bytes) -> None:
-        self.transport.write(data)
+        write_through(self.transport, data)
 
 
 class MultiplexFactory(Factory):

@@ -32,6 +32,7 @@ from poolproxy.pool import (
     PoolExhausted,
 )
 from poolproxy.stats import ListenerStats
+from poolproxy.writethrough import write_through
 
 if TYPE_CHECKING:
     from poolproxy.cluster import Cluster
@@ -170,7 +171,7 @@ class SessionFrontend(Protocol):
 
     def from_backend(self, data: bytes) -> None:
         self.stats.bytes_downstream += len(data)
-        self.transport.write(data)
+        write_through(self.transport, data)
 
     def backend_eof(self) -> None:
         self._backend_eof = True

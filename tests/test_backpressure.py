@@ -7,6 +7,7 @@ C{twistd poolproxy} process so that its resident memory can be read from
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 from typing import Any, Callable, List
@@ -39,7 +40,10 @@ FLOOD = 300 * MB
 CHUNK = b"f" * (64 * 1024)
 # The proxy holds a few 64 KiB transport buffers per session; allow for
 # allocator noise, far below what buffering the flood would take.
-RSS_GROWTH_LIMIT = 20 * MB
+# On PyPy the garbage collector's heap grows by a further 20-25 MB during a
+# flood before its major collections catch up (measured on PyPy 7.3.11, after
+# the warm-up flood): still a tenth of what buffering the flood would take.
+RSS_GROWTH_LIMIT = (45 if platform.python_implementation() == "PyPy" else 20) * MB
 
 
 class SinkWithAcks(Protocol):
@@ -204,7 +208,7 @@ class FloodTests(TestCase):
         """
         A client sends 300 MB and never reads the replies the backend sends
         back: all of it reaches the backend while the proxy's resident memory
-        grows by less than 20 MB.
+        grows by less than 20 MB (45 MB on PyPy, see RSS_GROWTH_LIMIT).
         """
         backend = BackendFactory(SinkWithAcks)
         backend.received = 0

@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
@@ -55,15 +56,23 @@ def _alive(pid: int) -> bool:
 
 
 def _exits(pid: int, timeout: float) -> bool:
-    """Wait for a process that is not our child to exit (a pidfd turns readable)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
+    """Wait for a process that is not our child to exit."""
+    if hasattr(os, "pidfd_open"):  # Linux, CPython 3.9+: a pidfd turns readable
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return True
+        try:
+            return bool(select.select([fd], [], [], timeout)[0])
+        finally:
+            os.close(fd)
+    # PyPy 3.9 has no pidfd_open: poll /proc every 20 ms.
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        select.select([], [], [], 0.02)
+    return True
 
 
 class Supervised:
