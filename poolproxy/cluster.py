@@ -91,12 +91,19 @@ class Backend:
             return "ejected"
         return "up"
 
-    def claim(self) -> None:
-        """A request is going to this backend (after L{Cluster.pick})."""
+    def claim(self) -> bool:
+        """
+        A request is going to this backend (after L{Cluster.pick}).
+
+        @return: whether it is a half-open breaker's one trial request (so
+            the backend takes no more until the trial's outcome is known).
+        """
         self.requests += 1
         breaker = self.breaker
         if breaker is not None and breaker.state == "half_open":
             breaker.allow()  # this request is the trial
+            return True
+        return False
 
     def succeeded(self) -> None:
         """A request to this backend got its answer."""

@@ -700,11 +700,16 @@ class MultiplexFrontend(Protocol):
         out: List[bytes] = []
         out_to: Optional[PipelineBackend] = None
         sent = 0
+        # Without key routing every shared frame of this pass goes to the
+        # same connection: look it up once, not per frame.
+        reuse_shared = not self.factory.by_key
+        shared = None
         try:
             while held and not self._gone:
                 frame = held[0]
                 flags = frame.flags
                 if flags & VARIANT and frame.expect != self.variant:
+                    shared = None
                     if self.pinned is None and not flags & PIN:
                         if self.sent_shared:
                             return  # the replies owed on the old variant first
@@ -724,7 +729,15 @@ class MultiplexFrontend(Protocol):
                 if self.unpin_pending:
                     return  # wait for the UNPIN reply before choosing a connection
                 pinned = bool(flags & PIN) or self.pinned is not None
-                target = self._pinned_target(frame) if pinned else self._shared_target(frame)
+                if pinned:
+                    shared = None
+                    target = self._pinned_target(frame)
+                elif shared is not None and shared.alive:
+                    target = shared
+                else:
+                    target = self._shared_target(frame)
+                    if reuse_shared and isinstance(target, PipelineBackend):
+                        shared = target
                 if target is None:
                     return
                 if target is _NO_BACKEND:
@@ -749,7 +762,8 @@ class MultiplexFrontend(Protocol):
                 out.append(frame.data)
                 cluster_backend = target.cluster_backend
                 if cluster_backend is not None:
-                    cluster_backend.claim()
+                    if cluster_backend.claim():
+                        shared = None  # a breaker's trial: route the next frame afresh
                     if frame.replies:
                         cluster_backend.outstanding += 1
                 sent += 1

@@ -463,3 +463,38 @@ class FailureTests(MultiplexTestCase):
         self.assertTrue(lines[1].startswith(b"ERR overloaded"))
         self.assertTrue(lines[2].startswith(b"ERR overloaded"))
         self.assertEqual(service.admission.rejected["queue_full"], 2)
+
+
+class BreakerTrialTests(MultiplexTestCase):
+    @inlineCallbacks
+    def test_half_open_backend_gets_one_frame_of_a_batch(self) -> None:
+        """
+        A half-open backend's breaker lets one trial request through: when a
+        client's pipelined batch is routed, the frames after the trial go to
+        the other backend, even though one pass routes a whole batch.
+        """
+        from twisted.internet.task import Clock
+
+        from poolproxy.breaker import BreakerSettings, CircuitBreaker
+
+        first, second = self.backend(), self.backend()
+        service = start_proxy(self, first.port, codec=line_codec(), protocol="line",
+                              backend=(f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"),
+                              balance="round_robin")
+        trial = service.cluster.backends[0]
+        clock = Clock()
+        trial.breaker = CircuitBreaker(BreakerSettings(failures_to_open=1, reset_timeout=1.0),
+                                       clock=clock)
+        trial.breaker.failure()
+        clock.advance(1.0)
+        self.assertEqual(trial.breaker.state, "half_open")
+
+        batch = b"".join(b"GET %d\n" % i for i in range(4))
+        client = yield self.ask(service, batch, 4)
+        self.assertEqual(client.lines(), [b"GET %d" % i for i in range(4)])
+        to_first = sum(len(p.lines) for p in first.connections)
+        to_second = sum(len(p.lines) for p in second.connections)
+        self.assertEqual((to_first, to_second), (1, 3))
+        self.assertEqual(trial.breaker.state, "closed")  # the trial succeeded
+        client.transport.loseConnection()
+        yield client.done
