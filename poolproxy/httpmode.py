@@ -199,6 +199,10 @@ class Exchange:
             return
         backend.begin()
         self.cluster_backend = backend
+        conn = backend.pool.try_acquire()
+        if conn is not None:
+            self._leased(conn)
+            return
         self._waiting = d = backend.pool.acquire()
         d.addCallbacks(self._leased, self._no_backend)
 
@@ -231,11 +235,10 @@ class Exchange:
         backend.parser.decode_chunked = self.head.version == b"HTTP/1.0"
         backend.parser.expect(self.head.method)
         transport = backend.transport
-        transport.write(serialize_request_head(self.head, frontend.forwarded(self.head),
-                                               _DROP_FORWARDED))
+        # The connection is this exchange's alone: send at once, in one piece.
         early, self.early = self.early, []
-        for piece in early:
-            transport.write(piece)
+        head = serialize_request_head(self.head, frontend.forwarded(self.head), _DROP_FORWARDED)
+        write_through(transport, b"".join([head, *early]) if early else head)
         if self.early_size >= EARLY_LIMIT:
             frontend.transport.resumeProducing()
         self.early_size = 0
@@ -269,7 +272,7 @@ class Exchange:
             return
         backend = self.backend
         if backend is not None:
-            backend.transport.write(event)
+            write_through(backend.transport, event)
             return
         self.early.append(event)
         self.early_size += len(event)

@@ -136,7 +136,7 @@ class SessionFrontend(Protocol):
         conn = self._conn
         if conn is not None:
             self.stats.bytes_upstream += len(data)
-            conn.protocol.transport.write(data)
+            write_through(conn.protocol.transport, data)
             return
         # Still queued: keep a little, then stop reading.
         self._early.append(data)
