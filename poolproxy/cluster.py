@@ -175,6 +175,12 @@ class Cluster:
             policy, [(b, b.weight) for b in self.backends],
             outstanding=lambda b: b.outstanding, rng=rng or random.Random(),
             name_of=lambda b: b.name)
+        self._update_sharded()
+
+    def _update_sharded(self) -> None:
+        #: Whether requests are routed by key to one of several backends, each
+        #: holding part of the keys (so no backend holds them all).
+        self.sharded = self.policy_name == "consistent_hash" and len(self.backends) > 1
 
     @property
     def pools(self) -> List[BackendPool]:
@@ -199,11 +205,13 @@ class Cluster:
         """A new backend joins (reload)."""
         self.policy.add(backend, backend.weight)
         self.backends.append(backend)
+        self._update_sharded()
 
     def remove(self, backend: Backend) -> None:
         """A backend leaves (reload): no new request is picked for it."""
         self.policy.remove(backend)
         self.backends.remove(backend)
+        self._update_sharded()
 
     def set_weight(self, backend: Backend, weight: int) -> None:
         self.policy.set_weight(backend, weight)  # raises on a bad weight: change nothing

@@ -487,6 +487,10 @@ class MultiplexFrontend(Protocol):
         self.codec = factory.codec
         self.admission = factory.admission
         self.framer = factory.codec.request_framer(factory.config)
+        # Codecs whose framers refuse stateful commands on a sharded cluster.
+        self._tell_sharded = hasattr(self.framer, "sharded")
+        # Codecs that name every key of a multi-key request (sharded clusters).
+        self._keys_of = getattr(self.codec, "keys", None)
         self.slots: Deque[Slot] = deque()
         self.held: Deque[Frame] = deque()
         # The shared connection this client uses on each backend (one per
@@ -530,6 +534,8 @@ class MultiplexFrontend(Protocol):
             return
         self.last_active = self.factory.clock.seconds()
         framer = self.framer
+        if self._tell_sharded:
+            framer.sharded = self.factory.cluster.sharded
         frames = framer.feed(data)
         if frames:
             self.held.extend(frames)
@@ -728,6 +734,12 @@ class MultiplexFrontend(Protocol):
                     continue
                 if self.unpin_pending:
                     return  # wait for the UNPIN reply before choosing a connection
+                if not reuse_shared and self._keys_of is not None and self._cross_shard(frame):
+                    held.popleft()
+                    self.stats.requests.add("cross_shard")
+                    self._answer_locally(self.codec.error_reply(
+                        "crossslot", "keys in request don't hash to the same backend"), False)
+                    continue
                 pinned = bool(flags & PIN) or self.pinned is not None
                 if pinned:
                     shared = None
@@ -791,6 +803,15 @@ class MultiplexFrontend(Protocol):
                 budget = self.retry_budget
                 if budget is not None:
                     budget.deposit(sent)
+
+    def _cross_shard(self, frame: Frame) -> bool:
+        """Whether C{frame} names keys that live on different backends."""
+        keys = self._keys_of(frame)  # type: ignore[misc]
+        if not keys or len(keys) < 2:
+            return False
+        pick = self.factory.cluster.pick
+        first = pick(keys[0])
+        return any(pick(key) is not first for key in keys[1:])
 
     def _route(self, frame: Frame) -> Any:
         """The cluster Backend for C{frame}, or L{None} if none is available."""
@@ -1018,9 +1039,8 @@ class MultiplexFactory(Factory):
 
     @property
     def by_key(self) -> bool:
-        # Read per frame, not cached: a reload may add backends to the cluster.
-        cluster = self.cluster
-        return cluster.policy_name == "consistent_hash" and len(cluster.backends) > 1
+        # Read per pass, not cached here: a reload may add backends to the cluster.
+        return self.cluster.sharded
 
     def buildProtocol(self, addr: Any) -> MultiplexFrontend:
         return MultiplexFrontend(self)

@@ -288,6 +288,56 @@ def _build_table() -> Dict[bytes, int]:
 #: Command name (as upper or lower case bytes) -> entry; see above.
 COMMANDS: Dict[bytes, int] = _build_table()
 
+
+# -- every key of a multi-key command (for sharded clusters) ---------------------
+#
+# (first, last, step) over the arguments as in redis's COMMAND key specs: last
+# -1 is the last argument, -2 the one before it.  Commands whose keys follow a
+# numkeys argument are in _NUMKEYS: (index of numkeys, keys before it).
+
+_KEY_RANGES: Dict[bytes, Tuple[int, int, int]] = {
+    name.encode(): spec for names, spec in (
+        ("MGET DEL UNLINK EXISTS TOUCH WATCH SINTER SUNION SDIFF SINTERSTORE SUNIONSTORE "
+         "SDIFFSTORE PFCOUNT PFMERGE", (1, -1, 1)),
+        ("MSET MSETNX", (1, -1, 2)),
+        ("RENAME RENAMENX SMOVE RPOPLPUSH LMOVE BRPOPLPUSH BLMOVE COPY LCS ZRANGESTORE "
+         "GEOSEARCHSTORE", (1, 2, 1)),
+        ("BLPOP BRPOP BZPOPMIN BZPOPMAX", (1, -2, 1)),
+        ("BITOP", (2, -1, 1)),
+    ) for name in names.split()
+}
+
+_NUMKEYS: Dict[bytes, Tuple[int, int]] = {
+    name.encode(): spec for names, spec in (
+        ("EVAL EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO BLMPOP BZMPOP", (2, 0)),
+        ("ZUNION ZINTER ZDIFF ZINTERCARD SINTERCARD LMPOP ZMPOP", (1, 0)),
+        ("ZUNIONSTORE ZINTERSTORE ZDIFFSTORE", (2, 1)),
+    ) for name in names.split()
+}
+
+
+def command_keys(args: Sequence[bytes]) -> Optional[List[bytes]]:
+    """
+    Every key the command C{args} names, if it may name more than one;
+    L{None} for the others (their key, if any, is the frame's routing key).
+    """
+    if not args:
+        return None
+    name = args[0].upper()
+    spec = _KEY_RANGES.get(name)
+    if spec is not None:
+        first, last, step = spec
+        stop = len(args) + last + 1 if last < 0 else min(last + 1, len(args))
+        return list(args[first:stop:step])
+    numkeys = _NUMKEYS.get(name)
+    if numkeys is not None:
+        at, before = numkeys
+        count = _strict_int(args[at]) if len(args) > at else None
+        if not count or count < 0:
+            return list(args[1:1 + before])
+        return list(args[1:1 + before]) + list(args[at + 1:at + 1 + count])
+    return None
+
 _OK = b"+OK\r\n"
 _NOAUTH = b"-NOAUTH Authentication required.\r\n"
 _HELLO_3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
@@ -302,6 +352,25 @@ _NOPASS = (
     b"default user. Are you sure your configuration is correct?\r\n")
 _AUTH_ARITY = b"-ERR wrong number of arguments for 'auth' command\r\n"
 _NOPROTO = b"-NOPROTO unsupported protocol version\r\n"
+
+
+#: Commands that keep state on the client's connection (see _special).
+_STATEFUL_UNSHARDABLE = frozenset([
+    b"MULTI", b"WATCH", b"SELECT", b"READONLY", b"READWRITE", b"ASKING", b"SUBSCRIBE",
+    b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR", b"SYNC", b"PSYNC"])
+
+
+def _client_sticks(args: Optional[List[bytes]], data: bytes) -> bool:
+    """Whether a CLIENT subcommand sets connection state (see _special)."""
+    if args is None:
+        args = _resp_args(data)
+    sub = args[1].upper() if len(args) > 1 else b""
+    return sub in (b"SETNAME", b"NO-EVICT", b"NO-TOUCH", b"CACHING", b"REPLY", b"TRACKING")
+
+
+def _unshardable(name: bytes) -> bytes:
+    return (b"-ERR poolproxy: " + name + b" keeps per-connection state, which is not "
+            b"supported while the cluster is sharded over several backends\r\n")
 
 
 def _clean(text: bytes) -> bytes:
@@ -370,6 +439,11 @@ class RespRequestFramer(_Buffered):
         self._mb: Optional[Tuple[int, int, Any, Any, List[bytes], int]] = None
         self._fast = True
         self._update()
+        #: Set by the proxy while the client's cluster is sharded (consistent
+        #: hashing over several backends): then commands that would tie the
+        #: client to one backend connection (transactions, WATCH, SELECT,
+        #: pub/sub...) are refused, since its keys live on several.
+        self.sharded = False
 
     # -- state -----------------------------------------------------------------
 
@@ -625,6 +699,9 @@ class RespRequestFramer(_Buffered):
 
     def _special(self, data: bytes, args: Optional[List[bytes]], upper: bytes,
                  key: Optional[bytes], stateful: bool) -> Optional[Frame]:
+        if self.sharded and (upper in _STATEFUL_UNSHARDABLE
+                             or (upper == b"CLIENT" and _client_sticks(args, data))):
+            return Frame(data, 1, None, LOCAL, reply=_unshardable(upper))
         if upper == b"MULTI":
             self._multi = True
             self._update()
@@ -1002,6 +1079,9 @@ class RedisCodec:
             line = "ERR poolproxy: backend unavailable: " + text
         elif kind == "timeout":
             line = "ERR poolproxy: backend timed out"
+        elif kind == "crossslot":
+            # As Redis Cluster says it, so clients and people recognise it.
+            line = "CROSSSLOT Keys in request don't hash to the same backend (poolproxy)"
         elif kind in ("too_large", "malformed"):
             if text.startswith("Protocol error: "):
                 text = text[len("Protocol error: "):]
@@ -1021,6 +1101,24 @@ class RedisCodec:
         if db:
             frames.append(Frame(encode_command([b"SELECT", b"%d" % int(db)]), 1, None, 0))
         return frames
+
+    def keys(self, frame: Frame) -> Optional[List[bytes]]:
+        """
+        For sharded clusters: every key of a multi-key command (MGET, DEL,
+        MSET, EVAL's keys...), which must all live on one backend; L{None}
+        when the frame's routing key tells all.
+        """
+        data = frame.data
+        if not data.startswith(b"*"):
+            return None
+        # Most commands have one key at most: look at the name before
+        # parsing every argument.
+        p = data.find(b"\r\n") + 2
+        eol = data.find(b"\r\n", p)
+        name = data[eol + 2:eol + 2 + int(data[p + 1:eol])].upper()
+        if name not in _KEY_RANGES and name not in _NUMKEYS:
+            return None
+        return command_keys(_resp_args(data))
 
     def variant_setup(self, config: Any, variant: Any) -> List[Frame]:
         """RESP3 shared and pinned connections are pool connections after HELLO 3."""
