@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 #: Body bytes read from a client before its backend connection is ready, and
 #: pipelined events held behind the current exchange, before reading pauses.
 EARLY_LIMIT = 64 * 1024
+#: Most response bytes read and dropped after the client left, so that the
+#: backend connection can be pooled again; a longer response closes it.
+ORPHAN_DRAIN_LIMIT = 256 * 1024
 QUEUE_LIMIT = 256
 _DROP_FORWARDED = (b"x-forwarded-for",)
 # Module level: a Logger used as a class attribute takes the class's namespace.
@@ -168,6 +171,9 @@ class Exchange:
         self.retried = False
         self.sampled = False  # gets an access log line
         self.started = 0.0
+        # The client left while the response was on its way: it is read and
+        # dropped (up to ORPHAN_DRAIN_LIMIT bytes) so the connection can be reused.
+        self.orphaned = 0
 
     # -- admission and lease ---------------------------------------------------
 
@@ -282,6 +288,9 @@ class Exchange:
     # -- response side -----------------------------------------------------------
 
     def from_backend(self, events: List[Any]) -> None:
+        if self.orphaned:
+            self._drop(events)
+            return
         # What this batch of events writes to the client goes out in one send.
         out: List[bytes] = []
         try:
@@ -306,13 +315,7 @@ class Exchange:
                     continue
                 self.response = event
                 self.response_started = True
-                backend = self.cluster_backend
-                if backend is not None:
-                    self.reported = True
-                    if event.status >= 500 and self.frontend.factory.fail_on_5xx:
-                        backend.failed(f"HTTP {event.status}")
-                    else:
-                        backend.succeeded()
+                self._report(event.status)
                 extra = []
                 if event.body == UNTIL_CLOSE or not event.keep_alive:
                     # The client cannot tell where such a body ends but by the close.
@@ -337,6 +340,16 @@ class Exchange:
                 return
             else:
                 write(event)
+
+    def _report(self, status: int) -> None:
+        """Tell the backend's breaker how the request went."""
+        backend = self.cluster_backend
+        if backend is not None:
+            self.reported = True
+            if status >= 500 and self.frontend.factory.fail_on_5xx:
+                backend.failed(f"HTTP {status}")
+            else:
+                backend.succeeded()
 
     def _become_tunnel(self) -> None:
         # From now on both sides are raw byte pipes (their transports stay
@@ -381,7 +394,8 @@ class Exchange:
         reusable = (self.request_done and response is not None and response.keep_alive
                     and backend is not None and backend.parser.error is None
                     and backend.parser.pending() == 0 and backend.parser.expected == 0)
-        self.frontend.stats.requests_ok += 1
+        if not self.orphaned:  # an orphan was counted as client_gone
+            self.frontend.stats.requests_ok += 1
         self.draining = not self.request_done and not self.close_client
         self._finish(release=reusable)
 
@@ -389,6 +403,11 @@ class Exchange:
 
     def _timed_out(self) -> None:
         self._timer = None
+        if self.orphaned:
+            # Its client is gone: stop draining; the client was counted, and a
+            # slow body is not a failed request.
+            self._finish(release=False, abort=True)
+            return
         self.frontend.stats.requests.add("timeout")
         if self.cluster_backend is not None:
             self.reported = True
@@ -436,6 +455,9 @@ class Exchange:
 
     def backend_failed(self, why: str) -> None:
         """The backend connection broke (closed, or sent garbage)."""
+        if self.orphaned:
+            self._finish(release=False)  # no one to retry for, or to answer
+            return
         if not self.response_started and self.cluster_backend is not None and self._may_retry():
             self._retry()
             return
@@ -467,6 +489,42 @@ class Exchange:
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.cancel()
+        backend = self.backend
+        if (backend is not None and self.request_done and not self.tunnel
+                and not self.finished and backend.parser.error is None):
+            # The request is with the backend: closing the connection now
+            # would cost a new one for the next request (clients that give up
+            # on slow responses would churn the pool).  Read the response
+            # and drop it instead; the request timeout still applies.
+            self.orphaned = 1
+            self.close_client = True
+            self._start_timer()  # bounds the drain, whatever has arrived yet
+            return
+        self._finish(release=False, abort=True)
+
+    def _drop(self, events: List[Any]) -> None:
+        """A response whose client left: read to its end, then pool the connection."""
+        for event in events:
+            if self.finished:
+                return
+            if event is END:
+                if self.response is None:
+                    continue  # the end of an informational response
+                self._complete()
+                return
+            if event.__class__ is ResponseHead:
+                if not event.informational:
+                    self.response = event
+                    self.response_started = True
+                    self._report(event.status)
+                    if event.upgrade or event.body == UNTIL_CLOSE:
+                        break  # the connection is not coming back: close it
+                continue
+            self.orphaned += len(event)
+            if self.orphaned > ORPHAN_DRAIN_LIMIT:
+                break
+        else:
+            return
         self._finish(release=False, abort=True)
 
     # -- ending ------------------------------------------------------------------------

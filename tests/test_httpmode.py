@@ -473,3 +473,53 @@ class LoadTests(HttpTestCase):
         for i, (response, content) in enumerate(results):
             self.assertEqual(json.loads(content)["path"], "/c/%d" % i)
         self.assertLessEqual(self.site.connections, 8)
+
+
+class OrphanTests(HttpTestCase):
+    """A client that leaves while its response is on the way."""
+
+    @inlineCallbacks
+    def leave_while_hanging(self, **settings: Any) -> Any:
+        self.proxy(**settings)
+        client = connect(listener_port(self.service), Client(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n"))
+        yield wait_for(lambda: self.resource.hanging, what="request at the backend")
+        client.transport.abortConnection()
+        yield client.done
+        yield wait_for(lambda: self.service.listeners[0].stats.connections_open == 0,
+                       what="client gone")
+        return self.resource.hanging[0]
+
+    @inlineCallbacks
+    def test_response_drained_and_connection_reused(self) -> None:
+        request = yield self.leave_while_hanging()
+        pool = self.service.pools[0]
+        self.assertEqual(pool.leased, 1)  # held while the response is on its way
+        request.setHeader(b"content-length", b"5")
+        request.write(b"hello")
+        request.finish()
+        yield wait_for(lambda: pool.idle == 1, what="connection back in the pool")
+        response, _ = yield self.get(b"/after")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.site.connections, 1)  # the same backend connection served it
+        stats = self.service.listeners[0].stats
+        self.assertEqual((stats.requests["client_gone"], stats.requests_ok), (1, 1))
+        self.assertEqual(self.service.admission.in_flight, 0)
+
+    @inlineCallbacks
+    def test_long_response_closes_the_connection(self) -> None:
+        from poolproxy.httpmode import ORPHAN_DRAIN_LIMIT
+        request = yield self.leave_while_hanging()
+        pool = self.service.pools[0]
+        request.setHeader(b"content-length", b"%d" % (ORPHAN_DRAIN_LIMIT * 4))
+        request.write(b"x" * (ORPHAN_DRAIN_LIMIT * 2))
+        yield wait_for(lambda: pool.total == 0, what="connection closed")
+        self.assertEqual(self.service.admission.in_flight, 0)
+
+    @inlineCallbacks
+    def test_drain_bounded_by_request_timeout(self) -> None:
+        yield self.leave_while_hanging(request_timeout=0.2)
+        pool = self.service.pools[0]
+        yield wait_for(lambda: pool.total == 0, what="connection closed after the timeout")
+        stats = self.service.listeners[0].stats
+        self.assertEqual(stats.requests["timeout"], 0)  # the client was counted as gone
+        self.assertEqual(self.service.cluster.backends[0].failures, 0)
