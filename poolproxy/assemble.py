@@ -95,6 +95,7 @@ class ClusterAssembly:
             health_interval=self.config.health_interval, clock=self.reactor)
         backend = Backend(name, pool, weight)
         pool.backend = backend
+        pool.cluster = self.spec.name
         pool.protocol_factory = self._protocol_factory(backend)
         if s("breaker_failures"):
             from poolproxy.breaker import BreakerSettings, CircuitBreaker

@@ -133,29 +133,29 @@ class ProxyCollector:
     def _pools(self) -> Iterator[Metric]:
         connections = GaugeMetricFamily("poolproxy_pool_connections",
                                         "Backend connections by state.",
-                                        labels=["backend", "state"])
+                                        labels=["cluster", "backend", "state"])
         size = GaugeMetricFamily("poolproxy_pool_size",
-                                 "Configured most connections per backend.", labels=["backend"])
+                                 "Configured most connections per backend.", labels=["cluster", "backend"])
         waiters = GaugeMetricFamily("poolproxy_pool_waiters",
                                     "Requests waiting for a backend connection.",
-                                    labels=["backend"])
+                                    labels=["cluster", "backend"])
         up = GaugeMetricFamily("poolproxy_backend_up",
                                "1 if the last connect to the backend succeeded.",
-                               labels=["backend"])
+                               labels=["cluster", "backend"])
         connects = CounterMetricFamily("poolproxy_pool_connects",
                                        "Backend connect attempts, by result.",
-                                       labels=["backend", "result"])
+                                       labels=["cluster", "backend", "result"])
         closes = CounterMetricFamily("poolproxy_pool_closes",
                                      "Backend connections closed, by reason.",
-                                     labels=["backend", "reason"])
+                                     labels=["cluster", "backend", "reason"])
         failures = CounterMetricFamily("poolproxy_pool_acquire_failures",
                                        "Requests that got no backend connection, by reason.",
-                                       labels=["backend", "reason"])
+                                       labels=["cluster", "backend", "reason"])
         wait = _histogram("poolproxy_pool_acquire_wait_seconds",
                           "Time from asking for a backend connection to getting one.",
-                          ["backend"])
+                          ["cluster", "backend"])
         for pool in self.service.pools:
-            name = [pool.name]
+            name = [pool.cluster, pool.name]
             for state, n in (("idle", pool.idle), ("active", pool.leased),
                              ("connecting", pool.connecting)):
                 connections.add_metric(name + [state], n)

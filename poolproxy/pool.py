@@ -233,6 +233,8 @@ class BackendPool:
         # The cluster's Backend this pool serves (poolproxy.cluster), told of
         # failed connects: passive health.
         self.backend: Any = None
+        #: The name of the cluster the pool's backend belongs to (a metrics label).
+        self.cluster = ""
         self.connects = Tally("ok", "failed", "timeout")
         self.closes = Tally()
         self.acquire_failures = Tally("timeout", "exhausted", "unavailable", "closed")
