@@ -164,7 +164,7 @@ class Exchange:
         self.tunnel = False
         self.draining = False
         self.close_client = not head.keep_alive
-        self._waiting: "Optional[Deferred[Any]]" = None
+        self._waiting: Any = None  # a Deferred or a pool waiter: has cancel()
         self._timer: Any = None
         self.cluster_backend: Any = None
         self.reported = False  # an outcome was told to the backend's breaker
@@ -205,12 +205,8 @@ class Exchange:
             return
         backend.begin()
         self.cluster_backend = backend
-        conn = backend.pool.try_acquire()
-        if conn is not None:
-            self._leased(conn)
-            return
-        self._waiting = d = backend.pool.acquire()
-        d.addCallbacks(self._leased, self._no_backend)
+        # No Deferred per request: the lease arrives by a plain callback.
+        self._waiting = backend.pool.wait(self._leased, self._no_backend)
 
     def _not_admitted(self, failure: Failure) -> None:
         self._waiting = None

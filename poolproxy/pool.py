@@ -19,12 +19,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
-from twisted.internet.defer import (
-    Deferred,
-    TimeoutError as DeferredTimeoutError,
-    fail,
-    succeed,
-)
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -164,11 +159,42 @@ class _ConnectAttempt:
 
 
 class _Waiter:
-    __slots__ = ("deferred", "since")
+    """
+    A request waiting for a connection: told through a L{Deferred}
+    (L{BackendPool.acquire}) or through two callables (L{BackendPool.wait},
+    which allocates no Deferred).
+    """
 
-    def __init__(self, deferred: "Deferred[PooledConnection]", since: float) -> None:
-        self.deferred = deferred
+    __slots__ = ("pool", "since", "deferred", "on_ready", "on_fail")
+
+    def __init__(self, pool: "BackendPool", since: float,
+                 deferred: "Optional[Deferred[PooledConnection]]" = None,
+                 on_ready: Optional[Callable[["PooledConnection"], None]] = None,
+                 on_fail: Optional[Callable[[Failure], None]] = None) -> None:
+        self.pool = pool
         self.since = since
+        self.deferred = deferred
+        self.on_ready = on_ready
+        self.on_fail = on_fail
+
+    def ready(self, conn: "PooledConnection") -> None:
+        if self.deferred is not None:
+            self.deferred.callback(conn)
+        else:
+            self.on_ready(conn)  # type: ignore[misc]
+
+    def fail(self, error: Exception) -> None:
+        if self.deferred is not None:
+            self.deferred.errback(error)
+        else:
+            self.on_fail(Failure(error))  # type: ignore[misc]
+
+    def cancel(self) -> None:
+        """Give up waiting (the request's client left): nothing is called."""
+        if self.deferred is not None:
+            self.deferred.cancel()  # its canceller removes it
+        else:
+            self.pool._remove_waiter(self)
 
 
 class BackendPool:
@@ -223,6 +249,7 @@ class BackendPool:
         self._leased: Set[PooledConnection] = set()
         self._connecting: Set[_ConnectAttempt] = set()
         self._waiters: Deque[_Waiter] = deque()
+        self._expiry: Any = None  # the timer of the oldest waiter's acquire timeout
         self._closing: Optional[List["Deferred[None]"]] = None
         self._abort_timer: Optional[IDelayedCall] = None
         self._maintenance = LoopingCall(self._maintain)
@@ -292,10 +319,11 @@ class BackendPool:
             self._closing = []
             if self._maintenance.running:
                 self._maintenance.stop()
+            self._stop_expiry()
             while self._waiters:
                 waiter = self._waiters.popleft()
                 self.acquire_failures.add("closed")
-                waiter.deferred.errback(PoolClosed(f"pool for {self.name} is closed"))
+                waiter.fail(PoolClosed(f"pool for {self.name} is closed"))
             for attempt in list(self._connecting):
                 attempt.deferred.cancel()
             while self._idle:
@@ -362,35 +390,97 @@ class BackendPool:
             self._lease(conn)
             self.acquire_wait.observe(0.0)
             return succeed(conn)
+        full = self._queue_full()
+        if full is not None:
+            return fail(full)
+        d: "Deferred[PooledConnection]" = Deferred(self._cancel_waiter)
+        self._enqueue(_Waiter(self, self._clock.seconds(), deferred=d))
+        return d
+
+    def wait(self, on_ready: Callable[[PooledConnection], None],
+             on_fail: Callable[[Failure], None]) -> Optional[_Waiter]:
+        """
+        L{acquire} without a L{Deferred}, for a lease per request:
+        C{on_ready(conn)} is called with the leased connection, or
+        C{on_fail(failure)} with the same errors, now or later.
+
+        @return: the waiter while the request waits (its C{cancel()} gives
+            up), else L{None}.
+        """
+        error: Optional[PoolError] = None
+        if self._closing is not None:
+            self.acquire_failures.add("closed")
+            error = PoolClosed(f"pool for {self.name} is closed")
+        else:
+            conn = self._pop_idle()
+            if conn is not None:
+                self._lease(conn)
+                self.acquire_wait.observe(0.0)
+                on_ready(conn)
+                return None
+            error = self._queue_full()
+        if error is not None:
+            on_fail(Failure(error))
+            return None
+        waiter = _Waiter(self, self._clock.seconds(), on_ready=on_ready, on_fail=on_fail)
+        self._enqueue(waiter)
+        return waiter
+
+    def _queue_full(self) -> Optional[PoolError]:
         # max_waiters bounds the requests waiting for a busy connection; those
         # a connect (pending, or that there is room to start) will serve do not
         # count.
         servable = len(self._connecting) + self.size - self.total
         if len(self._waiters) >= self.max_waiters + servable:
             self.acquire_failures.add("exhausted")
-            return fail(PoolExhausted(
-                f"all {self.size} connections to {self.name} are busy and "
-                f"{self.max_waiters} requests are waiting"))
-        d: "Deferred[PooledConnection]" = Deferred(self._cancel_waiter)
-        waiter = _Waiter(d, self._clock.seconds())
+            return PoolExhausted(f"all {self.size} connections to {self.name} are busy and "
+                                 f"{self.max_waiters} requests are waiting")
+        return None
+
+    def _enqueue(self, waiter: _Waiter) -> None:
         self._waiters.append(waiter)
-        d.addTimeout(self.acquire_timeout, self._clock)
-        d.addErrback(self._waiter_failed)
+        self._arm_expiry()
         self._connect_for_waiters()
-        return d
+
+    # Waiters are served and time out in the order they came, all with the
+    # same acquire_timeout: one timer, for the oldest, times out them all.
+
+    def _arm_expiry(self) -> None:
+        if self._expiry is None and self._waiters and self.acquire_timeout > 0:
+            delay = self._waiters[0].since + self.acquire_timeout - self._clock.seconds()
+            self._expiry = self._clock.callLater(max(0.0, delay), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        # A hair of slack: the timer fires at since + timeout, give or take
+        # the float rounding of its own arithmetic.
+        late = self._clock.seconds() - self.acquire_timeout + 1e-9
+        waiters = self._waiters
+        while waiters and waiters[0].since <= late:
+            waiter = waiters.popleft()
+            self.acquire_failures.add("timeout")
+            waiter.fail(AcquireTimeout(
+                f"no connection to {self.name} became free within {self.acquire_timeout:g}s"))
+        self._arm_expiry()
+
+    def _stop_expiry(self) -> None:
+        expiry, self._expiry = self._expiry, None
+        if expiry is not None and expiry.active():
+            expiry.cancel()
 
     def _cancel_waiter(self, d: "Deferred[PooledConnection]") -> None:
         for waiter in self._waiters:
             if waiter.deferred is d:
-                self._waiters.remove(waiter)
+                self._remove_waiter(waiter)
                 break
 
-    def _waiter_failed(self, failure: Failure) -> Failure:
-        if failure.check(DeferredTimeoutError):
-            self.acquire_failures.add("timeout")
-            return Failure(AcquireTimeout(
-                f"no connection to {self.name} became free within {self.acquire_timeout:g}s"))
-        return failure
+    def _remove_waiter(self, waiter: _Waiter) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass  # served or failed already
+        if not self._waiters:
+            self._stop_expiry()
 
     def _lease(self, conn: PooledConnection) -> None:
         conn.leased = True
@@ -413,9 +503,11 @@ class BackendPool:
         """
         if self._waiters:
             waiter = self._waiters.popleft()
+            if not self._waiters:
+                self._stop_expiry()  # no timer left behind with no one waiting
             self._lease(conn)
             self.acquire_wait.observe(self._clock.seconds() - waiter.since)
-            waiter.deferred.callback(conn)
+            waiter.ready(conn)
         else:
             conn.idle_since = self._clock.seconds()
             self._idle.append(conn)
@@ -535,7 +627,9 @@ class BackendPool:
         while len(self._waiters) > len(self._connecting):
             waiter = self._waiters.popleft()
             self.acquire_failures.add("unavailable")
-            waiter.deferred.errback(BackendUnavailable(f"backend {self.name}: {why}"))
+            waiter.fail(BackendUnavailable(f"backend {self.name}: {why}"))
+        if not self._waiters:
+            self._stop_expiry()
         self._after_close()
 
     # -- closing ------------------------------------------------------------

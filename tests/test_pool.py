@@ -161,6 +161,61 @@ class LeaseTests(PoolTestCase):
         self.endpoint.succeed()
         self.successResultOf(d).release()
 
+    def test_waiters_time_out_in_order_on_one_timer(self) -> None:
+        """
+        Waiters that came at different times each time out acquire_timeout
+        after they came, and one timer at a time serves them all.
+        """
+        pool = self.make_pool(size=1, acquire_timeout=5.0)
+        held = self.acquired(pool)
+        first = pool.acquire()
+        self.clock.advance(2.0)
+        second = pool.acquire()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # one expiry timer for both
+        self.clock.advance(3.0)
+        self.failureResultOf(first, AcquireTimeout)
+        self.assertNoResult(second)
+        self.clock.advance(1.9)
+        self.assertNoResult(second)
+        self.clock.advance(0.1)
+        self.failureResultOf(second, AcquireTimeout)
+        self.assertEqual(pool.acquire_failures["timeout"], 2)
+        held.release()
+
+    def test_wait_without_deferreds(self) -> None:
+        """
+        wait() leases through callbacks: at once when a connection is idle,
+        else when one is released, in order with Deferred waiters; a
+        cancelled waiter is never called; failures come as Failures.
+        """
+        pool = self.make_pool(size=1, max_waiters=3, acquire_timeout=5.0)
+        got: List[Any] = []
+        failed: List[Any] = []
+        conn = self.acquired(pool)
+        conn.release()
+        self.assertIsNone(pool.wait(got.append, failed.append))  # idle: at once
+        self.assertEqual(got, [conn])
+        deferred = pool.acquire()
+        waiter = pool.wait(got.append, failed.append)
+        gone = pool.wait(got.append, failed.append)
+        self.assertIsNotNone(waiter)
+        gone.cancel()  # type: ignore[union-attr]
+        self.assertEqual(pool.waiters, 2)
+        conn.release()  # to the Deferred waiter first
+        self.assertIs(self.successResultOf(deferred), conn)
+        conn.release()
+        self.assertEqual(got, [conn, conn])
+        self.assertEqual(pool.waiters, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # no one waits: no timer
+        for _ in range(3):
+            pool.wait(got.append, failed.append)
+        self.assertIsNone(pool.wait(got.append, failed.append))  # waiters full: at once
+        self.assertTrue(failed[0].check(PoolExhausted))
+        self.clock.advance(5.0)
+        self.assertEqual([f.check(AcquireTimeout) for f in failed[1:]], [AcquireTimeout] * 3)
+        conn.release()
+        self.assertEqual(len(got), 2)  # the cancelled waiter was never called
+
     def test_acquire_timeout(self) -> None:
         """
         A waiter not served within C{acquire_timeout} fails with

@@ -159,6 +159,12 @@ class _Head:
 
     __slots__: Tuple[str, ...] = ()
     headers: List[Tuple[bytes, bytes]]
+    #: Set by the parsers: the head's bytes as received (without the blank
+    #: line), and whether it has any hop-by-hop header.  With none, the head
+    #: is relayed as received (see L{_serialize}); L{None} for heads built
+    #: by hand or changed after parsing.
+    raw: Optional[bytes]
+    hop: bool
 
     def header(self, name: Any) -> Optional[bytes]:
         """The first value of header C{name} (case-insensitive), or L{None}."""
@@ -167,7 +173,8 @@ class _Head:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__
+                   if s not in ("raw", "hop"))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -199,7 +206,7 @@ class RequestHead(_Head):
     """
 
     __slots__ = ("method", "target", "version", "headers", "body", "length",
-                 "keep_alive", "upgrade", "expect_continue", "connection")
+                 "keep_alive", "upgrade", "expect_continue", "connection", "raw", "hop")
 
     def __init__(self, method: bytes, target: bytes, version: bytes = b"HTTP/1.1",
                  headers: Optional[List[Tuple[bytes, bytes]]] = None,
@@ -217,6 +224,8 @@ class RequestHead(_Head):
         self.upgrade = upgrade
         self.expect_continue = expect_continue
         self.connection = connection
+        self.raw = None
+        self.hop = True
 
     def __repr__(self) -> str:
         return (f"RequestHead({self.method!r}, {self.target!r}, {self.version!r}, "
@@ -246,7 +255,7 @@ class ResponseHead(_Head):
     """
 
     __slots__ = ("version", "status", "reason", "headers", "body", "length",
-                 "keep_alive", "upgrade", "informational", "connection")
+                 "keep_alive", "upgrade", "informational", "connection", "raw", "hop")
 
     def __init__(self, version: bytes = b"HTTP/1.1", status: int = 200, reason: bytes = b"OK",
                  headers: Optional[List[Tuple[bytes, bytes]]] = None,
@@ -264,6 +273,8 @@ class ResponseHead(_Head):
         self.upgrade = upgrade
         self.informational = informational
         self.connection = connection
+        self.raw = None
+        self.hop = True
 
     def __repr__(self) -> str:
         return (f"ResponseHead({self.version!r}, {self.status}, {self.reason!r}, "
@@ -371,6 +382,9 @@ class _Parser:
         self._remaining = 0
         self._scan = 0
         self._trailer_size = 0
+        # The last head's bytes and hop-by-hop flag (see _Head.raw).
+        self._raw: Any = None
+        self._hop = True
 
     def pending(self) -> int:
         """Bytes held for an incomplete head, chunk-size line or trailer."""
@@ -434,6 +448,8 @@ class _Parser:
             return self._fail(self._BAD, "NUL in head" if head.find(b"\x00") >= 0
                               else "bare CR or LF in head")
         if not nh:
+            self._raw = head
+            self._hop = False
             return line, [], []
         if nh > self.max_headers:
             return self._fail(self._TOO_LARGE, "too many header fields")
@@ -447,6 +463,8 @@ class _Parser:
         if len(headers) != nh or head.find(b"\n:") >= 0 or \
                 b"".join(lnames).translate(None, _TCHAR):
             return self._fail(self._BAD, self._why_bad_names(lines))
+        self._raw = head
+        self._hop = not _HOP_BY_HOP.isdisjoint(lnames)
         return line, headers, lnames
 
     @staticmethod
@@ -650,6 +668,8 @@ class RequestParser(_Parser):
             head = self._parse_head(buf, pos, end)
             if head is None:
                 return events
+            head.raw = self._raw
+            head.hop = self._hop
             events.append(head)
             pos = end + 4
             if head.upgrade:
@@ -851,6 +871,8 @@ class ResponseParser(_Parser):
             head = self._parse_head(buf, pos, end, expected[0])
             if head is None:
                 return events
+            head.raw = self._raw
+            head.hop = self._hop
             events.append(head)
             pos = end + 4
             if head.informational:
@@ -997,6 +1019,16 @@ _HOP_BY_HOP_UPGRADE = _HOP_BY_HOP - {b"upgrade"}
 
 def _serialize(first: bytes, head: Any, upgrade: bool,
                extra_headers: Iterable[Tuple[Any, Any]], drop: Iterable[Any]) -> bytes:
+    raw = head.raw
+    if (raw is not None and not head.hop and not upgrade
+            and (not drop or all(_find_header(head.headers, d) is None for d in drop))):
+        # Nothing to take out: the header lines go as received (the common
+        # case, and the cheap one).
+        eol = raw.find(b"\r\n")
+        out = first + raw[eol:] if eol >= 0 else first
+        if extra_headers:
+            out += b"\r\n" + b"\r\n".join(_encode_extra(extra_headers))
+        return out + b"\r\n\r\n"
     tokens = _connection_of(head)
     skip: Any = _HOP_BY_HOP_UPGRADE if upgrade else _HOP_BY_HOP
     if drop or not _PLAIN_TOKENS.issuperset(tokens):
