@@ -78,6 +78,10 @@ MAX_RESPONSE_LINE = 16 * 1024 * 1024
 _INTS: Dict[bytes, int] = {b"%d" % i: i for i in range(10000)}
 
 
+#: Largest buffer the split fast path (RespRequestFramer._plain) takes on:
+#: beyond it, the general loop avoids copying a large value line by line.
+_SPLIT_MAX = 64 * 1024
+
 #: Multibulk counts that need no further checks.
 _COUNTS: Dict[bytes, int] = {b"%d" % i: i for i in range(1, NOAUTH_MAX_ARGS + 1)}
 
@@ -479,6 +483,13 @@ class RespRequestFramer(_Buffered):
             return []
         frames: List[Frame] = []
         append = frames.append
+        pos = 0
+        if self._fast and self._mb is None and len(buf) <= _SPLIT_MAX:
+            pos = self._plain(buf, append)
+            if pos == len(buf):
+                return frames
+            if pos:
+                buf = buf[pos:]
         find = buf.find
         ints = _INTS
         counts = _COUNTS
@@ -615,6 +626,50 @@ class RespRequestFramer(_Buffered):
             self._have = end - pos
             self._need = need
         return frames
+
+    def _plain(self, buf: bytes, append: Any) -> int:
+        """
+        The fast path, for what most clients send: complete multibulk
+        requests of up to 10 arguments, each under 10,000 bytes and free of
+        CRLF, for plain commands.  One C{split} cuts the buffer into lines;
+        an argument is valid when its line is as long as its C{$} header
+        says (an argument holding a CRLF, or cut short, is not, and ends the
+        fast path there).  Frames are appended; returns where the general
+        loop (L{feed}) must take over: at the first request this path does
+        not handle, or at the end of C{buf}.
+        """
+        parts = buf.split(b"\r\n")
+        last = len(parts) - 1  # the bytes after the last CRLF: never a whole line
+        counts = _COUNTS
+        ints = _INTS
+        cmds = COMMANDS
+        maxsize = self._max
+        t = pos = 0
+        while t < last:
+            h = parts[t]
+            n = counts.get(h[1:]) if h[:1] == b"*" else None
+            if n is None or t + n + n >= last:
+                break
+            start = pos
+            end = pos + len(h) + 2
+            u = t + 1
+            for i in range(n):
+                h = parts[u]
+                d = parts[u + 1]
+                if h[:1] != b"$" or ints.get(h[1:]) != len(d):
+                    return pos
+                end += len(h) + len(d) + 4
+                u += 2
+            name = parts[t + 2]
+            info = cmds.get(name)
+            if info is None:
+                info = cmds.get(name.upper(), 0)
+            if info >= 2 or end - start > maxsize:
+                break  # commands with consequences, and limits, the general way
+            append(Frame(buf[start:end], 1, parts[t + 4] if n > 1 else None, info))
+            t = u
+            pos = end
+        return pos
 
     def _count(self, s: bytes, header: int) -> int:
         n = _strict_int(s)
