@@ -2,6 +2,7 @@
 #   make run   - set up .venv and start the demo (proxy on :8080, metrics on :9090)
 #   make test  - set up .venv and run the whole trial suite
 #   make test-pypy - the same suite on PyPy (Debian's pypy3), in .venv-pypy
+#   make bench - bench/run.py: poolproxy against twemproxy, HAProxy and Twisted's proxies
 SHELL := /bin/bash
 PYTHON ?= python3
 PYPY ?= pypy3
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed
 PYPY_STAMP := $(PYPY_VENV)/.installed
 TRIAL_ARGS ?= tests
 
-.PHONY: run test venv venv-pypy test-pypy clean
+.PHONY: run test venv venv-pypy test-pypy bench clean
 
 venv: $(STAMP)
 
@@ -49,6 +50,13 @@ test-pypy: $(PYPY_STAMP)
 	set -o pipefail; $(PYPY_VENV)/bin/python -m twisted.trial --temp-directory=_trial_temp_pypy \
 		$(TRIAL_ARGS) 2>&1 | tee _trial_temp_pypy.out; \
 		status=$$?; $(PYPY_VENV)/bin/python tools/trial_summary.py _trial_temp_pypy.out; exit $$status
+
+# Needs the Debian packages bench/run.py lists; PyPy runs too when pypy3 is installed.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'matplotlib >= 3.5'
+	if command -v $(PYPY) >/dev/null; then $(MAKE) venv-pypy; fi
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PYPY_VENV) _trial_temp* build dist *.egg-info twisted/plugins/dropin.cache

@@ -1,18 +1,57 @@
 #!/usr/bin/env python3
 """
-Benchmark poolproxy: requests per second and latency through each codec,
-next to the same load sent straight to the backend.
+Benchmark poolproxy against the backends direct and against reference proxies
+(twemproxy, HAProxy, Twisted's ReverseProxyResource and portforward), on
+CPython and on PyPy, and check the benchmark issue's targets.
 
-    .venv/bin/python bench/run.py                 # everything, 5 s per run
-    .venv/bin/python bench/run.py --only redis --duration 10
-    .venv/bin/python bench/run.py --python /usr/bin/pypy3   # proxy on PyPy
+    .venv/bin/python bench/run.py                      # everything, 5 s per run
+    .venv/bin/python bench/run.py --only redis,churn --duration 10
+    .venv/bin/python bench/run.py --no-pypy            # poolproxy on CPython only
+
+Parts (--only takes a comma-separated list of them):
+
+  redis      redis-benchmark GET/SET, 50 clients, pipeline 1 and 16: direct,
+             twemproxy, HAProxy (tcp mode), poolproxy --protocol redis
+  memcached  memaslap 9:1 get/set, 50 connections: direct, twemproxy, poolproxy
+  http       wrk, 50 connections, keep-alive and `Connection: close`: nginx
+             direct, HAProxy (http mode, http-reuse always),
+             ReverseProxyResource (bench/reverse_proxy.py), poolproxy --protocol http
+  tcp        wrk keep-alive through HAProxy (tcp mode), `twistd portforward`
+             and poolproxy --protocol tcp
+  churn      connect, one request, close (wrk `Connection: close`,
+             redis-benchmark -k 0) through poolproxy: backend connections
+             opened per 10,000 client sessions, from poolproxy's /metrics
+  idle       poolproxy's RSS with 10,000 idle redis clients (each sent one PING)
+  saturated  poolproxy --protocol http --max-concurrency 1 --queue-size 0 with
+             its one slot held by a request that never gets an answer: time to
+             the 503 of each of 2,000 requests that cannot be admitted
+
+poolproxy runs on CPython (--python, by default this interpreter) and on PyPy
+(--pypy, by default .venv-pypy/bin/python, made by `make venv-pypy`); PyPy is
+skipped, with a progress line saying why, when that interpreter is missing.
+Every measured run is preceded by --warmup seconds of the same load,
+unmeasured (PyPy's JIT needs it; every target gets it, for fairness).
 
 Needs the Debian packages redis-server, redis-tools (redis-benchmark),
-memcached, libmemcached-tools (memaslap), nginx-light and wrk.  The proxy
-under test is pinned to CPU 0; backends and load generators share CPU 1, so
-that the proxy's figure is what one core of it can do.  Progress goes to
-stderr; the table (markdown) to stdout; every figure also to
-bench/results/<timestamp>.json.  Traffic goes to 127.0.0.1 only.
+memcached, libmemcached-tools (memaslap, installed as memcaslap), nginx-light,
+wrk, nutcracker, haproxy and pypy3; matplotlib (`make bench` installs it) for
+the plot.  The proxy under test (poolproxy or a reference
+proxy) is pinned to CPU 0; backends and load generators share CPU 1, so that a
+proxy's figure is what one core of it can do.  Progress goes to stderr; the
+tables (markdown) to stdout; every figure also to bench/results/<stamp>.json,
+the plot to bench/results/<stamp>.png and, for a run of every part, to
+docs/performance.png.  Traffic goes
+to 127.0.0.1 only.
+
+The figures are only as good as the machine is quiet: the CPU that processes
+outside the run use while it measures is read from /proc, and a run during
+which they used more than 5% of a core says so (and who) in the notes column.
+
+Reference proxies: twemproxy (nutcracker) with one pool of one server,
+server_connections 1; HAProxy with nbthread 1 and maxconn 20000 (or what the
+open files limit allows: it needs two per connection), http mode with
+`option http-keep-alive` and `http-reuse always`; ReverseProxyResource (one
+backend connection per request, by design) and `twistd portforward` on CPython.
 """
 
 from __future__ import annotations
@@ -20,268 +59,300 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
-import shutil
+import resource
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STARTED = time.monotonic()
-PROXY_CPU, LOAD_CPU = "0", "1"
+# Sibling modules: bench/ is sys.path[0] when this file runs as a script.
+from common import (IDLE_CLIENTS, LOAD_CPU, NAN, PROXY_CPU, ROOT, SATURATED_REQUESTS, STARTED,
+                    Figures, Load, ms, progress, which)
+from loads import memaslap, percentile, ping_clients, redis_load, rejections, warm_up, wrk
+from machine import (OtherLoad, find_pypy, machine_info, machine_title, noise_note,
+                     raise_fd_limit, rss_kb)
+from report import plot, print_report, targets
+from servers import (BlackHole, Processes, churn_figures, metric_sum, scrape, start_haproxy,
+                     start_memcached, start_nginx, start_poolproxy, start_portforward,
+                     start_redis, start_reverse_proxy, start_twemproxy)
 
-
-def progress(message: str) -> None:
-    print(f"[bench {time.monotonic() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def need(tool: str) -> str:
-    found = shutil.which(tool) or next(
-        (p for p in (f"/usr/sbin/{tool}",) if os.access(p, os.X_OK)), None)
-    if not found:
-        sys.exit(f"bench: {tool} is not installed (see the docstring of bench/run.py)")
-    return found
-
-
-def pinned(cpu: str, args: List[str]) -> List[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", cpu, *args]
-    return args
+PARTS = ("redis", "memcached", "http", "tcp", "churn", "idle", "saturated")
+TOOLS = {   # what each part runs
+    "redis": [("redis-server",), ("redis-benchmark",), ("nutcracker",), ("haproxy",)],
+    "memcached": [("memcached",), ("memaslap", "memcaslap"), ("nutcracker",)],
+    "http": [("nginx",), ("wrk",), ("haproxy",)],
+    "tcp": [("nginx",), ("wrk",), ("haproxy",)],
+    "churn": [("nginx",), ("wrk",), ("redis-server",), ("redis-benchmark",)],
+    "idle": [("redis-server",)],
+    "saturated": [],
+}
 
 
-class Processes:
-    """Every process the run starts, stopped at the end."""
+# -- the parts ---------------------------------------------------------------------------
 
-    def __init__(self, workdir: str) -> None:
-        self.workdir = workdir
-        self.running: List[subprocess.Popen] = []
+class Bench:
+    """Runs the parts --only names, in the order of PARTS, and keeps what they measured:
+    rows (req/s and latency), churn, idle, saturated, and the parts that failed."""
 
-    def start(self, name: str, args: List[str], cpu: str, port: int,
-              env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
-        log = open(os.path.join(self.workdir, f"{name}.log"), "wb")
-        proc = subprocess.Popen(pinned(cpu, args), stdout=log, stderr=subprocess.STDOUT,
-                                cwd=ROOT, env=env)
-        self.running.append(proc)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return proc
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    with open(log.name, errors="replace") as f:
-                        sys.exit(f"bench: {name} did not start:\n{f.read()[-2000:]}")
-                try:
-                    proc.wait(0.05)
-                except subprocess.TimeoutExpired:
-                    pass
+    def __init__(self, args: argparse.Namespace, pypy: Optional[str], pypy_note: str) -> None:
+        self.args = args
+        self.procs = Processes(tempfile.mkdtemp(prefix="poolproxy-bench-"))
+        progress(f"logs of every process this run starts: {self.procs.workdir}")
+        self.interpreters = [("CPython", args.python)] + ([("PyPy", pypy)] if pypy else [])
+        self.pypy_note = pypy_note
+        self.rows: List[Dict[str, Any]] = []
+        self.churn: List[Dict[str, Any]] = []
+        self.idle: List[Dict[str, Any]] = []
+        self.saturated: List[Dict[str, Any]] = []
+        self.failed: List[str] = []
 
-    def stop(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.running):
-            self.stop(proc)
-
-
-# -- backends ------------------------------------------------------------------
-
-def start_redis(procs: Processes) -> int:
-    port = free_port()
-    procs.start("redis", [need("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-                          "--save", "", "--appendonly", "no", "--dir", procs.workdir],
-                LOAD_CPU, port)
-    return port
-
-
-def start_memcached(procs: Processes) -> int:
-    port = free_port()
-    args = [need("memcached"), "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "1"]
-    if os.geteuid() == 0:
-        args += ["-u", "root"]
-    procs.start("memcached", args, LOAD_CPU, port)
-    return port
-
-
-def start_nginx(procs: Processes) -> int:
-    port = free_port()
-    d = procs.workdir
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf = os.path.join(d, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""{user}
-daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx-error.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off; keepalive_requests 1000000;
-  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
-  uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
-  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 "hello from nginx\\n"; }} }}
-}}
-""")
-    procs.start("nginx", [need("nginx"), "-c", conf, "-p", d, "-e", f"{d}/nginx-error.log"],
-                LOAD_CPU, port)
-    return port
-
-
-def start_poolproxy(procs: Processes, python: str, protocol: str, backend: int,
-                    *extra: str) -> int:
-    port, metrics = free_port(), free_port()
-    args = [python, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-            "--logfile", os.path.join(procs.workdir, f"poolproxy-{protocol}-twistd.log"),
-            "poolproxy", "--protocol", protocol,
-            "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-            "--metrics", f"tcp:{metrics}:interface=127.0.0.1",
-            "--backend", f"127.0.0.1:{backend}", "--pool-size", "16", "--pool-min-idle", "2",
-            "--max-concurrency", "100000", "--queue-size", "100000", *extra]
-    procs.start(f"poolproxy-{protocol}", args, PROXY_CPU, port,
-                env=dict(os.environ, PYTHONPATH=ROOT))
-    return port
-
-
-# -- load generators -------------------------------------------------------------
-
-def redis_benchmark(port: int, pipeline: int, duration: float) -> Dict[str, Dict[str, float]]:
-    # redis-benchmark has no duration flag: size -n for roughly `duration`.
-    requests = int(max(20000, duration * (40000 if pipeline == 1 else 250000)))
-    out = subprocess.run(pinned(LOAD_CPU, [
-        need("redis-benchmark"), "-h", "127.0.0.1", "-p", str(port), "-t", "get,set",
-        "-c", "50", "-P", str(pipeline), "-n", str(requests), "-r", "100000", "-d", "32",
-        "--csv", "--precision", "3"]), capture_output=True, text=True, timeout=600)
-    results = {}
-    for line in out.stdout.splitlines():
-        fields = [f.strip('"') for f in line.split(",")]
-        if fields and fields[0] in ("SET", "GET"):
-            results[fields[0]] = {"rps": float(fields[1]), "p50_ms": float(fields[4]),
-                                  "p99_ms": float(fields[6])}
-    if set(results) != {"SET", "GET"}:
-        raise RuntimeError(f"redis-benchmark said: {out.stdout}{out.stderr}")
-    return results
-
-
-def memaslap(port: int, duration: float) -> Dict[str, Dict[str, float]]:
-    out = subprocess.run(pinned(LOAD_CPU, [
-        need("memcaslap"), "-s", f"127.0.0.1:{port}", "-T", "1", "-c", "50",
-        "-t", f"{int(duration)}s", "-X", "32"]), capture_output=True, text=True, timeout=600)
-    m = re.search(r"TPS: (\d+)", out.stdout)
-    if not m:
-        raise RuntimeError(f"memaslap said: {out.stdout[-1000:]}{out.stderr[-1000:]}")
-    return {"GET/SET 9:1": {"rps": float(m.group(1)), "p50_ms": float("nan"),
-                            "p99_ms": float("nan")}}
-
-
-def _ms(value: str, unit: str) -> float:
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def wrk(port: int, duration: float, close: bool) -> Dict[str, Dict[str, float]]:
-    args = [need("wrk"), "-t1", "-c50", f"-d{int(duration)}s", "--latency"]
-    if close:
-        args += ["-H", "Connection: close"]
-    out = subprocess.run(pinned(LOAD_CPU, args + [f"http://127.0.0.1:{port}/"]),
-                         capture_output=True, text=True, timeout=600)
-    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out.stdout)
-    p50 = re.search(r"50%\s+([0-9.]+)(us|ms|s)", out.stdout)
-    p99 = re.search(r"99%\s+([0-9.]+)(us|ms|s)", out.stdout)
-    if not (rps and p50 and p99):
-        raise RuntimeError(f"wrk said: {out.stdout}{out.stderr}")
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out.stdout)
-    name = "GET close" if close else "GET keep-alive"
-    return {name: {"rps": float(rps.group(1)), "p50_ms": _ms(*p50.groups()),
-                   "p99_ms": _ms(*p99.groups()), "errors": errors.group(0) if errors else ""}}
-
-
-# -- the run ---------------------------------------------------------------------------
-
-def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    rows: List[Dict[str, Any]] = []
-    workdir = tempfile.mkdtemp(prefix="poolproxy-bench-")
-    procs = Processes(workdir)
-    only = set(args.only.split(",")) if args.only else {"redis", "memcached", "http", "tcp"}
-
-    def measure(workload: str, target: str, fn: Callable[[], Dict[str, Dict[str, float]]]) -> None:
+    def measure(self, workload: str, target: str, load: Load, warm: bool = True) -> Figures:
         progress(f"{workload}: {target} ...")
-        for test, figures in fn().items():
-            rows.append({"workload": workload, "test": test, "target": target, **figures})
-            progress(f"  {test}: {figures['rps']:,.0f} req/s")
+        try:
+            if warm and self.args.warmup > 0:
+                warm_up(load, self.args.warmup)
+            other = OtherLoad()
+            figures = load(self.args.duration)
+            share, top = other.share()
+            for f in figures.values():
+                f["other_load"] = round(share, 3)
+                f["notes"] = "; ".join(filter(None, [f.get("notes"), noise_note(share, top)]))
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            progress(f"  FAILED: {str(e).strip()[-500:]}")
+            figures = {"(failed)": {"rps": NAN, "p50_ms": NAN, "p99_ms": NAN,
+                                    "notes": f"failed: {str(e).strip()[:120]}"}}
+        for test, f in figures.items():
+            self.rows.append({"workload": workload, "test": test, "target": target, **f})
+            note = f"  ({f['notes']})" if f.get("notes") else ""
+            progress(f"  {test}: {f['rps']:,.0f} req/s, p50 {ms(f['p50_ms'])} ms, "
+                     f"p99 {ms(f['p99_ms'])} ms{note}")
+        return figures
 
-    try:
-        if "redis" in only:
-            backend = start_redis(procs)
-            proxy = start_poolproxy(procs, args.python, "redis", backend)
-            for pipeline in (1, 16):
-                workload = f"redis -c 50 -P {pipeline}"
-                measure(workload, "redis-server direct",
-                        lambda: redis_benchmark(backend, pipeline, args.duration))
-                measure(workload, "poolproxy",
-                        lambda: redis_benchmark(proxy, pipeline, args.duration))
-        if "memcached" in only:
-            backend = start_memcached(procs)
-            proxy = start_poolproxy(procs, args.python, "memcached", backend)
-            measure("memcached -c 50", "memcached direct", lambda: memaslap(backend, args.duration))
-            measure("memcached -c 50", "poolproxy", lambda: memaslap(proxy, args.duration))
-        if only & {"http", "tcp"}:
-            backend = start_nginx(procs)
-            for close in (False, True):
-                workload = "http -c 50 " + ("Connection: close" if close else "keep-alive")
-                measure(workload, "nginx direct", lambda: wrk(backend, args.duration, close))
-                if "http" in only:
-                    proxy = start_poolproxy(procs, args.python, "http", backend)
-                    measure(workload, "poolproxy http", lambda: wrk(proxy, args.duration, close))
-                if "tcp" in only:
-                    proxy = start_poolproxy(procs, args.python, "tcp", backend)
-                    measure(workload, "poolproxy tcp", lambda: wrk(proxy, args.duration, close))
-    finally:
-        procs.stop_all()
-    return rows
+    def poolproxies(self, protocol: str, backend: int) -> List[Tuple[str, int]]:
+        return [(f"poolproxy {label}", start_poolproxy(self.procs, python, protocol, backend).port)
+                for label, python in self.interpreters]
 
+    def part(self, name: str, fn: Callable[[], None]) -> None:
+        progress(f"== {name}")
+        try:
+            fn()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            progress(f"part {name} FAILED, going on with the others: {e}")
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            self.failed.append(f"{name}: {first[:200]}")
+        finally:
+            self.procs.stop_all()
 
-def table(rows: List[Dict[str, Any]]) -> str:
-    direct = {(r["workload"], r["test"]): r["rps"] for r in rows if "direct" in r["target"]}
-    lines = ["| workload | test | target | req/s | p50 ms | p99 ms | vs direct |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        base = direct.get((r["workload"], r["test"]))
-        ratio = f"{r['rps'] / base:.2f}×" if base and "direct" not in r["target"] else ""
-        lines.append(f"| {r['workload']} | {r['test']} | {r['target']} | {r['rps']:,.0f} | "
-                     f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {ratio} |")
-    return "\n".join(lines)
+    def redis(self) -> None:
+        backend = start_redis(self.procs)
+        targets = [("redis-server direct", backend),
+                   ("twemproxy", start_twemproxy(self.procs, backend, redis=True)),
+                   ("HAProxy tcp", start_haproxy(self.procs, "tcp", backend)),
+                   *self.poolproxies("redis", backend)]
+        for pipeline in (1, 16):
+            for target, port in targets:
+                self.measure(f"redis -c 50 -P {pipeline}", target, redis_load(port, pipeline))
+
+    def memcached(self) -> None:
+        backend = start_memcached(self.procs)
+        targets = [("memcached direct", backend),
+                   ("twemproxy", start_twemproxy(self.procs, backend, redis=False)),
+                   *self.poolproxies("memcached", backend)]
+        for target, port in targets:
+            self.measure("memcached -c 50", target, lambda s, p=port: memaslap(p, s))
+
+    def http(self) -> None:
+        backend = start_nginx(self.procs)
+        targets = [("nginx direct", backend),
+                   ("HAProxy http", start_haproxy(self.procs, "http", backend)),
+                   ("ReverseProxyResource", start_reverse_proxy(self.procs, self.args.python,
+                                                                backend)),
+                   *self.poolproxies("http", backend)]
+        for close in (False, True):
+            workload = "http -c 50 " + ("Connection: close" if close else "keep-alive")
+            for target, port in targets:
+                self.measure(workload, target, lambda s, p=port, c=close: wrk(p, s, c))
+
+    def tcp(self) -> None:
+        backend = start_nginx(self.procs)
+        targets = [("nginx direct", backend),
+                   ("HAProxy tcp", start_haproxy(self.procs, "tcp", backend)),
+                   ("portforward", start_portforward(self.procs, self.args.python, backend)),
+                   *self.poolproxies("tcp", backend)]
+        for target, port in targets:
+            self.measure("tcp: http -c 50 keep-alive", target,
+                         lambda s, p=port: wrk(p, s, False))
+
+    def churn_part(self) -> None:
+        nginx, redis = start_nginx(self.procs), start_redis(self.procs)
+        for label, python in self.interpreters:
+            for protocol, backend, workload, load in (
+                    ("http", nginx, "churn: http -c 50 Connection: close",
+                     lambda port: (lambda s: wrk(port, s, True))),
+                    ("redis", redis, "churn: redis -c 50 -k 0 (reconnect per request)",
+                     lambda port: redis_load(port, 1, "get", keepalive=False))):
+                proxy = start_poolproxy(self.procs, python, protocol, backend)
+                start = scrape(proxy.metrics)
+                run = load(proxy.port)
+                progress(f"{workload}: poolproxy {label}: warm-up ...")
+                warm_up(run, max(self.args.warmup, 0.5))   # also sizes redis-benchmark's -n
+                before = scrape(proxy.metrics)
+                self.measure(workload, f"poolproxy {label}", run, warm=False)
+                after = scrape(proxy.metrics)
+                self.churn.append(churn_figures(workload, label, start, before, after))
+                c = self.churn[-1]
+                progress(f"  {c['sessions']:,} client sessions, {c['opened']} backend "
+                         f"connections opened: {c['per_10k']:.2f} per 10,000 sessions, "
+                         f"{100 * c['reused']:.3f}% reused (warm-up: {c['warm_sessions']:,} "
+                         f"sessions, {c['warm_opened']} opened; closes: {c['closes'] or 'none'})")
+                self.procs.stop(self.procs.running.pop())
+
+    def idle_part(self) -> None:
+        backend = start_redis(self.procs)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        count = min(IDLE_CLIENTS, soft - 200)
+        for label, python in self.interpreters:
+            proxy = start_poolproxy(self.procs, python, "redis", backend)
+            before = rss_kb(proxy.pid)
+            progress(f"idle: poolproxy {label}: RSS {before / 1024:.1f} MB before; "
+                     f"opening {count:,} clients ...")
+            clients: List[socket.socket] = []
+            try:
+                ping_clients(proxy.port, count, clients)
+                after = rss_kb(proxy.pid)
+                open_now = metric_sum(scrape(proxy.metrics), "poolproxy_client_connections_open")
+            finally:
+                for s in clients:
+                    s.close()
+            row = {"interpreter": label, "clients": count, "open": int(open_now),
+                   "rss_before_mb": before / 1024, "rss_mb": after / 1024,
+                   "per_client_kb": (after - before) / count}
+            self.idle.append(row)
+            progress(f"  RSS {row['rss_mb']:.1f} MB with {count:,} idle clients "
+                     f"({row['per_client_kb']:.1f} kB per client; proxy counts {row['open']:,} open)")
+            self.procs.stop(self.procs.running.pop())
+
+    def saturated_part(self) -> None:
+        hole = BlackHole()
+        request = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+        try:
+            for label, python in self.interpreters:
+                proxy = start_poolproxy(self.procs, python, "http", hole.port,
+                                        max_concurrency=1, queue_size=0, pool_min_idle=0,
+                                        check_interval=0, request_timeout=0,
+                                        shutdown_timeout=1)
+                progress(f"saturated: poolproxy {label}: holding its one slot ...")
+                hanging = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                try:
+                    hanging.sendall(b"GET /hang HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    deadline = time.monotonic() + 10
+                    while metric_sum(scrape(proxy.metrics), "poolproxy_admission_in_flight") < 1:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the hanging request was never admitted")
+                        time.sleep(0.01)
+                    # warm-up, unmeasured: the same requests for --warmup seconds
+                    rejections(proxy.port, request, 10 ** 9,
+                               until=time.monotonic() + max(self.args.warmup, 0.5))
+                    other = OtherLoad()
+                    times, statuses = rejections(proxy.port, request, SATURATED_REQUESTS)
+                    share, top = other.share()
+                    still = metric_sum(scrape(proxy.metrics), "poolproxy_admission_in_flight")
+                finally:
+                    hanging.close()
+                row = {"interpreter": label, "requests": len(times), "statuses": statuses,
+                       "slot_still_held": still >= 1,
+                       "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
+                       "max_ms": max(times) if times else NAN, "other_load": round(share, 3),
+                       "notes": noise_note(share, top)}
+                self.saturated.append(row)
+                progress(f"  {row['requests']:,} requests: p50 {ms(row['p50_ms'])} ms, p99 "
+                         f"{ms(row['p99_ms'])} ms, max {ms(row['max_ms'])} ms; replies {statuses}"
+                         f"{'; ' + row['notes'] if row['notes'] else ''}")
+                self.procs.stop(self.procs.running.pop())
+        finally:
+            hole.close()
+
+    def run(self) -> None:
+        parts = {"redis": self.redis, "memcached": self.memcached, "http": self.http,
+                 "tcp": self.tcp, "churn": self.churn_part, "idle": self.idle_part,
+                 "saturated": self.saturated_part}
+        try:
+            for name in PARTS:
+                if name in self.args.parts:
+                    self.part(name, parts[name])
+        finally:
+            self.procs.stop_all()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
-    parser.add_argument("--only", default="", help="comma-separated: redis,memcached,http,tcp")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds per measured run (default 5)")
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="seconds of unmeasured load before each measured run (default 3)")
+    parser.add_argument("--only", default="", help=f"comma-separated: {','.join(PARTS)}")
     parser.add_argument("--python", default=sys.executable,
-                        help="interpreter that runs the proxy (e.g. /usr/bin/pypy3)")
+                        help="the CPython that runs poolproxy and the Twisted reference proxies")
+    parser.add_argument("--pypy", default=os.path.join(ROOT, ".venv-pypy", "bin", "python"),
+                        help="the PyPy that runs poolproxy too (default .venv-pypy/bin/python)")
+    parser.add_argument("--no-pypy", action="store_true", help="poolproxy on CPython only")
     args = parser.parse_args()
-    progress(f"proxy on CPU {PROXY_CPU} with {args.python}; backends and load on CPU {LOAD_CPU}")
-    rows = run(args)
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
-               f"{platform.python_implementation()} proxy via {os.path.basename(args.python)}")
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    args.parts = set(args.only.split(",")) if args.only else set(PARTS)
+    if args.parts - set(PARTS):
+        parser.error(f"--only: unknown {','.join(sorted(args.parts - set(PARTS)))}; "
+                     f"choose from {','.join(PARTS)}")
+
+    missing = sorted({" or ".join(tools) for part, needs in TOOLS.items() if part in args.parts
+                      for tools in needs if not which(*tools)})
+    if missing:
+        sys.exit(f"bench: not installed: {', '.join(missing)} (see the docstring of bench/run.py)")
+    limit = raise_fd_limit()
+    pypy, pypy_note = find_pypy(args)
+    if not pypy:
+        progress(f"PyPy skipped: {pypy_note}")
+    other = OtherLoad()
+    info = machine_info(args, pypy, pypy_note)
+    share, top = other.share()
+    info["other load at start"] = f"≥ {100 * share:.0f}% of a core" + (f" ({top})" if top else "")
+    if share > 0.25:   # a short sample: only a clearly busy machine is worth a warning
+        progress(f"other processes are using {info['other load at start']}: the figures will "
+                 "be noisy (runs so disturbed are marked in the notes column)")
+    title = machine_title(info)
+    progress(f"machine: {title}; {info['distro']}")
+    progress(f"CPython: {info['cpython']}; PyPy: {info['pypy']}")
+    progress(f"proxies on CPU {PROXY_CPU}; backends and load on CPU {LOAD_CPU}; "
+             f"{args.duration:g} s per run after {args.warmup:g} s warm-up; "
+             f"open files limit {limit}")
+    bench = Bench(args, pypy, pypy_note)
+    bench.run()
+    elapsed = time.monotonic() - STARTED
+    checked = targets(bench)
+
+    out_dir = os.path.join(ROOT, "bench", "results")
+    os.makedirs(out_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    with open(os.path.join(ROOT, "bench", "results", f"{stamp}.json"), "w") as f:
-        json.dump({"machine": machine, "python": args.python, "duration": args.duration,
-                   "rows": rows}, f, indent=1)
-    print(f"Machine: {machine}; {args.duration:g} s per run.\n")
-    print(table(rows))
+    with open(os.path.join(out_dir, f"{stamp}.json"), "w") as f:
+        json.dump({"machine": info, "duration": args.duration, "warmup": args.warmup,
+                   "parts": sorted(args.parts), "pypy": pypy or f"skipped: {pypy_note}",
+                   "elapsed_s": round(elapsed, 1), "rows": bench.rows, "churn": bench.churn,
+                   "idle": bench.idle, "saturated": bench.saturated, "targets": checked,
+                   "failed": bench.failed},
+                  f, indent=1)
+    if bench.rows:
+        # docs/performance.png shows a whole run: a partial one (--only) does not replace it.
+        whole = {"redis", "memcached", "http", "tcp"} <= args.parts
+        if not whole:
+            progress("--only: the plot goes to bench/results/ only, not docs/performance.png")
+        plot(bench.rows, f"{title}; {args.duration:g} s per run",
+             ([os.path.join(ROOT, "docs", "performance.png")] if whole else [])
+             + [os.path.join(out_dir, f"{stamp}.png")])
+
+    print_report(bench, info, title, checked, elapsed)
+    progress(f"done in {elapsed / 60:.1f} min; figures in bench/results/{stamp}.json")
 
 
 if __name__ == "__main__":

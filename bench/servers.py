@@ -1,0 +1,288 @@
+"""
+What a part starts and stops: the processes themselves (Processes, each pinned
+to its CPU, stopped at the end of the part), the backends (redis-server,
+memcached, nginx, and BlackHole for the saturated part), the reference proxies
+(twemproxy, HAProxy, ReverseProxyResource, `twistd portforward`, configured as
+the docstring of bench/run.py says), poolproxy itself, and what is read from
+poolproxy's /metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from typing import Any, Dict, List, NamedTuple, Optional
+
+from common import LOAD_CPU, NAN, PROXY_CPU, ROOT, free_port, need, pinned
+
+TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+class Processes:
+    """Every process a part starts, stopped at the end of the part."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.running: List[subprocess.Popen] = []
+        self.count = 0
+
+    def start(self, name: str, args: List[str], cpu: str, port: int,
+              env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+        self.count += 1
+        with open(os.path.join(self.workdir, f"{self.count:02d}-{name}.log"), "wb") as log:
+            proc = subprocess.Popen(pinned(cpu, args), stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=ROOT, env=env)   # the child keeps its own copy
+        self.running.append(proc)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return proc
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    with open(log.name, errors="replace") as f:
+                        raise RuntimeError(f"{name} did not start:\n{f.read()[-2000:]}")
+                try:
+                    proc.wait(0.05)
+                except subprocess.TimeoutExpired:
+                    pass
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.running):
+            self.stop(proc)
+        self.running.clear()
+
+
+# -- backends ------------------------------------------------------------------
+
+def start_redis(procs: Processes) -> int:
+    port = free_port()
+    procs.start("redis", [need("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no", "--dir", procs.workdir,
+                          "--maxclients", "20000"],
+                LOAD_CPU, port)
+    return port
+
+
+def start_memcached(procs: Processes) -> int:
+    port = free_port()
+    args = [need("memcached"), "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "1"]
+    if os.geteuid() == 0:
+        args += ["-u", "root"]
+    procs.start("memcached", args, LOAD_CPU, port)
+    return port
+
+
+def start_nginx(procs: Processes) -> int:
+    port = free_port()
+    d = procs.workdir
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""{user}
+daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx-error.log;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
+  uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
+  server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ return 200 "hello from nginx\\n"; }} }}
+}}
+""")
+    procs.start("nginx", [need("nginx"), "-c", conf, "-p", d, "-e", f"{d}/nginx-error.log"],
+                LOAD_CPU, port)
+    return port
+
+
+class BlackHole:
+    """A backend that accepts connections and never answers (for the saturated part)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.held: List[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)   # wakes the accept() on Linux
+        except OSError:
+            pass
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+# -- proxies -------------------------------------------------------------------------
+
+class Proxy(NamedTuple):
+    port: int
+    metrics: int   # poolproxy's /metrics port (0 for the reference proxies)
+    pid: int
+
+
+POOLPROXY_SETTINGS = {"pool-size": "16", "pool-min-idle": "2",
+                      "max-concurrency": "100000", "queue-size": "100000"}
+
+
+def start_poolproxy(procs: Processes, python: str, protocol: str, backend: int,
+                    **settings: Any) -> Proxy:
+    """twistd -n poolproxy; settings (pool_size=16, ...) override POOLPROXY_SETTINGS."""
+    port, metrics = free_port(), free_port()
+    flags = dict(POOLPROXY_SETTINGS, **{k.replace("_", "-"): str(v) for k, v in settings.items()})
+    name = f"poolproxy-{protocol}-{'pypy' if 'pypy' in python else 'cpython'}"
+    args = [python, "-c", TWISTD, "-n", "--pidfile=",
+            "--logfile", os.path.join(procs.workdir, f"{procs.count + 1:02d}-{name}-twistd.log"),
+            "poolproxy", "--protocol", protocol,
+            "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
+            "--metrics", f"tcp:{metrics}:interface=127.0.0.1",
+            "--backend", f"127.0.0.1:{backend}"]
+    for flag, value in flags.items():
+        args += [f"--{flag}", value]
+    proc = procs.start(name, args, PROXY_CPU, port, env=dict(os.environ, PYTHONPATH=ROOT))
+    return Proxy(port, metrics, proc.pid)
+
+
+def start_twemproxy(procs: Processes, backend: int, redis: bool) -> int:
+    port, stats = free_port(), free_port()
+    d = procs.workdir
+    conf = os.path.join(d, f"nutcracker-{port}.yml")
+    with open(conf, "w") as f:
+        f.write(f"""bench:
+  listen: 127.0.0.1:{port}
+  hash: fnv1a_64
+  distribution: ketama
+  redis: {'true' if redis else 'false'}
+  auto_eject_hosts: false
+  timeout: 2000
+  backlog: 4096
+  server_connections: 1
+  servers:
+   - 127.0.0.1:{backend}:1
+""")
+    procs.start("nutcracker", [need("nutcracker"), "-c", conf, "-o", f"{d}/nutcracker-{port}.log",
+                               "-s", str(stats), "-a", "127.0.0.1",
+                               "-p", f"{d}/nutcracker-{port}.pid"],
+                PROXY_CPU, port)
+    return port
+
+
+def start_haproxy(procs: Processes, mode: str, backend: int) -> int:
+    """HAProxy, one thread; mode "tcp", or "http" with keep-alive and reuse to the server."""
+    port = free_port()
+    # 20000, or what the open files limit allows: HAProxy wants 2 per connection.
+    maxconn = min(20000, (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 100) // 2)
+    http = """    option http-keep-alive
+    http-reuse always
+    timeout http-keep-alive 60s
+    timeout http-request 10s
+""" if mode == "http" else ""
+    conf = os.path.join(procs.workdir, f"haproxy-{mode}-{port}.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""global
+    maxconn {maxconn}
+    nbthread 1
+defaults
+    mode {mode}
+    maxconn {maxconn}
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+{http}frontend fe
+    bind 127.0.0.1:{port} backlog 4096
+    default_backend be
+backend be
+    server s1 127.0.0.1:{backend}
+""")
+    procs.start(f"haproxy-{mode}", [need("haproxy"), "-f", conf, "-db"], PROXY_CPU, port)
+    return port
+
+
+def start_reverse_proxy(procs: Processes, python: str, backend: int) -> int:
+    port = free_port()
+    procs.start("reverse-proxy", [python, os.path.join(ROOT, "bench", "reverse_proxy.py"),
+                                  str(port), str(backend)], PROXY_CPU, port)
+    return port
+
+
+def start_portforward(procs: Processes, python: str, backend: int) -> int:
+    port = free_port()
+    procs.start("portforward", [
+        python, "-c", TWISTD, "-n", "--pidfile=",
+        "--logfile", os.path.join(procs.workdir, f"portforward-{port}-twistd.log"),
+        "portforward", "--port", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
+        "--host", "127.0.0.1", "--dest_port", str(backend)], PROXY_CPU, port)
+    return port
+
+
+# -- poolproxy's /metrics ---------------------------------------------------------------
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of one metric whose labels include these."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        m = re.match(r"([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def metric_by_label(text: str, name: str, label: str) -> Dict[str, float]:
+    values: Dict[str, float] = {}
+    for value in set(re.findall(rf'^{name}{{[^}}]*{label}="([^"]*)"', text, re.M)):
+        values[value] = metric_sum(text, name, **{label: value})
+    return values
+
+
+def churn_figures(workload: str, interpreter: str, start: str, before: str, after: str
+                  ) -> Dict[str, Any]:
+    """Client sessions and backend connects between scrapes: the measured run is between
+    `before` and `after`; the warm-up (which fills the pool from cold) before that."""
+    def delta(a: str, b: str, name: str, **labels: str) -> int:
+        return int(metric_sum(b, name, **labels) - metric_sum(a, name, **labels))
+
+    sessions = delta(before, after, "poolproxy_client_connections_total")
+    opened = delta(before, after, "poolproxy_pool_connects_total", result="ok")
+    closes_before = metric_by_label(before, "poolproxy_pool_closes_total", "reason")
+    closes = {reason: int(n - closes_before.get(reason, 0)) for reason, n in
+              metric_by_label(after, "poolproxy_pool_closes_total", "reason").items()
+              if n - closes_before.get(reason, 0)}
+    return {"workload": workload, "interpreter": interpreter, "sessions": sessions,
+            "opened": opened, "per_10k": 10_000 * opened / sessions if sessions else NAN,
+            "reused": 1 - opened / sessions if sessions else NAN, "closes": closes,
+            "warm_sessions": delta(start, before, "poolproxy_client_connections_total"),
+            "warm_opened": delta(start, before, "poolproxy_pool_connects_total", result="ok")}
