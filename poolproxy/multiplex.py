@@ -64,6 +64,8 @@ OWED_LIMIT = 4096
 _PROXY_ERROR = object()
 # A routing answer: no backend of the cluster is available.
 _NO_BACKEND: Any = object()
+#: Flags that change the client's connection state once the frame is sent.
+_STATE_FLAGS = DIRTY | UNPIN | PASSTHROUGH
 
 
 class SetupFailed(Exception):
@@ -790,12 +792,13 @@ class MultiplexFrontend(Protocol):
                 else:
                     admission.release()
                     self.stats.requests_ok += 1
-                if flags & DIRTY:
-                    self.pinned_dirty = True
-                if flags & UNPIN:
-                    self.unpin_pending = True
-                if flags & PASSTHROUGH:
-                    self._start_passthrough(target)
+                if flags & _STATE_FLAGS:
+                    if flags & DIRTY:
+                        self.pinned_dirty = True
+                    if flags & UNPIN:
+                        self.unpin_pending = True
+                    if flags & PASSTHROUGH:
+                        self._start_passthrough(target)
         finally:
             if out:
                 out_to.transport.write(b"".join(out))  # type: ignore[union-attr]

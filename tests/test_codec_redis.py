@@ -1041,3 +1041,50 @@ class PropertyTests(SynchronousTestCase):
         for frame, args in zip(frames, commands):
             if not frame.flags & LOCAL and args[0].upper() not in redis.COMMANDS:
                 self.assertEqual(frame.key, args[1] if len(args) > 1 else None)
+
+
+class FastPathTests(SynchronousTestCase):
+    """
+    The split fast path (on for CPython, off for PyPy) and the general loop
+    frame every stream alike: same frames, flags, keys, errors and leftovers.
+    """
+
+    def frames_both_ways(self, stream: bytes, cuts: List[int]) -> Any:
+        outcomes = []
+        for split_max in (64 * 1024, -1):
+            self.patch(redis, "_SPLIT_MAX", split_max)
+            f = framer(max_size=1000)
+            frames = [as_tuple(x) for x in feed_chunks(f, stream, cuts)]
+            outcomes.append((frames, f.error and (f.error.kind, f.error.message), f.pending()))
+        return outcomes
+
+    @PROPERTY
+    @given(st.data())
+    def test_valid_streams(self, data: Any) -> None:
+        stream = data.draw(request_streams())
+        fast, general = self.frames_both_ways(stream, data.draw(cut_points(stream)))
+        self.assertEqual(fast, general)
+
+    @PROPERTY
+    @given(st.binary(max_size=300), st.data())
+    def test_garbage_after_valid_requests(self, garbage: bytes, data: Any) -> None:
+        prefix = data.draw(st.sampled_from([b"", encode_command([b"GET", b"k"]),
+                                            encode_command([b"SET", b"k", b"v\r\nv"]),
+                                            b"*2\r\n$3\r\nGET\r\n$1\r\n"]))
+        stream = prefix + garbage
+        fast, general = self.frames_both_ways(stream, data.draw(cut_points(stream)))
+        self.assertEqual(fast, general)
+
+    def test_fast_path_edges(self) -> None:
+        for stream in (
+            b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",   # two plain
+            b"*2\r\n$3\r\nGET\r\n$3\r\na\r\nb\r\n",                   # CRLF inside a value
+            b"*2\r\n$3\r\nGET\r\n$01\r\nk\r\n",                       # leading zero
+            b"*01\r\n$4\r\nPING\r\n",                                 # leading zero count
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000\r\n" + b"v" * 2000 + b"\r\n",  # too large
+            b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nPING\r\n",             # a special command
+            b"PING\r\n*1\r\n$4\r\nPING\r\n",                          # inline first
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk",                            # cut short
+        ):
+            fast, general = self.frames_both_ways(stream, [])
+            self.assertEqual(fast, general, stream)
