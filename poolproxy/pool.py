@@ -357,15 +357,8 @@ class BackendPool:
 
     # -- leasing ------------------------------------------------------------
 
-    def try_acquire(self) -> "Optional[PooledConnection]":
-        """
-        Lease an idle connection at once if there is one, without
-        allocating a L{Deferred}: the fast path for a lease per request.
-
-        @return: the leased connection, or L{None} (then use L{acquire}).
-        """
-        if self._closing is not None:
-            return None
+    def _take_idle(self) -> "Optional[PooledConnection]":
+        """Lease an idle connection, if there is one (served at once: waited 0)."""
         conn = self._pop_idle()
         if conn is not None:
             self._lease(conn)
@@ -385,10 +378,8 @@ class BackendPool:
         if self._closing is not None:
             self.acquire_failures.add("closed")
             return fail(PoolClosed(f"pool for {self.name} is closed"))
-        conn = self._pop_idle()
+        conn = self._take_idle()
         if conn is not None:
-            self._lease(conn)
-            self.acquire_wait.observe(0.0)
             return succeed(conn)
         full = self._queue_full()
         if full is not None:
@@ -412,10 +403,8 @@ class BackendPool:
             self.acquire_failures.add("closed")
             error = PoolClosed(f"pool for {self.name} is closed")
         else:
-            conn = self._pop_idle()
+            conn = self._take_idle()
             if conn is not None:
-                self._lease(conn)
-                self.acquire_wait.observe(0.0)
                 on_ready(conn)
                 return None
             error = self._queue_full()

@@ -77,25 +77,6 @@ class LeaseTests(PoolTestCase):
         self.assertEqual(len(self.endpoint.transports), 1)
         again.release()
 
-    def test_try_acquire_leases_only_an_idle_connection(self) -> None:
-        """
-        try_acquire leases an idle connection at once, and otherwise neither
-        connects nor waits: it returns None.
-        """
-        pool = self.make_pool()
-        self.assertIsNone(pool.try_acquire())
-        self.assertEqual(self.endpoint.attempts, [])  # no connect started
-        conn = self.acquired(pool)
-        self.assertIsNone(pool.try_acquire())  # the only connection is leased
-        conn.release()
-        again = pool.try_acquire()
-        self.assertIs(again, conn)
-        self.assertTrue(again.leased)
-        self.assertEqual((again.uses, pool.stats()["leased"]), (2, 1))
-        again.release()
-        pool.close()
-        self.assertIsNone(pool.try_acquire())
-
     def test_most_recently_used_first(self) -> None:
         """
         Idle connections are reused last-in first-out, so the surplus idles
