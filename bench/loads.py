@@ -37,7 +37,7 @@ def redis_benchmark(port: int, pipeline: int, requests: int, tests: str = "get,s
         fields = [f.strip('"') for f in line.split(",")]
         if fields and fields[0] in ("SET", "GET"):
             results[fields[0]] = {"rps": float(fields[1]), "p50_ms": float(fields[4]),
-                                  "p99_ms": float(fields[6])}
+                                  "p99_ms": float(fields[6]), "requests": requests}
     if set(results) != set(tests.upper().split(",")):
         raise RuntimeError(f"redis-benchmark said: {out.stdout[-1000:]}{out.stderr[-1000:]}")
     return results

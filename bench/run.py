@@ -130,8 +130,9 @@ class Bench:
                      f"p99 {ms(f['p99_ms'])} ms{note}")
         return figures
 
-    def poolproxies(self, protocol: str, backend: int) -> List[Tuple[str, int]]:
-        return [(f"poolproxy {label}", start_poolproxy(self.procs, python, protocol, backend).port)
+    def poolproxies(self, protocol: str, backend: int, **settings: Any) -> List[Tuple[str, int]]:
+        return [(f"poolproxy {label}",
+                 start_poolproxy(self.procs, python, protocol, backend, **settings).port)
                 for label, python in self.interpreters]
 
     def part(self, name: str, fn: Callable[[], None]) -> None:
@@ -180,7 +181,10 @@ class Bench:
         targets = [("nginx direct", backend),
                    ("HAProxy tcp", start_haproxy(self.procs, "tcp", backend)),
                    ("portforward", start_portforward(self.procs, self.args.python, backend)),
-                   *self.poolproxies("tcp", backend)]
+                   # A tcp session holds its backend connection while it lasts:
+                   # 50 clients need 50 (with 16, 34 would wait out the acquire
+                   # timeout and be closed).
+                   *self.poolproxies("tcp", backend, pool_size=64)]
         for target, port in targets:
             self.measure("tcp: http -c 50 keep-alive", target,
                          lambda s, p=port: wrk(p, s, False))
