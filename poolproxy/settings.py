@@ -1,0 +1,259 @@
+"""
+The settings table (L{SETTINGS}) that the command line, the TOML file and
+docs/configuration.md all follow, and the checks every value goes through:
+L{coerce} turns a raw flag or TOML value into its kind, or raises a
+L{ConfigError} whose message is one line naming the flag or key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from twisted.python.usage import UsageError
+
+class ConfigError(UsageError):
+    """
+    A setting is missing, unknown or has a bad value.  The message is a single
+    line that names the flag or key.
+    """
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    One configuration key.
+
+    @ivar name: the TOML key; the flag is the same with dashes.
+    @ivar kind: C{"int"}, C{"float"}, C{"str"} or C{"list"} (a repeatable flag).
+    @ivar minimum: the smallest accepted number, for C{int} and C{float}.
+    @ivar exclusive: whether C{minimum} itself is refused (durations > 0).
+    @ivar doc: one line for C{--help} and docs/configuration.md.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    minimum: Optional[float] = None
+    exclusive: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("listen", "list", (), "Server endpoint to accept clients on, e.g. "
+            "tcp:6380:interface=127.0.0.1 (repeatable)."),
+    Setting("backend", "list", (), "Client endpoint of a backend, e.g. "
+            "tcp:host=127.0.0.1:port=6379, or HOST:PORT (repeatable)."),
+    Setting("protocol", "str", "tcp", "Protocol codec spoken by clients and backends."),
+    Setting("metrics", "str", "tcp:9090:interface=127.0.0.1",
+            "Server endpoint for /metrics, /healthz and /readyz."),
+    Setting("pool_size", "int", 10, "Most connections per backend (idle, busy and "
+            "connecting together).", minimum=1),
+    Setting("pool_min_idle", "int", 0, "Idle connections kept open and ready per "
+            "backend.", minimum=0),
+    Setting("pool_max_waiters", "int", 1000, "Most requests waiting for a backend "
+            "connection per backend; more fail at once.", minimum=0),
+    Setting("pool_acquire_timeout", "float", 5.0, "Seconds a request may wait for a "
+            "backend connection.", minimum=0, exclusive=True),
+    Setting("max_concurrency", "int", 1000, "Most requests (in tcp mode: sessions) "
+            "being served at once.", minimum=1),
+    Setting("queue_size", "int", 1000, "Most requests waiting for admission; 0 "
+            "rejects at once when max-concurrency is reached.", minimum=0),
+    Setting("queue_timeout", "float", 5.0, "Seconds a request may wait for "
+            "admission before it is rejected.", minimum=0, exclusive=True),
+    Setting("connect_timeout", "float", 5.0, "Seconds to establish a backend "
+            "connection.", minimum=0, exclusive=True),
+    Setting("idle_timeout", "float", 60.0, "Seconds an idle pooled connection is "
+            "kept; 0 keeps it forever.", minimum=0),
+    Setting("max_lifetime", "float", 3600.0, "Seconds after which a connection is "
+            "retired once idle; 0 for no limit.", minimum=0),
+    Setting("max_uses", "int", 0, "Leases after which a connection is retired; 0 "
+            "for no limit.", minimum=0),
+    Setting("health_interval", "float", 2.0, "Seconds between pool maintenance "
+            "runs: reaping, refilling pool-min-idle, probing a down backend.",
+            minimum=0, exclusive=True),
+    Setting("demo", "str", None, "Also serve a small demo HTTP backend on this "
+            "tcp server endpoint and use it as the backend (for make run)."),
+    Setting("request_timeout", "float", 30.0, "Seconds a backend may take to start "
+            "answering a request once it is sent (http: then 504); 0 for no limit.",
+            minimum=0),
+    Setting("max_request_size", "int", 64 * 1024 * 1024, "Largest request, in bytes, "
+            "a client may send; larger ones get the protocol's error.", minimum=1),
+    Setting("mux_connections", "int", 2, "Backend connections per backend shared by "
+            "all clients (redis, memcached); the rest of the pool serves pinned "
+            "sessions.", minimum=1),
+    Setting("backend_password_file", "str", None, "File holding the password that "
+            "pooled redis connections AUTH with."),
+    Setting("backend_username", "str", None, "ACL user name for that AUTH (redis 6+)."),
+    Setting("backend_db", "int", 0, "Redis database pooled connections SELECT.", minimum=0),
+    Setting("client_password_file", "str", None, "File holding the password redis "
+            "clients must AUTH with to use the proxy."),
+    Setting("admin_token_file", "str", None, "File whose first line is the bearer token "
+            "for the admin API; without it the API is off."),
+    Setting("balance", "str", None, "How the cluster picks a backend: round_robin, "
+            "least_outstanding, consistent_hash or random [default: consistent_hash for "
+            "redis and memcached, least_outstanding for http, round_robin for tcp]."),
+    Setting("hash_key", "str", None, "http with consistent_hash: what to hash, 'path' or "
+            "'header:NAME'."),
+    Setting("check_interval", "float", 2.0, "Seconds between active health checks of each "
+            "backend (redis PING, memcached version, HTTP GET check-path, TCP connect); 0 "
+            "turns them off.", minimum=0),
+    Setting("check_timeout", "float", 1.0, "Seconds a health check may take.", minimum=0,
+            exclusive=True),
+    Setting("check_rise", "int", 2, "Consecutive good checks that bring a backend back.",
+            minimum=1),
+    Setting("check_fall", "int", 3, "Consecutive failed checks that take a backend out.",
+            minimum=1),
+    Setting("check_path", "str", "/", "http: the path health checks GET (2xx is healthy)."),
+    Setting("breaker_failures", "int", 5, "Consecutive failed requests that open a "
+            "backend's circuit breaker; 0 turns breakers off.", minimum=0),
+    Setting("breaker_reset_timeout", "float", 5.0, "Seconds an open breaker waits before "
+            "letting one trial request through; doubles after each failed trial.",
+            minimum=0, exclusive=True),
+    Setting("breaker_max_reset_timeout", "float", 60.0, "Longest wait of an open breaker.",
+            minimum=0, exclusive=True),
+    Setting("header_timeout", "float", 10.0, "http: seconds a client may take to send a "
+            "request head once it has begun (then 408); 0 for no limit.", minimum=0),
+    Setting("client_idle_timeout", "float", 0.0, "Seconds a redis, memcached or http client "
+            "connection may stay idle (nothing sent, nothing in flight) before it is "
+            "closed; 0 keeps idle clients.", minimum=0),
+    Setting("retry_budget_percent", "float", 20.0, "Retries (of safe requests on a stale "
+            "connection) may add at most this share of a cluster's requests.", minimum=0),
+    Setting("access_log_sample", "float", 0.0, "http: the share of requests (0 to 1) "
+            "logged in an access log line; 0 logs none.", minimum=0),
+    Setting("shutdown_timeout", "float", 10.0, "Seconds a stopping proxy (SIGTERM) lets "
+            "clients finish what is in flight before closing them.", minimum=0),
+    Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
+            "that health checks and breakers may take out at once.", minimum=0),
+    Setting("workers", "int", 1, "Processes serving clients. Above 1, a supervisor "
+            "process spawns that many workers sharing tcp listeners (SO_REUSEPORT) and "
+            "sums their /metrics.", minimum=1),
+)
+
+SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+BALANCE_POLICIES = ("round_robin", "least_outstanding", "consistent_hash", "random")
+
+#: The policy a cluster gets when --balance is not given, by codec mode.
+DEFAULT_BALANCE = {"multiplexed": "consistent_hash", "request": "least_outstanding",
+                   "session": "round_robin"}
+
+
+def protocol_names() -> List[str]:
+    """The names of the installed protocol codecs (Twisted plugins)."""
+    from poolproxy.plugins import codec_plugins
+
+    return sorted(codec_plugins())
+
+
+def read_secret(path: str, where: str) -> str:
+    """
+    A password from a file: its first line, without the line ending.
+
+    @raise ConfigError: if the file cannot be read or the line is empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not secret:
+        raise ConfigError(f"{where}: {path} holds no password on its first line")
+    return secret
+
+
+#: The top-level settings a [[cluster]] table may override for its own backends.
+CLUSTER_OVERRIDES: Tuple[str, ...] = (
+    "pool_size", "pool_min_idle", "mux_connections", "request_timeout", "check_interval",
+    "check_timeout", "check_rise", "check_fall", "check_path", "breaker_failures",
+    "breaker_reset_timeout", "breaker_max_reset_timeout", "max_ejected_percent",
+)
+
+LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster")
+CLUSTER_KEYS: Tuple[str, ...] = ("name", "protocol", "balance", "hash_key", "backend") + CLUSTER_OVERRIDES
+BACKEND_KEYS: Tuple[str, ...] = ("address", "name", "weight")
+
+#: The name of the cluster built from the flat C{backend} key (or C{demo}).
+DEFAULT_CLUSTER = "default"
+
+
+def _coerce_number(setting: Setting, raw: Any, where: str, text_ok: bool) -> Any:
+    wanted = "an integer" if setting.kind == "int" else "a number"
+    if isinstance(raw, bool) or (isinstance(raw, str) and not text_ok):
+        raise ConfigError(f"{where}: expected {wanted}, got {raw!r}")
+    try:
+        if setting.kind == "int":
+            if isinstance(raw, float):
+                raise ValueError
+            value: Any = int(raw)
+        else:
+            value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {wanted}, got {raw!r}") from None
+    if setting.kind == "float" and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {raw!r}")
+    if setting.minimum is not None:
+        if setting.exclusive and value <= setting.minimum:
+            raise ConfigError(f"{where}: must be greater than {setting.minimum:g}, got {raw!r}")
+        if value < setting.minimum:
+            raise ConfigError(f"{where}: must be at least {setting.minimum:g}, got {raw!r}")
+    return value
+
+
+def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
+    """
+    Convert one raw value (a flag's string or a TOML value) to the setting's type.
+
+    @param where: how to name the value's origin in an error message.
+    @param text_ok: whether a number may be given as a string (flags); a TOML
+        file must use TOML numbers.
+    @raise ConfigError: if the value has the wrong type or range.
+    """
+    if setting.kind in ("int", "float"):
+        return _coerce_number(setting, raw, where, text_ok)
+    if setting.kind == "str":
+        if not isinstance(raw, str) or not raw.strip():
+            raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
+        return raw.strip()
+    # list
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in raw):
+        raise ConfigError(f"{where}: expected a list of non-empty strings, got {raw!r}")
+    return tuple(x.strip() for x in raw)
+
+
+def _located(path: str, file_name: str) -> str:
+    """How an error names C{path} (a key or a table's key) of the TOML file."""
+    return f"{path} (in {file_name})" if file_name else path
+
+
+def _dash(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def _check_choice(kind: str, value: Optional[str], choices: Sequence[str], where: str) -> None:
+    if value is not None and value not in choices:
+        raise ConfigError(f"{where}: unknown {kind} {value!r}; available: {', '.join(choices)}")
+
+
+def _check_hash_key(hash_key: Optional[str], where: str) -> None:
+    if hash_key is not None and not (hash_key == "path" or (
+            hash_key.startswith("header:") and len(hash_key) > len("header:"))):
+        raise ConfigError(f"{where}: expected 'path' or 'header:NAME', got {hash_key!r}")
+
+
+def describe_defaults() -> List[Tuple[str, str, str, str]]:
+    """
+    Rows for the documentation: (TOML key, flag, default, description).
+    """
+    rows = []
+    for s in SETTINGS:
+        default = "(none)" if s.default in (None, ()) else repr(s.default)
+        rows.append((s.name, s.flag, default, s.doc))
+    return rows
