@@ -419,7 +419,7 @@ class BackendPool:
         # max_waiters bounds the requests waiting for a busy connection; those
         # a connect (pending, or that there is room to start) will serve do not
         # count.
-        servable = len(self._connecting) + self.size - self.total
+        servable = self._connects_for_waiters() + self.size - self.total
         if len(self._waiters) >= self.max_waiters + servable:
             self.acquire_failures.add("exhausted")
             return PoolExhausted(f"all {self.size} connections to {self.name} are busy and "
@@ -534,8 +534,12 @@ class BackendPool:
     # -- connecting ---------------------------------------------------------
 
     def _connect_for_waiters(self) -> None:
-        while len(self._waiters) > len(self._connecting) and self.total < self.size:
+        while len(self._waiters) > self._connects_for_waiters() and self.total < self.size:
             self._connect()
+
+    def _connects_for_waiters(self) -> int:
+        """Connects in progress whose connection goes to a waiter (not to an acquire_fresh)."""
+        return sum(1 for attempt in self._connecting if attempt.owner is None)
 
     def acquire_fresh(self) -> "Deferred[PooledConnection]":
         """
@@ -613,7 +617,7 @@ class BackendPool:
             self.backend.failed(why)
         # Waiters that no pending connect can serve fail now rather than at
         # their acquire timeout: with the backend down, nothing else will.
-        while len(self._waiters) > len(self._connecting):
+        while len(self._waiters) > self._connects_for_waiters():
             waiter = self._waiters.popleft()
             self.acquire_failures.add("unavailable")
             waiter.fail(BackendUnavailable(f"backend {self.name}: {why}"))

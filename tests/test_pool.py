@@ -197,6 +197,23 @@ class LeaseTests(PoolTestCase):
         conn.release()
         self.assertEqual(len(got), 2)  # the cancelled waiter was never called
 
+    def test_fresh_connect_is_not_counted_as_serving_waiters(self) -> None:
+        """
+        A connect started by acquire_fresh goes to its retry, never to a
+        waiter: a waiter arriving meanwhile gets a connect of its own while
+        there is room, instead of waiting for a release or its timeout.
+        """
+        pool = self.make_pool(size=3, acquire_timeout=5.0)
+        held = self.acquired(pool)
+        fresh = pool.acquire_fresh()  # a retry's own connect
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        waiting = pool.acquire()
+        self.assertEqual(len(self.endpoint.attempts), 2)  # a connect for the waiter too
+        self.endpoint.succeed(2)
+        self.successResultOf(fresh).release()
+        self.successResultOf(waiting).release()
+        held.release()
+
     def test_acquire_timeout(self) -> None:
         """
         A waiter not served within C{acquire_timeout} fails with
