@@ -416,6 +416,11 @@ class RequestRejectionTests(SynchronousTestCase):
                            400, "Content-Length")
         self.assertRejects(b"POST / HTTP/1.1\r\nContent-Length: 4, 5\r\n\r\n", 400)
 
+    def test_two_host_headers(self) -> None:
+        """Two Host headers (in any case) are a 400: backends could disagree on which counts."""
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400, "Host")
+        self.assertRejects(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400, "Host")
+
     def test_bad_content_length(self) -> None:
         """A negative, signed, empty, non-decimal or absurd Content-Length is a 400."""
         for value in [b"-1", b"+5", b"", b"0x10", b"1e3", b"5 5", b"1" * 19, "\u0665".encode()]:

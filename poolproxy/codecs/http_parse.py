@@ -724,6 +724,12 @@ class RequestParser(_Parser):
         if not target or target.translate(None, _TARGET):
             return self._fail(400, "bad request target")
         http11 = version == b"HTTP/1.1"
+        # RFC 9112 3.2: no request may have two Host headers (a backend and a
+        # cache or a router in front of it could disagree on which one counts).
+        # A missing Host is let through, as many test and health-check
+        # clients send none: the backend decides.
+        if lnames.count(b"host") > 1:
+            return self._fail(400, "more than one Host header")
         keep_alive = http11
         upgrade = method == b"CONNECT"
         expect = False
