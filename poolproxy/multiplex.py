@@ -26,7 +26,7 @@ path while a worker is free; only a client that must queue gets a Deferred.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -64,6 +64,7 @@ OWED_LIMIT = 4096
 _PROXY_ERROR = object()
 # A routing answer: no backend of the cluster is available.
 _NO_BACKEND: Any = object()
+_CROSS_SHARD: Any = object()  # a request whose keys span backends and cannot be split
 #: Flags that change the client's connection state once the frame is sent.
 _STATE_FLAGS = DIRTY | UNPIN | PASSTHROUGH
 
@@ -83,15 +84,31 @@ class Slot:
     @ivar frame: the frame, if it is L{RETRY_SAFE}; C{retried}: sent twice.
     """
 
-    __slots__ = ("client", "response", "pinned", "frame", "retried")
+    __slots__ = ("client", "response", "pinned", "frame", "retried", "group")
 
     def __init__(self, client: "Optional[MultiplexFrontend]", response: Optional[bytes] = None,
-                 pinned: bool = False, frame: Optional[Frame] = None) -> None:
+                 pinned: bool = False, frame: Optional[Frame] = None,
+                 group: "Optional[SplitGroup]" = None) -> None:
         self.client = client
         self.response = response
         self.pinned = pinned
         self.frame = frame  # kept only for frames that are safe to send again
         self.retried = False
+        self.group = group  # the request this is a part of, when it was split
+
+
+class SplitGroup:
+    """
+    A request split across shards (L{ICodec.split}): its parts are sent as
+    requests of their own, in consecutive slots, and their replies merged
+    into the one reply the client gets.
+    """
+
+    __slots__ = ("parts", "merge")
+
+    def __init__(self, parts: int, merge: Callable[[List[bytes]], bytes]) -> None:
+        self.parts = parts
+        self.merge = merge
 
 
 class PipelineBackend(BackendProtocol):
@@ -493,6 +510,8 @@ class MultiplexFrontend(Protocol):
         self._tell_sharded = hasattr(self.framer, "sharded")
         # Codecs that name every key of a multi-key request (sharded clusters).
         self._keys_of = getattr(self.codec, "keys", None)
+        # The parts of split requests still held, and the group of each.
+        self._split_groups: "dict[Frame, SplitGroup]" = {}
         self.slots: Deque[Slot] = deque()
         self.held: Deque[Frame] = deque()
         # The shared connection this client uses on each backend (one per
@@ -736,12 +755,23 @@ class MultiplexFrontend(Protocol):
                     continue
                 if self.unpin_pending:
                     return  # wait for the UNPIN reply before choosing a connection
-                if not reuse_shared and self._keys_of is not None and self._cross_shard(frame):
-                    held.popleft()
-                    self.stats.requests.add("cross_shard")
-                    self._answer_locally(self.codec.error_reply(
-                        "crossslot", "keys in request don't hash to the same backend"), False)
-                    continue
+                if not reuse_shared and self._keys_of is not None:
+                    split = self._split_by_shard(frame)
+                    if split is not None:
+                        held.popleft()
+                        if split is _CROSS_SHARD:
+                            self.stats.requests.add("cross_shard")
+                            self._answer_locally(self.codec.error_reply(
+                                "crossslot", "keys in request don't hash to the same backend"),
+                                False)
+                            continue
+                        # Its parts take its place, each routed by its own keys.
+                        parts, merge = split
+                        group = SplitGroup(len(parts), merge)
+                        for part in reversed(parts):
+                            held.appendleft(part)
+                            self._split_groups[part] = group
+                        continue
                 pinned = bool(flags & PIN) or self.pinned is not None
                 if pinned:
                     shared = None
@@ -758,7 +788,8 @@ class MultiplexFrontend(Protocol):
                     held.popleft()
                     self.stats.requests.add("backend_unavailable")
                     self._answer_locally(
-                        self.codec.error_reply("unavailable", "no backend is available"), False)
+                        self.codec.error_reply("unavailable", "no backend is available"), False,
+                        frame)
                     continue
                 if flags & PASSTHROUGH and (self.slots or self.sent_pinned):
                     return  # every earlier reply first: then the pipe is raw
@@ -782,7 +813,9 @@ class MultiplexFrontend(Protocol):
                         cluster_backend.outstanding += 1
                 sent += 1
                 if frame.replies:
-                    slot = Slot(self, None, pinned, frame if flags & RETRY_SAFE else None)
+                    slot = Slot(self, None, pinned, frame if flags & RETRY_SAFE else None,
+                                self._split_groups.pop(frame, None) if self._split_groups
+                                else None)
                     self.slots.append(slot)
                     target.owe(slot, frame)
                     if pinned:
@@ -807,14 +840,25 @@ class MultiplexFrontend(Protocol):
                 if budget is not None:
                     budget.deposit(sent)
 
-    def _cross_shard(self, frame: Frame) -> bool:
-        """Whether C{frame} names keys that live on different backends."""
+    def _split_by_shard(self, frame: Frame) -> Any:
+        """
+        For a frame whose keys live on different backends: its parts, one
+        per backend, and how to merge their replies (L{ICodec.split}); or
+        L{_CROSS_SHARD} if the codec cannot split it.  L{None} when its keys
+        (if any) live on one backend.
+        """
         keys = self._keys_of(frame)  # type: ignore[misc]
         if not keys or len(keys) < 2:
-            return False
+            return None
         pick = self.factory.cluster.pick
-        first = pick(keys[0])
-        return any(pick(key) is not first for key in keys[1:])
+        groups: "dict[Any, List[int]]" = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(pick(key), []).append(i)
+        if len(groups) == 1:
+            return None
+        split = getattr(self.codec, "split", None)
+        parts = split(frame, list(groups.values())) if split is not None else None
+        return _CROSS_SHARD if parts is None else parts
 
     def _route(self, frame: Frame) -> Any:
         """The cluster Backend for C{frame}, or L{None} if none is available."""
@@ -956,9 +1000,10 @@ class MultiplexFrontend(Protocol):
             return
         failure.trap(Overloaded)
         if self.held:
-            self.held.popleft()
+            frame = self.held.popleft()
             self.stats.requests.add("rejected")
-            self._answer_locally(self.codec.error_reply("overloaded", failure.value.reason), False)
+            self._answer_locally(self.codec.error_reply("overloaded", failure.value.reason), False,
+                                 frame)
         self._drain()
 
     def _start_passthrough(self, backend: PipelineBackend) -> None:
@@ -968,9 +1013,11 @@ class MultiplexFrontend(Protocol):
 
     # -- replies ---------------------------------------------------------------
 
-    def _answer_locally(self, reply: bytes, close: int) -> None:
+    def _answer_locally(self, reply: bytes, close: int, frame: Optional[Frame] = None) -> None:
         if reply:
-            self.slots.append(Slot(self, reply))
+            # A part of a split request keeps its place in the group.
+            group = self._split_groups.pop(frame, None) if frame is not None else None
+            self.slots.append(Slot(self, reply, group=group))
         if close:
             self._closing = True
         self.answered()
@@ -986,7 +1033,16 @@ class MultiplexFrontend(Protocol):
         slots = self.slots
         out = []
         while slots and slots[0].response is not None:
-            out.append(slots.popleft().response)
+            group = slots[0].group
+            if group is None:
+                out.append(slots.popleft().response)
+                continue
+            # A split request: its parts' replies, merged, once all are in.
+            n = group.parts
+            if len(slots) < n or any(slots[i].response is None for i in range(n)):
+                break
+            replies = [slots.popleft().response for _ in range(n)]
+            out.append(group.merge(replies))  # type: ignore[arg-type]
         if out:
             write_through(self.transport, out[0] if len(out) == 1 else b"".join(out))
         if self.unpin_pending and not self.sent_pinned:

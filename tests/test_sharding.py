@@ -1,10 +1,12 @@
 """
-redis on a sharded cluster (consistent hashing over several backends): a
-multi-key command whose keys live on different backends is refused with
-CROSSSLOT rather than answered from one shard, and commands that would tie
-a client to one backend connection are refused; everything else is routed
-by key.  End to end with two real redis-servers and redis-py; the key
-extraction and the framer's refusals as unit tests.
+redis and memcached on a sharded cluster (consistent hashing over several
+backends): multi-key requests are split per backend and their replies
+merged (MGET, DEL, EXISTS, MSET; memcached get/gets), other multi-key
+commands whose keys live on different backends are refused with CROSSSLOT
+rather than answered from one shard, and commands that would tie a client
+to one backend connection are refused.  End to end with two real servers
+and redis-py / pymemcache; key extraction, splitting and the framer's
+refusals as unit tests.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from poolproxy.codec import LOCAL, PIN
 from poolproxy.codecs.redis import RedisCodec, RespRequestFramer, command_keys, encode_command
-from tests.interop import ProxyProcess, module, redis_server
+from tests.interop import ProxyProcess, memcached_server, module, redis_server
 
 
 class CommandKeysTests(SynchronousTestCase):
@@ -71,7 +73,7 @@ class ShardedFramerTests(SynchronousTestCase):
 
 
 class ShardedRedisTests(SynchronousTestCase):
-    def test_cross_shard_refused_same_shard_served(self) -> None:
+    def test_multi_key_commands_across_shards(self) -> None:
         redis = module("redis")
         a, b = redis_server(self), redis_server(self)
         proxy = ProxyProcess(self, "redis", [a, b])
@@ -87,21 +89,78 @@ class ShardedRedisTests(SynchronousTestCase):
         on_b = [k for k in keys if k not in on_a]
         self.assertTrue(on_a and on_b, "consistent hashing spreads keys over both")
 
-        # Keys of one shard: served, from that shard.
-        self.assertEqual(client.mget(on_a[:3]), [k.encode() for k in on_a[:3]])
-        self.assertEqual(client.mget(on_b[:3]), [k.encode() for k in on_b[:3]])
-        # Keys of both: refused, and nothing is deleted anywhere.
+        # Split per shard and merged, as twemproxy does: values in key order.
+        mixed = [on_a[0], on_b[0], "missing", on_a[1], on_b[1]]
+        self.assertEqual(client.mget(mixed), [on_a[0].encode(), on_b[0].encode(), None,
+                                              on_a[1].encode(), on_b[1].encode()])
+        self.assertEqual(client.exists(on_a[0], on_b[0], "missing"), 2)
+        client.mset({on_a[2]: "x", on_b[2]: "y"})
+        self.assertEqual((client.get(on_a[2]), client.get(on_b[2])), (b"x", b"y"))
+        self.assertEqual(direct_a.get(on_a[2]), b"x")  # on its own shard
+        self.assertEqual(client.delete(on_a[0], on_b[0], "missing"), 2)
+        self.assertEqual(client.mget([on_a[0], on_b[0]]), [None, None])
+        # Pipelined with other commands: every reply in its place.
+        pipe = client.pipeline(transaction=False)
+        pipe.get(on_a[3]).mget([on_b[3], on_a[3]]).get(on_b[3])
+        self.assertEqual(pipe.execute(), [on_a[3].encode(), [on_b[3].encode(), on_a[3].encode()],
+                                          on_b[3].encode()])
+
+        # Multi-key commands that cannot be split are refused, not half done.
         with self.assertRaises(redis.ResponseError) as e:
-            client.delete(on_a[0], on_b[0])
+            client.rename(on_a[4], on_b[4])
         self.assertIn("don't hash to the same backend", str(e.exception))
-        with self.assertRaises(redis.ResponseError):
-            client.mget([on_a[0], on_b[0]])
-        self.assertEqual(client.get(on_a[0]), on_a[0].encode())
-        self.assertEqual(client.get(on_b[0]), on_b[0].encode())
+        self.assertEqual(client.get(on_a[4]), on_a[4].encode())
+        self.assertEqual(proxy.metric("poolproxy_requests_total", outcome="cross_shard"), 1)
 
         # A transaction is refused; the connection goes on working.
         with self.assertRaises(redis.ResponseError) as e:
             client.execute_command("MULTI")
         self.assertIn("sharded", str(e.exception))
-        self.assertEqual(client.get(on_b[1]), on_b[1].encode())
-        self.assertEqual(proxy.metric("poolproxy_requests_total", outcome="cross_shard"), 2)
+        self.assertEqual(client.get(on_b[5]), on_b[5].encode())
+
+
+class ShardedMemcachedTests(SynchronousTestCase):
+    def test_multi_get_across_shards(self) -> None:
+        pymemcache = module("pymemcache")
+        from pymemcache.client.base import Client as MemcacheClient
+
+        a, b = memcached_server(self), memcached_server(self)
+        proxy = ProxyProcess(self, "memcached", [a, b])
+        client = MemcacheClient(("127.0.0.1", proxy.port), timeout=10)
+        self.addCleanup(client.close)
+        direct_a = MemcacheClient(("127.0.0.1", a), timeout=10)
+        self.addCleanup(direct_a.close)
+        keys = [f"k{i}" for i in range(40)]
+        for key in keys:
+            client.set(key, key.encode(), noreply=False)
+        on_a = [k for k in keys if direct_a.get(k) is not None]
+        on_b = [k for k in keys if k not in on_a]
+        self.assertTrue(on_a and on_b, "consistent hashing spreads keys over both")
+        del pymemcache
+
+        wanted = [on_a[0], on_b[0], "missing", on_b[1], on_a[1]]
+        got = client.get_many(wanted)
+        self.assertEqual(got, {k: k.encode() for k in wanted if k != "missing"})
+        # gets too (each value with its cas token), and one key per shard.
+        values = client.gets_many([on_a[2], on_b[2]])
+        self.assertEqual({k: v[0] for k, v in values.items()},
+                         {on_a[2]: on_a[2].encode(), on_b[2]: on_b[2].encode()})
+        self.assertEqual(proxy.metric("poolproxy_requests_total", outcome="cross_shard"), 0)
+
+
+class MemcachedSplitTests(SynchronousTestCase):
+    def test_split_and_merge(self) -> None:
+        from poolproxy.codecs.memcached import VALUES, MemcachedCodec
+
+        codec = MemcachedCodec()
+        [frame] = codec.request_framer(1 << 20).feed(b"gat 10 a b c\r\n")
+        self.assertEqual(codec.keys(frame), [b"a", b"b", b"c"])
+        parts, merge = codec.split(frame, [[0, 2], [1]])
+        self.assertEqual([p.data for p in parts], [b"gat 10 a c\r\n", b"gat 10 b\r\n"])
+        self.assertEqual([(p.key, p.expect) for p in parts], [(b"a", VALUES), (b"b", VALUES)])
+        self.assertEqual(merge([b"VALUE a 0 1\r\n1\r\nEND\r\n", b"END\r\n"]),
+                         b"VALUE a 0 1\r\n1\r\nEND\r\n")
+        self.assertEqual(merge([b"VALUE a 0 1\r\n1\r\nEND\r\n", b"SERVER_ERROR down\r\n"]),
+                         b"SERVER_ERROR down\r\n")
+        [single] = codec.request_framer(1 << 20).feed(b"get a\r\n")
+        self.assertIsNone(codec.keys(single))

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import binascii
 from collections import deque
-from typing import Any, Deque, List, Optional
+from typing import Any, Deque, List, Optional, Tuple
 
 from zope.interface import implementer
 
@@ -530,6 +530,14 @@ _ERROR_REPLIES = {
 _SANITISE = {i: " " for i in list(range(32)) + [127]}
 
 
+def _merge_values(replies: List[bytes]) -> bytes:
+    """The parts of a split retrieval: their VALUE blocks, then one END."""
+    for reply in replies:
+        if not reply.endswith(b"END\r\n"):
+            return reply  # an error line: the whole request failed
+    return b"".join(reply[:-5] for reply in replies) + b"END\r\n"
+
+
 @implementer(ICodec)
 class MemcachedCodec:
     """
@@ -551,6 +559,31 @@ class MemcachedCodec:
 
     def response_framer(self) -> MemcachedResponseFramer:
         return MemcachedResponseFramer()
+
+    def keys(self, frame: Frame) -> Optional[List[bytes]]:
+        """
+        For sharded clusters: every key of a retrieval (C{get}, C{gets},
+        C{gat}, C{gats}) that names more than one; L{None} otherwise.
+        """
+        if frame.expect != VALUES:
+            return None
+        parts = frame.data.split()
+        first = 2 if parts[0] in (b"gat", b"gats") else 1
+        return parts[first:] if len(parts) > first + 1 else None
+
+    def split(self, frame: Frame, groups: List[List[int]]) -> Tuple[List[Frame], Any]:
+        """
+        A multi-key retrieval cut into one per backend (as twemproxy does);
+        their C{VALUE} blocks are merged before one C{END}.  A part that
+        failed makes the whole reply that error line.
+        """
+        parts = frame.data.split()
+        first = 2 if parts[0] in (b"gat", b"gats") else 1
+        head, keys = parts[:first], parts[first:]
+        frames = [Frame(b" ".join(head + [keys[i] for i in group]) + b"\r\n", 1,
+                        keys[group[0]], frame.flags, VALUES) for group in groups]
+        return frames, _merge_values
+
 
     def error_reply(self, kind: str, message: str) -> bytes:
         """

@@ -328,6 +328,53 @@ _NUMKEYS: Dict[bytes, Tuple[int, int]] = {
 }
 
 
+def _first_error(replies: List[bytes]) -> Optional[bytes]:
+    for reply in replies:
+        if reply[:1] in (b"-", b"!"):
+            return reply
+    return None
+
+
+def _merge_arrays(replies: List[bytes], groups: List[List[int]]) -> bytes:
+    """MGET: each part's elements back in the place of their keys."""
+    error = _first_error(replies)
+    if error is not None:
+        return error
+    count = sum(len(group) for group in groups)
+    elements: List[bytes] = [b""] * count
+    for reply, group in zip(replies, groups):
+        body = reply[reply.find(b"\r\n") + 2:]
+        items = RespResponseFramer().feed(body)
+        if reply[:1] not in (b"*", b">") or len(items) != len(group):
+            return b"-ERR poolproxy: a shard's reply to a split MGET was not an array\r\n"
+        for i, item in zip(group, items):
+            elements[i] = item
+    return b"*%d\r\n" % count + b"".join(elements)
+
+
+def _merge_counts(replies: List[bytes], groups: List[List[int]]) -> bytes:
+    """DEL, UNLINK, EXISTS, TOUCH: the parts' counts added up."""
+    error = _first_error(replies)
+    if error is not None:
+        return error
+    total = 0
+    for reply in replies:
+        n = _strict_int(reply[1:-2]) if reply[:1] == b":" else None
+        if n is None:
+            return b"-ERR poolproxy: a shard's reply to a split command was not an integer\r\n"
+        total += n
+    return b":%d\r\n" % total
+
+
+def _merge_ok(replies: List[bytes], groups: List[List[int]]) -> bytes:
+    """MSET: OK when every part is."""
+    return _first_error(replies) or _OK
+
+
+_MERGES = {b"MGET": _merge_arrays, b"DEL": _merge_counts, b"UNLINK": _merge_counts,
+           b"EXISTS": _merge_counts, b"TOUCH": _merge_counts, b"MSET": _merge_ok}
+
+
 def command_keys(args: Sequence[bytes]) -> Optional[List[bytes]]:
     """
     Every key the command C{args} names, if it may name more than one;
@@ -1183,6 +1230,28 @@ class RedisCodec:
         if name not in _KEY_RANGES and name not in _NUMKEYS:
             return None
         return command_keys(_resp_args(data))
+
+    def split(self, frame: Frame, groups: List[List[int]]) -> Optional[Tuple[List[Frame], Any]]:
+        """
+        For sharded clusters, as twemproxy does: cut a multi-key C{MGET},
+        C{DEL}, C{UNLINK}, C{EXISTS}, C{TOUCH} or C{MSET} into one request
+        per backend, C{groups} being the indexes (into L{keys}) of the keys
+        each backend holds; and how to merge their replies into the one the
+        client expects.  L{None} for any other command (it is refused).
+        """
+        args = _resp_args(frame.data)
+        name = args[0].upper()
+        merge = _MERGES.get(name)
+        if merge is None:
+            return None
+        pairs = name in (b"MSET",)
+        frames = []
+        for group in groups:
+            sub = [args[0]]
+            for i in group:
+                sub += args[1 + 2 * i:3 + 2 * i] if pairs else [args[1 + i]]
+            frames.append(Frame(encode_command(sub), 1, sub[1], frame.flags))
+        return frames, lambda replies: merge(replies, groups)
 
     def variant_setup(self, config: Any, variant: Any) -> List[Frame]:
         """RESP3 shared and pinned connections are pool connections after HELLO 3."""
