@@ -54,6 +54,8 @@ class ClusterAssembly:
                           self.spec.balance or DEFAULT_BALANCE.get(codec.mode, "round_robin"),
                           max_ejected_share=self.setting("max_ejected_percent") / 100.0)
         self.cluster = cluster
+        tag = self.setting("hash_tag")
+        cluster.hash_tag = tag.encode("ascii") if tag else None
         cluster.codec = codec  # type: ignore[attr-defined]
         cluster.setting = self.setting  # type: ignore[attr-defined]
         cluster.retry_budget = RetryBudget(  # type: ignore[attr-defined]

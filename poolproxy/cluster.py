@@ -186,11 +186,22 @@ class Cluster:
     def pools(self) -> List[BackendPool]:
         return [b.pool for b in self.backends]
 
+    #: Two bytes, e.g. C{b"{}"}: a key holding them is routed by what is
+    #: between them (hash tags, as twemproxy's C{hash_tag}); L{None}: off.
+    hash_tag: Optional[bytes] = None
+
     def pick(self, key: Optional[bytes] = None) -> Optional[Backend]:
         """
         The backend for a request with routing key C{key}, or L{None} if no
         backend is available.  The caller then calls L{Backend.claim}.
         """
+        tag = self.hash_tag
+        if tag is not None and key:
+            start = key.find(tag[:1])
+            if start >= 0:
+                end = key.find(tag[1:], start + 1)
+                if end > start + 1:
+                    key = key[start + 1:end]
         return self.policy.pick(key, _available)
 
     def may_eject(self) -> bool:

@@ -31,6 +31,7 @@ from poolproxy.settings import (  # noqa: F401 (re-exported)
     Setting,
     _check_choice,
     _check_hash_key,
+    _check_hash_tag,
     _located,
     coerce,
     describe_defaults,
@@ -107,6 +108,7 @@ class ProxyConfig:
     access_log_sample: float = 0.0
     shutdown_timeout: float = 10.0
     max_ejected_percent: float = 50.0
+    hash_tag: Optional[str] = None
     workers: int = 1
     listeners: Tuple[ListenerConfig, ...] = ()
     clusters: Tuple[ClusterConfig, ...] = ()
@@ -229,6 +231,7 @@ def build_config(
         )
     _check_choice("policy", values.get("balance"), BALANCE_POLICIES, where("balance"))
     _check_hash_key(values.get("hash_key"), where("hash_key"))
+    _check_hash_tag(values.get("hash_tag"), where("hash_tag"))
     if values.get("breaker_max_reset_timeout", 60.0) < values.get("breaker_reset_timeout", 5.0):
         raise ConfigError(f"{where('breaker_max_reset_timeout')}: must be at least "
                           f"breaker-reset-timeout ({values.get('breaker_reset_timeout', 5.0):g})")

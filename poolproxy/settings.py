@@ -130,6 +130,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "clients finish what is in flight before closing them.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
             "that health checks and breakers may take out at once.", minimum=0),
+    Setting("hash_tag", "str", None, "redis and memcached with consistent_hash: two "
+            "characters, e.g. '{}'; a key holding them is hashed by what is between them "
+            "only, so keys with the same tag live on the same backend."),
     Setting("workers", "int", 1, "Processes serving clients. Above 1, a supervisor "
             "process spawns that many workers sharing tcp listeners (SO_REUSEPORT) and "
             "sums their /metrics.", minimum=1),
@@ -171,7 +174,7 @@ def read_secret(path: str, where: str) -> str:
 CLUSTER_OVERRIDES: Tuple[str, ...] = (
     "pool_size", "pool_min_idle", "mux_connections", "request_timeout", "check_interval",
     "check_timeout", "check_rise", "check_fall", "check_path", "breaker_failures",
-    "breaker_reset_timeout", "breaker_max_reset_timeout", "max_ejected_percent",
+    "breaker_reset_timeout", "breaker_max_reset_timeout", "max_ejected_percent", "hash_tag",
 )
 
 LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster")
@@ -240,6 +243,13 @@ def _dash(key: str) -> str:
 def _check_choice(kind: str, value: Optional[str], choices: Sequence[str], where: str) -> None:
     if value is not None and value not in choices:
         raise ConfigError(f"{where}: unknown {kind} {value!r}; available: {', '.join(choices)}")
+
+
+def _check_hash_tag(hash_tag: Optional[str], where: str) -> None:
+    if hash_tag is not None and (len(hash_tag) != 2 or hash_tag[0] == hash_tag[1]
+                                 or not hash_tag.isascii()):
+        raise ConfigError(f"{where}: expected two different ASCII characters, e.g. '{{}}', "
+                          f"got {hash_tag!r}")
 
 
 def _check_hash_key(hash_key: Optional[str], where: str) -> None:

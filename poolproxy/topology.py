@@ -23,6 +23,7 @@ from poolproxy.settings import (
     Setting,
     _check_choice,
     _check_hash_key,
+    _check_hash_tag,
     _dash,
     _located,
     coerce,
@@ -215,6 +216,7 @@ def _check_overrides(overrides: Mapping[str, Any], top: Mapping[str, Any], table
     The checks between settings, on a cluster's values (its overrides, else the
     top-level ones); an error names a key the cluster sets.
     """
+    _check_hash_tag(overrides.get("hash_tag"), table.at("hash_tag"))
     percent = overrides.get("max_ejected_percent", 0)
     if percent > 100:
         raise ConfigError(f"{table.at('max_ejected_percent')}: must be at most 100, got {percent!r}")

@@ -455,7 +455,8 @@ class OverrideTests(ClusterConfigTestCase):
                  "request_timeout": "1.5", "check_interval": "1", "check_timeout": "0.5",
                  "check_rise": "1", "check_fall": "1", "check_path": '"/up"',
                  "breaker_failures": "0", "breaker_reset_timeout": "1",
-                 "breaker_max_reset_timeout": "2", "max_ejected_percent": "100"}
+                 "breaker_max_reset_timeout": "2", "max_ejected_percent": "100",
+                 "hash_tag": '"{}"'}
         self.assertEqual(sorted(valid), sorted(CLUSTER_OVERRIDES))
         config = self.parse_file(cluster_file("".join(f"{k} = {v}\n" for k, v in valid.items())))
         self.assertEqual(sorted(config.clusters[0].overrides), sorted(CLUSTER_OVERRIDES))

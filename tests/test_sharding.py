@@ -16,7 +16,9 @@ from typing import Any, List, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from poolproxy.codec import LOCAL, PIN
+from poolproxy.config import ConfigError
 from poolproxy.codecs.redis import RedisCodec, RespRequestFramer, command_keys, encode_command
+from poolproxy.tap import ProxyOptions
 from tests.interop import ProxyProcess, memcached_server, module, redis_server
 
 
@@ -164,3 +166,58 @@ class MemcachedSplitTests(SynchronousTestCase):
                          b"SERVER_ERROR down\r\n")
         [single] = codec.request_framer(1 << 20).feed(b"get a\r\n")
         self.assertIsNone(codec.keys(single))
+
+
+class HashTagTests(SynchronousTestCase):
+    def cluster(self, tag: Any) -> Any:
+        from twisted.internet.task import Clock
+
+        from poolproxy.cluster import Backend, Cluster
+        from poolproxy.pool import BackendPool
+        from poolproxy.testing import FakeEndpoint
+
+        backends = []
+        for i in range(8):
+            pool = BackendPool(f"b{i}", FakeEndpoint(), object, size=1, clock=Clock())
+            backends.append(Backend(f"b{i}", pool))
+        cluster = Cluster("c", backends, "consistent_hash")
+        cluster.hash_tag = tag
+        return cluster
+
+    def test_keys_with_one_tag_share_a_backend(self) -> None:
+        cluster = self.cluster(b"{}")
+        for tag in range(50):
+            names = [b"user:{%d}:%s" % (tag, field) for field in (b"name", b"mail", b"cart")]
+            self.assertEqual(len({cluster.pick(name) for name in names}), 1)
+            self.assertIs(cluster.pick(names[0]), cluster.pick(b"%d" % tag))
+
+    def test_no_tag_or_an_empty_one_routes_the_whole_key(self) -> None:
+        tagged, plain = self.cluster(b"{}"), self.cluster(None)
+        for key in (b"user:42", b"user:{}:x", b"user:{42", b"}42{"):
+            self.assertEqual(tagged.pick(key).name, plain.pick(key).name, key)
+        spread = {tagged.pick(b"user:%d:{}" % i) for i in range(100)}
+        self.assertGreater(len(spread), 1)
+
+    def test_setting_checked(self) -> None:
+        options = ProxyOptions()
+        with self.assertRaises(ConfigError) as e:
+            options.parseOptions(["--backend", "127.0.0.1:6379", "--listen", "tcp:0", "--hash-tag", "{"])
+        self.assertIn("--hash-tag: expected two different ASCII characters", str(e.exception))
+        options = ProxyOptions()
+        options.parseOptions(["--backend", "127.0.0.1:6379", "--listen", "tcp:0", "--hash-tag", "{}"])
+        self.assertEqual(options.config.hash_tag, "{}")
+
+    def test_tagged_multi_key_commands_served_by_one_shard(self) -> None:
+        redis = module("redis")
+        a, b = redis_server(self), redis_server(self)
+        proxy = ProxyProcess(self, "redis", [a, b], "--hash-tag", "{}")
+        client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=10, protocol=2)
+        self.addCleanup(client.close)
+        for tag in range(10):
+            src, dst = f"{{t{tag}}}:src", f"{{t{tag}}}:dst"
+            client.sadd(src, "x", "y")
+            client.sadd(f"{{t{tag}}}:other", "y")
+            self.assertEqual(client.sinter(src, f"{{t{tag}}}:other"), {b"y"})
+            self.assertTrue(client.rename(src, dst))
+            self.assertEqual(client.smembers(dst), {b"x", b"y"})
+        self.assertEqual(proxy.metric("poolproxy_requests_total", outcome="cross_shard"), 0)
