@@ -160,11 +160,12 @@ class _Head:
     __slots__: Tuple[str, ...] = ()
     headers: List[Tuple[bytes, bytes]]
     #: Set by the parsers: the head's bytes as received (without the blank
-    #: line), and whether it has any hop-by-hop header.  With none, the head
-    #: is relayed as received (see L{_serialize}); L{None} for heads built
-    #: by hand or changed after parsing.
+    #: line), and its hop-by-hop headers: 0 for none, N > 0 when the only one
+    #: is a single Connection header on line N, -1 otherwise.  Without any
+    #: (or with just that line, taken out) the head is relayed as received
+    #: (see L{_serialize}); L{raw} is L{None} for heads built by hand.
     raw: Optional[bytes]
-    hop: bool
+    hop: int
 
     def header(self, name: Any) -> Optional[bytes]:
         """The first value of header C{name} (case-insensitive), or L{None}."""
@@ -225,7 +226,7 @@ class RequestHead(_Head):
         self.expect_continue = expect_continue
         self.connection = connection
         self.raw = None
-        self.hop = True
+        self.hop = -1
 
     def __repr__(self) -> str:
         return (f"RequestHead({self.method!r}, {self.target!r}, {self.version!r}, "
@@ -274,7 +275,7 @@ class ResponseHead(_Head):
         self.informational = informational
         self.connection = connection
         self.raw = None
-        self.hop = True
+        self.hop = -1
 
     def __repr__(self) -> str:
         return (f"ResponseHead({self.version!r}, {self.status}, {self.reason!r}, "
@@ -384,7 +385,7 @@ class _Parser:
         self._trailer_size = 0
         # The last head's bytes and hop-by-hop flag (see _Head.raw).
         self._raw: Any = None
-        self._hop = True
+        self._hop = -1
 
     def pending(self) -> int:
         """Bytes held for an incomplete head, chunk-size line or trailer."""
@@ -449,7 +450,7 @@ class _Parser:
                               else "bare CR or LF in head")
         if not nh:
             self._raw = head
-            self._hop = False
+            self._hop = 0
             return line, [], []
         if nh > self.max_headers:
             return self._fail(self._TOO_LARGE, "too many header fields")
@@ -464,7 +465,11 @@ class _Parser:
                 b"".join(lnames).translate(None, _TCHAR):
             return self._fail(self._BAD, self._why_bad_names(lines))
         self._raw = head
-        self._hop = not _HOP_BY_HOP.isdisjoint(lnames)
+        if _HOP_BY_HOP.isdisjoint(lnames):
+            self._hop = 0
+        else:
+            hops = [i for i, name in enumerate(lnames) if name in _HOP_BY_HOP]
+            self._hop = hops[0] + 1 if len(hops) == 1 and lnames[hops[0]] == b"connection" else -1
         return line, headers, lnames
 
     @staticmethod
@@ -1018,6 +1023,9 @@ def hop_by_hop_names(head: Any) -> Set[bytes]:
     return names
 
 
+#: Connection tokens that name no other header.
+_KEEP_OR_CLOSE = frozenset([b"keep-alive", b"close"])
+
 #: Connection tokens that name nothing beyond L{_HOP_BY_HOP}.
 _PLAIN_TOKENS = _HOP_BY_HOP | {b"close"}
 _HOP_BY_HOP_UPGRADE = _HOP_BY_HOP - {b"upgrade"}
@@ -1026,10 +1034,17 @@ _HOP_BY_HOP_UPGRADE = _HOP_BY_HOP - {b"upgrade"}
 def _serialize(first: bytes, head: Any, upgrade: bool,
                extra_headers: Iterable[Tuple[Any, Any]], drop: Iterable[Any]) -> bytes:
     raw = head.raw
-    if (raw is not None and not head.hop and not upgrade
+    hop = head.hop
+    if (raw is not None and not upgrade and (hop == 0 or (
+            hop > 0 and _KEEP_OR_CLOSE.issuperset(head.connection or ())))
             and (not drop or all(_find_header(head.headers, d) is None for d in drop))):
-        # Nothing to take out: the header lines go as received (the common
-        # case, and the cheap one).
+        # Nothing to take out but, at most, a plain "Connection: keep-alive"
+        # line (nginx sends one with every response): the header lines go as
+        # received (the common case, and the cheap one).
+        if hop > 0:
+            lines = raw.split(b"\r\n")
+            del lines[hop]
+            raw = b"\r\n".join(lines)
         eol = raw.find(b"\r\n")
         out = first + raw[eol:] if eol >= 0 else first
         if extra_headers:
