@@ -18,7 +18,7 @@ import random
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -37,6 +37,7 @@ from poolproxy.codecs.http_parse import (
     serialize_request_head,
     serialize_response_head,
 )
+from poolproxy.deadlines import Deadlines
 from poolproxy.pool import BackendProtocol, BackendUnavailable, PooledConnection
 from poolproxy.retry import RetryBudget
 from poolproxy.stats import ListenerStats
@@ -252,9 +253,9 @@ class Exchange:
 
     def _start_timer(self) -> None:
         """The response must start within request_timeout of the request's end."""
-        timeout = self.frontend.factory.request_timeout
-        if timeout and self._timer is None:
-            self._timer = self.frontend.factory.clock.callLater(timeout, self._timed_out)
+        factory = self.frontend.factory
+        if factory.request_timeout and self._timer is None:
+            self._timer = factory.response_deadlines.start(self)
 
     # -- request side ------------------------------------------------------------
 
@@ -397,7 +398,8 @@ class Exchange:
 
     # -- failure -------------------------------------------------------------------
 
-    def _timed_out(self) -> None:
+    def timed_out(self) -> None:
+        """No response started within request_timeout (from the factory's deadlines)."""
         self._timer = None
         if self.orphaned:
             # Its client is gone: stop draining; the client was counted, and a
@@ -527,8 +529,8 @@ class Exchange:
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        if timer is not None:
+            self.frontend.factory.response_deadlines.cancel(timer)
 
     def _release_admission(self) -> None:
         if self.admitted:
@@ -761,6 +763,8 @@ class HttpFactory(Factory):
         self.cluster = cluster
         self.clock = clock
         self.request_timeout = request_timeout
+        # Every exchange's wait for its response, on one timer (same length).
+        self.response_deadlines = Deadlines(clock, request_timeout, Exchange.timed_out)
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[HttpFrontend]" = set()
         self.route_key = route_key
