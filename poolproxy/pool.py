@@ -26,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from poolproxy.deadlines import Deadlines
 from poolproxy.stats import Histogram, Tally
 
 
@@ -165,7 +166,7 @@ class _Waiter:
     which allocates no Deferred).
     """
 
-    __slots__ = ("pool", "since", "deferred", "on_ready", "on_fail")
+    __slots__ = ("pool", "since", "deferred", "on_ready", "on_fail", "expiry")
 
     def __init__(self, pool: "BackendPool", since: float,
                  deferred: "Optional[Deferred[PooledConnection]]" = None,
@@ -176,6 +177,7 @@ class _Waiter:
         self.deferred = deferred
         self.on_ready = on_ready
         self.on_fail = on_fail
+        self.expiry: Any = None  # its acquire timeout (a Deadlines entry)
 
     def ready(self, conn: "PooledConnection") -> None:
         if self.deferred is not None:
@@ -249,7 +251,9 @@ class BackendPool:
         self._leased: Set[PooledConnection] = set()
         self._connecting: Set[_ConnectAttempt] = set()
         self._waiters: Deque[_Waiter] = deque()
-        self._expiry: Any = None  # the timer of the oldest waiter's acquire timeout
+        # Waiters time out in the order they came, all after acquire_timeout:
+        # one timer for them all.
+        self._expiries = Deadlines(clock, acquire_timeout, self._waiter_timed_out)
         self._closing: Optional[List["Deferred[None]"]] = None
         self._abort_timer: Optional[IDelayedCall] = None
         self._maintenance = LoopingCall(self._maintain)
@@ -319,9 +323,8 @@ class BackendPool:
             self._closing = []
             if self._maintenance.running:
                 self._maintenance.stop()
-            self._stop_expiry()
             while self._waiters:
-                waiter = self._waiters.popleft()
+                waiter = self._pop_waiter()
                 self.acquire_failures.add("closed")
                 waiter.fail(PoolClosed(f"pool for {self.name} is closed"))
             for attempt in list(self._connecting):
@@ -428,34 +431,21 @@ class BackendPool:
 
     def _enqueue(self, waiter: _Waiter) -> None:
         self._waiters.append(waiter)
-        self._arm_expiry()
+        if self.acquire_timeout > 0:
+            waiter.expiry = self._expiries.start(waiter)
         self._connect_for_waiters()
 
-    # Waiters are served and time out in the order they came, all with the
-    # same acquire_timeout: one timer, for the oldest, times out them all.
+    def _pop_waiter(self) -> _Waiter:
+        """The oldest waiter, no longer waiting (nor timed)."""
+        waiter = self._waiters.popleft()
+        self._expiries.cancel(waiter.expiry)
+        return waiter
 
-    def _arm_expiry(self) -> None:
-        if self._expiry is None and self._waiters and self.acquire_timeout > 0:
-            delay = self._waiters[0].since + self.acquire_timeout - self._clock.seconds()
-            self._expiry = self._clock.callLater(max(0.0, delay), self._expire)
-
-    def _expire(self) -> None:
-        self._expiry = None
-        # A hair of slack: the timer fires at since + timeout, give or take
-        # the float rounding of its own arithmetic.
-        late = self._clock.seconds() - self.acquire_timeout + 1e-9
-        waiters = self._waiters
-        while waiters and waiters[0].since <= late:
-            waiter = waiters.popleft()
-            self.acquire_failures.add("timeout")
-            waiter.fail(AcquireTimeout(
-                f"no connection to {self.name} became free within {self.acquire_timeout:g}s"))
-        self._arm_expiry()
-
-    def _stop_expiry(self) -> None:
-        expiry, self._expiry = self._expiry, None
-        if expiry is not None and expiry.active():
-            expiry.cancel()
+    def _waiter_timed_out(self, waiter: _Waiter) -> None:
+        self._waiters.remove(waiter)
+        self.acquire_failures.add("timeout")
+        waiter.fail(AcquireTimeout(
+            f"no connection to {self.name} became free within {self.acquire_timeout:g}s"))
 
     def _cancel_waiter(self, d: "Deferred[PooledConnection]") -> None:
         for waiter in self._waiters:
@@ -467,9 +457,8 @@ class BackendPool:
         try:
             self._waiters.remove(waiter)
         except ValueError:
-            pass  # served or failed already
-        if not self._waiters:
-            self._stop_expiry()
+            return  # served or failed already
+        self._expiries.cancel(waiter.expiry)
 
     def _lease(self, conn: PooledConnection) -> None:
         conn.leased = True
@@ -491,9 +480,7 @@ class BackendPool:
         Give a free connection to the oldest waiter, or keep it idle.
         """
         if self._waiters:
-            waiter = self._waiters.popleft()
-            if not self._waiters:
-                self._stop_expiry()  # no timer left behind with no one waiting
+            waiter = self._pop_waiter()
             self._lease(conn)
             self.acquire_wait.observe(self._clock.seconds() - waiter.since)
             waiter.ready(conn)
@@ -618,11 +605,9 @@ class BackendPool:
         # Waiters that no pending connect can serve fail now rather than at
         # their acquire timeout: with the backend down, nothing else will.
         while len(self._waiters) > self._connects_for_waiters():
-            waiter = self._waiters.popleft()
+            waiter = self._pop_waiter()
             self.acquire_failures.add("unavailable")
             waiter.fail(BackendUnavailable(f"backend {self.name}: {why}"))
-        if not self._waiters:
-            self._stop_expiry()
         self._after_close()
 
     # -- closing ------------------------------------------------------------
