@@ -147,6 +147,10 @@ class PipelineBackend(BackendProtocol):
         if not self._setup:
             self.alive = True
             return
+        self._send_setup()
+
+    def _send_setup(self) -> None:
+        """Send the setup frames; client frames wait for their replies."""
         for frame in self._setup:
             if frame.replies and self.needs_expect:
                 self.framer.expect(frame.expect)
@@ -169,10 +173,7 @@ class PipelineBackend(BackendProtocol):
         """
         self.alive = False
         self._setup = list(frames)
-        for frame in frames:
-            if frame.replies and self.needs_expect:
-                self.framer.expect(frame.expect)
-        self.transport.write(b"".join(frame.data for frame in frames))
+        self._send_setup()
         self._ready = Deferred(self._cancel_setup)
         return self._ready
 
@@ -302,7 +303,7 @@ class PipelineBackend(BackendProtocol):
             if (client is None or slot.frame is None or slot.retried or slot.pinned
                     or (i == 0 and head_started)):
                 continue
-            budget = getattr(client.factory.cluster, "retry_budget", None)
+            budget = client.retry_budget
             if budget is not None and budget.withdraw():
                 chosen.add(slot)
         return chosen
@@ -436,9 +437,8 @@ class Multiplexer:
     def _got(self, conn: PooledConnection) -> None:
         backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
         if not backend.alive:
-            self._acquiring -= 1
             conn.discard("backend_closed")
-            self._not_got(Failure(ConnectionError("connection lost before use")), counted=True)
+            self._not_got(Failure(ConnectionError("connection lost before use")))
             return
         if self.setup:
             def switched(_: object) -> None:
@@ -461,9 +461,8 @@ class Multiplexer:
         for client in waiting:
             client.shared_ready(self)
 
-    def _not_got(self, failure: Failure, counted: bool = False) -> None:
-        if not counted:
-            self._acquiring -= 1
+    def _not_got(self, failure: Failure) -> None:
+        self._acquiring -= 1
         if self.connections:
             return
         waiting, self._waiting = self._waiting, []
