@@ -17,7 +17,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from poolproxy import logs
-from tests.interop import wait_port
+from tests.interop import wait_port, wait_until
 from tests.support import ROOT, free_port, twistd_command
 
 DASHBOARD = os.path.join(ROOT, "docs", "grafana-dashboard.json")
@@ -299,6 +299,14 @@ class TwistdLoggerTests(TestCase):
 
         self.addCleanup(cleanup)
         wait_port(listen_port, proc, log=stderr_path)
+
+        def logged() -> bool:
+            with open(stdout_path, "rb") as f:
+                return b"poolproxy listening on" in f.read()
+
+        # The port is bound before the service starts and says so: wait for
+        # the line, or SIGTERM could come between the two.
+        wait_until(logged, proc, "the listening line", log=stderr_path)
         proc.terminate()
         proc.wait(20)
 
