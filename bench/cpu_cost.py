@@ -24,13 +24,8 @@ from typing import Any, Callable, Dict, List
 
 from common import progress
 from loads import redis_load, warm_up, wrk
+from machine import cpu_seconds
 from servers import Processes, start_nginx, start_poolproxy, start_redis
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(pid: int, load: Callable[[float], Dict[str, Dict[str, Any]]], seconds: float,

@@ -114,6 +114,13 @@ def rss_kb(pid: int) -> int:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has spent, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(") ")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def cpu_snapshot() -> Dict[int, Tuple[int, float, str]]:
     """pid -> (ppid, CPU seconds, command name) for every process.  Reaped children's CPU
     is left out (it may have been spent long before), so a process that starts and ends

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import signal
-import socket
 from typing import Any, Callable, List
 
 from twisted.internet import reactor
@@ -22,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from tests.interop import accepts
 from tests.support import (
     BackendFactory,
     Client,
@@ -153,11 +153,7 @@ class FloodTests(TestCase):
         self.addCleanup(stop, proc)
 
         def accepting() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return proc.poll() is not None  # exited: fail below, not by timeout
+            return accepts(port) or proc.poll() is not None  # exited: fail below
 
         yield wait_for(accepting, timeout=30, what="proxy process listening")
         self.assertIsNone(proc.poll(), open(log_path).read())

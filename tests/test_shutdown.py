@@ -17,6 +17,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from tests.interop import accepts
 from tests.support import (
     BackendFactory,
     Client,
@@ -147,11 +148,7 @@ class SigtermTests(ShutdownTestCase):
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
 
         def accepting() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return proc.poll() is not None
+            return accepts(port) or proc.poll() is not None  # exited: fail below
 
         yield wait_for(accepting, timeout=30, what="proxy listening")
         agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))

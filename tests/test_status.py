@@ -45,7 +45,6 @@ from tests.support import (
     wait_for,
 )
 
-# readBody warns when the whole response arrived before it was called; nothing is wrong.
 HOSTILE = '<script>alert("x")</script>&\''
 
 BACKEND_KEYS = {"name", "address", "state", "weight", "health", "breaker", "in_flight", "pool",

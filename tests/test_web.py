@@ -34,8 +34,6 @@ from tests.support import (
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                     "docs", "metrics.md")
 
-# readBody warns when the whole response arrived before it was called (the
-# transport it gets then has no abortConnection); nothing is wrong.
 def _media_type(value: str) -> Tuple[str, Dict[str, str]]:
     """Split a Content-Type value into its media type and parameters."""
     kind, *params = [p.strip() for p in value.split(";")]
@@ -48,7 +46,6 @@ class WebTestCase(LeakCheckedTestCase):
     leaves no socket behind: the last cleanup waits until every connection
     the test made (HTTP, proxy sessions, pool connections) is closed.
     """
-
 
     def echo_backend(self) -> BackendFactory:
         """An echo server on a loopback port, closed when the test ends."""
