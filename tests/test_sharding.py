@@ -221,3 +221,16 @@ class HashTagTests(SynchronousTestCase):
             self.assertTrue(client.rename(src, dst))
             self.assertEqual(client.smembers(dst), {b"x", b"y"})
         self.assertEqual(proxy.metric("poolproxy_requests_total", outcome="cross_shard"), 0)
+
+
+class ShardedHelloTests(SynchronousTestCase):
+    def test_hello_setname_refused_protocol_kept(self) -> None:
+        """HELLO with SETNAME would pin: refused on a sharded cluster; plain HELLO 3 is not."""
+        framer = RespRequestFramer(1 << 20)
+        framer.sharded = True
+        [frame] = framer.feed(encode_command([b"HELLO", b"3", b"SETNAME", b"me"]))
+        self.assertEqual((frame.flags, frame.expect), (LOCAL, None))
+        self.assertIn(b"HELLO keeps per-connection state", frame.reply)
+        self.assertFalse(framer.pinned)
+        [frame] = framer.feed(encode_command([b"HELLO", b"3"]))
+        self.assertFalse(frame.flags & LOCAL)

@@ -413,20 +413,6 @@ _AUTH_ARITY = b"-ERR wrong number of arguments for 'auth' command\r\n"
 _NOPROTO = b"-NOPROTO unsupported protocol version\r\n"
 
 
-#: Commands that keep state on the client's connection (see _special).
-_STATEFUL_UNSHARDABLE = frozenset([
-    b"MULTI", b"WATCH", b"SELECT", b"READONLY", b"READWRITE", b"ASKING", b"SUBSCRIBE",
-    b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR", b"SYNC", b"PSYNC"])
-
-
-def _client_sticks(args: Optional[List[bytes]], data: bytes) -> bool:
-    """Whether a CLIENT subcommand sets connection state (see _special)."""
-    if args is None:
-        args = _resp_args(data)
-    sub = args[1].upper() if len(args) > 1 else b""
-    return sub in (b"SETNAME", b"NO-EVICT", b"NO-TOUCH", b"CACHING", b"REPLY", b"TRACKING")
-
-
 def _unshardable(name: bytes) -> bytes:
     return (b"-ERR poolproxy: " + name + b" keeps per-connection state, which is not "
             b"supported while the cluster is sharded over several backends\r\n")
@@ -543,8 +529,7 @@ class RespRequestFramer(_Buffered):
             pos = self._plain(buf, append)
             if pos == len(buf):
                 return frames
-            if pos:
-                buf = buf[pos:]
+        # The general loop goes on from where the fast path stopped.
         find = buf.find
         ints = _INTS
         counts = _COUNTS
@@ -554,7 +539,6 @@ class RespRequestFramer(_Buffered):
         fast = self._fast
         mb = self._mb
         self._mb = None
-        pos = 0
         need = 0
         try:
             while True:
@@ -810,10 +794,9 @@ class RespRequestFramer(_Buffered):
 
     def _special(self, data: bytes, args: Optional[List[bytes]], upper: bytes,
                  key: Optional[bytes], stateful: bool) -> Optional[Frame]:
-        if self.sharded and (upper in _STATEFUL_UNSHARDABLE
-                             or (upper == b"CLIENT" and _client_sticks(args, data))):
-            return Frame(data, 1, None, LOCAL, reply=_unshardable(upper))
         if upper == b"MULTI":
+            if self.sharded:
+                return self._refuse_sharded(data)
             self._multi = True
             self._update()
             return Frame(data, 1, None, PIN)
@@ -823,6 +806,8 @@ class RespRequestFramer(_Buffered):
             self._multi = self._watch = False
             return self._ended(data)
         if upper == b"WATCH":
+            if self.sharded:
+                return self._refuse_sharded(data)
             if not self._multi:  # WATCH inside MULTI is an error
                 self._watch = True
                 self._update()
@@ -890,6 +875,8 @@ class RespRequestFramer(_Buffered):
         return Frame(data, 1, None, PIN if self._stateful() else PIN | UNPIN)
 
     def _stick(self, data: bytes, key: Optional[bytes], passthrough: bool = False) -> Frame:
+        if self.sharded:
+            return self._refuse_sharded(data)
         self._sticky = True
         flags = PIN
         if passthrough:
@@ -897,6 +884,13 @@ class RespRequestFramer(_Buffered):
             flags |= PASSTHROUGH
         self._update()
         return Frame(data, 1, key, flags)
+
+    def _refuse_sharded(self, data: bytes) -> Frame:
+        """
+        Connection state on a sharded cluster (see L{sharded}): refused, and
+        the framer's state left as it was.
+        """
+        return Frame(data, 1, None, LOCAL, reply=_unshardable(_resp_args(data)[0].upper()))
 
     def _credentials_ok(self, user: bytes, password: bytes) -> bool:
         if user != b"default":
@@ -961,7 +955,7 @@ class RespRequestFramer(_Buffered):
             # The name is connection state: a connection of its own, which this
             # HELLO also switches to the chosen protocol.
             frame = self._stick(data, None)
-            if proto is not None:
+            if proto is not None and not frame.flags & LOCAL:
                 frame.flags |= VARIANT
                 frame.expect = variant
             return frame
