@@ -754,7 +754,8 @@ class MultiplexFrontend(Protocol):
                     continue
                 if self.unpin_pending:
                     return  # wait for the UNPIN reply before choosing a connection
-                if not reuse_shared and self._keys_of is not None:
+                if (not reuse_shared and self._keys_of is not None
+                        and frame not in self._split_groups):  # parts are split already
                     split = self._split_by_shard(frame)
                     if split is not None:
                         held.popleft()
