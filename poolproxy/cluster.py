@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, List, Optional, Sequence
 
-from twisted.logger import Logger
 
 from poolproxy.pool import BackendPool
 
@@ -30,8 +29,6 @@ class Backend:
         is taking it out gracefully).
     @ivar requests: requests sent to it; C{failures}: those that failed.
     """
-
-    log = Logger()
 
     def __init__(self, name: str, pool: BackendPool, weight: int = 1) -> None:
         self.name = name
@@ -158,8 +155,6 @@ class Cluster:
         checks and breakers may take out of rotation at once.
     """
 
-    log = Logger()
-
     def __init__(self, name: str, backends: Sequence[Backend], policy: str = "round_robin",
                  max_ejected_share: float = 0.5, rng: Optional[random.Random] = None,
                  make_policy: Optional[Callable[..., Any]] = None) -> None:
@@ -181,10 +176,6 @@ class Cluster:
         #: Whether requests are routed by key to one of several backends, each
         #: holding part of the keys (so no backend holds them all).
         self.sharded = self.policy_name == "consistent_hash" and len(self.backends) > 1
-
-    @property
-    def pools(self) -> List[BackendPool]:
-        return [b.pool for b in self.backends]
 
     #: Two bytes, e.g. C{b"{}"}: a key holding them is routed by what is
     #: between them (hash tags, as twemproxy's C{hash_tag}); L{None}: off.

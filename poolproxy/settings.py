@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.python.usage import UsageError
 
+from poolproxy.balancing import POLICIES
+
 class ConfigError(UsageError):
     """
     A setting is missing, unknown or has a bad value.  The message is a single
@@ -140,7 +142,7 @@ SETTINGS: Tuple[Setting, ...] = (
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
 
-BALANCE_POLICIES = ("round_robin", "least_outstanding", "consistent_hash", "random")
+BALANCE_POLICIES = tuple(POLICIES)  # the names poolproxy.balancing implements
 
 #: The policy a cluster gets when --balance is not given, by codec mode.
 DEFAULT_BALANCE = {"multiplexed": "consistent_hash", "request": "least_outstanding",
