@@ -23,7 +23,8 @@ class RejectionSummary:
     def __init__(self, admission: Any, pools: Iterable[Any], clock: Any,
                  interval: float = 10.0) -> None:
         self.admission = admission
-        self.pools = list(pools)
+        # Read, not copied: a reload adds and retires pools in the service's list.
+        self.pools = pools
         self.interval = interval
         self._last = self._counts()
         self._loop = LoopingCall(self._report)

@@ -43,3 +43,24 @@ class SummaryTests(SynchronousTestCase):
         self.assertEqual(len(lines), 1)
         self.assertEqual(lines[0]["total"], 501)
         self.assertEqual(lines[0]["counts"], {"admission queue_full": 500, "b exhausted": 1})
+
+    def test_pools_added_later_are_counted(self) -> None:
+        """A pool a reload adds to the service's list is summarised too."""
+        clock = Clock()
+        admission = Admission(1, 0, 1.0, clock=clock)
+        pools: list = []
+        summary = RejectionSummary(admission, pools, clock, interval=10.0)
+        summary.start()
+        self.addCleanup(summary.stop)
+        pool = BackendPool("late", FakeEndpoint(), BackendProtocol, size=1, max_waiters=0,
+                           connect_timeout=60.0, acquire_timeout=60.0, clock=clock)
+        pools.append(pool)
+        first = pool.acquire()
+        with capturedLogs() as events:
+            self.failureResultOf(pool.acquire(), PoolExhausted)
+            clock.advance(10.0)
+        lines = [e for e in events if e.get("log_format", "").startswith("rejected")]
+        self.assertEqual([line["counts"] for line in lines], [{"late exhausted": 1}])
+        first.addErrback(lambda _: None)  # cancelled below: the test is over
+        first.cancel()
+        pool.close()
