@@ -55,6 +55,20 @@ MAX_WEIGHT = 1000
 _DIGITS = re.compile(r"[0-9]{1,9}\Z")
 
 
+def bearer_ok(request: Request, token: bytes) -> bool:
+    """Whether C{request} carries C{Authorization: Bearer TOKEN} (compared in constant time)."""
+    header = request.getHeader(b"authorization")
+    if header is None:
+        return False
+    if isinstance(header, str):
+        header = header.encode("latin-1")
+    scheme, _, given = header.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return False
+    # Compare bytes: compare_digest refuses non-ASCII str.
+    return hmac.compare_digest(given.strip(), token)
+
+
 class AdminError(Exception):
     """
     A refused request: an HTTP status and a one-line reason.
@@ -128,16 +142,7 @@ class AdminResource(Resource):
         return _json(dict(ok=True, **body))
 
     def _authorized(self, request: Request) -> bool:
-        header = request.getHeader(b"authorization")
-        if header is None:
-            return False
-        if isinstance(header, str):
-            header = header.encode("latin-1")
-        scheme, _, given = header.strip().partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        # Compare bytes: compare_digest refuses non-ASCII str.
-        return hmac.compare_digest(given.strip(), self._token)
+        return bearer_ok(request, self._token)
 
     def _dispatch(self, request: Request, path: List[str]) -> Dict[str, Any]:
         if len(path) == 4 and path[0] == "backends":

@@ -20,7 +20,6 @@ reports to the supervisor when it starts.
 
 from __future__ import annotations
 
-import hmac
 import json
 from html import escape
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
@@ -35,6 +34,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from poolproxy import __version__
+from poolproxy.admin import bearer_ok
 from poolproxy.config import read_secret
 from poolproxy.metrics_merge import SummedMetrics
 from poolproxy.web import HealthzResource, QuietSite
@@ -243,15 +243,13 @@ class SupervisorAdmin(_WorkersResource):
         self._token = token.encode("utf-8")
 
     def render(self, request: Request) -> Any:
-        given = request.getHeader(b"authorization") or b""
-        scheme, _, token = given.partition(b" ")
         if request.method != b"POST":
             request.setHeader(b"Allow", b"POST")
             return self._refuse(request, 405, "use POST")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
+        if not bearer_ok(request, self._token):
             request.setHeader(b"WWW-Authenticate", b"Bearer")
             return self._refuse(request, 401, "missing or wrong bearer token")
-        headers = Headers({b"Authorization": [given]})
+        headers = Headers({b"Authorization": [request.getHeader(b"authorization")]})
 
         def render(answers: List[Answer]) -> None:
             codes = [code if code is not None else 502 for _, code, _ in answers] or [503]
@@ -277,7 +275,8 @@ class SupervisorAdmin(_WorkersResource):
                  uri=request.uri.decode("ascii", "replace"), reason=reason)
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps({"error": reason}).encode("utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json.dumps({"ok": False, "error": reason}).encode("utf-8")
 
 
 def build_supervisor_site(supervisor: "Supervisor", client: WorkerClient) -> Site:
