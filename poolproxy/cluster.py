@@ -18,6 +18,10 @@ from typing import Any, Callable, List, Optional, Sequence
 from poolproxy.pool import BackendPool
 
 
+#: The values of L{Backend.state}.
+BACKEND_STATES = ("up", "down", "draining", "ejected", "disabled")
+
+
 class Backend:
     """
     One backend server of a cluster.
@@ -139,6 +143,12 @@ class Backend:
         breaker = self.breaker
         if breaker is not None:
             breaker.failure()
+
+    def start(self) -> None:
+        """Start the pool's maintenance and the active health checks."""
+        self.pool.start()
+        if self.health is not None:
+            self.health.start()
 
     def stop(self) -> None:
         if self.health is not None:

@@ -19,6 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
+from poolproxy.cluster import BACKEND_STATES
 from poolproxy.stats import Histogram
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ CLOSE_REASONS = ("idle_timeout", "max_lifetime", "max_uses", "backend_closed",
 # and poolproxy.breaker.CircuitBreaker.state (poolproxy.breaker.STATES).  Each
 # is exported as a Prometheus "enum" gauge: one series per value, 1 for the
 # current one and 0 for the others, all present from the start.
-BACKEND_STATES = ("up", "down", "draining", "ejected", "disabled")
 HEALTH_STATES = ("unknown", "healthy", "unhealthy")
 BREAKER_STATES = ("closed", "open", "half_open")
 
@@ -223,7 +223,7 @@ class ProxyCollector:
                 outstanding.add_metric(name, backend.outstanding)
                 requests.add_metric(name, backend.requests)
                 failures.add_metric(name, backend.failures)
-                retries.add_metric(name, getattr(backend, "retries", 0))
+                retries.add_metric(name, backend.retries)
                 current = backend.state
                 tally[current] = tally.get(current, 0) + 1
                 _add_enum(state, name, BACKEND_STATES, current)

@@ -76,9 +76,7 @@ class Reloader:
                 cluster.add(backend)
                 service.pools.append(backend.pool)
                 if service.running:
-                    backend.pool.start()
-                    if backend.health is not None:
-                        backend.health.start()
+                    backend.start()
                 self.log.info("reload: backend {backend} added to cluster {cluster}",
                               backend=wanted.name, cluster=cluster.name)
             elif backend.weight != wanted.weight:

@@ -255,9 +255,7 @@ class ProxyService(MultiService):
             sweeper.start()
         for cluster in self.clusters.values():
             for backend in cluster.backends:
-                backend.pool.start()
-                if backend.health is not None:
-                    backend.health.start()
+                backend.start()
         for listener in self.listeners:
             cluster = listener.factory.cluster
             self.log.info(

@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from poolproxy import __version__
+from poolproxy.cluster import BACKEND_STATES
 
 if TYPE_CHECKING:
     from poolproxy.cluster import Backend, Cluster
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 #: Seconds between two reloads of the HTML page (its meta refresh).
 REFRESH_SECONDS = 5
 
-#: The backend states L{poolproxy.cluster.Backend.state} can report.
-BACKEND_STATES = ("up", "down", "draining", "disabled", "ejected")
 
 
 def backend_address(backend: "Backend") -> str:

@@ -240,10 +240,6 @@ class Supervisor(MultiService):
         for slot in range(self.count):
             self.spawn(slot)
 
-    def listening_port(self, name: str) -> int:
-        """The port listener C{name} is bound to (useful with C{tcp:0})."""
-        return self.sockets[name][0].getsockname()[1]
-
     def spawn(self, slot: int) -> WorkerProcess:
         """Start the worker for C{slot} (numbered from 0) on its sockets."""
         self._pending.pop(slot, None)
