@@ -422,8 +422,11 @@ class BackendPool:
         # max_waiters bounds the requests waiting for a busy connection; those
         # a connect (pending, or that there is room to start) will serve do not
         # count.
+        waiting = len(self._waiters)
+        if waiting < self.max_waiters:
+            return None  # (servable is never negative)
         servable = self._connects_for_waiters() + self.size - self.total
-        if len(self._waiters) >= self.max_waiters + servable:
+        if waiting >= self.max_waiters + servable:
             self.acquire_failures.add("exhausted")
             return PoolExhausted(f"all {self.size} connections to {self.name} are busy and "
                                  f"{self.max_waiters} requests are waiting")
@@ -521,11 +524,15 @@ class BackendPool:
     # -- connecting ---------------------------------------------------------
 
     def _connect_for_waiters(self) -> None:
-        while len(self._waiters) > self._connects_for_waiters() and self.total < self.size:
+        # The pool full is the common case under load: checked first, it
+        # spares the count of connects in progress.
+        while self.total < self.size and len(self._waiters) > self._connects_for_waiters():
             self._connect()
 
     def _connects_for_waiters(self) -> int:
         """Connects in progress whose connection goes to a waiter (not to an acquire_fresh)."""
+        if not self._connecting:
+            return 0
         return sum(1 for attempt in self._connecting if attempt.owner is None)
 
     def acquire_fresh(self) -> "Deferred[PooledConnection]":

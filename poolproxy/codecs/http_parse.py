@@ -166,16 +166,27 @@ class _Head:
     #: (see L{_serialize}); L{raw} is L{None} for heads built by hand.
     raw: Optional[bytes]
     hop: int
+    #: Also set by the parsers: the header names lower-cased, in order, for
+    #: lookups without a loop in Python; L{None} for heads built by hand.
+    #: Whoever changes a parsed head's C{headers} sets C{raw} and C{names}
+    #: to L{None} (and C{connection}, see below).
+    names: Optional[List[bytes]]
 
     def header(self, name: Any) -> Optional[bytes]:
         """The first value of header C{name} (case-insensitive), or L{None}."""
-        return _find_header(self.headers, name)
+        names = self.names
+        if names is None:
+            return _find_header(self.headers, name)
+        name = _lower_name(name)
+        if name in names:
+            return self.headers[names.index(name)][1]
+        return None
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
         return all(getattr(self, s) == getattr(other, s) for s in self.__slots__
-                   if s not in ("raw", "hop"))
+                   if s not in ("raw", "hop", "names"))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -207,7 +218,8 @@ class RequestHead(_Head):
     """
 
     __slots__ = ("method", "target", "version", "headers", "body", "length",
-                 "keep_alive", "upgrade", "expect_continue", "connection", "raw", "hop")
+                 "keep_alive", "upgrade", "expect_continue", "connection", "raw", "hop",
+                 "names")
 
     def __init__(self, method: bytes, target: bytes, version: bytes = b"HTTP/1.1",
                  headers: Optional[List[Tuple[bytes, bytes]]] = None,
@@ -227,6 +239,7 @@ class RequestHead(_Head):
         self.connection = connection
         self.raw = None
         self.hop = -1
+        self.names = None
 
     def __repr__(self) -> str:
         return (f"RequestHead({self.method!r}, {self.target!r}, {self.version!r}, "
@@ -256,7 +269,8 @@ class ResponseHead(_Head):
     """
 
     __slots__ = ("version", "status", "reason", "headers", "body", "length",
-                 "keep_alive", "upgrade", "informational", "connection", "raw", "hop")
+                 "keep_alive", "upgrade", "informational", "connection", "raw", "hop",
+                 "names")
 
     def __init__(self, version: bytes = b"HTTP/1.1", status: int = 200, reason: bytes = b"OK",
                  headers: Optional[List[Tuple[bytes, bytes]]] = None,
@@ -276,6 +290,7 @@ class ResponseHead(_Head):
         self.connection = connection
         self.raw = None
         self.hop = -1
+        self.names = None
 
     def __repr__(self) -> str:
         return (f"ResponseHead({self.version!r}, {self.status}, {self.reason!r}, "
@@ -383,9 +398,10 @@ class _Parser:
         self._remaining = 0
         self._scan = 0
         self._trailer_size = 0
-        # The last head's bytes and hop-by-hop flag (see _Head.raw).
+        # The last head's bytes, hop-by-hop flag and names (see _Head.raw).
         self._raw: Any = None
         self._hop = -1
+        self._names: List[bytes] = []
 
     def pending(self) -> int:
         """Bytes held for an incomplete head, chunk-size line or trailer."""
@@ -451,7 +467,8 @@ class _Parser:
         if not nh:
             self._raw = head
             self._hop = 0
-            return line, [], []
+            self._names = []
+            return line, [], self._names
         if nh > self.max_headers:
             return self._fail(self._TOO_LARGE, "too many header fields")
         if end - pos - len(line) > self.max_headers_size:
@@ -465,6 +482,7 @@ class _Parser:
                 b"".join(lnames).translate(None, _TCHAR):
             return self._fail(self._BAD, self._why_bad_names(lines))
         self._raw = head
+        self._names = lnames
         if _HOP_BY_HOP.isdisjoint(lnames):
             self._hop = 0
         else:
@@ -675,6 +693,7 @@ class RequestParser(_Parser):
                 return events
             head.raw = self._raw
             head.hop = self._hop
+            head.names = self._names
             events.append(head)
             pos = end + 4
             if head.upgrade:
@@ -884,6 +903,7 @@ class ResponseParser(_Parser):
                 return events
             head.raw = self._raw
             head.hop = self._hop
+            head.names = self._names
             events.append(head)
             pos = end + 4
             if head.informational:
@@ -1037,7 +1057,7 @@ def _serialize(first: bytes, head: Any, upgrade: bool,
     hop = head.hop
     if (raw is not None and not upgrade and (hop == 0 or (
             hop > 0 and _KEEP_OR_CLOSE.issuperset(head.connection or ())))
-            and (not drop or all(_find_header(head.headers, d) is None for d in drop))):
+            and (not drop or all(head.header(d) is None for d in drop))):
         # Nothing to take out but, at most, a plain "Connection: keep-alive"
         # line (nginx sends one with every response): the header lines go as
         # received (the common case, and the cheap one).
@@ -1070,7 +1090,9 @@ def _serialize(first: bytes, head: Any, upgrade: bool,
     return b"\r\n".join(lines)
 
 
-def _encode_extra(extra_headers: Iterable[Tuple[Any, Any]]) -> List[bytes]:
+def _encode_extra(extra_headers: Any) -> List[bytes]:
+    if extra_headers.__class__ is bytes:
+        return [extra_headers]  # header lines encoded already
     if type(extra_headers) is not list and type(extra_headers) is not tuple:
         extra_headers = list(extra_headers)
     try:
@@ -1094,7 +1116,8 @@ def serialize_request_head(head: RequestHead, extra_headers: Iterable[Tuple[Any,
     headers (original case and order) without the hop-by-hop ones (see
     L{hop_by_hop_names}) and without those named in C{drop}
     (case-insensitive), then C{extra_headers} (C{(name, value)} pairs,
-    bytes or str).  Content-Length and Transfer-Encoding stay: the body is
+    bytes or str; or header lines already encoded, as one C{bytes} of
+    CRLF-separated lines without the last CRLF).  Content-Length and Transfer-Encoding stay: the body is
     forwarded verbatim.  For an upgrade request (not CONNECT) the C{Upgrade}
     header stays and C{Connection: upgrade} is sent.
     """
