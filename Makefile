@@ -36,7 +36,7 @@ $(PYPY_STAMP): setup.cfg pyproject.toml
 
 run: $(STAMP)
 	@echo "poolproxy demo: curl http://127.0.0.1:8080/   metrics: http://127.0.0.1:9090/metrics   (Ctrl-C stops)"
-	$(BIN)/twistd --nodaemon --pidfile= poolproxy --protocol http \
+	$(BIN)/twistd --nodaemon --pidfile= --reactor=poolproxy-epoll poolproxy --protocol http \
 		--listen tcp:8080:interface=127.0.0.1 \
 		--demo tcp:8081:interface=127.0.0.1 \
 		--metrics tcp:9090:interface=127.0.0.1 \

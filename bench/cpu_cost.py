@@ -5,6 +5,7 @@ The proxy's own CPU time per request, for comparing two versions of the code.
     .venv/bin/python bench/cpu_cost.py --protocol redis --pipeline 16 --repeat 3
     .venv/bin/python bench/cpu_cost.py --protocol http --pool-size 16
     .venv/bin/python bench/cpu_cost.py --python .venv-pypy/bin/python
+    .venv/bin/python bench/cpu_cost.py --protocol http --reactor default   # Twisted's epoll
 
 Requests per second move with whatever else the machine does; the CPU time
 the proxy process spent (utime + stime from /proc, kernel time included)
@@ -25,7 +26,7 @@ from typing import Any, Callable, Dict, List
 from common import progress
 from loads import redis_load, warm_up, wrk
 from machine import cpu_seconds
-from servers import Processes, start_nginx, start_poolproxy, start_redis
+from servers import REACTOR, Processes, start_nginx, start_poolproxy, start_redis
 
 
 def measure(pid: int, load: Callable[[float], Dict[str, Dict[str, Any]]], seconds: float,
@@ -46,13 +47,17 @@ def main() -> None:
         os.path.abspath(__file__))), ".venv", "bin", "python"))
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reactor", default=REACTOR,
+                        help=f"twistd --reactor for poolproxy (default {REACTOR}; "
+                             "'default' for Twisted's)")
     args = parser.parse_args()
 
     procs = Processes(tempfile.mkdtemp(prefix="poolproxy-cpu-cost-"))
     try:
         if args.protocol == "redis":
             backend = start_redis(procs)
-            proxy = start_poolproxy(procs, args.python, "redis", backend, pool_size=args.pool_size)
+            proxy = start_poolproxy(procs, args.python, "redis", backend, args.reactor,
+                                    pool_size=args.pool_size)
             load = redis_load(proxy.port, args.pipeline)
 
             def requests_of(figures: Dict[str, Dict[str, Any]], seconds: float) -> float:
@@ -60,7 +65,8 @@ def main() -> None:
                 return sum(f["requests"] for f in figures.values())
         else:
             backend = start_nginx(procs)
-            proxy = start_poolproxy(procs, args.python, "http", backend, pool_size=args.pool_size)
+            proxy = start_poolproxy(procs, args.python, "http", backend, args.reactor,
+                                    pool_size=args.pool_size)
 
             def load(seconds: float) -> Dict[str, Dict[str, Any]]:
                 return wrk(proxy.port, seconds, close=False)
@@ -72,7 +78,8 @@ def main() -> None:
         for i in range(args.repeat):
             costs.append(measure(proxy.pid, load, args.seconds, requests_of))
             progress(f"run {i + 1}: {costs[-1]:.2f} us of proxy CPU per request")
-        print(f"{args.protocol} ({os.path.basename(args.python)}, pool {args.pool_size}"
+        print(f"{args.protocol} ({os.path.basename(args.python)}, {args.reactor} reactor, "
+              f"pool {args.pool_size}"
               f"{', pipeline %d' % args.pipeline if args.protocol == 'redis' else ''}): "
               f"median {statistics.median(costs):.2f} us of proxy CPU per request "
               f"(runs: {', '.join(f'{c:.2f}' for c in costs)})")

@@ -149,14 +149,20 @@ POOLPROXY_SETTINGS = {"pool-size": "16", "pool-min-idle": "2",
                       "max-concurrency": "100000", "queue-size": "100000"}
 
 
+#: twistd's --reactor for poolproxy: the one it ships and docs/operations.md
+#: recommends (poolproxy.reactor); "default" for Twisted's own choice.
+REACTOR = "poolproxy-epoll"
+
+
 def start_poolproxy(procs: Processes, python: str, protocol: str, backend: int,
-                    **settings: Any) -> Proxy:
+                    reactor: str = REACTOR, **settings: Any) -> Proxy:
     """twistd -n poolproxy; settings (pool_size=16, ...) override POOLPROXY_SETTINGS."""
     port, metrics = free_port(), free_port()
     flags = dict(POOLPROXY_SETTINGS, **{k.replace("_", "-"): str(v) for k, v in settings.items()})
     name = f"poolproxy-{protocol}-{'pypy' if 'pypy' in python else 'cpython'}"
     args = [python, "-c", TWISTD, "-n", "--pidfile=",
             "--logfile", os.path.join(procs.workdir, f"{procs.count + 1:02d}-{name}-twistd.log"),
+            *([f"--reactor={reactor}"] if reactor != "default" else []),
             "poolproxy", "--protocol", protocol,
             "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
             "--metrics", f"tcp:{metrics}:interface=127.0.0.1",

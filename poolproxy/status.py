@@ -12,6 +12,7 @@ difference to the previous snapshot that resource took: see L{RateSampler}.
 from __future__ import annotations
 
 import json
+import platform
 from html import escape
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -155,6 +156,10 @@ def status_snapshot(service: "ProxyService", sampler: RateSampler) -> Dict[str, 
     } for cluster in service.clusters.values()]
     return {
         "version": __version__,
+        "runtime": {
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "reactor": type(service.reactor).__name__,
+        },
         "listeners": listeners,
         "admission": {
             "in_flight": admission.in_flight,
@@ -239,7 +244,9 @@ def render_html(snapshot: Dict[str, Any]) -> str:
         f"<title>poolproxy {h(snapshot['version'])} status</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>poolproxy {h(snapshot['version'])}</h1>",
-        f'<p class="meta">Refreshes every {REFRESH_SECONDS} s. Rates are per second since '
+        f'<p class="meta">{h(snapshot["runtime"]["python"])}, '
+        f'{h(snapshot["runtime"]["reactor"])}. Refreshes every {REFRESH_SECONDS} s. '
+        'Rates are per second since '
         'this page was last loaded. <a href="/status.json">JSON</a> · '
         '<a href="/metrics">metrics</a></p>',
     ]

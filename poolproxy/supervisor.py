@@ -256,12 +256,19 @@ class Supervisor(MultiService):
         env[HANDOFF_ENV] = Handoff(slot + 1, 3, listeners).to_env()
         args = [self.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "--nodaemon", "--pidfile=",
-                "--logger", "poolproxy.logs.json_observer", "poolproxy", *self.argv]
+                "--logger", "poolproxy.logs.json_observer", *self._reactor_args(),
+                "poolproxy", *self.argv]
         worker = WorkerProcess(self, slot + 1, self.reactor.seconds())
         self.workers[slot] = worker
         self.reactor.spawnProcess(worker, self.executable, args, env=env, childFDs=child_fds)
         log.info("worker {worker} started (pid {pid})", worker=slot + 1, pid=worker.pid)
         return worker
+
+    def _reactor_args(self) -> List[str]:
+        """Workers run the supervisor's reactor if it is poolproxy's own."""
+        if type(self.reactor).__module__ == "poolproxy.reactor":
+            return ["--reactor=poolproxy-epoll"]
+        return []
 
     # -- running ----------------------------------------------------------
 

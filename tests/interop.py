@@ -194,14 +194,17 @@ def nginx_server(testcase: Any) -> Any:
 class ProxyProcess:
     """
     C{twistd -n poolproxy} in front of C{backends}; C{port} is its listener.
+    C{reactor} is twistd's --reactor (its default if L{None}).
     """
 
-    def __init__(self, testcase: Any, protocol: str, backends: List[int], *extra: str) -> None:
+    def __init__(self, testcase: Any, protocol: str, backends: List[int], *extra: str,
+                 reactor: Optional[str] = None) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         # Active health checks open connections of their own; tests that count
         # backend connections are about pooling, so checks are off unless asked.
-        args = ["poolproxy", "--protocol", protocol,
+        args = [f"--reactor={reactor}"] if reactor else []
+        args += ["poolproxy", "--protocol", protocol,
                 "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
                 "--metrics", f"tcp:{self.metrics_port}:interface=127.0.0.1",
                 "--check-interval", "0", *extra]

@@ -23,8 +23,8 @@ class NginxInteropTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.backend, self.directory = nginx_server(self)
 
-    def proxy(self, *extra: str) -> ProxyProcess:
-        self.pp = ProxyProcess(self, "http", [self.backend], *extra)
+    def proxy(self, *extra: str, reactor: "str | None" = None) -> ProxyProcess:
+        self.pp = ProxyProcess(self, "http", [self.backend], *extra, reactor=reactor)
         return self.pp
 
     def backend_connections(self) -> List[str]:
@@ -117,8 +117,18 @@ class NginxInteropTests(SynchronousTestCase):
         wrk with 50 keep-alive connections for 2 seconds: requests complete,
         none fail, nginx sees at most pool-size connections.
         """
+        self.wrk()
+
+    def test_wrk_poolproxy_epoll(self) -> None:
+        """
+        The same under twistd --reactor=poolproxy-epoll (poolproxy.reactor),
+        the reactor the benchmarks and docs/operations.md use.
+        """
+        self.wrk(reactor="poolproxy-epoll")
+
+    def wrk(self, reactor: "str | None" = None) -> None:
         tool = binary("wrk")
-        self.proxy("--pool-size", "10")
+        self.proxy("--pool-size", "10", reactor=reactor)
         out = subprocess.run([tool, "-t1", "-c50", "-d2s", f"http://127.0.0.1:{self.pp.port}/"],
                              capture_output=True, text=True, timeout=120)
         self.assertEqual(out.returncode, 0, out.stderr)

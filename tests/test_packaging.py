@@ -31,7 +31,8 @@ class PackagingTests(SynchronousTestCase):
         )
         [wheel] = glob.glob(os.path.join(out, "poolproxy-*.whl"))
         names = set(zipfile.ZipFile(wheel).namelist())
-        self.assertIn("twisted/plugins/poolproxy_plugin.py", names)
+        for plugin in ("poolproxy_plugin", "poolproxy_codecs", "poolproxy_reactors"):
+            self.assertIn(f"twisted/plugins/{plugin}.py", names)
         self.assertIn("poolproxy/tap.py", names)
         for forbidden in ("twisted/__init__.py", "twisted/plugins/__init__.py",
                           "twisted/plugins/dropin.cache"):
@@ -45,3 +46,11 @@ class PackagingTests(SynchronousTestCase):
         result = subprocess.run(twistd_command("--help"), capture_output=True, text=True,
                                 timeout=120, cwd=ROOT)
         self.assertIn("poolproxy", result.stdout)
+
+    def test_twistd_lists_reactor(self) -> None:
+        """
+        twistd, as installed here, offers --reactor=poolproxy-epoll.
+        """
+        result = subprocess.run(twistd_command("--help-reactors"), capture_output=True,
+                                text=True, timeout=120, cwd=ROOT)
+        self.assertIn("poolproxy-epoll", result.stdout)

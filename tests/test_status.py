@@ -8,6 +8,7 @@ escaping) on their own.  Waits poll a condition with a bound, never sleep.
 from __future__ import annotations
 
 import json
+import platform
 import re
 from typing import Any, Dict, List, Tuple
 
@@ -137,8 +138,11 @@ class StatusJsonTests(StatusTestCase):
                        "both pools to connect")
         status = yield self.status(service)
 
-        self.assertEqual(set(status), {"version", "listeners", "admission", "clusters"})
+        self.assertEqual(set(status), {"version", "runtime", "listeners", "admission", "clusters"})
         self.assertEqual(status["version"], __version__)
+        self.assertEqual(status["runtime"], {
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "reactor": type(reactor).__name__})
 
         [listener] = status["listeners"]
         self.assertEqual(set(listener), LISTENER_KEYS)
@@ -339,7 +343,8 @@ class RenderTests(TestCase):
                "requests": 0, "failures": 0, "retries": 0, "request_rate": 0.0,
                "error_rate": 0.0, "last_error": None}
         row.update(backend)
-        return {"version": "1.0", "listeners": [],
+        return {"version": "1.0", "runtime": {"python": "CPython 3.11.7", "reactor": "R"},
+                "listeners": [],
                 "admission": {"in_flight": 0, "queued": 0, "max_concurrency": 1,
                               "queue_size": 1, "admitted": 0, "rejected": {}},
                 "clusters": [{"name": "c", "policy": "round_robin", "backends": [row]}]}
@@ -360,9 +365,10 @@ class RenderTests(TestCase):
         snap = self.snapshot(name=HOSTILE, address=HOSTILE, last_error=HOSTILE)
         snap["clusters"][0]["name"] = HOSTILE
         snap["clusters"][0]["policy"] = HOSTILE
+        snap["runtime"] = {"python": HOSTILE, "reactor": HOSTILE}
         page = render_html(snap)
         self.assertNotIn("<script", page)
-        self.assertEqual(page.count(h(HOSTILE)), 5)
+        self.assertEqual(page.count(h(HOSTILE)), 7)
 
     def test_state_colours(self) -> None:
         """

@@ -78,11 +78,12 @@ def _exits(pid: int, timeout: float) -> bool:
 class Supervised:
     """C{twistd -n poolproxy --workers 2 --protocol http} with the demo backend."""
 
-    def __init__(self, testcase: TestCase, *extra: str) -> None:
+    def __init__(self, testcase: TestCase, *extra: str, reactor: Optional[str] = None) -> None:
         self.port = free_port()
         self.web = free_port()
         demo = free_port()
         self.process = Process(testcase, twistd_command(
+            *([f"--reactor={reactor}"] if reactor else []),
             "poolproxy", "--workers", "2", "--protocol", "http",
             "--listen", f"tcp:{self.port}:interface=127.0.0.1",
             "--demo", f"tcp:{demo}:interface=127.0.0.1",
@@ -148,6 +149,19 @@ class WorkersTests(TestCase):
         ok = summed[("poolproxy_requests_total", (("listener", f"tcp:{proxy.port}:interface=127.0.0.1"),
                                                     ("outcome", "ok")))]
         self.assertEqual(ok, 40)
+
+    def test_workers_run_the_supervisors_reactor(self) -> None:
+        """
+        Under twistd --reactor=poolproxy-epoll the workers run that reactor
+        too (their status says so), and serve.
+        """
+        proxy = Supervised(self, reactor="poolproxy-epoll")
+        workers = proxy.status()["workers"]
+        self.assertEqual([w["status"]["runtime"]["reactor"] for w in workers],
+                         ["LeanEPollReactor", "LeanEPollReactor"])
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertTrue(c.recv(4096).startswith(b"HTTP/1.1 200 "))
 
     def test_sighup_reaches_every_worker(self) -> None:
         proxy = Supervised(self)
