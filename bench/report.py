@@ -180,7 +180,11 @@ def print_report(bench: Bench, info: Dict[str, str], title: str, checked: List[D
           f"HAProxy {info['haproxy']}, wrk {info['wrk']}")
     print(f"* Proxy under test pinned to CPU {PROXY_CPU}, backends and load generators to "
           f"CPU {LOAD_CPU}; {args.duration:g} s per measured run after {args.warmup:g} s of "
-          f"the same load unmeasured; the whole run took {elapsed / 60:.1f} min.")
+          f"the same load unmeasured; poolproxy on twistd's --reactor={args.reactor}, the "
+          f"reference Twisted proxies on Twisted's default reactor; throughput targets "
+          f"measured in {args.rounds} "
+          f"interleaved rounds, each row its median round; the whole run took "
+          f"{elapsed / 60:.1f} min.")
     print(f"* Other processes on the machine used {info['other load at start']} as the run "
           f"started; a run during which they used more than {100 * NOISY:.0f}% of a core is "
           "marked in the notes.")

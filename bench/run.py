@@ -30,7 +30,14 @@ poolproxy runs on CPython (--python, by default this interpreter) and on PyPy
 (--pypy, by default .venv-pypy/bin/python, made by `make venv-pypy`); PyPy is
 skipped, with a progress line saying why, when that interpreter is missing.
 Every measured run is preceded by --warmup seconds of the same load,
-unmeasured (PyPy's JIT needs it; every target gets it, for fairness).
+unmeasured (PyPy's JIT needs it; every target gets it, for fairness).  The
+throughput parts measure their targets in --rounds turns (A B C, A B C, ...),
+so that a slow stretch of the machine falls on every target alike, and
+report each target's median round: ratios between proxies measured minutes
+apart moved by ±10% on this machine otherwise.  poolproxy runs under
+`twistd --reactor=poolproxy-epoll` (--reactor; docs/operations.md), the
+Twisted reference proxies on Twisted's default reactor, as their users run
+them.
 
 Needs the Debian packages redis-server, redis-tools (redis-benchmark),
 memcached, libmemcached-tools (memaslap, installed as memcaslap), nginx-light,
@@ -74,9 +81,9 @@ from loads import memaslap, percentile, ping_clients, redis_load, rejections, wa
 from machine import (OtherLoad, find_pypy, machine_info, machine_title, noise_note,
                      raise_fd_limit, rss_kb)
 from report import plot, print_report, targets
-from servers import (BlackHole, Processes, churn_figures, metric_sum, scrape, start_haproxy,
-                     start_memcached, start_nginx, start_poolproxy, start_portforward,
-                     start_redis, start_reverse_proxy, start_twemproxy)
+from servers import (REACTOR, BlackHole, Processes, churn_figures, metric_sum, scrape,
+                     start_haproxy, start_memcached, start_nginx, start_poolproxy,
+                     start_portforward, start_redis, start_reverse_proxy, start_twemproxy)
 
 PARTS = ("redis", "memcached", "http", "tcp", "churn", "idle", "saturated")
 TOOLS = {   # what each part runs
@@ -108,11 +115,47 @@ class Bench:
         self.saturated: List[Dict[str, Any]] = []
         self.failed: List[str] = []
 
+    def compare(self, workload: str, targets: List[Tuple[str, Load]]) -> None:
+        """
+        Each target under the same load, in turns: --rounds rounds of every
+        target one after the other, so that the machine's own drift (seen
+        here at ±10% over minutes) falls on all of them alike rather than on
+        whichever ran in a slow stretch.  A target's row is its round of
+        median req/s; the notes give the range.
+        """
+        runs: Dict[str, List[Figures]] = {target: [] for target, _ in targets}
+        rounds = max(1, self.args.rounds)
+        for n in range(rounds):
+            for target, load in targets:
+                # Warmed up in full before its first round, briefly before the others.
+                warm = self.args.warmup if n == 0 else min(self.args.warmup, 1.0)
+                label = f"{target} (round {n + 1}/{rounds})" if rounds > 1 else target
+                runs[target].append(self.run_once(workload, label, load, warm))
+        for target, _ in targets:
+            tests = dict.fromkeys(test for figures in runs[target] for test in figures)
+            for test in tests:
+                got = [f[test] for f in runs[target] if test in f]
+                got.sort(key=lambda f: -1.0 if f["rps"] != f["rps"] else f["rps"])
+                row = dict(got[(len(got) - 1) // 2])  # of an even count, the lower
+                if len(got) > 1:
+                    spread = f"median of {len(got)} rounds ({got[0]['rps']:,.0f}–" \
+                             f"{got[-1]['rps']:,.0f} req/s)"
+                    row["notes"] = "; ".join(filter(None, [spread, row.get("notes")]))
+                    row["rounds_rps"] = [f["rps"] for f in got]
+                self.rows.append({"workload": workload, "test": test, "target": target, **row})
+
     def measure(self, workload: str, target: str, load: Load, warm: bool = True) -> Figures:
+        """One run of C{load}, kept as rows (after --warmup seconds of it if C{warm})."""
+        figures = self.run_once(workload, target, load, self.args.warmup if warm else 0.0)
+        for test, f in figures.items():
+            self.rows.append({"workload": workload, "test": test, "target": target, **f})
+        return figures
+
+    def run_once(self, workload: str, target: str, load: Load, warm: float) -> Figures:
         progress(f"{workload}: {target} ...")
         try:
-            if warm and self.args.warmup > 0:
-                warm_up(load, self.args.warmup)
+            if warm > 0:
+                warm_up(load, warm)
             other = OtherLoad()
             figures = load(self.args.duration)
             share, top = other.share()
@@ -124,7 +167,6 @@ class Bench:
             figures = {"(failed)": {"rps": NAN, "p50_ms": NAN, "p99_ms": NAN,
                                     "notes": f"failed: {str(e).strip()[:120]}"}}
         for test, f in figures.items():
-            self.rows.append({"workload": workload, "test": test, "target": target, **f})
             note = f"  ({f['notes']})" if f.get("notes") else ""
             progress(f"  {test}: {f['rps']:,.0f} req/s, p50 {ms(f['p50_ms'])} ms, "
                      f"p99 {ms(f['p99_ms'])} ms{note}")
@@ -132,7 +174,8 @@ class Bench:
 
     def poolproxies(self, protocol: str, backend: int, **settings: Any) -> List[Tuple[str, int]]:
         return [(f"poolproxy {label}",
-                 start_poolproxy(self.procs, python, protocol, backend, **settings).port)
+                 start_poolproxy(self.procs, python, protocol, backend, self.args.reactor,
+                                 **settings).port)
                 for label, python in self.interpreters]
 
     def part(self, name: str, fn: Callable[[], None]) -> None:
@@ -153,16 +196,16 @@ class Bench:
                    ("HAProxy tcp", start_haproxy(self.procs, "tcp", backend)),
                    *self.poolproxies("redis", backend)]
         for pipeline in (1, 16):
-            for target, port in targets:
-                self.measure(f"redis -c 50 -P {pipeline}", target, redis_load(port, pipeline))
+            self.compare(f"redis -c 50 -P {pipeline}",
+                         [(target, redis_load(port, pipeline)) for target, port in targets])
 
     def memcached(self) -> None:
         backend = start_memcached(self.procs)
         targets = [("memcached direct", backend),
                    ("twemproxy", start_twemproxy(self.procs, backend, redis=False)),
                    *self.poolproxies("memcached", backend)]
-        for target, port in targets:
-            self.measure("memcached -c 50", target, lambda s, p=port: memaslap(p, s))
+        self.compare("memcached -c 50",
+                     [(target, lambda s, p=port: memaslap(p, s)) for target, port in targets])
 
     def http(self) -> None:
         backend = start_nginx(self.procs)
@@ -173,8 +216,8 @@ class Bench:
                    *self.poolproxies("http", backend)]
         for close in (False, True):
             workload = "http -c 50 " + ("Connection: close" if close else "keep-alive")
-            for target, port in targets:
-                self.measure(workload, target, lambda s, p=port, c=close: wrk(p, s, c))
+            self.compare(workload, [(target, lambda s, p=port, c=close: wrk(p, s, c))
+                                    for target, port in targets])
 
     def tcp(self) -> None:
         backend = start_nginx(self.procs)
@@ -185,9 +228,8 @@ class Bench:
                    # 50 clients need 50 (with 16, 34 would wait out the acquire
                    # timeout and be closed).
                    *self.poolproxies("tcp", backend, pool_size=64)]
-        for target, port in targets:
-            self.measure("tcp: http -c 50 keep-alive", target,
-                         lambda s, p=port: wrk(p, s, False))
+        self.compare("tcp: http -c 50 keep-alive",
+                     [(target, lambda s, p=port: wrk(p, s, False)) for target, port in targets])
 
     def churn_part(self) -> None:
         nginx, redis = start_nginx(self.procs), start_redis(self.procs)
@@ -197,7 +239,7 @@ class Bench:
                      lambda port: (lambda s: wrk(port, s, True))),
                     ("redis", redis, "churn: redis -c 50 -k 0 (reconnect per request)",
                      lambda port: redis_load(port, 1, "get", keepalive=False))):
-                proxy = start_poolproxy(self.procs, python, protocol, backend)
+                proxy = start_poolproxy(self.procs, python, protocol, backend, self.args.reactor)
                 start = scrape(proxy.metrics)
                 run = load(proxy.port)
                 progress(f"{workload}: poolproxy {label}: warm-up ...")
@@ -218,7 +260,7 @@ class Bench:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         count = min(IDLE_CLIENTS, soft - 200)
         for label, python in self.interpreters:
-            proxy = start_poolproxy(self.procs, python, "redis", backend)
+            proxy = start_poolproxy(self.procs, python, "redis", backend, self.args.reactor)
             before = rss_kb(proxy.pid)
             progress(f"idle: poolproxy {label}: RSS {before / 1024:.1f} MB before; "
                      f"opening {count:,} clients ...")
@@ -243,7 +285,7 @@ class Bench:
         request = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
         try:
             for label, python in self.interpreters:
-                proxy = start_poolproxy(self.procs, python, "http", hole.port,
+                proxy = start_poolproxy(self.procs, python, "http", hole.port, self.args.reactor,
                                         max_concurrency=1, queue_size=0, pool_min_idle=0,
                                         check_interval=0, request_timeout=0,
                                         shutdown_timeout=1)
@@ -298,6 +340,12 @@ def main() -> None:
                         help="seconds per measured run (default 5)")
     parser.add_argument("--warmup", type=float, default=3.0,
                         help="seconds of unmeasured load before each measured run (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="turns of every target in the throughput parts; each row is "
+                             "the median round (default 3)")
+    parser.add_argument("--reactor", default=REACTOR,
+                        help=f"twistd --reactor for poolproxy (default {REACTOR}, which it "
+                             "ships; 'default' for Twisted's)")
     parser.add_argument("--only", default="", help=f"comma-separated: {','.join(PARTS)}")
     parser.add_argument("--python", default=sys.executable,
                         help="the CPython that runs poolproxy and the Twisted reference proxies")
@@ -329,7 +377,8 @@ def main() -> None:
     progress(f"machine: {title}; {info['distro']}")
     progress(f"CPython: {info['cpython']}; PyPy: {info['pypy']}")
     progress(f"proxies on CPU {PROXY_CPU}; backends and load on CPU {LOAD_CPU}; "
-             f"{args.duration:g} s per run after {args.warmup:g} s warm-up; "
+             f"{args.duration:g} s per run after {args.warmup:g} s warm-up, "
+             f"{args.rounds} rounds; poolproxy on the {args.reactor} reactor; "
              f"open files limit {limit}")
     bench = Bench(args, pypy, pypy_note)
     bench.run()
@@ -341,6 +390,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with open(os.path.join(out_dir, f"{stamp}.json"), "w") as f:
         json.dump({"machine": info, "duration": args.duration, "warmup": args.warmup,
+                   "rounds": args.rounds,
                    "parts": sorted(args.parts), "pypy": pypy or f"skipped: {pypy_note}",
                    "elapsed_s": round(elapsed, 1), "rows": bench.rows, "churn": bench.churn,
                    "idle": bench.idle, "saturated": bench.saturated, "targets": checked,
@@ -351,7 +401,7 @@ def main() -> None:
         whole = {"redis", "memcached", "http", "tcp"} <= args.parts
         if not whole:
             progress("--only: the plot goes to bench/results/ only, not docs/performance.png")
-        plot(bench.rows, f"{title}; {args.duration:g} s per run",
+        plot(bench.rows, f"{title}; {args.duration:g} s per run, median of {args.rounds} rounds",
              ([os.path.join(ROOT, "docs", "performance.png")] if whole else [])
              + [os.path.join(out_dir, f"{stamp}.png")])
 
