@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Sequence, Tuple
 
 from common import (IDLE_CLIENTS, LOAD_CPU, NAN, NOISY, PROXY_CPU, ROOT, SATURATED_REQUESTS,
                     ms, progress)
+from servers import PYPY_GC_NURSERY
 
 if TYPE_CHECKING:
     from run import Bench
@@ -180,8 +181,9 @@ def print_report(bench: Bench, info: Dict[str, str], title: str, checked: List[D
           f"HAProxy {info['haproxy']}, wrk {info['wrk']}")
     print(f"* Proxy under test pinned to CPU {PROXY_CPU}, backends and load generators to "
           f"CPU {LOAD_CPU}; {args.duration:g} s per measured run after {args.warmup:g} s of "
-          f"the same load unmeasured; poolproxy on twistd's --reactor={args.reactor}, the "
-          f"reference Twisted proxies on Twisted's default reactor; throughput targets "
+          f"the same load unmeasured; poolproxy on twistd's --reactor={args.reactor} (on "
+          f"PyPy with PYPY_GC_NURSERY={os.environ.get('PYPY_GC_NURSERY', PYPY_GC_NURSERY)}), "
+          f"the reference Twisted proxies on Twisted's default reactor; throughput targets "
           f"measured in {args.rounds} "
           f"interleaved rounds, each row its median round; the whole run took "
           f"{elapsed / 60:.1f} min.")

@@ -6,10 +6,12 @@ the service they configure.
 from __future__ import annotations
 
 import os
+import platform
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from twisted.application.service import Service
+from twisted.logger import Logger
 from twisted.python import usage
 
 from poolproxy.config import SETTINGS, ConfigError, ProxyConfig, build_config, load_toml
@@ -104,6 +106,22 @@ class Options(ProxyOptions):
             raise SystemExit(f"poolproxy: error: {e}")
 
 
+log = Logger()
+
+
+def pypy_gc_hint(implementation: str, environ: Mapping[str, str]) -> Optional[str]:
+    """
+    On PyPy without C{PYPY_GC_NURSERY}, the advice of docs/operations.md:
+    PyPy's default young generation (half the L2 cache) costs poolproxy a
+    third more CPU per request.
+    """
+    if implementation != "PyPy" or environ.get("PYPY_GC_NURSERY"):
+        return None
+    return ("PyPy runs with its default GC nursery (half the L2 cache); "
+            "PYPY_GC_NURSERY=8MB in the environment took about a third off the CPU "
+            "of an http request in poolproxy's benchmark (docs/operations.md#on-pypy)")
+
+
 def makeService(options: ProxyOptions) -> Service:
     # Under twistd, SIGHUP reloads the file given with --config.
     handoff = Handoff.from_env(os.environ)
@@ -111,6 +129,9 @@ def makeService(options: ProxyOptions) -> Service:
         return ProxyService(worker_config(options.config),
                             reload_config=lambda: worker_config(options.reload()),
                             handle_sighup=True, handoff=handoff)
+    hint = pypy_gc_hint(platform.python_implementation(), os.environ)
+    if hint is not None:
+        log.info(hint)
     if options.config.workers > 1:
         return Supervisor(options.config, options.argv)
     return ProxyService(options.config, reload_config=options.reload, handle_sighup=True)

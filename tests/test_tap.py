@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from poolproxy.config import build_config
 from poolproxy.pool import BackendPool
 from poolproxy.service import ProxyService
-from poolproxy.tap import ProxyOptions, makeService
+from poolproxy.tap import ProxyOptions, makeService, pypy_gc_hint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -347,3 +347,16 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(len(service.listeners), 1)
         self.assertEqual([p.name for p in service.pools], ["127.0.0.1:8081"])
         self.assertIn("demo-backend", [svc.name for svc in service])
+
+
+class PyPyGcHintTests(SynchronousTestCase):
+    """The start-up advice for PyPy's GC nursery (docs/operations.md#on-pypy)."""
+
+    def test_pypy_without_nursery_setting(self) -> None:
+        hint = pypy_gc_hint("PyPy", {})
+        assert hint is not None
+        self.assertIn("PYPY_GC_NURSERY=8MB", hint)
+
+    def test_pypy_with_nursery_setting_or_cpython(self) -> None:
+        self.assertIsNone(pypy_gc_hint("PyPy", {"PYPY_GC_NURSERY": "4MB"}))
+        self.assertIsNone(pypy_gc_hint("CPython", {}))
