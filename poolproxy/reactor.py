@@ -9,8 +9,8 @@ so that messages logged with the legacy L{twisted.python.log} API during the
 event carry the connection's prefix as their C{system}.  For a proxy that
 is two or three events per request, and it was 11% of an http request's CPU
 (55.6 to 49.7 µs, C{bench/cpu_cost.py --protocol http}) and 7% of a redis
-request's at pipeline 1 (18.7 to 17.3 µs), kernel time included; see
-docs/performance.md.
+request's at pipeline 1 (18.7 to 17.3 µs), kernel time included, on
+CPython; on PyPy the difference is within noise.  See docs/performance.md.
 
 This reactor calls the same C{_doReadOrWrite} directly.  What changes:
 legacy-API messages logged during an event (Twisted's own "Unhandled Error"
