@@ -108,6 +108,7 @@ class ProxyConfig:
     access_log_sample: float = 0.0
     shutdown_timeout: float = 10.0
     max_ejected_percent: float = 50.0
+    http_failures: str = "5xx"
     hash_tag: Optional[str] = None
     workers: int = 1
     listeners: Tuple[ListenerConfig, ...] = ()
@@ -235,12 +236,6 @@ def build_config(
     if values.get("breaker_max_reset_timeout", 60.0) < values.get("breaker_reset_timeout", 5.0):
         raise ConfigError(f"{where('breaker_max_reset_timeout')}: must be at least "
                           f"breaker-reset-timeout ({values.get('breaker_reset_timeout', 5.0):g})")
-    if values.get("access_log_sample", 0) > 1:
-        raise ConfigError(f"{where('access_log_sample')}: must be at most 1, "
-                          f"got {values['access_log_sample']!r}")
-    if values.get("max_ejected_percent", 0) > 100:
-        raise ConfigError(f"{where('max_ejected_percent')}: must be at most 100, "
-                          f"got {values['max_ejected_percent']!r}")
     mux = values.get("mux_connections", ProxyConfig.mux_connections)
     if mux > pool_size:
         raise ConfigError(f"{where('mux_connections')}: must not exceed pool-size "

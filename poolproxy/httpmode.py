@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, List, Optional
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IPushProducer
@@ -40,6 +40,7 @@ from poolproxy.codecs.http_parse import (
 from poolproxy.deadlines import Deadlines
 from poolproxy.pool import BackendProtocol, BackendUnavailable, PooledConnection
 from poolproxy.retry import RetryBudget
+from poolproxy.settings import HTTP_FAILURE_STATUSES
 from poolproxy.stats import ListenerStats
 from poolproxy.writethrough import write_through
 
@@ -353,7 +354,7 @@ class Exchange:
         backend = self.cluster_backend
         if backend is not None:
             self.reported = True
-            if status >= 500 and self.frontend.factory.fail_on_5xx:
+            if status in self.frontend.factory.failure_statuses:
                 backend.failed(f"HTTP {status}")
             else:
                 backend.succeeded()
@@ -770,7 +771,8 @@ class HttpFactory(Factory):
                  cluster: "Cluster", clock: Any, request_timeout: float,
                  stats: Optional[ListenerStats] = None,
                  route_key: Optional[Callable[[RequestHead], Optional[bytes]]] = None,
-                 fail_on_5xx: bool = True, retry_budget: Optional[RetryBudget] = None,
+                 failure_statuses: FrozenSet[int] = HTTP_FAILURE_STATUSES["5xx"],
+                 retry_budget: Optional[RetryBudget] = None,
                  header_timeout: float = 0.0, access_log_sample: float = 0.0,
                  random: Callable[[], float] = random.random) -> None:
         self.name = name
@@ -785,7 +787,8 @@ class HttpFactory(Factory):
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[HttpFrontend]" = set()
         self.route_key = route_key
-        self.fail_on_5xx = fail_on_5xx
+        # The response statuses its backend's breaker counts as failures.
+        self.failure_statuses = failure_statuses
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
         self.header_timeout = header_timeout
         self.access_log_sample = access_log_sample

@@ -36,6 +36,7 @@ from poolproxy.summary import RejectionSummary
 from poolproxy.multiplex import MultiplexFactory
 from poolproxy.pool import BackendPool
 from poolproxy.session import SessionFactory
+from poolproxy.settings import HTTP_FAILURE_STATUSES
 from poolproxy.stats import ListenerStats
 from poolproxy.web import build_site
 from poolproxy.worker import AdoptedPortService, Handoff, WorkerControl
@@ -196,6 +197,7 @@ class ProxyService(MultiService):
             return HttpFactory(name, codec, self.codec_options, self.admission, cluster,
                                self.reactor, setting("request_timeout"),
                                route_key=route_key(setting("hash_key")),
+                               failure_statuses=HTTP_FAILURE_STATUSES[setting("http_failures")],
                                retry_budget=cluster.retry_budget,  # type: ignore[attr-defined]
                                header_timeout=self.config.header_timeout,
                                access_log_sample=self.config.access_log_sample)

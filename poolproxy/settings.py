@@ -31,6 +31,8 @@ class Setting:
     @ivar kind: C{"int"}, C{"float"}, C{"str"} or C{"list"} (a repeatable flag).
     @ivar minimum: the smallest accepted number, for C{int} and C{float}.
     @ivar exclusive: whether C{minimum} itself is refused (durations > 0).
+    @ivar maximum: the largest accepted number, for C{int} and C{float}.
+    @ivar choices: the accepted values, for C{str}.
     @ivar doc: one line for C{--help} and docs/configuration.md.
     """
 
@@ -40,6 +42,8 @@ class Setting:
     doc: str
     minimum: Optional[float] = None
     exclusive: bool = False
+    maximum: Optional[float] = None
+    choices: Optional[Tuple[str, ...]] = None
 
     @property
     def flag(self) -> str:
@@ -127,11 +131,15 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("retry_budget_percent", "float", 20.0, "Retries (of safe requests on a stale "
             "connection) may add at most this share of a cluster's requests.", minimum=0),
     Setting("access_log_sample", "float", 0.0, "http: the share of requests (0 to 1) "
-            "logged in an access log line; 0 logs none.", minimum=0),
+            "logged in an access log line; 0 logs none.", minimum=0, maximum=1),
     Setting("shutdown_timeout", "float", 10.0, "Seconds a stopping proxy (SIGTERM) lets "
             "clients finish what is in flight before closing them.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
-            "that health checks and breakers may take out at once.", minimum=0),
+            "that health checks and breakers may take out at once.", minimum=0, maximum=100),
+    Setting("http_failures", "str", "5xx", "http: the responses that count as a backend "
+            "failure for its breaker: 5xx (500-599), gateway (502, 503 and 504) or none "
+            "(only connection errors, broken responses and timeouts count).",
+            choices=("5xx", "gateway", "none")),
     Setting("hash_tag", "str", None, "redis and memcached with consistent_hash: two "
             "characters, e.g. '{}'; a key holding them is hashed by what is between them "
             "only, so keys with the same tag live on the same backend."),
@@ -177,11 +185,20 @@ CLUSTER_OVERRIDES: Tuple[str, ...] = (
     "pool_size", "pool_min_idle", "mux_connections", "request_timeout", "check_interval",
     "check_timeout", "check_rise", "check_fall", "check_path", "breaker_failures",
     "breaker_reset_timeout", "breaker_max_reset_timeout", "max_ejected_percent", "hash_tag",
+    "http_failures",
 )
 
 LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster")
 CLUSTER_KEYS: Tuple[str, ...] = ("name", "protocol", "balance", "hash_key", "backend") + CLUSTER_OVERRIDES
 BACKEND_KEYS: Tuple[str, ...] = ("address", "name", "weight")
+
+#: The statuses of an http response that count as a backend failure, by
+#: the http_failures setting (gateway: as Envoy's consecutive_gateway_failure).
+HTTP_FAILURE_STATUSES: Dict[str, "frozenset[int]"] = {
+    "5xx": frozenset(range(500, 600)),
+    "gateway": frozenset((502, 503, 504)),
+    "none": frozenset(),
+}
 
 #: The name of the cluster built from the flat C{backend} key (or C{demo}).
 DEFAULT_CLUSTER = "default"
@@ -207,6 +224,8 @@ def _coerce_number(setting: Setting, raw: Any, where: str, text_ok: bool) -> Any
             raise ConfigError(f"{where}: must be greater than {setting.minimum:g}, got {raw!r}")
         if value < setting.minimum:
             raise ConfigError(f"{where}: must be at least {setting.minimum:g}, got {raw!r}")
+    if setting.maximum is not None and value > setting.maximum:
+        raise ConfigError(f"{where}: must be at most {setting.maximum:g}, got {raw!r}")
     return value
 
 
@@ -224,6 +243,8 @@ def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
     if setting.kind == "str":
         if not isinstance(raw, str) or not raw.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
+        if setting.choices is not None:
+            _check_choice("value", raw.strip(), setting.choices, where)
         return raw.strip()
     # list
     if isinstance(raw, str):

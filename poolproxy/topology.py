@@ -217,9 +217,6 @@ def _check_overrides(overrides: Mapping[str, Any], top: Mapping[str, Any], table
     top-level ones); an error names a key the cluster sets.
     """
     _check_hash_tag(overrides.get("hash_tag"), table.at("hash_tag"))
-    percent = overrides.get("max_ejected_percent", 0)
-    if percent > 100:
-        raise ConfigError(f"{table.at('max_ejected_percent')}: must be at most 100, got {percent!r}")
     for low, high, name_low in _ORDERED_PAIRS:
         if low not in overrides and high not in overrides:
             continue

@@ -316,6 +316,23 @@ class FlagErrorTests(ConfigTestCase):
         """
         self.assertFlagError("--queue-size", "-1", "must be at least 0", "'-1'")
 
+    def test_upper_bounds(self) -> None:
+        """
+        A share above 1 or a percentage above 100 is refused, quoting the value.
+        """
+        self.assertFlagError("--access-log-sample", "1.5", "must be at most 1", "'1.5'")
+        self.assertFlagError("--max-ejected-percent", "101", "must be at most 100", "'101'")
+        self.assertEqual(parse(BASE + ["--access-log-sample", "1"]).access_log_sample, 1.0)
+
+    def test_http_failures(self) -> None:
+        """
+        --http-failures takes 5xx (the default), gateway or none.
+        """
+        self.assertEqual(parse(BASE).http_failures, "5xx")
+        self.assertEqual(parse(BASE + ["--http-failures", "gateway"]).http_failures, "gateway")
+        self.assertFlagError("--http-failures", "sometimes",
+                             "unknown value 'sometimes'; available: 5xx, gateway, none")
+
     def test_negative_counts(self) -> None:
         """
         Negative --pool-min-idle, --pool-max-waiters and --max-uses are refused.

@@ -456,7 +456,7 @@ class OverrideTests(ClusterConfigTestCase):
                  "check_rise": "1", "check_fall": "1", "check_path": '"/up"',
                  "breaker_failures": "0", "breaker_reset_timeout": "1",
                  "breaker_max_reset_timeout": "2", "max_ejected_percent": "100",
-                 "hash_tag": '"{}"'}
+                 "hash_tag": '"{}"', "http_failures": '"gateway"'}
         self.assertEqual(sorted(valid), sorted(CLUSTER_OVERRIDES))
         config = self.parse_file(cluster_file("".join(f"{k} = {v}\n" for k, v in valid.items())))
         self.assertEqual(sorted(config.clusters[0].overrides), sorted(CLUSTER_OVERRIDES))
@@ -483,6 +483,8 @@ class OverrideTests(ClusterConfigTestCase):
             ('check_path = ""', "check_path", "expected a non-empty string"),
             ("check_path = 3", "check_path", "expected a non-empty string, got 3"),
             ("max_ejected_percent = 101", "max_ejected_percent", "must be at most 100, got 101"),
+            ('http_failures = "4xx"', "http_failures",
+             "unknown value '4xx'; available: 5xx, gateway, none"),
         ]:
             self.assertFileError(cluster_file(body + "\n"), f"cluster[0].{key}", fragment)
 

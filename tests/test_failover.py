@@ -98,8 +98,8 @@ class Switchable(Resource):
 
     def render(self, request: Any) -> Any:
         self.hits += 1
-        if self.mode == "500":
-            request.setResponseCode(500)
+        if self.mode.isdigit():  # "500", "503": answer with that status
+            request.setResponseCode(int(self.mode))
             return b"broken"
         if self.mode == "hang" and request.path != b"/health":
             self.hanging.append(request)
@@ -118,6 +118,7 @@ class HttpFailoverTests(TestCase):
             self.addCleanup(port.stopListening)
             ports.append(port.getHost().port)
         self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.ports = ports
         self.service = start_proxy(self, 0, protocol="http",
                                    backend=tuple(f"127.0.0.1:{p}" for p in ports),
                                    check_interval=0.2, check_fall=2, check_rise=2,
@@ -167,6 +168,30 @@ class HttpFailoverTests(TestCase):
         """
         backend_b = yield self.check_failover("500")
         yield wait_for(lambda: backend_b.state in ("down", "ejected"), what="b out")
+
+    @inlineCallbacks
+    def test_http_failures_gateway(self) -> None:
+        """
+        With http_failures = "gateway" (and no health checks), a backend
+        answering 500 keeps its breaker closed and its 500s reach the
+        clients; one answering 503 is taken out as under "5xx".
+        """
+        self.service = start_proxy(self, 0, protocol="http",
+                                   backend=tuple(f"127.0.0.1:{p}" for p in self.ports),
+                                   breaker_failures=3, breaker_reset_timeout=30.0,
+                                   balance="round_robin", http_failures="gateway")
+        yield wait_for(lambda: self.service.ready, what="ready")
+        backend_b = self.service.cluster.backends[1]
+        self.backends[1].mode = "500"
+        results = yield self.fetch(40)
+        self.assertEqual(sorted(set(results)), [(200, b"a"), (500, b"broken")])
+        self.assertEqual(results.count((500, b"broken")), 20)
+        self.assertEqual(backend_b.state, "up")
+        self.backends[1].mode = "503"
+        results = yield self.fetch(40)
+        self.assertLessEqual(len([r for r in results if r[0] != 200]), 3, results)
+        self.assertEqual(results[-20:], [(200, b"a")] * 20)
+        self.assertNotEqual(backend_b.state, "up")
 
     @inlineCallbacks
     def test_backend_hanging(self) -> None:

@@ -10,8 +10,8 @@ import json
 from typing import Any, List
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
