@@ -33,6 +33,7 @@ from poolproxy.settings import (  # noqa: F401 (re-exported)
     _check_hash_key,
     _check_hash_tag,
     _located,
+    check_ordered,
     coerce,
     describe_defaults,
     protocol_names,
@@ -224,22 +225,10 @@ def build_config(
         raise ConfigError(f"{where('listen')}: at least one listener is required")
     if cluster_tables is None and not values.get("backend") and not values.get("demo"):
         raise ConfigError(f"{where('backend')}: at least one backend is required")
-    pool_size = values.get("pool_size", ProxyConfig.pool_size)
-    if values.get("pool_min_idle", 0) > pool_size:
-        raise ConfigError(
-            f"{where('pool_min_idle')}: must not exceed pool-size ({pool_size}), "
-            f"got {values['pool_min_idle']}"
-        )
     _check_choice("policy", values.get("balance"), BALANCE_POLICIES, where("balance"))
     _check_hash_key(values.get("hash_key"), where("hash_key"))
     _check_hash_tag(values.get("hash_tag"), where("hash_tag"))
-    if values.get("breaker_max_reset_timeout", 60.0) < values.get("breaker_reset_timeout", 5.0):
-        raise ConfigError(f"{where('breaker_max_reset_timeout')}: must be at least "
-                          f"breaker-reset-timeout ({values.get('breaker_reset_timeout', 5.0):g})")
-    mux = values.get("mux_connections", ProxyConfig.mux_connections)
-    if mux > pool_size:
-        raise ConfigError(f"{where('mux_connections')}: must not exceed pool-size "
-                          f"({pool_size}), got {mux}")
+    check_ordered(lambda key: values.get(key, getattr(ProxyConfig, key)), values, where)
     for key in ("backend_password_file", "client_password_file", "admin_token_file"):
         if values.get(key):
             read_secret(values[key], where(key))

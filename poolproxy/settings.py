@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Container, Dict, List, Optional, Sequence, Tuple
 
 from twisted.python.usage import UsageError
 
@@ -266,6 +266,36 @@ def _dash(key: str) -> str:
 def _check_choice(kind: str, value: Optional[str], choices: Sequence[str], where: str) -> None:
     if value is not None and value not in choices:
         raise ConfigError(f"{where}: unknown {kind} {value!r}; available: {', '.join(choices)}")
+
+
+#: Settings that must be ordered, (lower, upper, whether an error names the
+#: lower key when both are set); checked on the top level and on each
+#: cluster's own values alike.
+ORDERED_PAIRS: Tuple[Tuple[str, str, bool], ...] = (
+    ("pool_min_idle", "pool_size", True),
+    ("mux_connections", "pool_size", True),
+    ("breaker_reset_timeout", "breaker_max_reset_timeout", False),
+)
+
+
+def check_ordered(value: Callable[[str], Any], given: Container[str],
+                  where: Callable[[str], str]) -> None:
+    """
+    Each pair of L{ORDERED_PAIRS} in order, with the values C{value(key)};
+    a pair neither of whose keys is in C{given} (set by the user, here) is
+    not checked, and an error names a key that is, located by C{where(key)}.
+    """
+    for low, high, name_low in ORDERED_PAIRS:
+        if low not in given and high not in given:
+            continue
+        low_value, high_value = value(low), value(high)
+        if low_value <= high_value:
+            continue
+        if (low in given) if name_low else (high not in given):
+            raise ConfigError(f"{where(low)}: must not exceed {_dash(high)} "
+                              f"({high_value:g}), got {low_value:g}")
+        raise ConfigError(f"{where(high)}: must be at least {_dash(low)} "
+                          f"({low_value:g}), got {high_value:g}")
 
 
 def _check_hash_tag(hash_tag: Optional[str], where: str) -> None:

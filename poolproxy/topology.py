@@ -24,8 +24,8 @@ from poolproxy.settings import (
     _check_choice,
     _check_hash_key,
     _check_hash_tag,
-    _dash,
     _located,
+    check_ordered,
     coerce,
 )
 
@@ -206,28 +206,13 @@ def _clusters_from_tables(raw: Any, top: Mapping[str, Any], file_name: str,
     return tuple(clusters)
 
 
-# (lower, upper, whether an error names the lower key when the cluster sets both)
-_ORDERED_PAIRS = (("pool_min_idle", "pool_size", True), ("mux_connections", "pool_size", True),
-                  ("breaker_reset_timeout", "breaker_max_reset_timeout", False))
-
-
 def _check_overrides(overrides: Mapping[str, Any], top: Mapping[str, Any], table: _Table) -> None:
     """
     The checks between settings, on a cluster's values (its overrides, else the
     top-level ones); an error names a key the cluster sets.
     """
     _check_hash_tag(overrides.get("hash_tag"), table.at("hash_tag"))
-    for low, high, name_low in _ORDERED_PAIRS:
-        if low not in overrides and high not in overrides:
-            continue
-        low_value, high_value = overrides.get(low, top[low]), overrides.get(high, top[high])
-        if low_value <= high_value:
-            continue
-        if (low in overrides) if name_low else (high not in overrides):
-            raise ConfigError(f"{table.at(low)}: must not exceed {_dash(high)} "
-                              f"({high_value:g}), got {low_value:g}")
-        raise ConfigError(f"{table.at(high)}: must be at least {_dash(low)} "
-                          f"({low_value:g}), got {high_value:g}")
+    check_ordered(lambda key: overrides.get(key, top[key]), overrides, table.at)
 
 
 def _backends_from_tables(raw: Any, cluster: _Table, cluster_name: str,

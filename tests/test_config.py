@@ -382,6 +382,20 @@ class FlagErrorTests(ConfigTestCase):
                                          "must not exceed pool-size (2)")
         self.assertTrue(message.startswith("--pool-min-idle:"), message)
 
+    def test_ordered_settings_name_what_was_given(self) -> None:
+        """
+        The checks between settings (the same as a cluster's) name the flag
+        that was given: --pool-size 1 is below the default mux-connections,
+        --breaker-max-reset-timeout below breaker-reset-timeout.
+        """
+        self.assertFlagError("--pool-size", "1", "must be at least mux-connections (2), got 1")
+        self.assertFlagError("--breaker-max-reset-timeout", "2",
+                             "must be at least breaker-reset-timeout (5), got 2")
+        message = self.assertConfigError(
+            BASE + ["--breaker-reset-timeout", "90", "--breaker-max-reset-timeout", "60"],
+            "must be at least breaker-reset-timeout (90), got 60")
+        self.assertTrue(message.startswith("--breaker-max-reset-timeout:"), message)
+
     def test_unknown_protocol(self) -> None:
         """
         An unknown --protocol is refused, listing the available ones.
