@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from poolproxy.assemble import ClusterAssembly
 from poolproxy.cluster import Backend, Cluster
 from poolproxy.config import ClusterConfig, ProxyConfig
+from poolproxy.waiting import wait_until
 
 if TYPE_CHECKING:
     from poolproxy.service import ProxyService
@@ -96,13 +96,8 @@ class Reloader:
         self.log.info("reload: backend {backend} leaves cluster {cluster}; draining",
                       backend=backend.name, cluster=cluster.name)
         service = self.service
-        clock = service.reactor
-        deadline = clock.seconds() + service.config.shutdown_timeout
 
-        def check() -> None:
-            if backend.outstanding > 0 and clock.seconds() < deadline:
-                return
-            loop.stop()
+        def close(_: bool) -> None:
             multiplexer = cluster.multiplexers.pop(backend, None)  # type: ignore[attr-defined]
             if multiplexer is not None:
                 multiplexer.close()
@@ -112,9 +107,7 @@ class Reloader:
                 service.pools.remove(backend.pool)
             self.log.info("reload: backend {backend} closed", backend=backend.name)
 
-        loop = LoopingCall(check)
-        loop.clock = clock
-        loop.start(0.05, now=True)
-
+        wait_until(service.reactor, lambda: backend.outstanding == 0,
+                   service.config.shutdown_timeout).addCallback(close)
 
 __all__ = ["Reloader"]

@@ -12,7 +12,6 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.task import LoopingCall
 from twisted.internet.defer import (
     Deferred,
     DeferredList,
@@ -38,6 +37,7 @@ from poolproxy.pool import BackendPool
 from poolproxy.session import SessionFactory
 from poolproxy.settings import HTTP_FAILURE_STATUSES
 from poolproxy.stats import ListenerStats
+from poolproxy.waiting import wait_until
 from poolproxy.web import build_site
 from poolproxy.worker import AdoptedPortService, Handoff, WorkerControl
 
@@ -305,20 +305,12 @@ class ProxyService(MultiService):
 
     def _clients_done(self, timeout: float) -> "Deferred[None]":
         """Fires once no client connection is left, or after C{timeout} seconds."""
-        clock = self.reactor
-        deadline = clock.seconds() + timeout
-        done: "Deferred[None]" = Deferred()
+        def left() -> int:
+            return sum(len(listener.factory.clients) for listener in self.listeners)
 
-        def check() -> None:
-            left = sum(len(listener.factory.clients) for listener in self.listeners)
-            if not left or clock.seconds() >= deadline:
-                if left:
-                    self.log.warn("shutdown: {n} client connections still busy after "
-                                  "{timeout}s; closing them", n=left, timeout=timeout)
-                loop.stop()
-                done.callback(None)
+        def report(done: bool) -> None:
+            if not done:
+                self.log.warn("shutdown: {n} client connections still busy after "
+                              "{timeout}s; closing them", n=left(), timeout=timeout)
 
-        loop = LoopingCall(check)
-        loop.clock = clock
-        loop.start(min(0.05, timeout) if timeout else 0.05, now=True)
-        return done
+        return wait_until(self.reactor, lambda: not left(), timeout).addCallback(report)
