@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List
+from typing import List, Optional
 
-from twisted.trial.unittest import SynchronousTestCase
 
 from poolproxy.config import (
     CLUSTER_OVERRIDES,
@@ -25,12 +24,11 @@ from poolproxy.config import (
     ProxyConfig,
     build_config,
 )
-from poolproxy.tap import Options, ProxyOptions
+from poolproxy.tap import Options
+from tests.test_config import BASE, ConfigTestCase, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs", "configuration.md")
-
-BASE = ["--listen", "tcp:6380:interface=127.0.0.1", "--backend", "127.0.0.1:6379"]
 
 # A valid file with two clusters, each with a listener; tests add to it.
 TWO_CLUSTERS = """\
@@ -57,12 +55,6 @@ address = "10.0.1.1:8000"
 """
 
 
-def parse(argv: List[str]) -> ProxyConfig:
-    options = ProxyOptions()
-    options.parseOptions(argv)
-    return options.config
-
-
 def cluster_file(body: str, listen: str = 'listen = "tcp:6380"\n') -> str:
     """
     A file of one [[cluster]] table named "c" whose keys are C{body}, with a
@@ -74,39 +66,18 @@ def cluster_file(body: str, listen: str = 'listen = "tcp:6380"\n') -> str:
     return text
 
 
-class ClusterConfigTestCase(SynchronousTestCase):
-    def write_toml(self, text: str) -> str:
-        """Write C{text} to a fresh file and return its path."""
-        path = self.mktemp()
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        return path
-
+class ClusterConfigTestCase(ConfigTestCase):
     def parse_file(self, text: str, *argv: str) -> ProxyConfig:
         """Parse a configuration of the file C{text} and the flags C{argv}."""
         return parse(["--config", self.write_toml(text)] + list(argv))
 
-    def assertConfigError(self, argv: List[str], *fragments: str) -> str:
+    def assertFileError(self, toml: str, key: str, *fragments: str,
+                        argv: Optional[List[str]] = None) -> str:
         """
-        Parsing C{argv} must fail with a one-line L{ConfigError} containing
-        every fragment; return the message.
+        As L{ConfigTestCase.assertFileError}, without the flags of a listener
+        and a backend unless C{argv} gives them: these files have their own.
         """
-        message = str(self.assertRaises(ConfigError, parse, argv))
-        self.assertNotIn("\n", message)
-        for fragment in fragments:
-            self.assertIn(fragment, message)
-        return message
-
-    def assertFileError(self, text: str, location: str, *fragments: str,
-                        argv: List[str] = []) -> str:
-        """
-        The file C{text} must be refused with one line that starts with
-        C{location (in FILE):} and contains every fragment.
-        """
-        path = self.write_toml(text)
-        message = self.assertConfigError(["--config", path] + argv, *fragments)
-        self.assertTrue(message.startswith(f"{location} (in {path}): "), message)
-        return message
+        return super().assertFileError(toml, key, *fragments, argv=argv or [])
 
 
 class FlatKeysTests(ClusterConfigTestCase):
