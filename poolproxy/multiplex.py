@@ -914,7 +914,7 @@ class MultiplexFrontend(Protocol):
             # never give it back to the pool afterwards.
             self.pinned_dirty = True
             setup = self.codec.variant_setup(self.factory.config, self.variant)  # type: ignore[attr-defined]
-            def switched(_: object) -> None:
+            def on_switched(_: object) -> None:
                 self._pinned_ready(conn, switched=True)
 
             def not_switched(failure: Failure) -> None:
@@ -922,7 +922,7 @@ class MultiplexFrontend(Protocol):
                 self._pinned_failed(failure)
 
             self._waiting = d = backend.switch(setup)
-            d.addCallbacks(switched, not_switched)
+            d.addCallbacks(on_switched, not_switched)
             return
         self.pinned = conn
         backend.owner = self
