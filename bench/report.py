@@ -230,8 +230,13 @@ def plot(rows: List[Dict[str, Any]], title: str, paths: List[str]) -> None:
         bars = [r for r in rows if (r["workload"], r["test"]) == group]
         width = 0.84 / len(bars)
         for k, r in enumerate(bars):
+            rounds = r.get("rounds_rps") or []
+            # The bar is the median round; the whisker spans the rounds.
+            spread = ([[r["rps"] - min(rounds)], [max(rounds) - r["rps"]]]
+                      if len(rounds) > 1 else None)
             ax.bar(g - 0.42 + width * (k + 0.5), r["rps"], width * 0.95,
-                   color=colors[r["target"]],
+                   color=colors[r["target"]], yerr=spread, capsize=1.5,
+                   error_kw={"elinewidth": 0.7, "ecolor": "#333"},
                    label=None if r["target"] in labelled else r["target"])
             labelled.add(r["target"])
     ax.set_yscale("log")

@@ -401,7 +401,8 @@ def main() -> None:
         whole = {"redis", "memcached", "http", "tcp"} <= args.parts
         if not whole:
             progress("--only: the plot goes to bench/results/ only, not docs/performance.png")
-        plot(bench.rows, f"{title}; {args.duration:g} s per run, median of {args.rounds} rounds",
+        plot(bench.rows, f"{title}; {args.duration:g} s per run, median of {args.rounds} rounds "
+             "(whiskers: the rounds' range)",
              ([os.path.join(ROOT, "docs", "performance.png")] if whole else [])
              + [os.path.join(out_dir, f"{stamp}.png")])
 
