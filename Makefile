@@ -1,6 +1,6 @@
 # Two commands for a fresh clone with only python3 and make:
 #   make run   - set up .venv and start the demo (proxy on :8080, metrics on :9090)
-#   make test  - set up .venv and run the whole trial suite
+#   make test  - set up .venv, run the whole trial suite and type-check poolproxy/ (mypy)
 #   make test-pypy - the same suite on PyPy (Debian's pypy3), in .venv-pypy
 #   make bench - bench/run.py: poolproxy against twemproxy, HAProxy and Twisted's proxies
 SHELL := /bin/bash
@@ -42,9 +42,12 @@ run: $(STAMP)
 		--metrics tcp:9090:interface=127.0.0.1 \
 		--pool-size 10 --pool-min-idle 2
 
+# The trial suite, then mypy over poolproxy/ (setup.cfg [mypy]); either failing fails.
 test: $(STAMP)
 	set -o pipefail; $(BIN)/python -m twisted.trial $(TRIAL_ARGS) 2>&1 | tee _trial_temp.out; \
-		status=$$?; $(BIN)/python tools/trial_summary.py _trial_temp.out; exit $$status
+		status=$$?; $(BIN)/python tools/trial_summary.py _trial_temp.out; \
+		if $(BIN)/python -c 'import mypy' 2>/dev/null; then $(BIN)/python -m mypy poolproxy || status=1; \
+		else echo "mypy skipped: it needs Python 3.10 or newer"; fi; exit $$status
 
 test-pypy: $(PYPY_STAMP)
 	set -o pipefail; $(PYPY_VENV)/bin/python -m twisted.trial --temp-directory=_trial_temp_pypy \

@@ -115,7 +115,7 @@ class AdminResource(Resource):
     # -- request handling ---------------------------------------------------
 
     def render(self, request: Request) -> bytes:
-        path = [_text(s) for s in request.postpath]
+        path = [_text(s) for s in request.postpath or []]
         while path and path[-1] == "":
             path.pop()  # a trailing slash
         target = "/" + "/".join(path)
@@ -222,7 +222,7 @@ def _weight(request: Request) -> int:
     @raise AdminError: 400 if it is missing, repeated or not an int from 1 to
         L{MAX_WEIGHT}.
     """
-    values = (request.args or {}).get(b"value", [])
+    values: List[bytes] = request.args.get(b"value", []) if request.args else []
     if len(values) != 1:
         raise AdminError(400, "weight needs exactly one ?value=N (a positive integer)")
     text = _text(values[0])

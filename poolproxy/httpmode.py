@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IPushProducer
@@ -328,7 +328,7 @@ class Exchange:
                 if event.body == UNTIL_CLOSE or not event.keep_alive:
                     # The client cannot tell where such a body ends but by the close.
                     self.close_client = self.close_client or event.body == UNTIL_CLOSE
-                drop = ()
+                drop: Tuple[bytes, ...] = ()
                 if event.body == CHUNKED and self.head.version == b"HTTP/1.0":
                     # Relayed decoded, so only the close can end it for the client.
                     self.close_client = True
@@ -579,6 +579,10 @@ class HttpFrontend(Protocol):
     One client connection: requests are parsed as they come, served one at a
     time in order, each in its own L{Exchange}.
     """
+
+    #: A connected TCP transport: typed loosely, as ITransport does not
+    #: declare the producer, half-close and abort methods used here.
+    transport: Any
 
     def __init__(self, factory: "HttpFactory") -> None:
         self.factory = factory

@@ -497,6 +497,10 @@ class MultiplexFrontend(Protocol):
         or for earlier frames to be answered before switching connections.
     """
 
+    #: A connected TCP transport: typed loosely, as ITransport does not
+    #: declare the producer, half-close and abort methods used here.
+    transport: Any
+
     log = Logger()
 
     def __init__(self, factory: "MultiplexFactory") -> None:
@@ -555,7 +559,8 @@ class MultiplexFrontend(Protocol):
         self.last_active = self.factory.clock.seconds()
         framer = self.framer
         if self._tell_sharded:
-            framer.sharded = self.factory.cluster.sharded
+            # A framer that reads it (_tell_sharded): not part of IRequestFramer.
+            framer.sharded = self.factory.cluster.sharded  # type: ignore[attr-defined]
         frames = framer.feed(data)
         if frames:
             self.held.extend(frames)
@@ -1031,11 +1036,11 @@ class MultiplexFrontend(Protocol):
         if self._gone:
             return
         slots = self.slots
-        out = []
+        out: List[bytes] = []
         while slots and slots[0].response is not None:
             group = slots[0].group
             if group is None:
-                out.append(slots.popleft().response)
+                out.append(slots.popleft().response)  # type: ignore[arg-type]
                 continue
             # A split request: its parts' replies, merged, once all are in.
             n = group.parts

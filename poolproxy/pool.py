@@ -61,6 +61,10 @@ class BackendProtocol(Protocol):
     L{connectionLost} must call up to this one.
     """
 
+    #: A connected TCP transport: typed loosely, as ITransport does not
+    #: declare the producer, half-close and abort methods used here.
+    transport: Any
+
     pool_entry: "Optional[PooledConnection]" = None
 
     def when_ready(self) -> "Optional[Deferred[Any]]":
@@ -139,7 +143,7 @@ class _OneConnection(Factory):
         return self._protocol
 
 
-def _set_up(protocol: BackendProtocol) -> Any:
+def _set_up(protocol: Any) -> Any:
     ready = protocol.when_ready()
     return protocol if ready is None else ready
 
@@ -232,7 +236,8 @@ class BackendPool:
         clock: Optional[IReactorTime] = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+            clock = reactor  # type: ignore[assignment]
         self._clock: Any = clock
         self.name = name
         self.endpoint = endpoint

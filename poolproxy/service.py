@@ -140,7 +140,7 @@ class ProxyService(MultiService):
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
         self.config = config
-        self.reactor = reactor
+        self.reactor: Any = reactor
 
         if config.demo and handoff is None:  # a worker's supervisor serves the demo
             _endpoint_service(server_endpoint(reactor, config.demo), demo_site(),
@@ -167,18 +167,18 @@ class ProxyService(MultiService):
         self.listeners: List[Listener] = []
         self.sweepers: List[IdleSweeper] = []
         idle = config.client_idle_timeout
-        for spec in config.listeners:
-            cluster = self.clusters[spec.cluster]
-            factory = self._frontend_factory(spec.name, cluster)
+        for listener in config.listeners:
+            cluster = self.clusters[listener.cluster]
+            factory = self._frontend_factory(listener.name, cluster)
             svc: Any
-            if handoff is not None and spec.name in handoff.listeners:
-                fd, family = handoff.listeners[spec.name]
+            if handoff is not None and listener.name in handoff.listeners:
+                fd, family = handoff.listeners[listener.name]
                 svc = AdoptedPortService(reactor, fd, family, factory)
             else:
-                svc = _endpoint_service(server_endpoint(reactor, spec.endpoint), factory,
-                                        f"listener {spec.name}")
+                svc = _endpoint_service(server_endpoint(reactor, listener.endpoint), factory,
+                                        f"listener {listener.name}")
             svc.setServiceParent(self)
-            self.listeners.append(Listener(spec.name, factory, svc, spec.endpoint))
+            self.listeners.append(Listener(listener.name, factory, svc, listener.endpoint))
             if idle and cluster.codec.mode in ("multiplexed", "request"):  # type: ignore[attr-defined]
                 self.sweepers.append(IdleSweeper(factory.clients, idle, reactor))
 

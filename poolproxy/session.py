@@ -106,6 +106,10 @@ class SessionFrontend(Protocol):
     both ways until either side closes.
     """
 
+    #: A connected TCP transport: typed loosely, as ITransport does not
+    #: declare the producer, half-close and abort methods used here.
+    transport: Any
+
     log = Logger()
 
     def __init__(self, factory: "SessionFactory") -> None:

@@ -179,7 +179,7 @@ class Supervisor(MultiService):
             from twisted.internet import reactor  # type: ignore[no-redef]
         self.config = config
         self.argv = list(argv)
-        self.reactor = reactor
+        self.reactor: Any = reactor
         self.executable = executable
         self.count = config.workers
         self.addresses: Dict[str, TcpListenAddress] = {}

@@ -76,7 +76,8 @@ class WorkerClient:
 
     def ask(self, worker: "WorkerProcess", method: bytes, path: bytes,
             headers: Optional[Headers] = None) -> "Deferred[Answer]":
-        url = b"http://127.0.0.1:%d%s" % (worker.web_port, path)
+        # serving() yields only workers whose web port is known.
+        url = b"http://127.0.0.1:%d%s" % (worker.web_port, path)  # type: ignore[str-format]
 
         def body(response: Any) -> "Deferred[Answer]":
             return readBody(response).addCallback(lambda b: (worker, response.code, b))
@@ -200,12 +201,12 @@ class SupervisorStatusJson(_WorkersResource):
                     except ValueError:
                         pass
             entries = []
-            for slot, worker in enumerate(self.supervisor.workers):
-                entry = _worker_entry(worker, slot + 1, self.supervisor.restarts[slot])
+            for slot, process in enumerate(self.supervisor.workers):
+                entry = _worker_entry(process, slot + 1, self.supervisor.restarts[slot])
                 entry["status"] = statuses.get(slot + 1)
                 entries.append(entry)
-            body = json.dumps({"version": __version__, "workers": entries}, indent=1)
-            _finish(request, 200, b"application/json", body.encode("utf-8"))
+            text = json.dumps({"version": __version__, "workers": entries}, indent=1)
+            _finish(request, 200, b"application/json", text.encode("utf-8"))
 
         self.client.ask_all(b"GET", b"/status.json").addCallback(render)
         return NOT_DONE_YET
@@ -249,7 +250,7 @@ class SupervisorAdmin(_WorkersResource):
         if not bearer_ok(request, self._token):
             request.setHeader(b"WWW-Authenticate", b"Bearer")
             return self._refuse(request, 401, "missing or wrong bearer token")
-        headers = Headers({b"Authorization": [request.getHeader(b"authorization")]})
+        headers = Headers({b"Authorization": [request.getHeader(b"authorization") or b""]})
 
         def render(answers: List[Answer]) -> None:
             codes = [code if code is not None else 502 for _, code, _ in answers] or [503]

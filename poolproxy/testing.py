@@ -91,8 +91,9 @@ class FakeEndpoint:
         made = []
         for _ in range(count):
             attempt = self.attempts.pop(0)
-            protocol = attempt.factory.buildProtocol(None)
-            transport = FakeTransport(protocol)
+            protocol = attempt.factory.buildProtocol(self.address)
+            assert protocol is not None, "the factory refused the connection"
+            transport = FakeTransport(protocol)  # type: ignore[arg-type]
             protocol.makeConnection(transport)
             self.transports.append(transport)
             made.append(transport)

@@ -135,8 +135,9 @@ class WorkerControl(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.transport = stdio.StandardIO(self.control, stdin=0,
-                                          stdout=self.handoff.control, reactor=self.reactor)
+        # (mypy reads the Windows StandardIO, which has no stdin/stdout.)
+        self.transport = stdio.StandardIO(  # type: ignore[call-arg]
+            self.control, stdin=0, stdout=self.handoff.control, reactor=self.reactor)
         port = self.web_port().getHost().port
         self.transport.write(f"web {port} pid {os.getpid()}\n".encode("ascii"))
 

@@ -481,7 +481,8 @@ class RespRequestFramer(_Buffered):
         self._need = 0
         # A multibulk request cut short after some arguments:
         # (count, next argument index, name, key, checked prefix parts, prefix size).
-        self._mb: Optional[Tuple[int, int, Any, Any, List[bytes], int]] = None
+        # (n, i, name, key, prefix, base) of a request the buffer cut short.
+        self._mb: Any = None
         self._fast = True
         self._update()
         #: Set by the proxy while the client's cluster is sharded (consistent
@@ -944,6 +945,7 @@ class RespRequestFramer(_Buffered):
             self._authed = True
             self._update()
             # The backend must not see the client's credentials.
+            assert proto is not None  # AUTH is only read after a protover
             rest = [b"HELLO", proto]
             if setname is not None:
                 rest += [b"SETNAME", setname]
