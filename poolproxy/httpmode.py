@@ -251,7 +251,7 @@ class Exchange:
         transport = backend.transport
         # The connection is this exchange's alone: send at once, in one piece.
         early, self.early = self.early, []
-        head = serialize_request_head(self.head, frontend.forwarded(self.head), _DROP_FORWARDED)
+        head = serialize_request_head(self.head, *frontend.forwarded(self.head))
         write_through(transport, b"".join([head, *early]) if early else head)
         if self.early_size >= EARLY_LIMIT:
             frontend.transport.resumeProducing()
@@ -610,13 +610,17 @@ class HttpFrontend(Protocol):
         # What most of this client's requests add, encoded once.
         self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http" % (self.peer_host,)
 
-    def forwarded(self, head: RequestHead) -> Any:
-        """X-Forwarded-For and -Proto for a request from this client."""
+    def forwarded(self, head: RequestHead) -> Tuple[Any, Tuple[bytes, ...]]:
+        """
+        X-Forwarded-For and -Proto for a request from this client, and the
+        request's headers they replace (none when it has no X-Forwarded-For:
+        the serialiser then need not look for one again).
+        """
         previous = head.header(b"x-forwarded-for")
         if not previous:
-            return self._forwarded
-        return [(b"X-Forwarded-For", previous + b", " + self.peer_host),
-                (b"X-Forwarded-Proto", b"http")]
+            return self._forwarded, (() if previous is None else _DROP_FORWARDED)
+        return ([(b"X-Forwarded-For", previous + b", " + self.peer_host),
+                 (b"X-Forwarded-Proto", b"http")], _DROP_FORWARDED)
 
     def dataReceived(self, data: bytes) -> None:
         tunnel = self.tunnel_to
@@ -642,20 +646,22 @@ class HttpFrontend(Protocol):
         elif len(self.queue) > QUEUE_LIMIT and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
-        if self._head_timer is not None or parser.pending():
-            self._watch_head()
+        self._watch_head()
 
     def _watch_head(self) -> None:
         """
         A request head that has begun must be complete within
         header_timeout (slow clients, slowloris): else 408 and close.
         """
+        timer = self._head_timer
+        pending = self.parser.pending()
+        if timer is None and not pending:
+            return  # the common case: no head begun, none timed
         timeout = self.factory.header_timeout
         if not timeout:
             return
-        reading_head = (self.exchange is None and not self.queue and not self._closing
-                        and self.tunnel_to is None and self.parser.pending() > 0)
-        timer = self._head_timer
+        reading_head = (pending > 0 and self.exchange is None and not self.queue
+                        and not self._closing and self.tunnel_to is None)
         if reading_head and timer is None:
             self._head_timer = self.factory.clock.callLater(timeout, self._head_too_slow)
         elif not reading_head and timer is not None:

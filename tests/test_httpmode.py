@@ -197,6 +197,21 @@ class ForwardingTests(HttpTestCase):
         self.assertEqual(body["sha"], hashlib.sha256(b"hello world").hexdigest())
 
     @inlineCallbacks
+    def test_forwarded_for_without_or_with_empty_header(self) -> None:
+        """
+        A request without X-Forwarded-For gets one naming the client; an
+        empty one is replaced by one naming the client, not kept beside it.
+        """
+        self.proxy()
+        _, content = yield self.get(b"/none")
+        self.assertEqual(json.loads(content)["headers"]["x-forwarded-for"], ["127.0.0.1"])
+        self.assertEqual(json.loads(content)["headers"]["x-forwarded-proto"], ["http"])
+        reply = yield self.raw(b"GET /empty HTTP/1.1\r\nHost: x\r\nX-Forwarded-For:\r\n"
+                               b"Connection: close\r\n\r\n")
+        body = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(body["headers"]["x-forwarded-for"], ["127.0.0.1"])
+
+    @inlineCallbacks
     def test_large_response_streams(self) -> None:
         """A 20 MB response arrives whole."""
         self.proxy()
