@@ -18,24 +18,16 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 # The settings table and the topology live in their own modules; their names
 # are re-exported here, where the rest of poolproxy has always found them.
 from poolproxy.settings import (  # noqa: F401 (re-exported)
-    BACKEND_KEYS,
     BALANCE_POLICIES,
-    CLUSTER_KEYS,
     CLUSTER_OVERRIDES,
     DEFAULT_BALANCE,
-    DEFAULT_CLUSTER,
-    LISTENER_KEYS,
     SETTINGS,
     SETTINGS_BY_NAME,
     ConfigError,
-    Setting,
     _check_choice,
-    _check_hash_key,
-    _check_hash_tag,
     _located,
     check_ordered,
     coerce,
-    describe_defaults,
     protocol_names,
     read_secret,
 )
@@ -226,9 +218,9 @@ def build_config(
     if cluster_tables is None and not values.get("backend") and not values.get("demo"):
         raise ConfigError(f"{where('backend')}: at least one backend is required")
     _check_choice("policy", values.get("balance"), BALANCE_POLICIES, where("balance"))
-    _check_hash_key(values.get("hash_key"), where("hash_key"))
-    _check_hash_tag(values.get("hash_tag"), where("hash_tag"))
-    check_ordered(lambda key: values.get(key, getattr(ProxyConfig, key)), values, where)
+    # Every setting's value: given, else its default.
+    top = {s.name: values.get(s.name, s.default) for s in SETTINGS}
+    check_ordered(top.__getitem__, values, where)
     for key in ("backend_password_file", "client_password_file", "admin_token_file"):
         if values.get(key):
             read_secret(values[key], where(key))
@@ -237,7 +229,6 @@ def build_config(
         for one in _as_sequence(raw_value):
             check(one, where(key))
 
-    top = {s.name: values.get(s.name, s.default) for s in SETTINGS}
     if cluster_tables is not None:
         clusters = _clusters_from_tables(cluster_tables, top, file_name, protocols,
                                          checks.get("backend"))
@@ -307,9 +298,8 @@ def _as_sequence(value: Any) -> Sequence[str]:
 
 __all__ = [
     # settings (poolproxy.settings)
-    "BACKEND_KEYS", "BALANCE_POLICIES", "CLUSTER_KEYS", "CLUSTER_OVERRIDES", "DEFAULT_BALANCE",
-    "DEFAULT_CLUSTER", "LISTENER_KEYS", "SETTINGS", "SETTINGS_BY_NAME", "ConfigError", "Setting",
-    "coerce", "describe_defaults", "protocol_names", "read_secret",
+    "BALANCE_POLICIES", "CLUSTER_OVERRIDES", "DEFAULT_BALANCE", "SETTINGS", "SETTINGS_BY_NAME",
+    "ConfigError", "read_secret",
     # topology (poolproxy.topology)
     "BackendConfig", "ClusterConfig", "ListenerConfig",
     # this module

@@ -33,6 +33,8 @@ class Setting:
     @ivar exclusive: whether C{minimum} itself is refused (durations > 0).
     @ivar maximum: the largest accepted number, for C{int} and C{float}.
     @ivar choices: the accepted values, for C{str}.
+    @ivar check: for C{str}, C{check(value, where)} raises a L{ConfigError}
+        for a value of the right type that still makes no sense.
     @ivar doc: one line for C{--help} and docs/configuration.md.
     """
 
@@ -44,11 +46,33 @@ class Setting:
     exclusive: bool = False
     maximum: Optional[float] = None
     choices: Optional[Tuple[str, ...]] = None
+    check: Optional[Callable[[str, str], None]] = None
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+
+def _check_hash_tag(hash_tag: Optional[str], where: str) -> None:
+    if hash_tag is not None and (len(hash_tag) != 2 or hash_tag[0] == hash_tag[1]
+                                 or not hash_tag.isascii()):
+        raise ConfigError(f"{where}: expected two different ASCII characters, e.g. '{{}}', "
+                          f"got {hash_tag!r}")
+
+
+def _check_hash_key(hash_key: Optional[str], where: str) -> None:
+    if hash_key is not None and not (hash_key == "path" or (
+            hash_key.startswith("header:") and len(hash_key) > len("header:"))):
+        raise ConfigError(f"{where}: expected 'path' or 'header:NAME', got {hash_key!r}")
+
+
+#: The statuses of an http response that count as a backend failure, by
+#: the http_failures setting (gateway: as Envoy's consecutive_gateway_failure).
+HTTP_FAILURE_STATUSES: Dict[str, "frozenset[int]"] = {
+    "5xx": frozenset(range(500, 600)),
+    "gateway": frozenset((502, 503, 504)),
+    "none": frozenset(),
+}
 
 SETTINGS: Tuple[Setting, ...] = (
     Setting("listen", "list", (), "Server endpoint to accept clients on, e.g. "
@@ -105,7 +129,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "least_outstanding, consistent_hash or random [default: consistent_hash for "
             "redis and memcached, least_outstanding for http, round_robin for tcp]."),
     Setting("hash_key", "str", None, "http with consistent_hash: what to hash, 'path' or "
-            "'header:NAME'."),
+            "'header:NAME'.", check=_check_hash_key),
     Setting("check_interval", "float", 2.0, "Seconds between active health checks of each "
             "backend (redis PING, memcached version, HTTP GET check-path, TCP connect); 0 "
             "turns them off.", minimum=0),
@@ -139,10 +163,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("http_failures", "str", "5xx", "http: the responses that count as a backend "
             "failure for its breaker: 5xx (500-599), gateway (502, 503 and 504) or none "
             "(only connection errors, broken responses and timeouts count).",
-            choices=("5xx", "gateway", "none")),
+            choices=tuple(HTTP_FAILURE_STATUSES)),
     Setting("hash_tag", "str", None, "redis and memcached with consistent_hash: two "
             "characters, e.g. '{}'; a key holding them is hashed by what is between them "
-            "only, so keys with the same tag live on the same backend."),
+            "only, so keys with the same tag live on the same backend.", check=_check_hash_tag),
     Setting("workers", "int", 1, "Processes serving clients. Above 1, a supervisor "
             "process spawns that many workers sharing tcp listeners (SO_REUSEPORT) and "
             "sums their /metrics.", minimum=1),
@@ -192,14 +216,6 @@ LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster")
 CLUSTER_KEYS: Tuple[str, ...] = ("name", "protocol", "balance", "hash_key", "backend") + CLUSTER_OVERRIDES
 BACKEND_KEYS: Tuple[str, ...] = ("address", "name", "weight")
 
-#: The statuses of an http response that count as a backend failure, by
-#: the http_failures setting (gateway: as Envoy's consecutive_gateway_failure).
-HTTP_FAILURE_STATUSES: Dict[str, "frozenset[int]"] = {
-    "5xx": frozenset(range(500, 600)),
-    "gateway": frozenset((502, 503, 504)),
-    "none": frozenset(),
-}
-
 #: The name of the cluster built from the flat C{backend} key (or C{demo}).
 DEFAULT_CLUSTER = "default"
 
@@ -243,9 +259,12 @@ def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
     if setting.kind == "str":
         if not isinstance(raw, str) or not raw.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
+        value = raw.strip()
         if setting.choices is not None:
-            _check_choice("value", raw.strip(), setting.choices, where)
-        return raw.strip()
+            _check_choice("value", value, setting.choices, where)
+        if setting.check is not None:
+            setting.check(value, where)
+        return value
     # list
     if isinstance(raw, str):
         raw = [raw]
@@ -296,27 +315,3 @@ def check_ordered(value: Callable[[str], Any], given: Container[str],
                               f"({high_value:g}), got {low_value:g}")
         raise ConfigError(f"{where(high)}: must be at least {_dash(low)} "
                           f"({low_value:g}), got {high_value:g}")
-
-
-def _check_hash_tag(hash_tag: Optional[str], where: str) -> None:
-    if hash_tag is not None and (len(hash_tag) != 2 or hash_tag[0] == hash_tag[1]
-                                 or not hash_tag.isascii()):
-        raise ConfigError(f"{where}: expected two different ASCII characters, e.g. '{{}}', "
-                          f"got {hash_tag!r}")
-
-
-def _check_hash_key(hash_key: Optional[str], where: str) -> None:
-    if hash_key is not None and not (hash_key == "path" or (
-            hash_key.startswith("header:") and len(hash_key) > len("header:"))):
-        raise ConfigError(f"{where}: expected 'path' or 'header:NAME', got {hash_key!r}")
-
-
-def describe_defaults() -> List[Tuple[str, str, str, str]]:
-    """
-    Rows for the documentation: (TOML key, flag, default, description).
-    """
-    rows = []
-    for s in SETTINGS:
-        default = "(none)" if s.default in (None, ()) else repr(s.default)
-        rows.append((s.name, s.flag, default, s.doc))
-    return rows

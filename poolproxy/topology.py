@@ -23,7 +23,6 @@ from poolproxy.settings import (
     Setting,
     _check_choice,
     _check_hash_key,
-    _check_hash_tag,
     _located,
     check_ordered,
     coerce,
@@ -199,20 +198,13 @@ def _clusters_from_tables(raw: Any, top: Mapping[str, Any], file_name: str,
         _check_hash_key(hash_key, table.at("hash_key"))
         overrides = {key: coerce(SETTINGS_BY_NAME[key], values[key], table.at(key), text_ok=False)
                      for key in CLUSTER_OVERRIDES if key in values}
-        _check_overrides(overrides, top, table)
+        # The checks between settings, on this cluster's values (its
+        # overrides, else the top-level ones); an error names a key it sets.
+        check_ordered(lambda key: overrides.get(key, top[key]), overrides, table.at)
         backends = _backends_from_tables(values.get("backend"), table, name, check)
         clusters.append(ClusterConfig(name, protocol, balance, hash_key, backends,
                                       MappingProxyType(overrides)))
     return tuple(clusters)
-
-
-def _check_overrides(overrides: Mapping[str, Any], top: Mapping[str, Any], table: _Table) -> None:
-    """
-    The checks between settings, on a cluster's values (its overrides, else the
-    top-level ones); an error names a key the cluster sets.
-    """
-    _check_hash_tag(overrides.get("hash_tag"), table.at("hash_tag"))
-    check_ordered(lambda key: overrides.get(key, top[key]), overrides, table.at)
 
 
 def _backends_from_tables(raw: Any, cluster: _Table, cluster_name: str,
