@@ -19,6 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
+from poolproxy.breaker import STATES as BREAKER_STATES
 from poolproxy.cluster import BACKEND_STATES
 from poolproxy.stats import Histogram
 
@@ -31,12 +32,11 @@ if TYPE_CHECKING:
 CLOSE_REASONS = ("idle_timeout", "max_lifetime", "max_uses", "backend_closed",
                  "session_end", "shutdown")
 
-# The values of poolproxy.cluster.Backend.state, poolproxy.health.HealthCheck.state
-# and poolproxy.breaker.CircuitBreaker.state (poolproxy.breaker.STATES).  Each
-# is exported as a Prometheus "enum" gauge: one series per value, 1 for the
-# current one and 0 for the others, all present from the start.
+# The values of poolproxy.health.HealthCheck.state (those of Backend.state
+# and CircuitBreaker.state are imported above).  Each is exported as a
+# Prometheus "enum" gauge: one series per value, 1 for the current one and 0
+# for the others, all present from the start.
 HEALTH_STATES = ("unknown", "healthy", "unhealthy")
-BREAKER_STATES = ("closed", "open", "half_open")
 
 
 def _histogram(name: str, doc: str, labels: "list[str]") -> HistogramMetricFamily:
