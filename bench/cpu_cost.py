@@ -23,7 +23,7 @@ import statistics
 import tempfile
 from typing import Any, Callable, Dict, List
 
-from common import progress
+from common import ROOT, progress
 from loads import redis_load, warm_up, wrk
 from machine import cpu_seconds
 from servers import REACTOR, Processes, start_nginx, start_poolproxy, start_redis
@@ -43,8 +43,7 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("redis", "http"), default="redis")
     parser.add_argument("--pipeline", type=int, default=16, help="redis: requests per batch")
     parser.add_argument("--pool-size", type=int, default=16)
-    parser.add_argument("--python", default=os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), ".venv", "bin", "python"))
+    parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--reactor", default=REACTOR,
@@ -72,7 +71,8 @@ def main() -> None:
                 return wrk(proxy.port, seconds, close=False)
 
             def requests_of(figures: Dict[str, Dict[str, Any]], seconds: float) -> float:
-                return sum(f["rps"] * round(seconds) for f in figures.values())
+                # wrk runs whole seconds, at least one (loads.wrk).
+                return sum(f["rps"] * max(1, round(seconds)) for f in figures.values())
         warm_up(load, 3.0)
         costs: List[float] = []
         for i in range(args.repeat):

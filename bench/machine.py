@@ -114,11 +114,21 @@ def rss_kb(pid: int) -> int:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
+def _stat(text: str) -> Tuple[str, List[str]]:
+    """A /proc/PID/stat line: the command name, and the fields after it (ppid first)."""
+    comm, _, rest = text.partition(" (")[2].rpartition(") ")
+    return comm, rest.split()
+
+
+def _cpu(fields: List[str]) -> float:
+    """User + system CPU seconds, from the fields _stat returns."""
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has spent, from /proc."""
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(") ")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return _cpu(_stat(f.read())[1])
 
 
 def cpu_snapshot() -> Dict[int, Tuple[int, float, str]]:
@@ -130,13 +140,11 @@ def cpu_snapshot() -> Dict[int, Tuple[int, float, str]]:
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/stat") as f:
-                    comm, _, rest = f.read().partition(" (")[2].rpartition(") ")
+                    comm, fields = _stat(f.read())
             except OSError:
                 continue
-            fields = rest.split()
             if len(fields) > 12:
-                out[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12]))
-                                  / CLOCK_TICKS, comm)
+                out[int(name)] = (int(fields[1]), _cpu(fields), comm)
     return out
 
 

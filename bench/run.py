@@ -124,7 +124,7 @@ class Bench:
         median req/s; the notes give the range.
         """
         runs: Dict[str, List[Figures]] = {target: [] for target, _ in targets}
-        rounds = max(1, self.args.rounds)
+        rounds = self.args.rounds
         for n in range(rounds):
             for target, load in targets:
                 # Warmed up in full before its first round, briefly before the others.
@@ -144,12 +144,10 @@ class Bench:
                     row["rounds_rps"] = [f["rps"] for f in got]
                 self.rows.append({"workload": workload, "test": test, "target": target, **row})
 
-    def measure(self, workload: str, target: str, load: Load, warm: bool = True) -> Figures:
-        """One run of C{load}, kept as rows (after --warmup seconds of it if C{warm})."""
-        figures = self.run_once(workload, target, load, self.args.warmup if warm else 0.0)
-        for test, f in figures.items():
+    def measure(self, workload: str, target: str, load: Load) -> None:
+        """One run of C{load}, without warm-up (the caller warmed it up), kept as rows."""
+        for test, f in self.run_once(workload, target, load, 0.0).items():
             self.rows.append({"workload": workload, "test": test, "target": target, **f})
-        return figures
 
     def run_once(self, workload: str, target: str, load: Load, warm: float) -> Figures:
         progress(f"{workload}: {target} ...")
@@ -245,7 +243,7 @@ class Bench:
                 progress(f"{workload}: poolproxy {label}: warm-up ...")
                 warm_up(run, max(self.args.warmup, 0.5))   # also sizes redis-benchmark's -n
                 before = scrape(proxy.metrics)
-                self.measure(workload, f"poolproxy {label}", run, warm=False)
+                self.measure(workload, f"poolproxy {label}", run)
                 after = scrape(proxy.metrics)
                 self.churn.append(churn_figures(workload, label, start, before, after))
                 c = self.churn[-1]
@@ -353,6 +351,8 @@ def main() -> None:
                         help="the PyPy that runs poolproxy too (default .venv-pypy/bin/python)")
     parser.add_argument("--no-pypy", action="store_true", help="poolproxy on CPython only")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     args.parts = set(args.only.split(",")) if args.only else set(PARTS)
     if args.parts - set(PARTS):
         parser.error(f"--only: unknown {','.join(sorted(args.parts - set(PARTS)))}; "
