@@ -118,9 +118,8 @@ class HttpFailoverTests(TestCase):
             self.addCleanup(port.stopListening)
             ports.append(port.getHost().port)
         self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.ports = ports
-        self.service = start_proxy(self, 0, protocol="http",
-                                   backend=tuple(f"127.0.0.1:{p}" for p in ports),
+        self.addresses = tuple(f"127.0.0.1:{p}" for p in ports)
+        self.service = start_proxy(self, 0, protocol="http", backend=self.addresses,
                                    check_interval=0.2, check_fall=2, check_rise=2,
                                    check_timeout=0.5, check_path="/health",
                                    breaker_failures=3, breaker_reset_timeout=30.0,
@@ -177,7 +176,7 @@ class HttpFailoverTests(TestCase):
         clients; one answering 503 is taken out as under "5xx".
         """
         self.service = start_proxy(self, 0, protocol="http",
-                                   backend=tuple(f"127.0.0.1:{p}" for p in self.ports),
+                                   backend=self.addresses,
                                    breaker_failures=3, breaker_reset_timeout=30.0,
                                    balance="round_robin", http_failures="gateway")
         yield wait_for(lambda: self.service.ready, what="ready")

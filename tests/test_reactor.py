@@ -11,6 +11,7 @@ from typing import Any, List
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.test.reactormixins import ReactorBuilder
 from twisted.internet.test.test_core import SystemEventTestsBuilder
@@ -78,6 +79,8 @@ class LeanReactorTestsBuilder(ReactorBuilder):
         """It is Twisted's EPollReactor, but for doPoll."""
         reactor = self.buildReactor()
         self.assertIsInstance(reactor, LeanEPollReactor)
+        self.assertIsInstance(reactor, EPollReactor)
+        self.assertIsNot(LeanEPollReactor.doPoll, EPollReactor.doPoll)
 
     def test_protocol_error_closes_only_its_connection(self) -> None:
         """

@@ -18,8 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from poolproxy.codec import LOCAL, PIN
 from poolproxy.config import ConfigError
 from poolproxy.codecs.redis import RedisCodec, RespRequestFramer, command_keys, encode_command
-from poolproxy.tap import ProxyOptions
 from tests.interop import ProxyProcess, memcached_server, module, redis_server
+from tests.test_config import BASE, parse
 
 
 class CommandKeysTests(SynchronousTestCase):
@@ -199,13 +199,9 @@ class HashTagTests(SynchronousTestCase):
         self.assertGreater(len(spread), 1)
 
     def test_setting_checked(self) -> None:
-        options = ProxyOptions()
-        with self.assertRaises(ConfigError) as e:
-            options.parseOptions(["--backend", "127.0.0.1:6379", "--listen", "tcp:0", "--hash-tag", "{"])
-        self.assertIn("--hash-tag: expected two different ASCII characters", str(e.exception))
-        options = ProxyOptions()
-        options.parseOptions(["--backend", "127.0.0.1:6379", "--listen", "tcp:0", "--hash-tag", "{}"])
-        self.assertEqual(options.config.hash_tag, "{}")
+        e = self.assertRaises(ConfigError, parse, BASE + ["--hash-tag", "{"])
+        self.assertIn("--hash-tag: expected two different ASCII characters", str(e))
+        self.assertEqual(parse(BASE + ["--hash-tag", "{}"]).hash_tag, "{}")
 
     def test_tagged_multi_key_commands_served_by_one_shard(self) -> None:
         redis = module("redis")
