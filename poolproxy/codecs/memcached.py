@@ -530,6 +530,13 @@ _ERROR_REPLIES = {
 _SANITISE = {i: " " for i in list(range(32)) + [127]}
 
 
+def _retrieval(frame: Frame) -> Tuple[List[bytes], List[bytes]]:
+    """A retrieval's command words (with gat's expiry) and its keys."""
+    parts = frame.data.split()
+    first = 2 if parts[0] in (b"gat", b"gats") else 1
+    return parts[:first], parts[first:]
+
+
 def _merge_values(replies: List[bytes]) -> bytes:
     """The parts of a split retrieval: their VALUE blocks, then one END."""
     for reply in replies:
@@ -567,9 +574,8 @@ class MemcachedCodec:
         """
         if frame.expect != VALUES:
             return None
-        parts = frame.data.split()
-        first = 2 if parts[0] in (b"gat", b"gats") else 1
-        return parts[first:] if len(parts) > first + 1 else None
+        keys = _retrieval(frame)[1]
+        return keys if len(keys) > 1 else None
 
     def split(self, frame: Frame, groups: List[List[int]]) -> Tuple[List[Frame], Any]:
         """
@@ -577,9 +583,7 @@ class MemcachedCodec:
         their C{VALUE} blocks are merged before one C{END}.  A part that
         failed makes the whole reply that error line.
         """
-        parts = frame.data.split()
-        first = 2 if parts[0] in (b"gat", b"gats") else 1
-        head, keys = parts[:first], parts[first:]
+        head, keys = _retrieval(frame)
         frames = [Frame(b" ".join(head + [keys[i] for i in group]) + b"\r\n", 1,
                         keys[group[0]], frame.flags, VALUES) for group in groups]
         return frames, _merge_values
