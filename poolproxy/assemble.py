@@ -11,17 +11,17 @@ from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
-from poolproxy.admission import Admission
-from poolproxy.cluster import Backend, Cluster
+from poolproxy.proxy.admission import Admission
+from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.codec import ICodec
 from poolproxy.config import DEFAULT_BALANCE, ClusterConfig, CodecOptions, ProxyConfig
-from poolproxy.endpoints import client_endpoint
-from poolproxy.httpmode import HttpBackend
-from poolproxy.multiplex import Multiplexer, PipelineBackend
+from poolproxy.config.endpoints import client_endpoint
+from poolproxy.proxy.request import HttpBackend
+from poolproxy.proxy.multiplexed.client import Multiplexer, PipelineBackend
 from poolproxy.plugins import load_codec
-from poolproxy.pool import BackendPool, BackendProtocol
-from poolproxy.retry import RetryBudget
-from poolproxy.session import SessionBackend
+from poolproxy.backends.pool import BackendPool, BackendProtocol
+from poolproxy.backends.retry import RetryBudget
+from poolproxy.proxy.session import SessionBackend
 
 log = Logger(namespace="poolproxy.cluster")
 
@@ -100,7 +100,7 @@ class ClusterAssembly:
         pool.cluster = self.spec.name
         pool.protocol_factory = self._protocol_factory(backend)
         if s("breaker_failures"):
-            from poolproxy.breaker import BreakerSettings, CircuitBreaker
+            from poolproxy.backends.breaker import BreakerSettings, CircuitBreaker
 
             reset = s("breaker_reset_timeout")
             backend.breaker = CircuitBreaker(
@@ -110,7 +110,7 @@ class ClusterAssembly:
                 on_change=lambda old, new: _breaker_changed(backend, old, new),
                 may_open=lambda: self.cluster.may_eject())
         if s("check_interval"):
-            from poolproxy.health import HealthCheck
+            from poolproxy.backends.health import HealthCheck
 
             backend.health = HealthCheck(
                 name, self._probe(endpoint), interval=s("check_interval"),
@@ -133,7 +133,7 @@ class ClusterAssembly:
         raise ValueError(f"protocol {codec.name!r} has an unknown mode {codec.mode!r}")
 
     def _probe(self, endpoint: Any) -> Callable[[], Any]:
-        from poolproxy import health
+        from poolproxy.backends import health
 
         # Each health.*_probe(...) builds the probe: a function that runs one check.
         codec = self.codec

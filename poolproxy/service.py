@@ -21,25 +21,25 @@ from twisted.internet.defer import (
 )
 from twisted.logger import Logger, LoggingFile
 
-from poolproxy.admission import Admission
-from poolproxy.cluster import Cluster
+from poolproxy.proxy.admission import Admission
+from poolproxy.backends.cluster import Cluster
 from poolproxy.codec import ICodec
 from poolproxy.config import ProxyConfig, codec_options
 from poolproxy.demo import demo_site
-from poolproxy.endpoints import server_endpoint
+from poolproxy.config.endpoints import server_endpoint
 from poolproxy.assemble import ClusterAssembly
-from poolproxy.httpmode import HttpFactory, route_key
-from poolproxy.idle import IdleSweeper
-from poolproxy.reload import Reloader
-from poolproxy.summary import RejectionSummary
-from poolproxy.multiplex import MultiplexFactory
-from poolproxy.pool import BackendPool
-from poolproxy.session import SessionFactory
-from poolproxy.settings import HTTP_FAILURE_STATUSES
+from poolproxy.proxy.request import HttpFactory, route_key
+from poolproxy.proxy.idle import IdleSweeper
+from poolproxy.ops.reload import Reloader
+from poolproxy.ops.rejections import RejectionSummary
+from poolproxy.proxy.multiplexed.client import MultiplexFactory
+from poolproxy.backends.pool import BackendPool
+from poolproxy.proxy.session import SessionFactory
+from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.stats import ListenerStats
-from poolproxy.waiting import wait_until
-from poolproxy.web import build_site
-from poolproxy.worker import AdoptedPortService, Handoff, WorkerControl
+from poolproxy.util.waiting import wait_until
+from poolproxy.ops.web import build_site
+from poolproxy.workers.worker import AdoptedPortService, Handoff, WorkerControl
 
 
 class Listener:

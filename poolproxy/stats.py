@@ -3,7 +3,7 @@ Plain counters for the hot path.
 
 Counting a request must cost an attribute increment, not a locked
 prometheus-client call: these objects hold ints and floats only, and
-L{poolproxy.metrics} reads them when /metrics is scraped.
+L{poolproxy.ops.metrics} reads them when /metrics is scraped.
 """
 
 from __future__ import annotations

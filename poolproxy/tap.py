@@ -15,10 +15,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from poolproxy.config import SETTINGS, ConfigError, ProxyConfig, build_config, load_toml
-from poolproxy.endpoints import check_client, check_demo, check_server, tcp_listen_address
+from poolproxy.config.endpoints import check_client, check_demo, check_server, tcp_listen_address
 from poolproxy.service import ProxyService
-from poolproxy.supervisor import Supervisor
-from poolproxy.worker import Handoff, worker_config
+from poolproxy.workers.supervisor import Supervisor
+from poolproxy.workers.worker import Handoff, worker_config
 
 _ENDPOINT_CHECKS = {
     "listen": check_server,

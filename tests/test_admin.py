@@ -1,6 +1,6 @@
 """
 The admin API end to end: a running L{ProxyService} in front of two real
-echo backends on loopback, with L{poolproxy.admin.build_admin} mounted as
+echo backends on loopback, with L{poolproxy.ops.admin.build_admin} mounted as
 C{/admin} on a web site of the test's own, fetched with a real HTTP client
 (L{Agent}).  Waits poll a condition with a bound, never sleep.
 """
@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from poolproxy.admin import MAX_WEIGHT, build_admin
+from poolproxy.ops.admin import MAX_WEIGHT, build_admin
 from poolproxy.config import ConfigError, build_config, read_secret
 from poolproxy.service import ProxyService
 from tests.support import (
@@ -86,7 +86,7 @@ class AdminTestCase(TestCase):
     def admin_lines(self) -> List[str]:
         """The admin API's log lines so far."""
         return [formatEvent(e) for e in self.events
-                if str(e.get("log_namespace", "")).startswith("poolproxy.admin")]
+                if str(e.get("log_namespace", "")).startswith("poolproxy.ops.admin")]
 
     @inlineCallbacks
     def post(self, path: str, token: Optional[str] = TOKEN, method: bytes = b"POST",

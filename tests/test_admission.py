@@ -1,5 +1,5 @@
 """
-Unit tests of L{poolproxy.admission.Admission} on a L{Clock}.
+Unit tests of L{poolproxy.proxy.admission.Admission} on a L{Clock}.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from poolproxy.admission import Admission, Overloaded
+from poolproxy.proxy.admission import Admission, Overloaded
 
 
 class AdmissionTests(SynchronousTestCase):

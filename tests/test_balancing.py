@@ -1,6 +1,6 @@
 """
 Unit and property tests of the load-balancing policies in
-L{poolproxy.balancing}.
+L{poolproxy.backends.balancing}.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from poolproxy.balancing import (
+from poolproxy.backends.balancing import (
     POLICIES,
     ConsistentHash,
     IPolicy,

@@ -1,5 +1,5 @@
 """
-Unit tests of L{poolproxy.breaker.CircuitBreaker} on a L{Clock}, and a
+Unit tests of L{poolproxy.backends.breaker.CircuitBreaker} on a L{Clock}, and a
 hypothesis state-machine test against a plain model of its rules.
 """
 
@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from poolproxy.breaker import STATES, BreakerSettings, CircuitBreaker
+from poolproxy.backends.breaker import STATES, BreakerSettings, CircuitBreaker
 
 
 class CircuitBreakerTests(SynchronousTestCase):

@@ -13,7 +13,7 @@ from typing import List, Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from poolproxy.config import SETTINGS, ConfigError, ProxyConfig
-from poolproxy.endpoints import backend_name, expand_backend
+from poolproxy.config.endpoints import backend_name, expand_backend
 from poolproxy.tap import Options, ProxyOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -682,7 +682,7 @@ class BacklogTests(SynchronousTestCase):
         tcp listeners default to a backlog of 1024 (Twisted's is 50); one the
         user set is kept, and other endpoint kinds are left alone.
         """
-        from poolproxy.endpoints import server_endpoint, with_backlog
+        from poolproxy.config.endpoints import server_endpoint, with_backlog
         from twisted.internet.testing import MemoryReactor
 
         self.assertEqual(with_backlog("tcp:6380:interface=127.0.0.1"),

@@ -1,5 +1,5 @@
 """
-poolproxy.deadlines: many timeouts of one length on one timer, on task.Clock.
+poolproxy.util.deadlines: many timeouts of one length on one timer, on task.Clock.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, List
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from poolproxy.deadlines import Deadlines
+from poolproxy.util.deadlines import Deadlines
 
 
 class DeadlinesTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests of L{poolproxy.health}: L{HealthCheck} on a L{Clock} with a probe the
+Tests of L{poolproxy.backends.health}: L{HealthCheck} on a L{Clock} with a probe the
 test fires by hand; the probes on L{FakeEndpoint}; and the probes over real
 loopback sockets against small servers written here.
 """
@@ -24,7 +24,7 @@ from zope.interface import implementer
 from poolproxy.codecs.memcached import codec as memcached_codec
 from poolproxy.codecs.redis import codec as redis_codec
 from poolproxy.codecs.tcp import codec as tcp_codec
-from poolproxy.health import (
+from poolproxy.backends.health import (
     HEALTHY,
     UNHEALTHY,
     UNKNOWN,

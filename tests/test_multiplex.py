@@ -475,7 +475,7 @@ class BreakerTrialTests(MultiplexTestCase):
         """
         from twisted.internet.task import Clock
 
-        from poolproxy.breaker import BreakerSettings, CircuitBreaker
+        from poolproxy.backends.breaker import BreakerSettings, CircuitBreaker
 
         first, second = self.backend(), self.backend()
         service = start_proxy(self, first.port, codec=line_codec(), protocol="line",

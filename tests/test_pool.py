@@ -1,5 +1,5 @@
 """
-Unit tests of L{poolproxy.pool.BackendPool}: every timing rule on a
+Unit tests of L{poolproxy.backends.pool.BackendPool}: every timing rule on a
 L{Clock}, connections through L{poolproxy.testing.FakeEndpoint}.
 """
 
@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from poolproxy.pool import (
+from poolproxy.backends.pool import (
     AcquireTimeout,
     BackendPool,
     BackendProtocol,

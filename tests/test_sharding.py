@@ -172,8 +172,8 @@ class HashTagTests(SynchronousTestCase):
     def cluster(self, tag: Any) -> Any:
         from twisted.internet.task import Clock
 
-        from poolproxy.cluster import Backend, Cluster
-        from poolproxy.pool import BackendPool
+        from poolproxy.backends.cluster import Backend, Cluster
+        from poolproxy.backends.pool import BackendPool
         from poolproxy.testing import FakeEndpoint
 
         backends = []

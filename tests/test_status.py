@@ -20,11 +20,11 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
 from poolproxy import __version__
-from poolproxy.cluster import Backend
+from poolproxy.backends.cluster import Backend
 from poolproxy.config import BackendConfig, ClusterConfig, ListenerConfig, ProxyConfig
 from poolproxy.service import ProxyService
 from poolproxy.stats import OUTCOMES
-from poolproxy.status import (
+from poolproxy.ops.status import (
     BACKEND_STATES,
     REFRESH_SECONDS,
     RateSampler,

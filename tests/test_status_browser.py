@@ -26,7 +26,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from poolproxy.status import REFRESH_SECONDS
+from poolproxy.ops.status import REFRESH_SECONDS
 from tests.interop import binary
 from tests.support import metrics_port, wait_for
 from tests.test_status import StatusTestCase

@@ -23,7 +23,7 @@ from twisted.logger import LoggingFile, Logger, LogLevel, capturedLogs, formatEv
 from twisted.trial.unittest import SynchronousTestCase
 
 from poolproxy.config import build_config
-from poolproxy.pool import BackendPool
+from poolproxy.backends.pool import BackendPool
 from poolproxy.service import ProxyService
 from poolproxy.tap import ProxyOptions, makeService, pypy_gc_hint
 

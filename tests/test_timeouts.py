@@ -12,13 +12,13 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from poolproxy.admission import Admission
-from poolproxy.cluster import Backend, Cluster
+from poolproxy.proxy.admission import Admission
+from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.codecs.http import codec as http_codec
-from poolproxy.httpmode import HttpBackend, HttpFactory
-from poolproxy.idle import IdleSweeper
-from poolproxy.multiplex import MultiplexFactory, Multiplexer, PipelineBackend
-from poolproxy.pool import BackendPool
+from poolproxy.proxy.request import HttpBackend, HttpFactory
+from poolproxy.proxy.idle import IdleSweeper
+from poolproxy.proxy.multiplexed.client import MultiplexFactory, Multiplexer, PipelineBackend
+from poolproxy.backends.pool import BackendPool
 from poolproxy.testing import FakeEndpoint
 from tests.support import line_codec
 

@@ -1,5 +1,5 @@
 """
-poolproxy.waiting.wait_until, on a Clock: what shutdown and reload wait with.
+poolproxy.util.waiting.wait_until, on a Clock: what shutdown and reload wait with.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import List
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from poolproxy.waiting import wait_until
+from poolproxy.util.waiting import wait_until
 
 
 class WaitUntilTests(SynchronousTestCase):

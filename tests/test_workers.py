@@ -24,10 +24,10 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from poolproxy.config import ConfigError
-from poolproxy.metrics_merge import sum_expositions
-from poolproxy.supervisor import relay_log_line
+from poolproxy.workers.metrics_merge import sum_expositions
+from poolproxy.workers.supervisor import relay_log_line
 from poolproxy.tap import ProxyOptions
-from poolproxy.worker import HANDOFF_ENV, Handoff
+from poolproxy.workers.worker import HANDOFF_ENV, Handoff
 from tests.interop import Process, wait_port, wait_until
 from tests.support import free_port, twistd_command
 
@@ -366,7 +366,7 @@ class RestartBackoffTests(TestCase):
 
     def supervisor(self) -> Tuple[Any, Any]:
         from twisted.internet.testing import MemoryReactorClock
-        from poolproxy.supervisor import Supervisor
+        from poolproxy.workers.supervisor import Supervisor
         clock = MemoryReactorClock()
         options = ProxyOptions()
         options.parseOptions(["--backend", "127.0.0.1:6379", "--workers", "2",
@@ -378,14 +378,14 @@ class RestartBackoffTests(TestCase):
     def die(self, supervisor: Any, clock: Any, slot: int, lived: float) -> float:
         from twisted.internet.error import ProcessTerminated
         from twisted.python.failure import Failure
-        from poolproxy.supervisor import WorkerProcess
+        from poolproxy.workers.supervisor import WorkerProcess
         worker = WorkerProcess(supervisor, slot + 1, clock.seconds() - lived)
         supervisor.worker_ended(worker, Failure(ProcessTerminated(exitCode=1)))
         call = supervisor._pending[slot]
         return call.getTime() - clock.seconds()
 
     def test_quick_deaths_back_off_and_a_stable_worker_restarts_at_once(self) -> None:
-        from poolproxy.supervisor import RESTART_MAX_DELAY, STABLE_AFTER
+        from poolproxy.workers.supervisor import RESTART_MAX_DELAY, STABLE_AFTER
         supervisor, clock = self.supervisor()
         delays = [self.die(supervisor, clock, 0, lived=0.5) for _ in range(7)]
         self.assertEqual(delays, [1, 2, 4, 8, 16, RESTART_MAX_DELAY, RESTART_MAX_DELAY])
@@ -397,7 +397,7 @@ class RestartBackoffTests(TestCase):
     def test_no_restart_while_stopping(self) -> None:
         from twisted.internet.error import ProcessTerminated
         from twisted.python.failure import Failure
-        from poolproxy.supervisor import WorkerProcess
+        from poolproxy.workers.supervisor import WorkerProcess
         supervisor, clock = self.supervisor()
         supervisor.stopping = True
         supervisor.worker_ended(WorkerProcess(supervisor, 1, 0),

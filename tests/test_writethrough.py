@@ -1,5 +1,5 @@
 """
-poolproxy.writethrough over a real loopback TCP connection: bytes go out at
+poolproxy.util.writethrough over a real loopback TCP connection: bytes go out at
 once when nothing is queued, and what the socket does not take is queued in
 order behind them.
 """
@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import TestCase
 
-from poolproxy.writethrough import write_through
+from poolproxy.util.writethrough import write_through
 from tests.support import wait_for
 
 

@@ -1,12 +1,12 @@
 """
-Timer cost per request: Twisted's callLater + cancel against poolproxy.deadlines (16 in flight, FIFO).
+Timer cost per request: Twisted's callLater + cancel against poolproxy.util.deadlines (16 in flight, FIFO).
 """
 import os
 import sys, time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from collections import deque
 from twisted.internet import reactor
-from poolproxy.deadlines import Deadlines
+from poolproxy.util.deadlines import Deadlines
 N = 200000
 def f(*a): pass
 # 16 timeouts in flight, started and cancelled in FIFO order, as exchanges are

@@ -2,7 +2,7 @@
 HTTP/1.1 in request mode: a backend connection is leased for each request
 and goes back to the pool when its response has ended and it can be kept
 alive.  Parsing lives in L{poolproxy.codecs.http_parse}; the proxying in
-L{poolproxy.httpmode}.
+L{poolproxy.proxy.request}.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class HttpCodec:
     name = "http"
     mode = "request"
 
-    # Request mode's framers are event parsers (poolproxy.httpmode reads
+    # Request mode's framers are event parsers (poolproxy.proxy.request reads
     # their heads, body pieces and ENDs), not ICodec's frame-per-request ones.
     def request_framer(self, config: Any) -> RequestParser:  # type: ignore[override]
         return RequestParser()

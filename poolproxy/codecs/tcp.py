@@ -1,6 +1,6 @@
 """
 Raw TCP: no framing at all.  A client session leases one backend connection
-and bytes flow unchanged both ways (see L{poolproxy.session}).
+and bytes flow unchanged both ways (see L{poolproxy.proxy.session}).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ The supervisor's web endpoint (C{--workers N}): the configured C{metrics}
 address, served by the supervisor from what its workers report.
 
   - C{/metrics}: every worker's /metrics, summed sample by sample
-    (L{poolproxy.metrics_merge}), plus C{poolproxy_workers},
+    (L{poolproxy.workers.metrics_merge}), plus C{poolproxy_workers},
     C{poolproxy_worker_up} and C{poolproxy_worker_restarts};
   - C{/healthz}: the supervisor answers;
   - C{/readyz}: 200 when every worker is ready, else 503 saying which is not;
@@ -34,15 +34,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from poolproxy import __version__
-from poolproxy.admin import bearer_ok
+from poolproxy.ops.admin import bearer_ok
 from poolproxy.config import read_secret
-from poolproxy.metrics_merge import SummedMetrics
-from poolproxy.web import HealthzResource, QuietSite
+from poolproxy.workers.metrics_merge import SummedMetrics
+from poolproxy.ops.web import HealthzResource, QuietSite
 
 if TYPE_CHECKING:
-    from poolproxy.supervisor import Supervisor, WorkerProcess
+    from poolproxy.workers.supervisor import Supervisor, WorkerProcess
 
-log = Logger("poolproxy.supervisor")
+log = Logger("poolproxy.workers.supervisor")
 
 #: Seconds a worker gets to answer the supervisor's request.
 WORKER_TIMEOUT = 5.0

@@ -1,6 +1,6 @@
 """
 Summing the /metrics of several worker processes into one exposition, for
-the supervisor of C{--workers N} (L{poolproxy.supervisor}).
+the supervisor of C{--workers N} (L{poolproxy.workers.supervisor}).
 
 The proxy's counters live in each worker's memory and are read at scrape
 time, so prometheus-client's multiprocess mode (which shares values through

@@ -1,6 +1,6 @@
 """
 The worker side of C{--workers N}: what a process spawned by the supervisor
-(L{poolproxy.supervisor}) does differently from a lone proxy.
+(L{poolproxy.workers.supervisor}) does differently from a lone proxy.
 
 The supervisor passes, in the environment variable L{HANDOFF_ENV}, the file
 descriptors of this worker's listening sockets (already bound and listening,
@@ -35,7 +35,7 @@ HANDOFF_ENV = "POOLPROXY_WORKER"
 #: Where a worker's web endpoint listens: the supervisor scrapes it.
 WORKER_WEB = "tcp:0:interface=127.0.0.1"
 
-log = Logger("poolproxy.worker")
+log = Logger("poolproxy.workers.worker")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ clock, and draws its randomness from an injected L{random.Random}, so it is
 tested with plain values and a seed.
 
 Backends are opaque to a policy: it stores them as dict keys (so they must be
-hashable; a L{poolproxy.pool.BackendPool} is, by identity) and hands back the
+hashable; a L{poolproxy.backends.pool.BackendPool} is, by identity) and hands back the
 one it picked.  Whether a backend may be used right now (health checks, an
 open circuit breaker, an operator's switch) is not the policy's business: the
 caller passes an C{available} predicate to each L{IPolicy.pick}, and the
@@ -314,7 +314,7 @@ class ConsistentHash(Policy):
 
     Names must be unique and stable across restarts, or keys move when the
     proxy restarts: the default, C{str(backend)}, is stable only if the
-    backend's C{__str__} is (a L{poolproxy.pool.BackendPool}'s is not: give
+    backend's C{__str__} is (a L{poolproxy.backends.pool.BackendPool}'s is not: give
     C{name_of=lambda pool: pool.name}).
     """
 

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from poolproxy.admission import Admission, Overloaded
+from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.codec import (
     CLOSE,
     DIRTY,
@@ -48,12 +48,12 @@ from poolproxy.codec import (
     Frame,
     ICodec,
 )
-from poolproxy.pool import BackendPool, BackendProtocol, PooledConnection
+from poolproxy.backends.pool import BackendPool, BackendProtocol, PooledConnection
 from poolproxy.stats import ListenerStats
-from poolproxy.writethrough import write_through
+from poolproxy.util.writethrough import write_through
 
 if TYPE_CHECKING:
-    from poolproxy.cluster import Cluster
+    from poolproxy.backends.cluster import Cluster
 
 #: Frames a client may have waiting to be sent, and replies it may be owed,
 #: before the proxy stops reading from it.

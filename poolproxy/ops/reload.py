@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Callable
 from twisted.logger import Logger
 
 from poolproxy.assemble import ClusterAssembly
-from poolproxy.cluster import Backend, Cluster
+from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.config import ClusterConfig, ProxyConfig
-from poolproxy.waiting import wait_until
+from poolproxy.util.waiting import wait_until
 
 if TYPE_CHECKING:
     from poolproxy.service import ProxyService

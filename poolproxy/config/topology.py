@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from poolproxy.settings import (
+from poolproxy.config.settings import (
     BACKEND_KEYS,
     BALANCE_POLICIES,
     CLUSTER_KEYS,
@@ -38,7 +38,7 @@ class BackendConfig:
 
     @ivar name: its name in metrics and logs, unique within the cluster.
     @ivar address: a client endpoint string or C{HOST:PORT}; see
-        L{poolproxy.endpoints.client_endpoint}.
+        L{poolproxy.config.endpoints.client_endpoint}.
     @ivar weight: its share of requests relative to the cluster's other backends.
     """
 
@@ -114,7 +114,7 @@ def _flat_topology(listen: Sequence[str], backend: Sequence[str], demo: Optional
     """
     if not backend and not demo:
         return (), ()
-    from poolproxy.endpoints import backend_name, demo_address
+    from poolproxy.config.endpoints import backend_name, demo_address
 
     addresses = list(backend)
     if not addresses and demo:
@@ -209,7 +209,7 @@ def _clusters_from_tables(raw: Any, top: Mapping[str, Any], file_name: str,
 
 def _backends_from_tables(raw: Any, cluster: _Table, cluster_name: str,
                           check: Optional[Callable[[str, str], None]]) -> Tuple[BackendConfig, ...]:
-    from poolproxy.endpoints import backend_name
+    from poolproxy.config.endpoints import backend_name
 
     where = cluster.at("backend")
     if raw is None:

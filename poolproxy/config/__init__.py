@@ -1,8 +1,8 @@
 """
 The validated configuration (L{ProxyConfig}) and how it is built
 (L{build_config}) from built-in defaults, the TOML file and the flags, with
-the settings table in L{poolproxy.settings} and listeners and clusters in
-L{poolproxy.topology}.
+the settings table in L{poolproxy.config.settings} and listeners and clusters in
+L{poolproxy.config.topology}.
 
 Precedence: built-in defaults < the TOML file given by C{--config} < flags.
 Every error is a L{ConfigError} whose message is one line naming the flag or
@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 # The settings table and the topology live in their own modules; their names
 # are re-exported here, where the rest of poolproxy has always found them.
-from poolproxy.settings import (  # noqa: F401 (re-exported)
+from poolproxy.config.settings import (  # noqa: F401 (re-exported)
     BALANCE_POLICIES,
     CLUSTER_OVERRIDES,
     DEFAULT_BALANCE,
@@ -31,7 +31,7 @@ from poolproxy.settings import (  # noqa: F401 (re-exported)
     protocol_names,
     read_secret,
 )
-from poolproxy.topology import (  # noqa: F401 (re-exported)
+from poolproxy.config.topology import (  # noqa: F401 (re-exported)
     BackendConfig,
     ClusterConfig,
     ListenerConfig,
@@ -173,7 +173,7 @@ def build_config(
         name; a value of L{None} means "not given".
     @param file_name: the TOML file's name, for messages.
     @param endpoint_checks: setting name -> function(value, where) raising
-        L{ConfigError} for a bad endpoint; see L{poolproxy.endpoints}.  The
+        L{ConfigError} for a bad endpoint; see L{poolproxy.config.endpoints}.  The
         C{listen} check also applies to C{[[listener]]} endpoints and the
         C{backend} check to C{[[cluster.backend]]} addresses.
     """
@@ -297,10 +297,10 @@ def _as_sequence(value: Any) -> Sequence[str]:
 
 
 __all__ = [
-    # settings (poolproxy.settings)
+    # settings (poolproxy.config.settings)
     "BALANCE_POLICIES", "CLUSTER_OVERRIDES", "DEFAULT_BALANCE", "SETTINGS", "SETTINGS_BY_NAME",
     "ConfigError", "read_secret",
-    # topology (poolproxy.topology)
+    # topology (poolproxy.config.topology)
     "BackendConfig", "ClusterConfig", "ListenerConfig",
     # this module
     "ProxyConfig", "build_config", "load_toml", "CodecOptions", "codec_options",

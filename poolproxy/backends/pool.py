@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from poolproxy.deadlines import Deadlines
+from poolproxy.util.deadlines import Deadlines
 from poolproxy.stats import Histogram, Tally
 
 
@@ -266,7 +266,7 @@ class BackendPool:
 
         self.state = "unknown"
         self.last_error = ""
-        # The cluster's Backend this pool serves (poolproxy.cluster), told of
+        # The cluster's Backend this pool serves (poolproxy.backends.cluster), told of
         # failed connects: passive health.
         self.backend: Any = None
         #: The name of the cluster the pool's backend belongs to (a metrics label).

@@ -1,7 +1,7 @@
 """
 The operator's resource tree: C{/metrics} (Prometheus text), C{/healthz}
 (the process answers), C{/readyz} (a backend connection can be had) and
-C{/status} and C{/status.json} (see L{poolproxy.status}).
+C{/status} and C{/status.json} (see L{poolproxy.ops.status}).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from poolproxy import __version__
-from poolproxy.admin import build_admin
+from poolproxy.ops.admin import build_admin
 from poolproxy.config import read_secret
-from poolproxy.metrics import build_registry
-from poolproxy.status import StatusJsonResource, StatusPageResource
+from poolproxy.ops.metrics import build_registry
+from poolproxy.ops.status import StatusJsonResource, StatusPageResource
 
 if TYPE_CHECKING:
     from poolproxy.service import ProxyService

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from poolproxy.admission import Admission, Overloaded
+from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.codecs.http import HttpCodec
 from poolproxy.codecs.http_parse import (
     CHUNKED,
@@ -37,15 +37,15 @@ from poolproxy.codecs.http_parse import (
     serialize_request_head,
     serialize_response_head,
 )
-from poolproxy.deadlines import Deadlines
-from poolproxy.pool import BackendProtocol, BackendUnavailable, PooledConnection
-from poolproxy.retry import RetryBudget
-from poolproxy.settings import HTTP_FAILURE_STATUSES
+from poolproxy.util.deadlines import Deadlines
+from poolproxy.backends.pool import BackendProtocol, BackendUnavailable, PooledConnection
+from poolproxy.backends.retry import RetryBudget
+from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.stats import ListenerStats
-from poolproxy.writethrough import write_through
+from poolproxy.util.writethrough import write_through
 
 if TYPE_CHECKING:
-    from poolproxy.cluster import Cluster
+    from poolproxy.backends.cluster import Cluster
 
 #: Body bytes read from a client before its backend connection is ready, and
 #: pipelined events held behind the current exchange, before reading pauses.

@@ -13,7 +13,7 @@ from typing import Any, Callable, Container, Dict, List, Optional, Sequence, Tup
 
 from twisted.python.usage import UsageError
 
-from poolproxy.balancing import POLICIES
+from poolproxy.backends.balancing import POLICIES
 
 class ConfigError(UsageError):
     """
@@ -174,7 +174,7 @@ SETTINGS: Tuple[Setting, ...] = (
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
 
-BALANCE_POLICIES = tuple(POLICIES)  # the names poolproxy.balancing implements
+BALANCE_POLICIES = tuple(POLICIES)  # the names poolproxy.backends.balancing implements
 
 #: The policy a cluster gets when --balance is not given, by codec mode.
 DEFAULT_BALANCE = {"multiplexed": "consistent_hash", "request": "least_outstanding",

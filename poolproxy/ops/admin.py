@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from poolproxy.cluster import Backend, Cluster
+from poolproxy.backends.cluster import Backend, Cluster
 
 if TYPE_CHECKING:
     from poolproxy.service import Listener, ProxyService

@@ -4,7 +4,7 @@ Clusters: the backends a listener routes to.
 A L{Backend} is one server: its pool, its weight, whether active health
 checks pass, its circuit breaker (passive health), and how many requests it
 has in flight.  A L{Cluster} picks a backend for each request (or client
-session) with a balancing policy from L{poolproxy.balancing}, among the
+session) with a balancing policy from L{poolproxy.backends.balancing}, among the
 backends that are available, and keeps a cluster from ejecting too many of
 its backends at once.
 """
@@ -15,7 +15,7 @@ import random
 from typing import Any, Callable, List, Optional, Sequence
 
 
-from poolproxy.pool import BackendPool
+from poolproxy.backends.pool import BackendPool
 
 
 #: The values of L{Backend.state}.
@@ -41,8 +41,8 @@ class Backend:
         self.outstanding = 0
         self.disabled = False
         self.draining = False
-        self.health: Any = None  # a poolproxy.health.HealthCheck, if checks are on
-        self.breaker: Any = None  # a poolproxy.breaker.CircuitBreaker, if on
+        self.health: Any = None  # a poolproxy.backends.health.HealthCheck, if checks are on
+        self.breaker: Any = None  # a poolproxy.backends.breaker.CircuitBreaker, if on
         self.requests = 0
         self.failures = 0
         self.retries = 0
@@ -170,7 +170,7 @@ class Cluster:
                  make_policy: Optional[Callable[..., Any]] = None) -> None:
         if not backends:
             raise ValueError("a cluster needs at least one backend")
-        from poolproxy.balancing import make_policy as default_make_policy
+        from poolproxy.backends.balancing import make_policy as default_make_policy
 
         self.name = name
         self.backends: List[Backend] = list(backends)

@@ -22,8 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from poolproxy.admission import Admission, Overloaded
-from poolproxy.pool import (
+from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.backends.pool import (
     AcquireTimeout,
     BackendProtocol,
     BackendUnavailable,
@@ -32,10 +32,10 @@ from poolproxy.pool import (
     PoolExhausted,
 )
 from poolproxy.stats import ListenerStats
-from poolproxy.writethrough import write_through
+from poolproxy.util.writethrough import write_through
 
 if TYPE_CHECKING:
-    from poolproxy.cluster import Cluster
+    from poolproxy.backends.cluster import Cluster
 
 # Bytes read from one side before the other is ready; past this, reading pauses.
 EARLY_BUFFER_LIMIT = 64 * 1024

@@ -6,13 +6,13 @@ For each tcp listener the supervisor binds N listening sockets with
 SO_REUSEPORT, one per worker: the kernel spreads new connections over them
 by a hash of the connection's addresses.  Each worker is a C{twistd
 poolproxy} with the same arguments, which adopts its sockets (see
-L{poolproxy.worker}).  The supervisor keeps its copy of every socket: a
+L{poolproxy.workers.worker}).  The supervisor keeps its copy of every socket: a
 worker that dies is restarted on the same sockets, and connections queued
 for it meanwhile wait in its backlog instead of being reset.
 
 The supervisor relays the workers' log lines into its own log (tagged with
 the worker's number), forwards SIGHUP (reload) and, on SIGTERM, stops every
-worker and waits for them to drain.  Its web endpoint (L{poolproxy.supervisor_web})
+worker and waits for them to drain.  Its web endpoint (L{poolproxy.workers.site})
 serves /metrics summed over the workers.
 """
 
@@ -34,12 +34,12 @@ from twisted.python.failure import Failure
 
 from poolproxy.config import ProxyConfig
 from poolproxy.demo import demo_site
-from poolproxy.endpoints import TcpListenAddress, server_endpoint, tcp_listen_address
+from poolproxy.config.endpoints import TcpListenAddress, server_endpoint, tcp_listen_address
 from poolproxy.service import _endpoint_service, _listen_reason, fail_startup
-from poolproxy.supervisor_web import WorkerClient, build_supervisor_site
-from poolproxy.worker import HANDOFF_ENV, Handoff
+from poolproxy.workers.site import WorkerClient, build_supervisor_site
+from poolproxy.workers.worker import HANDOFF_ENV, Handoff
 
-log = Logger("poolproxy.supervisor")
+log = Logger("poolproxy.workers.supervisor")
 
 #: A worker that dies sooner than this after starting is restarted after a
 #: back-off that doubles, up to L{RESTART_MAX_DELAY}; otherwise at once.
@@ -97,7 +97,7 @@ def relay_log_line(line: bytes, worker: int) -> None:
         "log_format": "{log_text}",
         "log_text": message,
         "log_level": _LEVELS.get(str(record.get("level")), LogLevel.info),
-        "log_namespace": str(record.get("namespace") or "poolproxy.worker"),
+        "log_namespace": str(record.get("namespace") or "poolproxy.workers.worker"),
         "log_system": f"worker {worker}",
         "log_time": time.time(),
         "worker": worker,

@@ -19,20 +19,20 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
-from poolproxy.breaker import STATES as BREAKER_STATES
-from poolproxy.cluster import BACKEND_STATES
+from poolproxy.backends.breaker import STATES as BREAKER_STATES
+from poolproxy.backends.cluster import BACKEND_STATES
 from poolproxy.stats import Histogram
 
 if TYPE_CHECKING:
     from poolproxy.service import ProxyService
 
-# Why a pool closes a connection (poolproxy.pool and poolproxy.session).  The
+# Why a pool closes a connection (poolproxy.backends.pool and poolproxy.proxy.session).  The
 # pool's tally creates a reason on first use; exporting them all from the
 # start keeps rate() and increase() from missing a series' first close.
 CLOSE_REASONS = ("idle_timeout", "max_lifetime", "max_uses", "backend_closed",
                  "session_end", "shutdown")
 
-# The values of poolproxy.health.HealthCheck.state (those of Backend.state
+# The values of poolproxy.backends.health.HealthCheck.state (those of Backend.state
 # and CircuitBreaker.state are imported above).  Each is exported as a
 # Prometheus "enum" gauge: one series per value, 1 for the current one and 0
 # for the others, all present from the start.

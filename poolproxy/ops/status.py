@@ -20,10 +20,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from poolproxy import __version__
-from poolproxy.cluster import BACKEND_STATES
+from poolproxy.backends.cluster import BACKEND_STATES
 
 if TYPE_CHECKING:
-    from poolproxy.cluster import Backend, Cluster
+    from poolproxy.backends.cluster import Backend, Cluster
     from poolproxy.service import ProxyService
 
 #: Seconds between two reloads of the HTML page (its meta refresh).
@@ -40,7 +40,7 @@ def backend_address(backend: "Backend") -> str:
     private attributes of the common ones (C{TCP4ClientEndpoint},
     C{TCP6ClientEndpoint}, C{HostnameEndpoint}, C{UNIXClientEndpoint}); for
     any other endpoint it falls back to the backend's name, which defaults
-    to C{HOST:PORT} (see L{poolproxy.endpoints.backend_name}).
+    to C{HOST:PORT} (see L{poolproxy.config.endpoints.backend_name}).
     """
     endpoint = getattr(backend.pool, "endpoint", None)
     port = getattr(endpoint, "_port", None)
