@@ -17,7 +17,7 @@ from poolproxy.codec import ICodec
 from poolproxy.config import DEFAULT_BALANCE, ClusterConfig, CodecOptions, ProxyConfig
 from poolproxy.config.endpoints import client_endpoint
 from poolproxy.proxy.request import HttpBackend
-from poolproxy.proxy.multiplexed.client import Multiplexer, PipelineBackend
+from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
 from poolproxy.plugins import load_codec
 from poolproxy.backends.pool import BackendPool, BackendProtocol
 from poolproxy.backends.retry import RetryBudget

@@ -17,7 +17,8 @@ from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.codecs.http import codec as http_codec
 from poolproxy.proxy.request import HttpBackend, HttpFactory
 from poolproxy.proxy.idle import IdleSweeper
-from poolproxy.proxy.multiplexed.client import MultiplexFactory, Multiplexer, PipelineBackend
+from poolproxy.proxy.multiplexed.client import MultiplexFactory
+from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
 from poolproxy.backends.pool import BackendPool
 from poolproxy.testing import FakeEndpoint
 from tests.support import line_codec

@@ -1,0 +1,434 @@
+"""
+The backend side of multiplexed mode.
+
+  - L{PipelineBackend}, one per backend connection (shared or pinned), keeps
+    the FIFO of L{Slot}s it owes, cuts responses with the codec's response
+    framer and fills the oldest slot with each;
+  - L{Multiplexer}, one per backend, holds the shared connections leased
+    from the backend's pool and assigns each client one of them for its
+    whole session, so that one client's requests to one backend are never
+    reordered.
+
+Its client side is L{poolproxy.proxy.multiplexed.client}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, List, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from poolproxy.backends.pool import BackendPool, BackendProtocol, PooledConnection
+from poolproxy.codec import Frame, ICodec
+from poolproxy.proxy.admission import Admission
+from poolproxy.proxy.multiplexed.split import SplitGroup
+
+if TYPE_CHECKING:
+    from poolproxy.proxy.multiplexed.client import MultiplexFrontend
+
+
+class SetupFailed(Exception):
+    """A backend rejected the connection setup (AUTH, SELECT...)."""
+
+
+class Slot:
+    """
+    One reply owed to a client.
+
+    @ivar client: the L{MultiplexFrontend}, or L{None} once it has gone (the
+        late response is then read and dropped, never handed to anyone else).
+    @ivar response: the reply bytes, once known.
+    @ivar pinned: whether it was sent on the client's pinned connection.
+    @ivar frame: the frame, if it is L{RETRY_SAFE}; C{retried}: sent twice.
+    """
+
+    __slots__ = ("client", "response", "pinned", "frame", "retried", "group")
+
+    def __init__(self, client: "Optional[MultiplexFrontend]", response: Optional[bytes] = None,
+                 pinned: bool = False, frame: Optional[Frame] = None,
+                 group: "Optional[SplitGroup]" = None) -> None:
+        self.client = client
+        self.response = response
+        self.pinned = pinned
+        self.frame = frame  # kept only for frames that are safe to send again
+        self.retried = False
+        self.group = group  # the request this is a part of, when it was split
+
+
+class PipelineBackend(BackendProtocol):
+    """
+    One backend connection in multiplexed mode, shared or pinned.
+
+    @ivar pending: slots owed by this connection, oldest first.
+    @ivar alive: whether frames may still be sent on it.
+    """
+
+    log = Logger()
+
+    def __init__(self, codec: ICodec, setup: List[Frame], admission: Admission,
+                 cluster_backend: Any = None, clock: Any = None,
+                 request_timeout: float = 0.0) -> None:
+        self.codec = codec
+        self.cluster_backend = cluster_backend
+        self.clock = clock
+        self.request_timeout = request_timeout
+        self._timer: Any = None
+        self._progress = 0.0  # when the oldest reply owed was sent, or last came in
+        self.framer = codec.response_framer()
+        self.needs_expect = bool(self.framer.needs_expect)
+        self.admission = admission
+        self.pending: Deque[Slot] = deque()
+        self.alive = False
+        self.passthrough_to: "Optional[MultiplexFrontend]" = None
+        self.multiplexer: "Optional[Multiplexer]" = None
+        self.owner: "Optional[MultiplexFrontend]" = None  # while pinned to a client
+        self._setup = list(setup)
+        self._ready: "Optional[Deferred[PipelineBackend]]" = None
+
+    # -- setup ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if not self._setup:
+            self.alive = True
+            return
+        self._send_setup()
+
+    def _send_setup(self) -> None:
+        """Send the setup frames; client frames wait for their replies."""
+        for frame in self._setup:
+            if frame.replies and self.needs_expect:
+                self.framer.expect(frame.expect)
+        self.transport.write(b"".join(frame.data for frame in self._setup))
+
+    def when_ready(self) -> "Optional[Deferred[PipelineBackend]]":
+        """
+        L{None} if usable now, else a L{Deferred} firing once the backend has
+        answered every setup frame (cancelling it aborts the connection).
+        """
+        if self.alive:
+            return None
+        self._ready = Deferred(self._cancel_setup)
+        return self._ready
+
+    def switch(self, frames: List[Frame]) -> "Deferred[PipelineBackend]":
+        """
+        Switch this connection to another variant (e.g. RESP3) with setup
+        frames: no client frame may use it until the returned Deferred fires.
+        """
+        self.alive = False
+        self._setup = list(frames)
+        self._send_setup()
+        self._ready = Deferred(self._cancel_setup)
+        return self._ready
+
+    def _cancel_setup(self, ready: "Deferred[PipelineBackend]") -> None:
+        self._ready = None
+        self.transport.abortConnection()
+
+    def _setup_answered(self, responses: List[bytes]) -> List[bytes]:
+        while responses and self._setup:
+            frame = self._setup.pop(0)
+            why = self.codec.check_setup_reply(frame, responses.pop(0))
+            if why is not None:
+                self._setup_failed(why)
+                return []
+        if not self._setup:
+            self.alive = True
+            ready, self._ready = self._ready, None
+            if ready is not None:
+                ready.callback(self)
+        return responses
+
+    def _setup_failed(self, why: str) -> None:
+        self._setup = []
+        ready, self._ready = self._ready, None
+        self.transport.abortConnection()
+        if ready is not None:
+            ready.errback(SetupFailed(f"setup failed: {why}"))
+
+    # -- sending -------------------------------------------------------------
+
+    def owe(self, slot: Slot, frame: Frame) -> None:
+        """Record that C{frame}, about to be written, owes C{slot} a reply."""
+        pending = self.pending
+        if not pending and self.request_timeout:
+            self._progress = self.clock.seconds()
+            if self._timer is None:
+                self._timer = self.clock.callLater(self.request_timeout, self._check_timeout)
+        pending.append(slot)
+        if self.needs_expect:
+            self.framer.expect(frame.expect)
+
+    def _check_timeout(self) -> None:
+        # One timer per connection, re-armed only when replies keep coming:
+        # the oldest reply owed must arrive within request_timeout.
+        self._timer = None
+        if not self.pending or not self.alive:
+            return
+        late = self.clock.seconds() - self._progress
+        if late < self.request_timeout:
+            self._timer = self.clock.callLater(self.request_timeout - late, self._check_timeout)
+            return
+        self.log.warn("backend {backend}: no reply within {timeout}s; closing the connection",
+                      backend=self._name(), timeout=self.request_timeout)
+        self._fail(f"backend timed out after {self.request_timeout:g}s", kind="timeout")
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    # -- receiving -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        raw = self.passthrough_to
+        if raw is not None:
+            raw.from_backend_raw(data)
+            return
+        responses = self.framer.feed(data)
+        if self._setup and responses:
+            responses = self._setup_answered(responses)
+        if responses:
+            self._answer(responses)
+        if self.framer.error is not None:
+            self.log.warn("backend {backend} sent a malformed response: {why}",
+                          backend=self._name(), why=self.framer.error.message)
+            self._fail("malformed response from backend")
+
+    def _answer(self, responses: List[bytes]) -> None:
+        pending = self.pending
+        if len(responses) > len(pending):
+            # More answers than questions: the stream is out of step.
+            self.log.warn("backend {backend} sent {n} unexpected responses",
+                          backend=self._name(), n=len(responses) - len(pending))
+            responses = responses[:len(pending)]
+            self.transport.abortConnection()
+        touched = []
+        for response in responses:
+            slot = pending.popleft()
+            client = slot.client
+            if client is None:
+                continue  # its client left; the reply is dropped
+            slot.response = response
+            client.stats.requests_ok += 1
+            if slot.pinned:
+                client.sent_pinned -= 1
+            else:
+                client.sent_shared -= 1
+            if not client.touched:
+                client.touched = True
+                touched.append(client)
+        self.admission.release(len(responses))
+        backend = self.cluster_backend
+        if backend is not None:
+            backend.outstanding -= len(responses)
+            backend.succeeded()
+        if self._timer is not None:
+            if pending:
+                self._progress = self.clock.seconds()
+            else:
+                self._cancel_timer()
+        for client in touched:
+            client.touched = False
+            client.answered()
+
+    def _retryable(self, pending: Deque[Slot]) -> "set[Slot]":
+        """
+        The slots owed here whose request may go again on another connection:
+        safe (a read), sent once, not pinned, no byte of the reply received
+        (for the oldest, the response framer holds nothing), within the retry
+        budget.  A write already sent is never retried.
+        """
+        partial = getattr(self.framer, "pending", None)
+        head_started = partial() > 0 if partial is not None else True
+        chosen = set()
+        for i, slot in enumerate(pending):
+            client = slot.client
+            if (client is None or slot.frame is None or slot.retried or slot.pinned
+                    or (i == 0 and head_started)):
+                continue
+            budget = client.retry_budget
+            if budget is not None and budget.withdraw():
+                chosen.add(slot)
+        return chosen
+
+    def _fail(self, why: str, kind: str = "unavailable", retry: bool = False) -> None:
+        """
+        Answer everything owed with the codec's error and close; with
+        C{retry}, the slots that may go again are resent by their clients.
+        """
+        self.alive = False
+        self._cancel_timer()
+        pending, self.pending = self.pending, deque()
+        backend = self.cluster_backend
+        if backend is not None and pending:
+            backend.outstanding -= len(pending)
+            backend.failed(why)
+        resend = self._retryable(pending) if retry and pending else ()
+        if resend:
+            backend.retries += len(resend)  # type: ignore[union-attr]
+            by_client: "dict[MultiplexFrontend, List[Slot]]" = {}
+            for slot in pending:
+                if slot in resend:
+                    by_client.setdefault(slot.client, []).append(slot)  # type: ignore[arg-type]
+        if pending:
+            # The same bookkeeping as _answer, which keeps it inline: a helper
+            # call per response would cost on the hot path.
+            reply = self.codec.error_reply(kind, why)
+            touched = []
+            for slot in pending:
+                client = slot.client
+                if client is None or slot in resend:
+                    continue
+                slot.response = reply
+                client.stats.requests.add("timeout" if kind == "timeout" else "backend_unavailable")
+                if slot.pinned:
+                    client.sent_pinned -= 1
+                else:
+                    client.sent_shared -= 1
+                if not client.touched:
+                    client.touched = True
+                    touched.append(client)
+            self.admission.release(len(pending) - len(resend))  # resent ones keep theirs
+            for client in touched:
+                client.touched = False
+                client.answered()
+        if resend:
+            for client, slots in by_client.items():
+                client.resend(slots)
+        if self.transport is not None and self.transport.connected:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        was_setting_up = bool(self._setup)
+        BackendProtocol.connectionLost(self, reason)
+        if was_setting_up and self._ready is not None:
+            ready, self._ready = self._ready, None
+            ready.errback(reason if reason is not None else Failure(ConnectionError("lost")))
+        if self.multiplexer is not None:
+            # First, so that resent requests cannot be given this connection.
+            self.multiplexer.lost(self)
+        self._fail("backend connection lost", retry=True)
+        self.passthrough_to = None
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.pinned_lost()
+
+    def _name(self) -> str:
+        entry = self.pool_entry
+        return entry.pool.name if entry is not None else "?"
+
+
+class Multiplexer:
+    """
+    The shared connections to one backend: leased from its pool, up to
+    C{size}, and handed to clients round-robin, each client keeping its own
+    for the whole session.
+    """
+
+    def __init__(self, pool: BackendPool, size: int, setup: Optional[List[Frame]] = None,
+                 variant_setup: Optional[Any] = None) -> None:
+        """
+        @param setup: frames that switch a pooled connection to this
+            multiplexer's variant before it is shared (e.g. HELLO 3).
+        @param variant_setup: C{variant -> frames}, for L{for_variant}.
+        """
+        self.pool = pool
+        self.size = size
+        self.setup = setup or []
+        self.variant_setup = variant_setup
+        self.connections: List[PooledConnection] = []
+        self._acquiring = 0
+        self._next = 0
+        self._waiting: "List[MultiplexFrontend]" = []
+        self._variants: "dict[Any, Multiplexer]" = {}
+
+    def for_variant(self, variant: Any) -> "Multiplexer":
+        """The shared connections of another variant (RESP3) to the same backend."""
+        if variant is None:
+            return self
+        multiplexer = self._variants.get(variant)
+        if multiplexer is None:
+            frames = self.variant_setup(variant) if self.variant_setup is not None else []
+            multiplexer = self._variants[variant] = Multiplexer(self.pool, self.size, frames)
+        return multiplexer
+
+    def pick(self, client: "MultiplexFrontend") -> Optional[PipelineBackend]:
+        """
+        A shared connection for C{client}, or L{None}: then the client is
+        told by L{MultiplexFrontend.shared_ready} or
+        L{MultiplexFrontend.shared_failed}.
+        """
+        connections = self.connections
+        if len(connections) + self._acquiring < self.size:
+            self._grow()
+        if connections:
+            i = self._next % len(connections)
+            self._next = i + 1
+            return connections[i].protocol  # type: ignore[return-value]
+        if client not in self._waiting:
+            self._waiting.append(client)
+        return None
+
+    def forget(self, client: "MultiplexFrontend") -> None:
+        if client in self._waiting:
+            self._waiting.remove(client)
+
+    def _grow(self) -> None:
+        self._acquiring += 1
+        self.pool.acquire().addCallbacks(self._got, self._not_got)
+
+    def _got(self, conn: PooledConnection) -> None:
+        backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
+        if not backend.alive:
+            conn.discard("backend_closed")
+            self._not_got(Failure(ConnectionError("connection lost before use")))
+            return
+        if self.setup:
+            def switched(_: object) -> None:
+                self._share(conn)
+
+            def failed(failure: Failure) -> None:
+                conn.discard("setup_failed", abort=True)
+                self._not_got(failure)
+
+            backend.switch(self.setup).addCallbacks(switched, failed)
+            return
+        self._share(conn)
+
+    def _share(self, conn: PooledConnection) -> None:
+        self._acquiring -= 1
+        backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
+        backend.multiplexer = self
+        self.connections.append(conn)
+        waiting, self._waiting = self._waiting, []
+        for client in waiting:
+            client.shared_ready(self)
+
+    def _not_got(self, failure: Failure) -> None:
+        self._acquiring -= 1
+        if self.connections:
+            return
+        waiting, self._waiting = self._waiting, []
+        why = failure.getErrorMessage()
+        for client in waiting:
+            client.shared_failed(self, why)
+
+    def lost(self, backend: PipelineBackend) -> None:
+        """A shared connection died: end its lease."""
+        for conn in self.connections:
+            if conn.protocol is backend:
+                self.connections.remove(conn)
+                conn.release()  # dead: the pool closes it and frees the slot
+                return
+
+    def close(self) -> None:
+        connections, self.connections = self.connections, []
+        for conn in connections:
+            conn.protocol.multiplexer = None  # type: ignore[attr-defined]
+            conn.discard("shutdown")
+        for multiplexer in self._variants.values():
+            multiplexer.close()
