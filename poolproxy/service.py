@@ -40,6 +40,7 @@ from poolproxy.stats import ListenerStats
 from poolproxy.util.waiting import wait_until
 from poolproxy.ops.web import build_site
 from poolproxy.workers.worker import AdoptedPortService, Handoff, WorkerControl
+from poolproxy.util.reactors import default_reactor
 
 
 class Listener:
@@ -137,8 +138,7 @@ class ProxyService(MultiService):
                  reload_config: Optional[Callable[[], ProxyConfig]] = None,
                  handle_sighup: bool = False, handoff: Optional[Handoff] = None) -> None:
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
+        reactor = default_reactor(reactor)
         self.config = config
         self.reactor: Any = reactor
 

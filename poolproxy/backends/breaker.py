@@ -49,12 +49,14 @@ trial's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol as TypingProtocol, cast
+from typing import Callable, Optional, Protocol as TypingProtocol
 
 from automat import TypeMachineBuilder
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+
+from poolproxy.util.reactors import default_reactor
 
 __all__ = ["BreakerSettings", "CircuitBreaker", "STATES"]
 
@@ -313,13 +315,9 @@ class CircuitBreaker:
             asks again at the next failure.  A failed trial reopens the
             breaker without asking: its backend is ejected already.
         """
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(IReactorTime, reactor)
         self._core = _Core(
             settings if settings is not None else BreakerSettings(),
-            clock,
+            default_reactor(clock),
             on_change,
             may_open,
             self.log,

@@ -37,16 +37,18 @@ each bounded by C{timeout}, and turns the results into a state:
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, cast
+from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from poolproxy.codecs.http_parse import ResponseHead, ResponseParser
+from poolproxy.util.factories import OneProtocolFactory
+from poolproxy.util.loops import GuardedLoop
+from poolproxy.util.reactors import default_reactor
 
 __all__ = [
     "UNKNOWN", "HEALTHY", "UNHEALTHY",
@@ -161,18 +163,6 @@ class _HttpProbeProtocol(_ProbeProtocol):
             self.failed(f"malformed answer: {self._parser.error.message}")
 
 
-class _OneProtocol(Factory):
-    """Hands one pre-built protocol to an endpoint, quietly."""
-
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self._protocol
-
-
 class _ProbeRun:
     """
     One probe: a connect, an exchange, a close.  C{result} is the
@@ -190,7 +180,7 @@ class _ProbeRun:
         self.connected = False
         self.closed = False
         self.result: "Deferred[None]" = Deferred(self._cancel)
-        self._connecting: "Deferred[Any]" = maybeDeferred(endpoint.connect, _OneProtocol(protocol))
+        self._connecting: "Deferred[Any]" = maybeDeferred(endpoint.connect, OneProtocolFactory(protocol))
         self._connecting.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, _: Any) -> None:
@@ -375,11 +365,7 @@ class HealthCheck:
             raise ValueError("interval and timeout must be positive")
         if rise < 1 or fall < 1:
             raise ValueError("rise and fall must be at least 1")
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(IReactorTime, reactor)
-        self._clock = clock
+        self._clock: IReactorTime = default_reactor(clock)
         self.name = name
         self.probe = probe
         self.interval = interval
@@ -396,8 +382,8 @@ class HealthCheck:
         self._successes = 0  # in a row
         self._failures = 0  # in a row
         self._attempt: Optional[_Attempt] = None
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self._clock
+        self._loop = GuardedLoop(self._tick, self._clock, self.log,
+                                 "health check {check} failed", check=name)
 
     def __repr__(self) -> str:
         return f"<HealthCheck {self.name} {self.state}>"
@@ -410,7 +396,7 @@ class HealthCheck:
     @property
     def running(self) -> bool:
         """Whether periodic probing is on."""
-        return bool(self._loop.running)
+        return self._loop.running
 
     @property
     def probing(self) -> bool:
@@ -424,16 +410,14 @@ class HealthCheck:
         Probe every C{interval} seconds, the first time at once unless
         C{now} is false.  Starting a running check does nothing.
         """
-        if not self._loop.running:
-            self._loop.start(self.interval, now=now)
+        self._loop.start(self.interval, now=now)
 
     def stop(self) -> None:
         """
         Stop probing: cancel the loop and a probe in flight, whose outcome is
         then not counted.  Leaves no timer behind; L{start} may follow.
         """
-        if self._loop.running:
-            self._loop.stop()
+        self._loop.stop()
         attempt = self._attempt
         if attempt is not None:
             self._attempt = None
@@ -472,15 +456,11 @@ class HealthCheck:
     # -- probing ------------------------------------------------------------
 
     def _tick(self) -> None:
-        try:
-            if self._attempt is None:
-                self._launch(_Attempt())
-            else:
-                self.log.debug("health check {check}: a probe is still running, skipped",
-                               check=self.name)
-        except Exception:
-            # A LoopingCall whose function raises stops for good.
-            self.log.failure("health check {check} failed", check=self.name)
+        if self._attempt is None:
+            self._launch(_Attempt())
+        else:
+            self.log.debug("health check {check}: a probe is still running, skipped",
+                           check=self.name)
 
     def _launch(self, attempt: _Attempt) -> None:
         self._attempt = attempt

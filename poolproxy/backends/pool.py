@@ -21,12 +21,14 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from poolproxy.util.deadlines import Deadlines
+from poolproxy.util.factories import OneProtocolFactory
+from poolproxy.util.loops import GuardedLoop
+from poolproxy.util.reactors import default_reactor
 from poolproxy.stats import Histogram, Tally
 
 
@@ -128,21 +130,6 @@ class PooledConnection:
                 transport.loseConnection()
 
 
-class _OneConnection(Factory):
-    """
-    Hands one pre-built protocol to an endpoint, quietly: a pool makes many
-    connections and "Starting factory" lines for each are noise.
-    """
-
-    noisy = False
-
-    def __init__(self, protocol: BackendProtocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> BackendProtocol:
-        return self._protocol
-
-
 def _set_up(protocol: Any) -> Any:
     ready = protocol.when_ready()
     return protocol if ready is None else ready
@@ -235,10 +222,7 @@ class BackendPool:
         health_interval: float = 2.0,
         clock: Optional[IReactorTime] = None,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-            clock = reactor  # type: ignore[assignment]
-        self._clock: Any = clock
+        self._clock: Any = default_reactor(clock)
         self.name = name
         self.endpoint = endpoint
         self.protocol_factory = protocol_factory
@@ -258,11 +242,11 @@ class BackendPool:
         self._waiters: Deque[_Waiter] = deque()
         # Waiters time out in the order they came, all after acquire_timeout:
         # one timer for them all.
-        self._expiries = Deadlines(clock, acquire_timeout, self._waiter_timed_out)
+        self._expiries = Deadlines(self._clock, acquire_timeout, self._waiter_timed_out)
         self._closing: Optional[List["Deferred[None]"]] = None
         self._abort_timer: Optional[IDelayedCall] = None
-        self._maintenance = LoopingCall(self._maintain)
-        self._maintenance.clock = self._clock
+        self._maintenance = GuardedLoop(self._maintain, self._clock, self.log,
+                                        "pool maintenance for {backend} failed", backend=name)
 
         self.state = "unknown"
         self.last_error = ""
@@ -326,8 +310,7 @@ class BackendPool:
         """
         if self._closing is None:
             self._closing = []
-            if self._maintenance.running:
-                self._maintenance.stop()
+            self._maintenance.stop()
             while self._waiters:
                 waiter = self._pop_waiter()
                 self.acquire_failures.add("closed")
@@ -559,7 +542,7 @@ class BackendPool:
         return owner
 
     def _connect(self, owner: "Optional[Deferred[PooledConnection]]" = None) -> None:
-        connecting = self.endpoint.connect(_OneConnection(self.protocol_factory()))
+        connecting = self.endpoint.connect(OneProtocolFactory(self.protocol_factory()))
         attempt = _ConnectAttempt(connecting.addCallback(_set_up))
         attempt.owner = owner
         self._connecting.add(attempt)
@@ -676,12 +659,8 @@ class BackendPool:
     # -- maintenance --------------------------------------------------------
 
     def _maintain(self) -> None:
-        try:
-            self._reap()
-            self._refill()
-        except Exception:
-            # A LoopingCall whose function raises stops for good.
-            self.log.failure("pool maintenance for {backend} failed", backend=self.name)
+        self._reap()
+        self._refill()
 
     def _reap(self) -> None:
         now = self._clock.seconds()

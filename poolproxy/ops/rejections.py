@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable
 
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from poolproxy.util.loops import GuardedLoop
 
 
 class RejectionSummary:
@@ -27,8 +28,7 @@ class RejectionSummary:
         self.pools = pools
         self.interval = interval
         self._last = self._counts()
-        self._loop = LoopingCall(self._report)
-        self._loop.clock = clock
+        self._loop = GuardedLoop(self._report, clock, self.log, "rejection summary failed")
 
     def _counts(self) -> Dict[str, int]:
         counts = {f"admission {k}": n for k, n in self.admission.rejected.items()}
@@ -41,20 +41,15 @@ class RejectionSummary:
         self._loop.start(self.interval, now=False)
 
     def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+        self._loop.stop()
 
     def _report(self) -> None:
-        try:
-            now = self._counts()
-            new = {k: n - self._last.get(k, 0) for k, n in now.items()}
-            self._last = now
-            new = {k: n for k, n in new.items() if n > 0}
-            if new:
-                details = ", ".join(f"{k}: {n}" for k, n in sorted(new.items()))
-                self.log.warn("rejected {total} requests in the last {interval}s ({details})",
-                              total=sum(new.values()), interval=self.interval,
-                              details=details, counts=new)
-        except Exception:
-            # A LoopingCall whose function raises stops for good.
-            self.log.failure("rejection summary failed")
+        now = self._counts()
+        new = {k: n - self._last.get(k, 0) for k, n in now.items()}
+        self._last = now
+        new = {k: n for k, n in new.items() if n > 0}
+        if new:
+            details = ", ".join(f"{k}: {n}" for k, n in sorted(new.items()))
+            self.log.warn("rejected {total} requests in the last {interval}s ({details})",
+                          total=sum(new.values()), interval=self.interval,
+                          details=details, counts=new)

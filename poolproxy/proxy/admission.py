@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from poolproxy.stats import Histogram, Tally
+from poolproxy.util.reactors import default_reactor
 
 
 class Overloaded(Exception):
@@ -57,9 +58,7 @@ class Admission:
         queue_timeout: float,
         clock: Optional[IReactorTime] = None,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
-        self._clock: Any = clock
+        self._clock: Any = default_reactor(clock)
         self._semaphore = DeferredSemaphore(max_concurrency)
         self.max_concurrency = max_concurrency
         self.queue_size = queue_size

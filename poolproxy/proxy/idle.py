@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from poolproxy.util.loops import GuardedLoop
 
 
 class IdleSweeper:
@@ -31,8 +32,7 @@ class IdleSweeper:
         self.timeout = timeout
         self.clock = clock
         self.closed = 0
-        self._loop = LoopingCall(self._sweep)
-        self._loop.clock = clock
+        self._loop = GuardedLoop(self._sweep, clock, self.log, "idle sweep failed")
 
     def start(self) -> None:
         # A connection is closed between timeout and 1.25 x timeout after its
@@ -40,18 +40,13 @@ class IdleSweeper:
         self._loop.start(self.timeout / 4.0, now=False)
 
     def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+        self._loop.stop()
 
     def _sweep(self) -> None:
-        try:
-            deadline = self.clock.seconds() - self.timeout
-            idle = [c for c in self.clients
-                    if c.last_active <= deadline and not c.busy
-                    and not c.transport.disconnecting]  # already closing: flushing
-            for client in idle:
-                self.closed += 1
-                client.close_idle()
-        except Exception:
-            # A LoopingCall whose function raises stops for good.
-            self.log.failure("idle sweep failed")
+        deadline = self.clock.seconds() - self.timeout
+        idle = [c for c in self.clients
+                if c.last_active <= deadline and not c.busy
+                and not c.transport.disconnecting]  # already closing: flushing
+        for client in idle:
+            self.closed += 1
+            client.close_idle()

@@ -38,6 +38,7 @@ from poolproxy.config.endpoints import TcpListenAddress, server_endpoint, tcp_li
 from poolproxy.service import _endpoint_service, _listen_reason, fail_startup
 from poolproxy.workers.site import WorkerClient, build_supervisor_site
 from poolproxy.workers.worker import HANDOFF_ENV, Handoff
+from poolproxy.util.reactors import default_reactor
 
 log = Logger("poolproxy.workers.supervisor")
 
@@ -175,11 +176,9 @@ class Supervisor(MultiService):
     def __init__(self, config: ProxyConfig, argv: Sequence[str], reactor: Optional[Any] = None,
                  executable: str = sys.executable) -> None:
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
         self.config = config
         self.argv = list(argv)
-        self.reactor: Any = reactor
+        self.reactor: Any = default_reactor(reactor)
         self.executable = executable
         self.count = config.workers
         self.addresses: Dict[str, TcpListenAddress] = {}
@@ -195,10 +194,10 @@ class Supervisor(MultiService):
         self.stopping = False
 
         if config.demo:
-            _endpoint_service(server_endpoint(reactor, config.demo), demo_site(),
+            _endpoint_service(server_endpoint(self.reactor, config.demo), demo_site(),
                               "demo-backend").setServiceParent(self)
         self.web_client = WorkerClient(self)
-        self.web = _endpoint_service(server_endpoint(reactor, config.metrics),
+        self.web = _endpoint_service(server_endpoint(self.reactor, config.metrics),
                                      build_supervisor_site(self, self.web_client), "metrics")
         self.web.setServiceParent(self)
 

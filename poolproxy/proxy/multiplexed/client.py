@@ -52,6 +52,7 @@ from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slo
 from poolproxy.proxy.multiplexed.split import CROSS_SHARD, SplitGroup, split_by_shard
 from poolproxy.stats import ListenerStats
 from poolproxy.util.writethrough import write_through
+from poolproxy.util.reactors import default_reactor
 
 if TYPE_CHECKING:
     from poolproxy.backends.cluster import Cluster
@@ -651,8 +652,7 @@ class MultiplexFactory(Factory):
     def __init__(self, name: str, codec: ICodec, config: Any, admission: Admission,
                  cluster: "Cluster", multiplexers: "dict[Any, Multiplexer]",
                  stats: Optional[ListenerStats] = None, clock: Any = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
+        clock = default_reactor(clock)
         self.name = name
         self.codec = codec
         self.config = config
