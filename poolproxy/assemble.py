@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from poolproxy.proxy.admission import Admission
 from poolproxy.backends.cluster import Backend, Cluster
-from poolproxy.codec import ICodec
+from poolproxy.codec import ICodec, IProbingCodec, IVariantCodec
 from poolproxy.config import DEFAULT_BALANCE, ClusterConfig, CodecOptions, ProxyConfig
 from poolproxy.config.endpoints import client_endpoint
 from poolproxy.proxy.request import HttpBackend
@@ -69,12 +69,11 @@ class ClusterAssembly:
         """Multiplexed mode: the shared connections of one backend."""
         if self.codec.mode != "multiplexed":
             return
-        variant_setup = getattr(self.codec, "variant_setup", None)
-        options = self.options
+        codec, options = self.codec, self.options
         self.cluster.multiplexers[backend] = Multiplexer(  # type: ignore[attr-defined]
             backend.pool, self.setting("mux_connections"),
-            variant_setup=(lambda v: variant_setup(options, v))
-            if variant_setup is not None else None)
+            variant_setup=(lambda v: codec.variant_setup(options, v))
+            if IVariantCodec.providedBy(codec) else None)
 
     def new_backend(self, name: str, address: str, weight: int) -> Backend:
         """A backend added to the built cluster (reload)."""
@@ -139,7 +138,8 @@ class ClusterAssembly:
         codec = self.codec
         if codec.mode == "request":
             return health.http_probe(endpoint, self.setting("check_path").encode("utf-8"))
-        if codec.mode == "multiplexed" and codec.probe() is not None and hasattr(codec, "probe_ok"):
+        if (codec.mode == "multiplexed" and codec.probe() is not None
+                and IProbingCodec.providedBy(codec)):
             if codec.setup_frames(self.options):
                 # A probe would need the setup (AUTH) too: a connect is what we can check.
                 return health.tcp_probe(endpoint)

@@ -6,7 +6,13 @@ never sees a transport, a reactor or a clock, so it is tested with plain
 bytes.  The proxy owns every connection and every timer.
 
 A codec provides L{ICodec} and is found as a Twisted plugin (see
-L{poolproxy.plugins}); C{--protocol NAME} picks it by C{name}.
+L{poolproxy.plugins}); C{--protocol NAME} picks it by C{name}.  What only
+some codecs can do is declared by interfaces of its own, which the proxy
+asks with C{providedBy}: L{IShardedCodec} (split multi-key requests across
+shards), L{IVariantCodec} (connection variants, e.g. RESP3), L{IProbingCodec}
+(check a health probe's answer), and, on the request side,
+L{IShardAwareFramer}.  L{BaseCodec} gives the defaults of a codec with no
+connection setup and no probe.
 
 Multiplexed codecs (redis, memcached) work with two framers:
   - an L{IRequestFramer} per client connection cuts the client's byte stream
@@ -19,9 +25,9 @@ Multiplexed codecs (redis, memcached) work with two framers:
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 # -- Frame flags ---------------------------------------------------------------
 
@@ -51,15 +57,17 @@ DIRTY = 64
 #: variant, named by C{Frame.expect} (redis: the RESP version chosen with
 #: HELLO).  The proxy moves the client, once its earlier replies are in, to
 #: shared connections switched to that variant with the codec's
-#: C{variant_setup(options, variant)} frames; L{None} is the pool's own.
-#: A codec that uses VARIANT must have that method (it is not part of
-#: L{ICodec}, which codecs without variants need not implement): it returns
-#: the frames that switch a set-up pooled connection to C{variant}, answered
-#: and checked with C{check_setup_reply} before any client frame uses it.
+#: L{IVariantCodec.variant_setup} frames; L{None} is the pool's own.  A codec
+#: that uses VARIANT must provide L{IVariantCodec}.
 VARIANT = 128
 
-#: Kinds of errors the proxy itself answers with, via L{ICodec.error_reply}.
-ERROR_KINDS = ("overloaded", "unavailable", "timeout", "too_large", "malformed")
+#: Kinds of errors the proxy itself answers with, via L{ICodec.error_reply}:
+#: no admission (C{overloaded}), no backend connection or a broken one
+#: (C{unavailable}), no answer in time (C{timeout}), a request over the size
+#: limit (C{too_large}) or not in the protocol (C{malformed}), and a request
+#: whose keys live on several backends of a sharded cluster that cannot be
+#: split (C{crossslot}, see L{IShardedCodec}).
+ERROR_KINDS = ("overloaded", "unavailable", "timeout", "too_large", "malformed", "crossslot")
 
 
 class Frame:
@@ -127,6 +135,18 @@ class IRequestFramer(Interface):
         """Bytes held for an incomplete frame."""
 
 
+class IShardAwareFramer(IRequestFramer):
+    """
+    A request framer that refuses, on a sharded cluster, the commands that
+    would tie a client to one backend connection (the redis framer refuses
+    MULTI, WATCH, SELECT and pub/sub then) without changing its state.
+    """
+
+    sharded = Attribute(
+        "Set by the proxy before every feed(): whether the client's cluster "
+        "is sharded (consistent hashing over several backends).")
+
+
 class IResponseFramer(Interface):
     """
     Cuts one backend connection's byte stream into complete responses.
@@ -146,6 +166,12 @@ class IResponseFramer(Interface):
         """
         Add bytes; return every response now complete, in order, each as the
         exact bytes to pass to the client.
+        """
+
+    def pending() -> int:
+        """
+        Bytes held of a response not yet complete: 0 means no byte of the
+        next response has arrived, so its request may still be retried.
         """
 
 
@@ -187,4 +213,83 @@ class ICodec(Interface):
         """
 
     def probe() -> Optional[Frame]:
-        """A cheap health probe (PING, version), or None for a TCP connect."""
+        """
+        A cheap health probe (PING, version) expecting one response, or None
+        for a TCP connect.  Its answer is checked only by an
+        L{IProbingCodec}; any other codec's probe is a TCP connect.
+        """
+
+
+class IShardedCodec(ICodec):
+    """
+    A codec whose requests may name several keys, which a sharded cluster
+    (consistent hashing over several backends) may hold on different
+    backends.  Such a request is split into one part per backend, or, if
+    it cannot be, answered with C{error_reply("crossslot", ...)}.
+    """
+
+    def keys(frame: Frame) -> Optional[List[bytes]]:
+        """
+        Every key of C{frame} when it names several (redis C{MGET}, C{DEL};
+        memcached C{get k1 k2}), or L{None} when C{frame.key} tells all.
+        """
+
+    def split(frame: Frame, groups: List[List[int]]
+              ) -> Optional[Tuple[List[Frame], Callable[[List[bytes]], bytes]]]:
+        """
+        C{frame} cut into one request per group, C{groups} listing per
+        backend the indexes (into L{keys}) of the keys it holds; and
+        C{merge(replies)}, which makes the client's one reply from the
+        parts' replies in group order.  L{None} if it cannot be split.
+        """
+
+
+class IVariantCodec(ICodec):
+    """
+    A codec whose clients may need backend connections of another variant
+    (redis: the RESP version chosen with HELLO), announced by L{VARIANT}.
+    """
+
+    def variant_setup(options: Any, variant: Any) -> List[Frame]:
+        """
+        The frames that switch a set-up pooled connection to C{variant},
+        answered and checked with C{check_setup_reply} before any client
+        frame uses the connection.
+        """
+
+
+class IProbingCodec(ICodec):
+    """A codec whose health probe's answer is checked, not only its framing."""
+
+    def probe_ok(response: bytes) -> bool:
+        """Whether C{response}, the one answer to L{ICodec.probe}, is healthy."""
+
+
+@implementer(ICodec)
+class BaseCodec:
+    """
+    Defaults for a codec: no connection setup, and a TCP connect as the
+    health probe.  Subclasses set C{name} and C{mode} and implement
+    C{request_framer}, C{response_framer} and C{error_reply}.
+    """
+
+    name: str
+    mode: str
+
+    def request_framer(self, options: Any) -> Any:
+        raise NotImplementedError(f"{self.name} requests are not framed")
+
+    def response_framer(self) -> Any:
+        raise NotImplementedError(f"{self.name} responses are not framed")
+
+    def error_reply(self, kind: str, message: str) -> bytes:
+        raise NotImplementedError
+
+    def setup_frames(self, options: Any) -> List[Frame]:
+        return []
+
+    def check_setup_reply(self, frame: Frame, response: bytes) -> Optional[str]:
+        return None
+
+    def probe(self) -> Optional[Frame]:
+        return None

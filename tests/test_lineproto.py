@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from poolproxy.codec import CLOSE, LOCAL, RETRY_SAFE, ICodec
 from tests.interop import Process, recv_until, wait_port
-from tests.support import EXAMPLE_LINEPROTO, free_port, line_codec, twistd_command
+from tests.support import EXAMPLE_LINEPROTO, ROOT, free_port, line_codec, twistd_command
 
 
 class LineCodecTests(SynchronousTestCase):
@@ -53,6 +53,21 @@ class LineCodecTests(SynchronousTestCase):
         for a, b in zip([0] + cuts, cuts + [len(stream)]):
             frames += framer.feed(stream[a:b])
         self.assertEqual(b"".join(f.data for f in frames), stream)
+
+
+class DocsTests(SynchronousTestCase):
+    def test_docs_show_the_example(self) -> None:
+        """
+        docs/custom-protocols.md shows the example's code as it is, from its
+        imports to its end, and counts its lines right.
+        """
+        with open(os.path.join(ROOT, "docs", "custom-protocols.md")) as f:
+            docs = f.read()
+        with open(os.path.join(EXAMPLE_LINEPROTO, "lineproto.py")) as f:
+            example = f.read()
+        shown = docs.split("## 2. The codec", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+        self.assertEqual(shown, example[example.index("from typing"):])
+        self.assertIn(f" in {len(example.splitlines())} lines.", docs)
 
 
 class PluginTests(SynchronousTestCase):

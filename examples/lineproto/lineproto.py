@@ -7,11 +7,11 @@ from typing import Any, List, Optional
 
 from zope.interface import implementer
 
-from poolproxy.codec import CLOSE, LOCAL, RETRY_SAFE, Frame, FramingError, ICodec
+from poolproxy.codec import (CLOSE, LOCAL, RETRY_SAFE, BaseCodec, Frame, FramingError,
+                             IRequestFramer, IResponseFramer)
 
 
-@implementer(ICodec)
-class LineCodec:
+class LineCodec(BaseCodec):  # BaseCodec: no connection setup, a TCP connect as probe
     name = "line"
     mode = "multiplexed"  # many clients share each backend connection
 
@@ -24,16 +24,8 @@ class LineCodec:
     def error_reply(self, kind: str, message: str) -> bytes:
         return b"ERR %s %s\n" % (kind.encode(), message.replace("\n", " ").encode())
 
-    def setup_frames(self, config: Any) -> List[Frame]:
-        return []
 
-    def check_setup_reply(self, frame: Frame, response: bytes) -> Optional[str]:
-        return None
-
-    def probe(self) -> Optional[Frame]:
-        return Frame(b"PING\n")
-
-
+@implementer(IRequestFramer, IResponseFramer)
 class LineFramer:
     """Cuts lines; as a request framer it also reads the command and key."""
 

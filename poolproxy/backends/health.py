@@ -45,6 +45,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from poolproxy.codec import IProbingCodec
 from poolproxy.codecs.http_parse import ResponseHead, ResponseParser
 from poolproxy.util.factories import OneProtocolFactory
 from poolproxy.util.loops import GuardedLoop
@@ -250,8 +251,8 @@ def tcp_probe(endpoint: IStreamClientEndpoint) -> Probe:
 def codec_probe(endpoint: IStreamClientEndpoint, codec: Any) -> Probe:
     """
     A probe that sends C{codec.probe()}'s request and checks the one
-    response with C{codec.probe_ok(response)} (a codec without C{probe_ok}
-    passes any well-framed response).  A codec whose C{probe()} is L{None}
+    response with C{codec.probe_ok(response)} (a codec that is not an
+    L{IProbingCodec} passes any well-framed response).  A codec whose C{probe()} is L{None}
     gets a L{tcp_probe}.
 
     @raise ValueError: the probe frame expects no response.
@@ -260,15 +261,16 @@ def codec_probe(endpoint: IStreamClientEndpoint, codec: Any) -> Probe:
     if frame is None:
         return tcp_probe(endpoint)
     if frame.replies != 1:
-        raise ValueError(f"codec {getattr(codec, 'name', codec)!r}: a probe must expect "
+        raise ValueError(f"codec {codec.name!r}: a probe must expect "
                          f"one response, not {frame.replies}")
-    check: Callable[[bytes], bool] = getattr(codec, "probe_ok", None) or (lambda response: True)
+    check: Callable[[bytes], bool] = (codec.probe_ok if IProbingCodec.providedBy(codec)
+                                      else lambda response: True)
     data: bytes = frame.data
     kind = frame.expect
 
     def probe() -> "Deferred[None]":
         framer = codec.response_framer()
-        if getattr(framer, "needs_expect", False):
+        if framer.needs_expect:
             framer.expect(kind)
         return _ProbeRun(endpoint, _CodecProbeProtocol(data, framer, check)).result
 

@@ -7,11 +7,9 @@ L{poolproxy.proxy.request}.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
-from zope.interface import implementer
-
-from poolproxy.codec import Frame, ICodec
+from poolproxy.codec import BaseCodec
 from poolproxy.codecs.http_parse import RequestParser, ResponseParser, status_response
 
 # kind -> (status, reason)
@@ -28,17 +26,16 @@ REASONS = {400: "Bad Request", 413: "Content Too Large", 414: "URI Too Long",
            505: "HTTP Version Not Supported"}
 
 
-@implementer(ICodec)
-class HttpCodec:
+class HttpCodec(BaseCodec):
     name = "http"
     mode = "request"
 
     # Request mode's framers are event parsers (poolproxy.proxy.request reads
     # their heads, body pieces and ENDs), not ICodec's frame-per-request ones.
-    def request_framer(self, config: Any) -> RequestParser:  # type: ignore[override]
+    def request_framer(self, config: Any) -> RequestParser:
         return RequestParser()
 
-    def response_framer(self) -> ResponseParser:  # type: ignore[override]
+    def response_framer(self) -> ResponseParser:
         return ResponseParser()
 
     def error_reply(self, kind: str, message: str, close: bool = False) -> bytes:
@@ -54,15 +51,6 @@ class HttpCodec:
             headers.append((b"Connection", b"close"))
         text = " ".join(message.split()) or REASONS.get(status, "Error")
         return status_response(status, REASONS.get(status, "Error"), f"poolproxy: {text}\n", headers)
-
-    def setup_frames(self, config: Any) -> List[Frame]:
-        return []
-
-    def check_setup_reply(self, frame: Frame, response: bytes) -> Optional[str]:
-        return None
-
-    def probe(self) -> Optional[Frame]:
-        return None
 
 
 codec = HttpCodec()

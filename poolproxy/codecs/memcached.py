@@ -36,8 +36,8 @@ from typing import Any, Deque, List, Optional, Tuple
 
 from zope.interface import implementer
 
-from poolproxy.codec import (CLOSE, LOCAL, RETRY_SAFE, Frame, FramingError, ICodec,
-                             IRequestFramer, IResponseFramer)
+from poolproxy.codec import (CLOSE, LOCAL, RETRY_SAFE, BaseCodec, Frame, FramingError,
+                             IProbingCodec, IRequestFramer, IResponseFramer, IShardedCodec)
 
 #: Response kinds (C{Frame.expect}): C{VALUE} blocks then C{END}; one line;
 #: C{STAT} lines then C{END}; one meta line, with a data block after C{VA}.
@@ -415,6 +415,10 @@ class MemcachedResponseFramer(_Held):
     def expect(self, kind: Any) -> None:
         self._expect.append(kind)
 
+    def pending(self) -> int:
+        """Bytes held of the next response (checked, and not yet parsed)."""
+        return self._have + sum(map(len, self._done))
+
     def feed(self, data: bytes) -> List[bytes]:
         if self.error is not None or not data:
             return []
@@ -545,8 +549,8 @@ def _merge_values(replies: List[bytes]) -> bytes:
     return b"".join(reply[:-5] for reply in replies) + b"END\r\n"
 
 
-@implementer(ICodec)
-class MemcachedCodec:
+@implementer(IShardedCodec, IProbingCodec)
+class MemcachedCodec(BaseCodec):
     """
     The memcached text protocol, multiplexed: frames from many clients share
     pooled backend connections.
@@ -607,12 +611,6 @@ class MemcachedCodec:
             prefix = b"SERVER_ERROR poolproxy: "
             text = text or kind.translate(_SANITISE)
         return prefix + text[:200].encode("ascii", "replace") + b"\r\n"
-
-    def setup_frames(self, config: Any) -> List[Frame]:
-        return []
-
-    def check_setup_reply(self, frame: Frame, response: bytes) -> Optional[str]:
-        return None
 
     def probe(self) -> Optional[Frame]:
         """A C{version} request: cheap, and answered even by a full cache."""

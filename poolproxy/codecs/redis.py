@@ -46,8 +46,10 @@ from poolproxy.codec import (
     UNPIN,
     Frame,
     FramingError,
-    ICodec,
-    IRequestFramer,
+    IProbingCodec,
+    IShardAwareFramer,
+    IShardedCodec,
+    IVariantCodec,
     IResponseFramer,
 )
 
@@ -454,7 +456,7 @@ class _Buffered:
         return buf
 
 
-@implementer(IRequestFramer)
+@implementer(IShardAwareFramer)
 class RespRequestFramer(_Buffered):
     """
     Cuts one redis client's byte stream into L{Frame}s, and tracks the
@@ -1156,7 +1158,7 @@ def _as_bytes(value: Any) -> Optional[bytes]:
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-@implementer(ICodec)
+@implementer(IShardedCodec, IVariantCodec, IProbingCodec)
 class RedisCodec:
     """The redis protocol (RESP2, RESP3 on pinned connections)."""
 

@@ -46,6 +46,9 @@ from poolproxy.codec import (
     VARIANT,
     Frame,
     ICodec,
+    IShardAwareFramer,
+    IShardedCodec,
+    IVariantCodec,
 )
 from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
@@ -92,10 +95,12 @@ class MultiplexFrontend(Protocol):
         self.codec = factory.codec
         self.admission = factory.admission
         self.framer = factory.codec.request_framer(factory.config)
-        # Codecs whose framers refuse stateful commands on a sharded cluster.
-        self._tell_sharded = hasattr(self.framer, "sharded")
-        # Codecs that name every key of a multi-key request (sharded clusters).
-        self._keys_of = getattr(self.codec, "keys", None)
+        # The framer, if it refuses stateful commands on a sharded cluster.
+        self._shard_aware: Optional[IShardAwareFramer] = (
+            IShardAwareFramer(self.framer) if IShardAwareFramer.providedBy(self.framer) else None)
+        # The codec, if it names every key of a multi-key request (sharded clusters).
+        self._splitter: Optional[IShardedCodec] = (
+            IShardedCodec(self.codec) if IShardedCodec.providedBy(self.codec) else None)
         # The parts of split requests still held, and the group of each.
         self._split_groups: "dict[Frame, SplitGroup]" = {}
         self.slots: Deque[Slot] = deque()
@@ -141,9 +146,9 @@ class MultiplexFrontend(Protocol):
             return
         self.last_active = self.factory.clock.seconds()
         framer = self.framer
-        if self._tell_sharded:
-            # A framer that reads it (_tell_sharded): not part of IRequestFramer.
-            framer.sharded = self.factory.cluster.sharded  # type: ignore[attr-defined]
+        shard_aware = self._shard_aware
+        if shard_aware is not None:
+            shard_aware.sharded = self.factory.cluster.sharded
         frames = framer.feed(data)
         if frames:
             self.held.extend(frames)
@@ -317,6 +322,7 @@ class MultiplexFrontend(Protocol):
         # Without key routing every shared frame of this pass goes to the
         # same connection: look it up once, not per frame.
         reuse_shared = not self.factory.by_key
+        splitter = self._splitter if not reuse_shared else None
         shared = None
         try:
             while held and not self._gone:
@@ -342,9 +348,9 @@ class MultiplexFrontend(Protocol):
                     continue
                 if self.unpin_pending:
                     return  # wait for the UNPIN reply before choosing a connection
-                if (not reuse_shared and self._keys_of is not None
+                if (splitter is not None
                         and frame not in self._split_groups):  # parts are split already
-                    split = split_by_shard(self.codec, self.factory.cluster.pick, frame)
+                    split = split_by_shard(splitter, self.factory.cluster.pick, frame)
                     if split is not None:
                         held.popleft()
                         if split is CROSS_SHARD:
@@ -481,7 +487,7 @@ class MultiplexFrontend(Protocol):
             # Pooled connections speak the pool's variant: switch this one, and
             # never give it back to the pool afterwards.
             self.pinned_dirty = True
-            setup = self.codec.variant_setup(self.factory.config, self.variant)  # type: ignore[attr-defined]
+            setup = IVariantCodec(self.codec).variant_setup(self.factory.config, self.variant)
             def on_switched(_: object) -> None:
                 self._pinned_ready(conn, switched=True)
 

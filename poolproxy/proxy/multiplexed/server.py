@@ -242,8 +242,7 @@ class PipelineBackend(BackendProtocol):
         (for the oldest, the response framer holds nothing), within the retry
         budget.  A write already sent is never retried.
         """
-        partial = getattr(self.framer, "pending", None)
-        head_started = partial() > 0 if partial is not None else True
+        head_started = self.framer.pending() > 0
         chosen = set()
         for i, slot in enumerate(pending):
             client = slot.client

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional
 
-from poolproxy.codec import Frame
+from poolproxy.codec import Frame, IShardedCodec
 
 #: The answer for a request whose keys span backends and cannot be split.
 CROSS_SHARD: Any = object()
@@ -30,12 +30,13 @@ class SplitGroup:
         self.merge = merge
 
 
-def split_by_shard(codec: Any, pick: Callable[[Optional[bytes]], Any], frame: Frame) -> Any:
+def split_by_shard(codec: IShardedCodec, pick: Callable[[Optional[bytes]], Any],
+                   frame: Frame) -> Any:
     """
     For a frame whose keys live on different backends (C{pick(key)} says
     where each lives): its parts, one per backend, and how to merge their
-    replies (C{codec.split}); or L{CROSS_SHARD} if the codec cannot split
-    it.  L{None} when its keys (if any) live on one backend.
+    replies (L{IShardedCodec.split}); or L{CROSS_SHARD} if the codec cannot
+    split it.  L{None} when its keys (if any) live on one backend.
     """
     keys = codec.keys(frame)
     if not keys or len(keys) < 2:
@@ -45,6 +46,5 @@ def split_by_shard(codec: Any, pick: Callable[[Optional[bytes]], Any], frame: Fr
         groups.setdefault(pick(key), []).append(i)
     if len(groups) == 1:
         return None
-    split = getattr(codec, "split", None)
-    parts = split(frame, list(groups.values())) if split is not None else None
+    parts = codec.split(frame, list(groups.values()))
     return CROSS_SHARD if parts is None else parts
