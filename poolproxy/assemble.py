@@ -1,36 +1,40 @@
 """
-Building one cluster from its configuration: a codec, and for each backend a
-pool, a circuit breaker and a health check, plus what the cluster's mode
-needs (shared-connection multiplexers, a retry budget).  L{ProxyService}
-builds one per C{[[cluster]]}.
+Building one cluster from its configuration: a codec and its pooling mode
+(L{poolproxy.proxy.modes}), and for each backend a pool speaking the mode's
+backend protocol, a circuit breaker, a health check with the mode's probe and
+what the mode keeps beside the pool; then the cluster's listeners' factories.
+L{ProxyService} keeps one assembly per C{[[cluster]]}, and asks it again for
+a backend that a reload adds.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from twisted.logger import Logger
 
-from poolproxy.proxy.admission import Admission
+from poolproxy.backends.breaker import BreakerSettings, CircuitBreaker
 from poolproxy.backends.cluster import Backend, Cluster
-from poolproxy.codec import ICodec, IProbingCodec, IVariantCodec
-from poolproxy.config import DEFAULT_BALANCE, ClusterConfig, CodecOptions, ProxyConfig
-from poolproxy.config.endpoints import client_endpoint
-from poolproxy.proxy.request import HttpBackend
-from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
-from poolproxy.plugins import load_codec
+from poolproxy.backends.health import HealthCheck
 from poolproxy.backends.pool import BackendPool, BackendProtocol
 from poolproxy.backends.retry import RetryBudget
-from poolproxy.proxy.session import SessionBackend
+from poolproxy.codec import ICodec
+from poolproxy.config import BackendConfig, ClusterConfig, CodecOptions, ProxyConfig
+from poolproxy.config.endpoints import client_endpoint
+from poolproxy.plugins import load_codec
+from poolproxy.proxy.admission import Admission
+from poolproxy.proxy.modes import ClusterContext, FrontendFactory, Mode, mode_of
 
 log = Logger(namespace="poolproxy.cluster")
 
 
 class ClusterAssembly:
     """
-    Builds the L{Cluster} for one L{ClusterConfig}.  The cluster gets extra
-    attributes its listeners use: C{codec}, C{multiplexers} (backend ->
-    L{Multiplexer}, multiplexed mode), C{retry_budget} and C{setting(key)}.
+    One L{Cluster}, built from C{spec} when the assembly is made.
+
+    @ivar codec: the cluster's codec (its protocol plugin's, unless given).
+    @ivar mode: the codec's pooling mode.
+    @ivar cluster: the L{Cluster}.
     """
 
     def __init__(self, spec: ClusterConfig, config: ProxyConfig, reactor: Any,
@@ -39,68 +43,47 @@ class ClusterAssembly:
         self.spec = spec
         self.config = config
         self.reactor = reactor
-        self.admission = admission
-        self.options = options
-        self.codec = codec if codec is not None else load_codec(spec.protocol)
+        self.codec: ICodec = codec if codec is not None else load_codec(spec.protocol)
+        self.mode: Mode = mode_of(self.codec)
+        self.context = ClusterContext(self.codec, config, options, admission, reactor,
+                                      self.setting)
+        tag = self.setting("hash_tag")
+        self.cluster = Cluster(
+            spec.name, [self._backend(b) for b in spec.backends],
+            spec.balance or self.mode.balance,
+            max_ejected_share=self.setting("max_ejected_percent") / 100.0,
+            hash_tag=tag.encode("ascii") if tag else None,
+            retry_budget=RetryBudget(config.retry_budget_percent / 100.0))
 
     def setting(self, key: str) -> Any:
+        """This cluster's value of setting C{key}."""
         return self.spec.setting(key, self.config)
 
-    def build(self) -> Cluster:
-        codec = self.codec
-        backends = [self._backend(b.name, client_endpoint(self.reactor, b.address), b.weight)
-                    for b in self.spec.backends]
-        cluster = Cluster(self.spec.name, backends,
-                          self.spec.balance or DEFAULT_BALANCE.get(codec.mode, "round_robin"),
-                          max_ejected_share=self.setting("max_ejected_percent") / 100.0)
-        self.cluster = cluster
-        tag = self.setting("hash_tag")
-        cluster.hash_tag = tag.encode("ascii") if tag else None
-        cluster.codec = codec  # type: ignore[attr-defined]
-        cluster.setting = self.setting  # type: ignore[attr-defined]
-        cluster.retry_budget = RetryBudget(  # type: ignore[attr-defined]
-            self.config.retry_budget_percent / 100.0)
-        cluster.multiplexers = {}  # type: ignore[attr-defined]
-        for b in backends:
-            self.add_multiplexer(b)
-        return cluster
+    def frontend(self, listener: str) -> FrontendFactory:
+        """The factory of listener C{listener}'s client connections."""
+        return self.mode.frontend(listener, self.cluster, self.context)
 
-    def add_multiplexer(self, backend: Backend) -> None:
-        """Multiplexed mode: the shared connections of one backend."""
-        if self.codec.mode != "multiplexed":
-            return
-        codec, options = self.codec, self.options
-        self.cluster.multiplexers[backend] = Multiplexer(  # type: ignore[attr-defined]
-            backend.pool, self.setting("mux_connections"),
-            variant_setup=(lambda v: codec.variant_setup(options, v))
-            if IVariantCodec.providedBy(codec) else None)
+    def new_backend(self, spec: BackendConfig) -> Backend:
+        """A backend for the built cluster (a reload adds it)."""
+        return self._backend(spec)
 
-    def new_backend(self, name: str, address: str, weight: int) -> Backend:
-        """A backend added to the built cluster (reload)."""
-        backend = self._backend(name, client_endpoint(self.reactor, address), weight)
-        self.add_multiplexer(backend)
-        return backend
-
-    # -- one backend -------------------------------------------------------------
-
-    def _backend(self, name: str, endpoint: Any, weight: int) -> Backend:
+    def _backend(self, spec: BackendConfig) -> Backend:
         """A backend: its pool, and its breaker and health check if they are on."""
-        s = self.setting
+        s, config = self.setting, self.config
+        endpoint = client_endpoint(self.reactor, spec.address)
         pool = BackendPool(
-            name, endpoint, SessionBackend,  # the mode's protocol is set below
+            spec.name, endpoint, BackendProtocol,  # the mode's protocol, set below
             size=s("pool_size"), min_idle=s("pool_min_idle"),
-            max_waiters=self.config.pool_max_waiters,
-            acquire_timeout=self.config.pool_acquire_timeout,
-            connect_timeout=self.config.connect_timeout, idle_timeout=self.config.idle_timeout,
-            max_lifetime=self.config.max_lifetime, max_uses=self.config.max_uses,
-            health_interval=self.config.health_interval, clock=self.reactor)
-        backend = Backend(name, pool, weight)
-        pool.backend = backend
-        pool.cluster = self.spec.name
-        pool.protocol_factory = self._protocol_factory(backend)
+            max_waiters=config.pool_max_waiters, acquire_timeout=config.pool_acquire_timeout,
+            connect_timeout=config.connect_timeout, idle_timeout=config.idle_timeout,
+            max_lifetime=config.max_lifetime, max_uses=config.max_uses,
+            health_interval=config.health_interval, clock=self.reactor, cluster=self.spec.name)
+        backend = Backend(spec.name, pool, spec.weight)
+        # The mode's backend protocol and shared connections name the backend.
+        pool.protocol_factory = self.mode.backend_protocol(backend, self.context)
+        if self.mode.shared is not None:
+            backend.shared = self.mode.shared(backend, self.context)
         if s("breaker_failures"):
-            from poolproxy.backends.breaker import BreakerSettings, CircuitBreaker
-
             reset = s("breaker_reset_timeout")
             backend.breaker = CircuitBreaker(
                 BreakerSettings(s("breaker_failures"), reset,
@@ -109,42 +92,12 @@ class ClusterAssembly:
                 on_change=lambda old, new: _breaker_changed(backend, old, new),
                 may_open=lambda: self.cluster.may_eject())
         if s("check_interval"):
-            from poolproxy.backends.health import HealthCheck
-
             backend.health = HealthCheck(
-                name, self._probe(endpoint), interval=s("check_interval"),
-                timeout=s("check_timeout"), rise=s("check_rise"), fall=s("check_fall"),
-                clock=self.reactor,
+                spec.name, self.mode.probe(endpoint, self.context),
+                interval=s("check_interval"), timeout=s("check_timeout"),
+                rise=s("check_rise"), fall=s("check_fall"), clock=self.reactor,
                 on_change=lambda old, new, why: _health_changed(backend, old, new, why))
         return backend
-
-    def _protocol_factory(self, backend: Backend) -> Callable[[], BackendProtocol]:
-        codec = self.codec
-        if codec.mode == "session":
-            return SessionBackend
-        if codec.mode == "multiplexed":
-            setup = codec.setup_frames(self.options)
-            admission, clock = self.admission, self.reactor
-            timeout = self.setting("request_timeout")
-            return lambda: PipelineBackend(codec, setup, admission, backend, clock, timeout)
-        if codec.mode == "request":
-            return lambda: HttpBackend(codec)  # type: ignore[arg-type]
-        raise ValueError(f"protocol {codec.name!r} has an unknown mode {codec.mode!r}")
-
-    def _probe(self, endpoint: Any) -> Callable[[], Any]:
-        from poolproxy.backends import health
-
-        # Each health.*_probe(...) builds the probe: a function that runs one check.
-        codec = self.codec
-        if codec.mode == "request":
-            return health.http_probe(endpoint, self.setting("check_path").encode("utf-8"))
-        if (codec.mode == "multiplexed" and codec.probe() is not None
-                and IProbingCodec.providedBy(codec)):
-            if codec.setup_frames(self.options):
-                # A probe would need the setup (AUTH) too: a connect is what we can check.
-                return health.tcp_probe(endpoint)
-            return health.codec_probe(endpoint, codec)
-        return health.tcp_probe(endpoint)
 
 
 def _breaker_changed(backend: Backend, old: str, new: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, List
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
@@ -56,14 +56,19 @@ class ReloadTests(TestCase):
         self.client_pool.maxPersistentPerHost = 1
         self.addCleanup(self.client_pool.closeCachedConnections)
 
-    def write(self, backends: Any, extra: str = "") -> None:
+    def write(self, backends: Any, extra: str = "", cluster_extra: str = "",
+              addresses: Any = None) -> None:
+        """The file: C{backends} are (name, weight); C{addresses} maps a name to another's port."""
+        addresses = addresses or {}
         lines = ['metrics = "tcp:0:interface=127.0.0.1"', "check_interval = 0",
                  "shutdown_timeout = 30", extra, "",
                  "[[listener]]", 'name = "web"', 'listen = "tcp:0:interface=127.0.0.1"', "",
-                 "[[cluster]]", 'name = "web"', 'protocol = "http"', 'balance = "round_robin"']
+                 "[[cluster]]", 'name = "web"', 'protocol = "http"', 'balance = "round_robin"',
+                 cluster_extra]
         for name, weight in backends:
+            port = self.ports[addresses.get(name, name)]
             lines += ["[[cluster.backend]]", f'name = "{name}"',
-                      f'address = "127.0.0.1:{self.ports[name]}"', f"weight = {weight}"]
+                      f'address = "127.0.0.1:{port}"', f"weight = {weight}"]
         with open(self.path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
@@ -130,6 +135,30 @@ class ReloadTests(TestCase):
         # Only the separate clients above connected anew: the keep-alive client
         # used for every fetch kept its one connection through three reloads.
         self.assertEqual(service.listeners[0].stats.connections_total, clients_before + sent)
+
+    @inlineCallbacks
+    def test_what_needs_a_restart_is_logged(self) -> None:
+        """
+        A reload that changes a backend's address, a cluster's setting and a
+        top-level one logs each as needing a restart, by name, and keeps the
+        running ones: a's requests still go to a's server.
+        """
+        self.write([("a", 1)])
+        service = self.start()
+        self.write([("a", 1)], extra="request_timeout = 5.0", cluster_extra="pool_size = 3",
+                   addresses={"a": "b"})
+        with capturedLogs() as events:
+            self.assertTrue(service.reload())
+        restart = [e for e in events if "need a restart" in e.get("log_format", "")
+                   or "needs a restart" in e.get("log_format", "")]
+        text = " | ".join(formatEvent(e) for e in restart)
+        self.assertIn("backend a of cluster web", text)
+        self.assertIn(f"127.0.0.1:{self.ports['b']}", text)
+        self.assertIn("cluster web: pool_size", text)
+        self.assertIn("request_timeout", text)
+        self.assertEqual(len(restart), 3, text)
+        self.assertEqual((yield self.fetch(2)), [b"a", b"a"])
+        self.assertEqual(service.cluster.backends[0].pool.size, 10)
 
     @inlineCallbacks
     def test_broken_file_keeps_running_config(self) -> None:

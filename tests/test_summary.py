@@ -26,7 +26,7 @@ class SummaryTests(SynchronousTestCase):
         endpoint = FakeEndpoint()
         pool = BackendPool("b", endpoint, BackendProtocol, size=1, max_waiters=0,
                            clock=clock)
-        summary = RejectionSummary(admission, [pool], clock, interval=10.0)
+        summary = RejectionSummary(admission, lambda: [pool], clock, interval=10.0)
         summary.start()
         self.addCleanup(summary.stop)
         admission.try_acquire()
@@ -49,7 +49,7 @@ class SummaryTests(SynchronousTestCase):
         clock = Clock()
         admission = Admission(1, 0, 1.0, clock=clock)
         pools: list = []
-        summary = RejectionSummary(admission, pools, clock, interval=10.0)
+        summary = RejectionSummary(admission, lambda: pools, clock, interval=10.0)
         summary.start()
         self.addCleanup(summary.stop)
         pool = BackendPool("late", FakeEndpoint(), BackendProtocol, size=1, max_waiters=0,

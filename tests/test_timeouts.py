@@ -93,8 +93,8 @@ class IdleSweepTests(Setup):
         codec = line_codec()
         cluster = self.cluster(lambda: PipelineBackend(codec, [], self.admission))
         backend = cluster.backends[0]
-        return MultiplexFactory("l", codec, None, self.admission, cluster,
-                                {backend: Multiplexer(backend.pool, 1)}, clock=self.clock)
+        backend.shared = Multiplexer(backend.pool, 1)
+        return MultiplexFactory("l", codec, None, self.admission, cluster, clock=self.clock)
 
     def test_idle_client_closed(self) -> None:
         """
@@ -142,8 +142,8 @@ class MultiplexRequestTimeoutTests(Setup):
         cluster = self.cluster(
             lambda: PipelineBackend(codec, [], self.admission, None, self.clock, 5.0))
         backend = cluster.backends[0]
-        factory = MultiplexFactory("l", codec, None, self.admission, cluster,
-                                   {backend: Multiplexer(backend.pool, 1)}, clock=self.clock)
+        backend.shared = Multiplexer(backend.pool, 1)
+        factory = MultiplexFactory("l", codec, None, self.admission, cluster, clock=self.clock)
         client, transport = connected(factory)
         client.dataReceived(b"GET a\nGET b\n")
         [backend_transport] = self.endpoint.succeed()

@@ -12,14 +12,31 @@ its backends at once.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Sequence
 
+from twisted.internet.defer import Deferred
 
 from poolproxy.backends.pool import BackendPool
+from poolproxy.backends.retry import RetryBudget
+
+if TYPE_CHECKING:
+    from poolproxy.backends.breaker import CircuitBreaker
+    from poolproxy.backends.health import HealthCheck
 
 
 #: The values of L{Backend.state}.
 BACKEND_STATES = ("up", "down", "draining", "ejected", "disabled")
+
+
+class SharedConnections(Protocol):
+    """
+    Connections to one backend that many clients share, which a mode keeps
+    beside the backend's pool (multiplexed mode's
+    L{poolproxy.proxy.multiplexed.server.Multiplexer}): closed with the backend.
+    """
+
+    def close(self) -> None:
+        """Give every shared connection back to the pool, to be closed."""
 
 
 class Backend:
@@ -32,17 +49,25 @@ class Backend:
     @ivar draining: gets no new requests; those in flight finish (an operator
         is taking it out gracefully).
     @ivar requests: requests sent to it; C{failures}: those that failed.
+    @ivar health: its active L{HealthCheck}, if checks are on.
+    @ivar breaker: its L{CircuitBreaker} (passive health), if on.
+    @ivar shared: the connections to it that clients share, in a mode that
+        shares them (multiplexed); else L{None}.
     """
 
     def __init__(self, name: str, pool: BackendPool, weight: int = 1) -> None:
         self.name = name
         self.pool = pool
+        # The pool reports failed connects to its backend: passive health.
+        pool.backend = self
         self.weight = weight
         self.outstanding = 0
         self.disabled = False
         self.draining = False
-        self.health: Any = None  # a poolproxy.backends.health.HealthCheck, if checks are on
-        self.breaker: Any = None  # a poolproxy.backends.breaker.CircuitBreaker, if on
+        # Set once the backend is built: their callbacks name the backend.
+        self.health: Optional[HealthCheck] = None
+        self.breaker: Optional[CircuitBreaker] = None
+        self.shared: Optional[SharedConnections] = None
         self.requests = 0
         self.failures = 0
         self.retries = 0
@@ -150,24 +175,40 @@ class Backend:
         if self.health is not None:
             self.health.start()
 
-    def stop(self) -> None:
+    def close(self) -> "Deferred[None]":
+        """
+        Stop checking it and close its connections, shared and pooled (at
+        shutdown, or once a backend a reload removed has drained).
+
+        @return: L{BackendPool.close}'s L{Deferred}.
+        """
         if self.health is not None:
             self.health.stop()
         if self.breaker is not None:
             self.breaker.stop()
+        if self.shared is not None:
+            self.shared.close()
+        return self.pool.close()
 
 
 class Cluster:
     """
     A named set of backends and the policy that picks among them.
 
-    @ivar max_ejected_share: the largest fraction of backends that health
-        checks and breakers may take out of rotation at once.
+    @ivar max_ejected_share: the largest fraction of backends that circuit
+        breakers may take out of rotation at once (a failing active health
+        check takes its backend out regardless).
+    @ivar hash_tag: two bytes, e.g. C{b"{}"}: a key holding them is routed by
+        what is between them (hash tags, as twemproxy's C{hash_tag}); L{None}: off.
+    @ivar retry_budget: what retries of this cluster's requests may spend;
+        L{None}: requests are never retried.
     """
 
     def __init__(self, name: str, backends: Sequence[Backend], policy: str = "round_robin",
                  max_ejected_share: float = 0.5, rng: Optional[random.Random] = None,
-                 make_policy: Optional[Callable[..., Any]] = None) -> None:
+                 make_policy: Optional[Callable[..., Any]] = None, *,
+                 hash_tag: Optional[bytes] = None,
+                 retry_budget: Optional[RetryBudget] = None) -> None:
         if not backends:
             raise ValueError("a cluster needs at least one backend")
         from poolproxy.backends.balancing import make_policy as default_make_policy
@@ -176,6 +217,8 @@ class Cluster:
         self.backends: List[Backend] = list(backends)
         self.policy_name = policy
         self.max_ejected_share = max_ejected_share
+        self.hash_tag = hash_tag
+        self.retry_budget = retry_budget
         self.policy = (make_policy or default_make_policy)(
             policy, [(b, b.weight) for b in self.backends],
             outstanding=lambda b: b.outstanding, rng=rng or random.Random(),
@@ -186,10 +229,6 @@ class Cluster:
         #: Whether requests are routed by key to one of several backends, each
         #: holding part of the keys (so no backend holds them all).
         self.sharded = self.policy_name == "consistent_hash" and len(self.backends) > 1
-
-    #: Two bytes, e.g. C{b"{}"}: a key holding them is routed by what is
-    #: between them (hash tags, as twemproxy's C{hash_tag}); L{None}: off.
-    hash_tag: Optional[bytes] = None
 
     def pick(self, key: Optional[bytes] = None) -> Optional[Backend]:
         """
@@ -234,9 +273,6 @@ class Cluster:
         """Whether some backend connection can be had."""
         return any(b.available and b.pool.available for b in self.backends)
 
-    def stop(self) -> None:
-        for b in self.backends:
-            b.stop()
 
 
 def _available(backend: Backend) -> bool:

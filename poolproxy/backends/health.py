@@ -98,7 +98,7 @@ class _ProbeProtocol(Protocol):
         if self.run is not None:
             self.run.finish(ProbeFailed(why))
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         if self.run is not None:
             self.run.lost(reason)
 

@@ -17,7 +17,7 @@ L{PooledConnection.discard} (close it).  A second call raises L{LeaseError}.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Generic, List, Optional, Set, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -29,6 +29,9 @@ from poolproxy.util.deadlines import Deadlines
 from poolproxy.util.factories import OneProtocolFactory
 from poolproxy.util.loops import GuardedLoop
 from poolproxy.util.reactors import default_reactor
+
+if TYPE_CHECKING:
+    from poolproxy.backends.cluster import Backend
 from poolproxy.stats import Histogram, Tally
 
 
@@ -67,7 +70,7 @@ class BackendProtocol(Protocol):
     #: declare the producer, half-close and abort methods used here.
     transport: Any
 
-    pool_entry: "Optional[PooledConnection]" = None
+    pool_entry: "Optional[PooledConnection[Any]]" = None
 
     def when_ready(self) -> "Optional[Deferred[Any]]":
         """
@@ -77,13 +80,17 @@ class BackendProtocol(Protocol):
         """
         return None
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         entry = self.pool_entry
         if entry is not None:
             entry.pool._connection_lost(entry)
 
 
-class PooledConnection:
+#: The protocol of a pool's connections (the mode's backend protocol).
+P = TypeVar("P", bound=BackendProtocol)
+
+
+class PooledConnection(Generic[P]):
     """
     The pool's record of one backend connection.
 
@@ -95,7 +102,7 @@ class PooledConnection:
 
     __slots__ = ("pool", "protocol", "created", "idle_since", "uses", "leased", "dead")
 
-    def __init__(self, pool: "BackendPool", protocol: BackendProtocol, now: float) -> None:
+    def __init__(self, pool: "BackendPool[P]", protocol: P, now: float) -> None:
         self.pool = pool
         self.protocol = protocol
         self.created = now
@@ -135,7 +142,7 @@ def _set_up(protocol: Any) -> Any:
     return protocol if ready is None else ready
 
 
-class _ConnectAttempt:
+class _ConnectAttempt(Generic[P]):
     __slots__ = ("deferred", "timer", "timed_out", "owner")
 
     def __init__(self, deferred: "Deferred[Any]") -> None:
@@ -143,14 +150,14 @@ class _ConnectAttempt:
         self.timer: Optional[IDelayedCall] = None
         self.timed_out = False
         # The Deferred of an acquire_fresh() this connection is for, if any.
-        self.owner: "Optional[Deferred[PooledConnection]]" = None
+        self.owner: "Optional[Deferred[PooledConnection[P]]]" = None
 
     def time_out(self) -> None:
         self.timed_out = True
         self.deferred.cancel()
 
 
-class _Waiter:
+class _Waiter(Generic[P]):
     """
     A request waiting for a connection: told through a L{Deferred}
     (L{BackendPool.acquire}) or through two callables (L{BackendPool.wait},
@@ -159,9 +166,9 @@ class _Waiter:
 
     __slots__ = ("pool", "since", "deferred", "on_ready", "on_fail", "expiry")
 
-    def __init__(self, pool: "BackendPool", since: float,
-                 deferred: "Optional[Deferred[PooledConnection]]" = None,
-                 on_ready: Optional[Callable[["PooledConnection"], None]] = None,
+    def __init__(self, pool: "BackendPool[P]", since: float,
+                 deferred: "Optional[Deferred[PooledConnection[P]]]" = None,
+                 on_ready: Optional[Callable[["PooledConnection[P]"], None]] = None,
                  on_fail: Optional[Callable[[Failure], None]] = None) -> None:
         self.pool = pool
         self.since = since
@@ -170,7 +177,7 @@ class _Waiter:
         self.on_fail = on_fail
         self.expiry: Any = None  # its acquire timeout (a Deadlines entry)
 
-    def ready(self, conn: "PooledConnection") -> None:
+    def ready(self, conn: "PooledConnection[P]") -> None:
         if self.deferred is not None:
             self.deferred.callback(conn)
         else:
@@ -190,7 +197,7 @@ class _Waiter:
             self.pool._remove_waiter(self)
 
 
-class BackendPool:
+class BackendPool(Generic[P]):
     """
     Connections to one backend.
 
@@ -201,6 +208,13 @@ class BackendPool:
     @ivar closes: closed connections by reason.
     @ivar acquire_failures: failed acquires by reason.
     @ivar acquire_wait: seconds from acquire to lease, for every lease.
+    @ivar protocol_factory: makes the protocol of each new connection (the
+        mode's backend protocol); it may be replaced before the pool starts,
+        when the protocol needs the L{Backend} built around the pool.
+    @ivar cluster: the name of the cluster the pool's backend belongs to (a
+        metrics label).
+    @ivar backend: the cluster's L{Backend} this pool serves, told of failed
+        connects (passive health); set by the L{Backend}.
     """
 
     log = Logger()
@@ -209,7 +223,7 @@ class BackendPool:
         self,
         name: str,
         endpoint: IStreamClientEndpoint,
-        protocol_factory: Callable[[], BackendProtocol],
+        protocol_factory: Callable[[], P],
         *,
         size: int = 10,
         min_idle: int = 0,
@@ -221,6 +235,7 @@ class BackendPool:
         max_uses: int = 0,
         health_interval: float = 2.0,
         clock: Optional[IReactorTime] = None,
+        cluster: str = "",
     ) -> None:
         self._clock: Any = default_reactor(clock)
         self.name = name
@@ -236,10 +251,10 @@ class BackendPool:
         self.max_uses = max_uses
         self.health_interval = health_interval
 
-        self._idle: List[PooledConnection] = []  # a stack: the most recently used is reused first
-        self._leased: Set[PooledConnection] = set()
-        self._connecting: Set[_ConnectAttempt] = set()
-        self._waiters: Deque[_Waiter] = deque()
+        self._idle: List[PooledConnection[P]] = []  # a stack: the most recently used is reused first
+        self._leased: Set[PooledConnection[P]] = set()
+        self._connecting: Set[_ConnectAttempt[P]] = set()
+        self._waiters: Deque[_Waiter[P]] = deque()
         # Waiters time out in the order they came, all after acquire_timeout:
         # one timer for them all.
         self._expiries = Deadlines(self._clock, acquire_timeout, self._waiter_timed_out)
@@ -250,11 +265,8 @@ class BackendPool:
 
         self.state = "unknown"
         self.last_error = ""
-        # The cluster's Backend this pool serves (poolproxy.backends.cluster), told of
-        # failed connects: passive health.
-        self.backend: Any = None
-        #: The name of the cluster the pool's backend belongs to (a metrics label).
-        self.cluster = ""
+        self.backend: Optional[Backend] = None
+        self.cluster = cluster
         self.connects = Tally("ok", "failed", "timeout")
         self.closes = Tally()
         self.acquire_failures = Tally("timeout", "exhausted", "unavailable", "closed")
@@ -348,7 +360,7 @@ class BackendPool:
 
     # -- leasing ------------------------------------------------------------
 
-    def _take_idle(self) -> "Optional[PooledConnection]":
+    def _take_idle(self) -> "Optional[PooledConnection[P]]":
         """Lease an idle connection, if there is one (served at once: waited 0)."""
         conn = self._pop_idle()
         if conn is not None:
@@ -356,7 +368,7 @@ class BackendPool:
             self.acquire_wait.observe(0.0)
         return conn
 
-    def acquire(self) -> "Deferred[PooledConnection]":
+    def acquire(self) -> "Deferred[PooledConnection[P]]":
         """
         Lease a connection: an idle one at once, else the next one to be
         connected or released, in FIFO order.
@@ -375,11 +387,11 @@ class BackendPool:
         full = self._queue_full()
         if full is not None:
             return fail(full)
-        d: "Deferred[PooledConnection]" = Deferred(self._cancel_waiter)
+        d: "Deferred[PooledConnection[P]]" = Deferred(self._cancel_waiter)
         self._enqueue(_Waiter(self, self._clock.seconds(), deferred=d))
         return d
 
-    def wait(self, on_ready: Callable[[PooledConnection], None],
+    def wait(self, on_ready: Callable[[PooledConnection[P]], None],
              on_fail: Callable[[Failure], None]) -> Optional[_Waiter]:
         """
         L{acquire} without a L{Deferred}, for a lease per request:
@@ -438,7 +450,7 @@ class BackendPool:
         waiter.fail(AcquireTimeout(
             f"no connection to {self.name} became free within {self.acquire_timeout:g}s"))
 
-    def _cancel_waiter(self, d: "Deferred[PooledConnection]") -> None:
+    def _cancel_waiter(self, d: "Deferred[PooledConnection[P]]") -> None:
         for waiter in self._waiters:
             if waiter.deferred is d:
                 self._remove_waiter(waiter)
@@ -451,12 +463,12 @@ class BackendPool:
             return  # served or failed already
         self._expiries.cancel(waiter.expiry)
 
-    def _lease(self, conn: PooledConnection) -> None:
+    def _lease(self, conn: PooledConnection[P]) -> None:
         conn.leased = True
         conn.uses += 1
         self._leased.add(conn)
 
-    def _pop_idle(self) -> Optional[PooledConnection]:
+    def _pop_idle(self) -> Optional[PooledConnection[P]]:
         now = self._clock.seconds()
         while self._idle:
             conn = self._idle.pop()
@@ -466,7 +478,7 @@ class BackendPool:
             self._close(conn, reason)
         return None
 
-    def _hand_over(self, conn: PooledConnection) -> None:
+    def _hand_over(self, conn: PooledConnection[P]) -> None:
         """
         Give a free connection to the oldest waiter, or keep it idle.
         """
@@ -479,7 +491,7 @@ class BackendPool:
             conn.idle_since = self._clock.seconds()
             self._idle.append(conn)
 
-    def _end_lease(self, conn: PooledConnection, discard_reason: Optional[str],
+    def _end_lease(self, conn: PooledConnection[P], discard_reason: Optional[str],
                    abort: bool) -> None:
         if not conn.leased or conn.pool is not self:
             raise LeaseError(f"connection to {self.name} is not leased")
@@ -498,7 +510,7 @@ class BackendPool:
             return
         self._hand_over(conn)
 
-    def _retire_reason(self, conn: PooledConnection, now: float, idle: bool) -> Optional[str]:
+    def _retire_reason(self, conn: PooledConnection[P], now: float, idle: bool) -> Optional[str]:
         if conn.dead:
             return "backend_closed"
         if self.max_lifetime and now - conn.created >= self.max_lifetime:
@@ -523,7 +535,7 @@ class BackendPool:
             return 0
         return sum(1 for attempt in self._connecting if attempt.owner is None)
 
-    def acquire_fresh(self) -> "Deferred[PooledConnection]":
+    def acquire_fresh(self) -> "Deferred[PooledConnection[P]]":
         """
         Lease a newly made connection, never an idle one: for retrying a
         request whose reused connection turned out to be dead.  At the cap,
@@ -537,13 +549,13 @@ class BackendPool:
             if not self._idle:
                 return self.acquire()
             self._close(self._idle.pop(0), "replaced")
-        owner: "Deferred[PooledConnection]" = Deferred()
+        owner: "Deferred[PooledConnection[P]]" = Deferred()
         self._connect(owner)
         return owner
 
-    def _connect(self, owner: "Optional[Deferred[PooledConnection]]" = None) -> None:
+    def _connect(self, owner: "Optional[Deferred[PooledConnection[P]]]" = None) -> None:
         connecting = self.endpoint.connect(OneProtocolFactory(self.protocol_factory()))
-        attempt = _ConnectAttempt(connecting.addCallback(_set_up))
+        attempt: _ConnectAttempt[P] = _ConnectAttempt(connecting.addCallback(_set_up))
         attempt.owner = owner
         self._connecting.add(attempt)
         # Not Deferred.addTimeout: cancelling a TCP endpoint's connect fails
@@ -552,7 +564,7 @@ class BackendPool:
         attempt.timer = self._clock.callLater(self.connect_timeout, attempt.time_out)
         attempt.deferred.addBoth(self._connected, attempt)
 
-    def _connected(self, result: Any, attempt: "_ConnectAttempt") -> None:
+    def _connected(self, result: Any, attempt: "_ConnectAttempt[P]") -> None:
         self._connecting.discard(attempt)
         if attempt.timer is not None and attempt.timer.active():
             attempt.timer.cancel()
@@ -562,7 +574,7 @@ class BackendPool:
             if owner is not None:
                 owner.errback(BackendUnavailable(f"backend {self.name}: {self.last_error}"))
             return
-        protocol: BackendProtocol = result
+        protocol: P = result
         conn = PooledConnection(self, protocol, self._clock.seconds())
         protocol.pool_entry = conn
         self.connects.add("ok")
@@ -607,7 +619,7 @@ class BackendPool:
 
     # -- closing ------------------------------------------------------------
 
-    def _close(self, conn: PooledConnection, reason: str, abort: bool = False) -> None:
+    def _close(self, conn: PooledConnection[P], reason: str, abort: bool = False) -> None:
         """
         Close a connection that is neither idle nor leased any more.
         """
@@ -618,7 +630,7 @@ class BackendPool:
             conn.close(abort)
         self._after_close()
 
-    def _connection_lost(self, conn: PooledConnection) -> None:
+    def _connection_lost(self, conn: PooledConnection[P]) -> None:
         """
         The backend side of C{conn} went away (called by L{BackendProtocol}).
         """

@@ -37,16 +37,15 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from poolproxy.backends.cluster import Backend, Cluster
+from poolproxy.ops.view import ListenerView, ProxyView
 
-if TYPE_CHECKING:
-    from poolproxy.service import Listener, ProxyService
 
 #: The largest weight the API sets: a consistent-hash ring holds 160 points
 #: per unit of weight, and rebuilding it runs in the reactor thread.
@@ -103,7 +102,7 @@ class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: "ProxyService", token: str) -> None:
+    def __init__(self, service: ProxyView, token: str) -> None:
         super().__init__()
         if not token:
             raise ValueError("the admin API needs a non-empty token")
@@ -184,16 +183,17 @@ class AdminResource(Resource):
 
     # -- listeners ------------------------------------------------------------
 
-    def _listener(self, name: str) -> "Listener":
+    def _listener(self, name: str) -> ListenerView:
         for listener in self.service.listeners:
             if listener.name == name:
                 return listener
         raise AdminError(404, f"no listener {name!r}")
 
-    def _listener_action(self, listener: "Listener", action: str) -> Dict[str, Any]:
+    def _listener_action(self, listener: ListenerView, action: str) -> Dict[str, Any]:
         if action not in ("pause", "resume"):
             raise AdminError(404, f"no listener action {action!r}; use pause or resume")
-        port = listener.service.port
+        # Twisted's TCP and UNIX ports can stop reading; any other kind is checked for it.
+        port: Any = listener.port
         if port is None:
             raise AdminError(409, f"listener {listener.name!r} is not listening")
         if not (callable(getattr(port, "stopReading", None))
@@ -236,7 +236,7 @@ def _json(body: Dict[str, Any]) -> bytes:
     return (json.dumps(body, sort_keys=True) + "\n").encode("utf-8")
 
 
-def build_admin(service: "ProxyService", token: str) -> Resource:
+def build_admin(service: ProxyView, token: str) -> Resource:
     """
     The admin API for C{service}, guarded by bearer C{token}; mount it as
     the C{admin} child of the web root.

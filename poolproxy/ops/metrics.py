@@ -8,7 +8,7 @@ metric this module exports.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -21,10 +21,9 @@ from prometheus_client.process_collector import ProcessCollector
 
 from poolproxy.backends.breaker import STATES as BREAKER_STATES
 from poolproxy.backends.cluster import BACKEND_STATES
+from poolproxy.ops.view import ProxyView
 from poolproxy.stats import Histogram
 
-if TYPE_CHECKING:
-    from poolproxy.service import ProxyService
 
 # Why a pool closes a connection (poolproxy.backends.pool and poolproxy.proxy.session).  The
 # pool's tally creates a reason on first use; exporting them all from the
@@ -61,10 +60,10 @@ def _add_enum(family: GaugeMetricFamily, values: "list[str]", states: "tuple[str
 
 class ProxyCollector:
     """
-    A custom collector over one L{ProxyService}.
+    A custom collector over one running proxy (a L{ProxyView}).
     """
 
-    def __init__(self, service: "ProxyService") -> None:
+    def __init__(self, service: ProxyView) -> None:
         self.service = service
 
     def describe(self) -> Iterator[Metric]:
@@ -249,7 +248,7 @@ class ProxyCollector:
         yield counts
 
 
-def build_registry(service: "ProxyService") -> CollectorRegistry:
+def build_registry(service: ProxyView) -> CollectorRegistry:
     """
     A private registry (not prometheus-client's global one) holding the
     proxy's collector and the process collector (memory, CPU, open fds).

@@ -6,7 +6,7 @@ why, and nothing is logged while nothing is rejected.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable
+from typing import Any, Callable, Dict, Iterable
 
 from twisted.logger import Logger
 
@@ -21,10 +21,13 @@ class RejectionSummary:
 
     log = Logger()
 
-    def __init__(self, admission: Any, pools: Iterable[Any], clock: Any,
+    def __init__(self, admission: Any, pools: Callable[[], Iterable[Any]], clock: Any,
                  interval: float = 10.0) -> None:
+        """
+        @param pools: the pools to summarise, asked at every interval: a
+            reload adds and retires backends.
+        """
         self.admission = admission
-        # Read, not copied: a reload adds and retires pools in the service's list.
         self.pools = pools
         self.interval = interval
         self._last = self._counts()
@@ -32,7 +35,7 @@ class RejectionSummary:
 
     def _counts(self) -> Dict[str, int]:
         counts = {f"admission {k}": n for k, n in self.admission.rejected.items()}
-        for pool in self.pools:
+        for pool in self.pools():
             for reason, n in pool.acquire_failures.items():
                 counts[f"{pool.name} {reason}"] = n
         return counts

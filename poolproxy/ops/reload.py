@@ -3,24 +3,47 @@ Reloading the configuration (SIGHUP) without dropping client connections.
 
 What can change in place: the backends of an existing cluster (added; removed,
 after they drain; re-weighted).  What needs a restart (new or removed
-clusters, listeners, a backend's address, pool sizes) is logged and left as
-it was.  A configuration that does not load is logged and the running one
-kept.
+clusters, listener changes, a backend's address, and any other setting, top
+level or per cluster) is logged, by name, and left as it was.  A
+configuration that does not load is logged and the running one kept.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Dict, List, Mapping, Protocol, Sequence, Tuple
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from poolproxy.assemble import ClusterAssembly
 from poolproxy.backends.cluster import Backend, Cluster
-from poolproxy.config import ClusterConfig, ProxyConfig
-from poolproxy.util.waiting import wait_until
+from poolproxy.config import SETTINGS, BackendConfig, ClusterConfig, ProxyConfig
+from poolproxy.ops.view import ListenerView
 
-if TYPE_CHECKING:
-    from poolproxy.service import ProxyService
+#: Top-level settings that reload applies or compares by itself (the flat
+#: topology keys become listeners and the default cluster's backends).
+_TOPOLOGY = ("listen", "backend")
+#: A cluster's own fields, besides its per-cluster overrides.
+_CLUSTER_FIELDS = ("protocol", "balance", "hash_key")
+
+
+class Reloadable(Protocol):
+    """What a reload changes in a running proxy (L{ProxyService} provides it)."""
+
+    @property
+    def config(self) -> ProxyConfig:
+        """The configuration it runs with."""
+
+    @property
+    def clusters(self) -> Mapping[str, Cluster]: ...
+
+    @property
+    def listeners(self) -> Sequence[ListenerView]: ...
+
+    def add_backend(self, cluster: str, spec: BackendConfig) -> Backend:
+        """A new backend joins a cluster."""
+
+    def retire_backend(self, cluster: str, backend: Backend) -> "Deferred[None]":
+        """A backend leaves a cluster once its requests in flight are done."""
 
 
 class Reloader:
@@ -30,11 +53,15 @@ class Reloader:
 
     log = Logger()
 
-    def __init__(self, service: "ProxyService", load: Callable[[], ProxyConfig]) -> None:
-        self.service = service
+    def __init__(self, target: Reloadable, load: Callable[[], ProxyConfig]) -> None:
+        self.target = target
         self.load = load
         self.reloads = 0
         self.failures = 0
+        # The address of every backend running, by (cluster, name): the
+        # configuration's, and those of backends a reload added.
+        self._addresses: Dict[Tuple[str, str], str] = {
+            (spec.name, b.name): b.address for spec in target.config.clusters for b in spec.backends}
 
     def reload(self) -> bool:
         """Load the configuration again and apply what can change in place."""
@@ -46,40 +73,49 @@ class Reloader:
                            "one: {why}", why=str(e).splitlines()[0] if str(e) else repr(e))
             return False
         self.reloads += 1
-        service = self.service
+        target = self.target
+        running = target.config
         for spec in config.clusters:
-            cluster = service.clusters.get(spec.name)
+            cluster = target.clusters.get(spec.name)
             if cluster is None:
                 self.log.warn("reload: new cluster {cluster} needs a restart", cluster=spec.name)
-            else:
-                self._reconcile(cluster, spec, config)
+                continue
+            self._settings(f"cluster {spec.name}", _cluster_changes(running.cluster(spec.name), spec))
+            self._reconcile(cluster, spec)
         wanted = {spec.name for spec in config.clusters}
-        for name in service.clusters:
+        for name in target.clusters:
             if name not in wanted:
                 self.log.warn("reload: removing cluster {cluster} needs a restart", cluster=name)
-        running = {(l.name, l.endpoint, l.factory.cluster.name) for l in service.listeners}
-        if running != {(l.name, l.endpoint, l.cluster) for l in config.listeners}:
+        listening = {(l.name, l.endpoint, l.cluster.name) for l in target.listeners}
+        if listening != {(l.name, l.endpoint, l.cluster) for l in config.listeners}:
             self.log.warn("reload: listener changes need a restart")
+        self._settings("top level", [s.name for s in SETTINGS if s.name not in _TOPOLOGY
+                                     and getattr(running, s.name) != getattr(config, s.name)])
         self.log.info("reload: done")
         return True
 
-    def _reconcile(self, cluster: Cluster, spec: ClusterConfig, config: ProxyConfig) -> None:
-        service = self.service
-        assembly = ClusterAssembly(spec, config, service.reactor, service.admission,
-                                   service.codec_options, cluster.codec)  # type: ignore[attr-defined]
-        assembly.cluster = cluster
+    def _settings(self, where: str, changed: List[str]) -> None:
+        if changed:
+            self.log.warn("reload: {where}: {settings} changed; changes to settings need a "
+                          "restart", where=where, settings=", ".join(changed))
+
+    def _reconcile(self, cluster: Cluster, spec: ClusterConfig) -> None:
+        target = self.target
         current = {b.name: b for b in cluster.backends}
         for wanted in spec.backends:
             backend = current.get(wanted.name)
+            key = (cluster.name, wanted.name)
             if backend is None:
-                backend = assembly.new_backend(wanted.name, wanted.address, wanted.weight)
-                cluster.add(backend)
-                service.pools.append(backend.pool)
-                if service.running:
-                    backend.start()
+                target.add_backend(cluster.name, wanted)
+                self._addresses[key] = wanted.address
                 self.log.info("reload: backend {backend} added to cluster {cluster}",
                               backend=wanted.name, cluster=cluster.name)
-            elif backend.weight != wanted.weight:
+                continue
+            if self._addresses.get(key, wanted.address) != wanted.address:
+                self.log.warn("reload: backend {backend} of cluster {cluster}: a new address "
+                              "({old} -> {new}) needs a restart", backend=wanted.name,
+                              cluster=cluster.name, old=self._addresses[key], new=wanted.address)
+            if backend.weight != wanted.weight:
                 self.log.info("reload: backend {backend} of cluster {cluster}: weight "
                               "{old} -> {new}", backend=wanted.name, cluster=cluster.name,
                               old=backend.weight, new=wanted.weight)
@@ -90,24 +126,23 @@ class Reloader:
                 self._retire(cluster, backend)
 
     def _retire(self, cluster: Cluster, backend: Backend) -> None:
-        """No new requests; close once those in flight are done (or the shutdown timeout)."""
-        backend.draining = True
-        cluster.remove(backend)
         self.log.info("reload: backend {backend} leaves cluster {cluster}; draining",
                       backend=backend.name, cluster=cluster.name)
-        service = self.service
+        self._addresses.pop((cluster.name, backend.name), None)
 
-        def close(_: bool) -> None:
-            multiplexer = cluster.multiplexers.pop(backend, None)  # type: ignore[attr-defined]
-            if multiplexer is not None:
-                multiplexer.close()
-            backend.stop()
-            backend.pool.close()
-            if backend.pool in service.pools:
-                service.pools.remove(backend.pool)
+        def closed(_: Any) -> None:
             self.log.info("reload: backend {backend} closed", backend=backend.name)
 
-        wait_until(service.reactor, lambda: backend.outstanding == 0,
-                   service.config.shutdown_timeout).addCallback(close)
+        self.target.retire_backend(cluster.name, backend).addCallback(closed)
 
-__all__ = ["Reloader"]
+
+def _cluster_changes(old: ClusterConfig, new: ClusterConfig) -> List[str]:
+    """The settings of a cluster (its fields and overrides) that differ."""
+    changed = [key for key in _CLUSTER_FIELDS if getattr(old, key) != getattr(new, key)]
+    for key in sorted(set(old.overrides) | set(new.overrides)):
+        if old.overrides.get(key) != new.overrides.get(key):
+            changed.append(key)
+    return changed
+
+
+__all__ = ["Reloadable", "Reloader"]

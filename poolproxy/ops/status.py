@@ -14,24 +14,21 @@ from __future__ import annotations
 import json
 import platform
 from html import escape
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from poolproxy import __version__
-from poolproxy.backends.cluster import BACKEND_STATES
-
-if TYPE_CHECKING:
-    from poolproxy.backends.cluster import Backend, Cluster
-    from poolproxy.service import ProxyService
+from poolproxy.backends.cluster import BACKEND_STATES, Backend, Cluster
+from poolproxy.ops.view import ProxyView
 
 #: Seconds between two reloads of the HTML page (its meta refresh).
 REFRESH_SECONDS = 5
 
 
 
-def backend_address(backend: "Backend") -> str:
+def backend_address(backend: Backend) -> str:
     """
     Where a backend's connections go, as C{HOST:PORT} (IPv6 hosts in
     brackets) or a UNIX socket path.
@@ -96,7 +93,7 @@ class RateSampler:
         return rates
 
 
-def _backend_status(backend: "Backend", cluster: "Cluster", sampler: RateSampler) -> Dict[str, Any]:
+def _backend_status(backend: Backend, cluster: Cluster, sampler: RateSampler) -> Dict[str, Any]:
     pool = backend.pool
     health = backend.health
     breaker = backend.breaker
@@ -128,7 +125,7 @@ def _backend_status(backend: "Backend", cluster: "Cluster", sampler: RateSampler
     }
 
 
-def status_snapshot(service: "ProxyService", sampler: RateSampler) -> Dict[str, Any]:
+def status_snapshot(service: ProxyView, sampler: RateSampler) -> Dict[str, Any]:
     """
     Everything C{/status.json} shows, as plain JSON-able values; see
     docs/operations.md for the schema.
@@ -139,11 +136,10 @@ def status_snapshot(service: "ProxyService", sampler: RateSampler) -> Dict[str, 
         requests = dict(stats.requests.items())
         # Framed modes count answered requests in a plain int (as /metrics does).
         requests["ok"] = requests.get("ok", 0) + stats.requests_ok
-        cluster = getattr(listener.factory, "cluster", None)
         listeners.append({
             "name": listener.name,
             "endpoint": listener.endpoint,
-            "cluster": cluster.name if cluster is not None else None,
+            "cluster": listener.cluster.name,
             "connections_open": stats.connections_open,
             "connections_total": stats.connections_total,
             "requests": requests,
@@ -290,7 +286,7 @@ def render_html(snapshot: Dict[str, Any]) -> str:
 class _StatusResource(Resource):
     isLeaf = True
 
-    def __init__(self, service: "ProxyService", clock: Optional[Any] = None) -> None:
+    def __init__(self, service: ProxyView, clock: Optional[Any] = None) -> None:
         super().__init__()
         self.service = service
         self.sampler = RateSampler(clock if clock is not None else service.reactor)

@@ -6,7 +6,7 @@ C{/status} and C{/status.json} (see L{poolproxy.ops.status}).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
@@ -17,15 +17,14 @@ from poolproxy.ops.admin import build_admin
 from poolproxy.config import read_secret
 from poolproxy.ops.metrics import build_registry
 from poolproxy.ops.status import StatusJsonResource, StatusPageResource
+from poolproxy.ops.view import ProxyView
 
-if TYPE_CHECKING:
-    from poolproxy.service import ProxyService
 
 
 class MetricsResource(Resource):
     isLeaf = True
 
-    def __init__(self, service: "ProxyService") -> None:
+    def __init__(self, service: ProxyView) -> None:
         super().__init__()
         self.registry = build_registry(service)
 
@@ -49,7 +48,7 @@ class ReadyzResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, service: "ProxyService") -> None:
+    def __init__(self, service: ProxyView) -> None:
         super().__init__()
         self.service = service
 
@@ -85,7 +84,7 @@ class QuietSite(Site):
         pass
 
 
-def build_site(service: "ProxyService") -> Site:
+def build_site(service: ProxyView) -> Site:
     """
     The resource tree for one proxy service.
     """

@@ -134,7 +134,7 @@ class HttpBackend(BackendProtocol):
         if self.parser.error is not None and self.exchange is exchange:
             exchange.backend_failed(f"bad response from backend: {self.parser.error}")
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         BackendProtocol.connectionLost(self, reason)
         tunnel = self.tunnel_to
         if tunnel is not None:
@@ -169,7 +169,7 @@ class Exchange:
         self.request_done = False
         self.response: Optional[ResponseHead] = None
         self.response_started = False
-        self.conn: Optional[PooledConnection] = None
+        self.conn: "Optional[PooledConnection[HttpBackend]]" = None
         self.backend: Optional[HttpBackend] = None
         self.admitted = False
         self.finished = False
@@ -236,13 +236,13 @@ class Exchange:
         self.frontend.stats.requests.add(outcome)
         self._error("unavailable", failure.getErrorMessage())
 
-    def _leased(self, conn: PooledConnection) -> None:
+    def _leased(self, conn: "PooledConnection[HttpBackend]") -> None:
         self._waiting = None
         if self.finished:
             conn.release()  # never used
             return
         frontend = self.frontend
-        backend: HttpBackend = conn.protocol  # type: ignore[assignment]
+        backend: HttpBackend = conn.protocol
         self.conn, self.backend = conn, backend
         backend.exchange = self
         # An HTTP/1.0 client cannot read chunked encoding: decode it for them.
@@ -436,7 +436,7 @@ class Exchange:
                 and self.head.method in RETRY_SAFE_METHODS
                 and self.frontend.factory.retry_budget.withdraw())
 
-    def _detach(self) -> Optional[PooledConnection]:
+    def _detach(self) -> "Optional[PooledConnection[HttpBackend]]":
         """
         Stop using the backend connection: unhook it from this exchange and
         from backpressure.  The caller ends the lease.
@@ -753,7 +753,7 @@ class HttpFrontend(Protocol):
         self.queue.clear()
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._gone = True
         self.stats.connections_open -= 1
         self.factory.clients.discard(self)

@@ -92,7 +92,7 @@ class SessionBackend(BackendProtocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         BackendProtocol.connectionLost(self, reason)
         peer, self.peer = self.peer, None
         if peer is not None:
@@ -117,7 +117,7 @@ class SessionFrontend(Protocol):
         self.stats = factory.stats
         self._pending: "Optional[Deferred[Any]]" = None
         self._admitted = False
-        self._conn: Optional[PooledConnection] = None
+        self._conn: "Optional[PooledConnection[SessionBackend]]" = None
         self._backend: Any = None
         self._attached = False
         self._early: List[bytes] = []
@@ -159,7 +159,7 @@ class SessionFrontend(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._gone = True
         self.stats.connections_open -= 1
         self.factory.clients.discard(self)
@@ -225,7 +225,7 @@ class SessionFrontend(Protocol):
         self._end_backend()
         self.transport.loseConnection()
 
-    def _on_leased(self, conn: PooledConnection) -> None:
+    def _on_leased(self, conn: "PooledConnection[SessionBackend]") -> None:
         self._pending = None
         if self._gone:
             conn.release()  # never used: fine for the next client
@@ -234,7 +234,7 @@ class SessionFrontend(Protocol):
         self._attached = True
         if self._backend is not None:
             self._backend.succeeded()
-        backend: SessionBackend = conn.protocol  # type: ignore[assignment]
+        backend: SessionBackend = conn.protocol
         backend_transport = backend.transport
         self.transport.registerProducer(backend_transport, True)
         backend_transport.registerProducer(self.transport, True)
@@ -271,7 +271,7 @@ class SessionFrontend(Protocol):
         """
         conn, self._conn = self._conn, None
         if conn is not None:
-            protocol: SessionBackend = conn.protocol  # type: ignore[assignment]
+            protocol: SessionBackend = conn.protocol
             protocol.peer = None
             conn.discard("session_end", abort)
         if self._admitted:

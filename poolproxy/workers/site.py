@@ -59,7 +59,7 @@ class WorkerClient:
         reactor = supervisor.reactor
         self.reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool._factory.noisy = False  # type: ignore[attr-defined]
+        self.pool._factory.noisy = False
         self.agent = Agent(reactor, pool=self.pool)
 
     def close(self) -> "Deferred[None]":
@@ -93,7 +93,7 @@ class WorkerClient:
 
 
 def _finish(request: Request, code: int, content_type: bytes, body: bytes) -> None:
-    if request._disconnected:  # type: ignore[attr-defined]
+    if request._disconnected:
         return
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", content_type)

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from poolproxy.config import ProxyConfig
 from poolproxy.demo import demo_site
 from poolproxy.config.endpoints import TcpListenAddress, server_endpoint, tcp_listen_address
-from poolproxy.service import _endpoint_service, _listen_reason, fail_startup
+from poolproxy.listening import endpoint_service, fail_startup, listen_reason
 from poolproxy.workers.site import WorkerClient, build_supervisor_site
 from poolproxy.workers.worker import HANDOFF_ENV, Handoff
 from poolproxy.util.reactors import default_reactor
@@ -194,10 +194,10 @@ class Supervisor(MultiService):
         self.stopping = False
 
         if config.demo:
-            _endpoint_service(server_endpoint(self.reactor, config.demo), demo_site(),
+            endpoint_service(server_endpoint(self.reactor, config.demo), demo_site(),
                               "demo-backend").setServiceParent(self)
         self.web_client = WorkerClient(self)
-        self.web = _endpoint_service(server_endpoint(self.reactor, config.metrics),
+        self.web = endpoint_service(server_endpoint(self.reactor, config.metrics),
                                      build_supervisor_site(self, self.web_client), "metrics")
         self.web.setServiceParent(self)
 
@@ -218,7 +218,7 @@ class Supervisor(MultiService):
                 where = (self.config.sources.get("listeners")
                          or self.config.sources.get("listen", "--listen"))
                 fail_startup(log, f"poolproxy: error: {where} {spec.endpoint}: "
-                                  f"cannot listen: {_listen_reason(e)}")
+                                  f"cannot listen: {listen_reason(e)}")
         Service.privilegedStartService(self)
         for svc in self:
             try:
@@ -228,7 +228,7 @@ class Supervisor(MultiService):
                 key = "metrics" if svc is self.web else "demo"
                 where = self.config.sources.get(key, "--" + key)
                 fail_startup(log, f"poolproxy: error: {where} {getattr(self.config, key)}: "
-                                  f"cannot listen: {_listen_reason(e)}")
+                                  f"cannot listen: {listen_reason(e)}")
 
     def startService(self) -> None:
         super().startService()

@@ -115,7 +115,7 @@ class _Control(Protocol):
         self.reactor = reactor
         self.stopping = False
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         if not self.stopping:
             log.warn("supervisor gone: stopping")
             self.reactor.stop()

@@ -25,7 +25,7 @@ path while a worker is free; only a client that must queue gets a Deferred.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, List, Optional
+from typing import TYPE_CHECKING, Any, Deque, List, Optional, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -110,7 +110,7 @@ class MultiplexFrontend(Protocol):
         self.shared: "dict[Any, PipelineBackend]" = {}
         self._backend: Any = None  # the cluster Backend, when not routing by key
         self.variant: Any = None  # the connection variant this client needs (VARIANT)
-        self.pinned: Optional[PooledConnection] = None
+        self.pinned: "Optional[PooledConnection[PipelineBackend]]" = None
         self.unpin_pending = False
         self.pinned_dirty = False
         self.passthrough = False
@@ -119,7 +119,7 @@ class MultiplexFrontend(Protocol):
         self.touched = False
         self._waiting_on: List[Multiplexer] = []
         self._resend: Deque[Slot] = deque()
-        self.retry_budget = getattr(factory.cluster, "retry_budget", None)
+        self.retry_budget = factory.cluster.retry_budget
         self._waiting: "Optional[Deferred[Any]]" = None
         self._token = False
         self._draining = False
@@ -192,7 +192,7 @@ class MultiplexFrontend(Protocol):
         if not self.slots and not self.held and not self._gone:
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._gone = True
         self.stats.connections_open -= 1
         self.factory.clients.discard(self)
@@ -216,7 +216,7 @@ class MultiplexFrontend(Protocol):
             multiplexer.forget(self)
         pinned, self.pinned = self.pinned, None
         if pinned is not None:
-            backend: PipelineBackend = pinned.protocol  # type: ignore[assignment]
+            backend: PipelineBackend = pinned.protocol
             backend.passthrough_to = None
             backend.owner = None
             # Its state (a transaction, a database, a blocked command) is
@@ -453,7 +453,8 @@ class MultiplexFrontend(Protocol):
         connection = self.shared.get(backend)
         if connection is not None and connection.alive:
             return connection
-        multiplexer = self.factory.multiplexers[backend].for_variant(self.variant)
+        # The mode gave every backend its Multiplexer (poolproxy.proxy.modes).
+        multiplexer = cast(Multiplexer, backend.shared).for_variant(self.variant)
         connection = multiplexer.pick(self)
         if connection is None:
             if multiplexer not in self._waiting_on:
@@ -477,7 +478,7 @@ class MultiplexFrontend(Protocol):
 
     def _pinned_ready(self, conn: PooledConnection, switched: bool = False) -> None:
         self._waiting = None
-        backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
+        backend: PipelineBackend = conn.protocol
         if self._gone or not backend.alive:
             conn.discard("session_end", abort=True)
             if not self._gone:
@@ -624,7 +625,7 @@ class MultiplexFrontend(Protocol):
             pinned, self.pinned = self.pinned, None
             dirty, self.pinned_dirty = self.pinned_dirty, False
             if pinned is not None:
-                pinned.protocol.owner = None  # type: ignore[attr-defined]
+                pinned.protocol.owner = None
                 if dirty:
                     pinned.discard("setup_lost")  # e.g. RESET dropped its AUTH
                 else:
@@ -646,9 +647,9 @@ class MultiplexFrontend(Protocol):
 
 class MultiplexFactory(Factory):
     """
-    Builds a L{MultiplexFrontend} per client of one listener.
+    Builds a L{MultiplexFrontend} per client of one listener.  Each backend
+    of C{cluster} has its L{Multiplexer} as its C{shared} connections.
 
-    @ivar multiplexers: the L{Multiplexer} of each backend of the cluster.
     @ivar by_key: route each frame by its key (consistent hashing over more
         than one backend); otherwise a client keeps one backend.
     """
@@ -656,15 +657,14 @@ class MultiplexFactory(Factory):
     noisy = False
 
     def __init__(self, name: str, codec: ICodec, config: Any, admission: Admission,
-                 cluster: "Cluster", multiplexers: "dict[Any, Multiplexer]",
-                 stats: Optional[ListenerStats] = None, clock: Any = None) -> None:
+                 cluster: "Cluster", stats: Optional[ListenerStats] = None,
+                 clock: Any = None) -> None:
         clock = default_reactor(clock)
         self.name = name
         self.codec = codec
         self.config = config
         self.admission = admission
         self.cluster = cluster
-        self.multiplexers = multiplexers
         self.clock = clock
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[MultiplexFrontend]" = set()

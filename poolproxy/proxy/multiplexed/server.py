@@ -268,7 +268,7 @@ class PipelineBackend(BackendProtocol):
             backend.failed(why)
         resend = self._retryable(pending) if retry and pending else ()
         if resend:
-            backend.retries += len(resend)  # type: ignore[union-attr]
+            backend.retries += len(resend)
             by_client: "dict[MultiplexFrontend, List[Slot]]" = {}
             for slot in pending:
                 if slot in resend:
@@ -301,7 +301,7 @@ class PipelineBackend(BackendProtocol):
         if self.transport is not None and self.transport.connected:
             self.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         was_setting_up = bool(self._setup)
         BackendProtocol.connectionLost(self, reason)
         if was_setting_up and self._ready is not None:
@@ -328,7 +328,7 @@ class Multiplexer:
     for the whole session.
     """
 
-    def __init__(self, pool: BackendPool, size: int, setup: Optional[List[Frame]] = None,
+    def __init__(self, pool: "BackendPool[PipelineBackend]", size: int, setup: Optional[List[Frame]] = None,
                  variant_setup: Optional[Any] = None) -> None:
         """
         @param setup: frames that switch a pooled connection to this
@@ -339,7 +339,7 @@ class Multiplexer:
         self.size = size
         self.setup = setup or []
         self.variant_setup = variant_setup
-        self.connections: List[PooledConnection] = []
+        self.connections: "List[PooledConnection[PipelineBackend]]" = []
         self._acquiring = 0
         self._next = 0
         self._waiting: "List[MultiplexFrontend]" = []
@@ -367,7 +367,7 @@ class Multiplexer:
         if connections:
             i = self._next % len(connections)
             self._next = i + 1
-            return connections[i].protocol  # type: ignore[return-value]
+            return connections[i].protocol
         if client not in self._waiting:
             self._waiting.append(client)
         return None
@@ -380,8 +380,8 @@ class Multiplexer:
         self._acquiring += 1
         self.pool.acquire().addCallbacks(self._got, self._not_got)
 
-    def _got(self, conn: PooledConnection) -> None:
-        backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
+    def _got(self, conn: "PooledConnection[PipelineBackend]") -> None:
+        backend: PipelineBackend = conn.protocol
         if not backend.alive:
             conn.discard("backend_closed")
             self._not_got(Failure(ConnectionError("connection lost before use")))
@@ -398,9 +398,9 @@ class Multiplexer:
             return
         self._share(conn)
 
-    def _share(self, conn: PooledConnection) -> None:
+    def _share(self, conn: "PooledConnection[PipelineBackend]") -> None:
         self._acquiring -= 1
-        backend: PipelineBackend = conn.protocol  # type: ignore[assignment]
+        backend: PipelineBackend = conn.protocol
         backend.multiplexer = self
         self.connections.append(conn)
         waiting, self._waiting = self._waiting, []
@@ -427,7 +427,7 @@ class Multiplexer:
     def close(self) -> None:
         connections, self.connections = self.connections, []
         for conn in connections:
-            conn.protocol.multiplexer = None  # type: ignore[attr-defined]
+            conn.protocol.multiplexer = None
             conn.discard("shutdown")
         for multiplexer in self._variants.values():
             multiplexer.close()

@@ -1,0 +1,69 @@
+"""
+What the operator's views read of a running proxy: a small declared
+interface, which L{poolproxy.service.ProxyService} provides, so that the web
+tree, the status page, the metrics collector and the admin API depend on
+these few names and not on the service, and their tests can pass a fake.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Protocol, Sequence
+
+from twisted.internet.interfaces import IListeningPort
+
+from poolproxy.backends.cluster import Cluster
+from poolproxy.backends.pool import BackendPool
+from poolproxy.config import ProxyConfig
+from poolproxy.proxy.admission import Admission
+from poolproxy.stats import ListenerStats
+
+
+class ListenerView(Protocol):
+    """One listener: its name, endpoint, counters, cluster and port."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def stats(self) -> ListenerStats: ...
+
+    @property
+    def cluster(self) -> Cluster: ...
+
+    @property
+    def port(self) -> Optional[IListeningPort]:
+        """The listening port while it listens, else L{None}."""
+
+
+class ProxyView(Protocol):
+    """A running proxy as its operator's views see it."""
+
+    @property
+    def config(self) -> ProxyConfig: ...
+
+    @property
+    def reactor(self) -> Any:
+        """Its clock (rates), and its type, for the status page."""
+
+    @property
+    def admission(self) -> Admission: ...
+
+    @property
+    def listeners(self) -> Sequence[ListenerView]: ...
+
+    @property
+    def clusters(self) -> Mapping[str, Cluster]: ...
+
+    @property
+    def pools(self) -> Sequence[BackendPool]:
+        """One pool per backend, backends a reload is draining included."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether a backend connection can be had (for /readyz)."""
+
+
+__all__ = ["ListenerView", "ProxyView"]

@@ -1,0 +1,201 @@
+"""
+The pooling modes, one record each.
+
+A codec names its mode (L{ICodec.mode}); the record says how that mode is
+served: what serves a client connection (the frontend factory), what speaks
+on a pooled backend connection (the backend protocol), what the mode keeps
+beside each backend's pool (multiplexed mode's shared connections), the
+default balancing policy, the active health probe, and whether idle clients
+are swept.  Nothing else in poolproxy asks which mode a codec has: adding a
+mode is adding a record to L{MODES}.
+
+    mode         frontend            backend protocol   pooling
+    session      SessionFrontend     SessionBackend     a lease per client session
+    request      HttpFrontend        HttpBackend        a lease per request
+    multiplexed  MultiplexFrontend   PipelineBackend    shared connections (Multiplexer)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Collection, Dict, Optional, Protocol, cast
+
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from poolproxy.backends import health
+from poolproxy.backends.cluster import Backend, Cluster, SharedConnections
+from poolproxy.backends.pool import BackendProtocol
+from poolproxy.codec import ICodec, IProbingCodec, IVariantCodec
+from poolproxy.codecs.http import HttpCodec
+from poolproxy.config import CodecOptions, ProxyConfig
+from poolproxy.config.settings import HTTP_FAILURE_STATUSES
+from poolproxy.proxy.admission import Admission
+from poolproxy.proxy.multiplexed.client import MultiplexFactory
+from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
+from poolproxy.proxy.request import HttpBackend, HttpFactory, route_key
+from poolproxy.proxy.session import SessionBackend, SessionFactory
+from poolproxy.stats import ListenerStats
+
+
+@dataclass(frozen=True)
+class ClusterContext:
+    """
+    What a mode builds one cluster's parts with.
+
+    @ivar setting: the cluster's value of a setting (its own override, else
+        the top-level one).
+    """
+
+    codec: ICodec
+    config: ProxyConfig
+    options: CodecOptions
+    admission: Admission
+    reactor: Any
+    setting: Callable[[str], Any]
+
+
+class FrontendFactory(Protocol):
+    """
+    What every mode's factory of client connections has (a Twisted protocol
+    factory besides): its listener's counters and its open client
+    connections, each with C{finish_up()} (the proxy is stopping) and, for
+    the idle sweep, C{last_active}, C{busy} and C{close_idle()}.
+    """
+
+    @property
+    def stats(self) -> ListenerStats: ...
+
+    @property
+    def clients(self) -> Collection[Any]: ...
+
+    def buildProtocol(self, addr: Any) -> Any: ...
+
+
+#: A mode's frontend: the factory of one listener's client connections.
+Frontend = Callable[[str, Cluster, ClusterContext], FrontendFactory]
+#: A mode's backend protocol: what makes each new connection of a backend's pool.
+BackendProtocolFactory = Callable[[Backend, ClusterContext], Callable[[], BackendProtocol]]
+#: A mode's active health probe for one backend's endpoint.
+ProbeFactory = Callable[[IStreamClientEndpoint, ClusterContext], health.Probe]
+#: What a mode keeps beside a backend's pool.
+Shared = Callable[[Backend, ClusterContext], SharedConnections]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """
+    How one pooling mode is served.
+
+    @ivar name: the L{ICodec.mode} value.
+    @ivar balance: the balancing policy of a cluster that names none.
+    @ivar sweeps_idle: whether C{client_idle_timeout} closes idle clients
+        (a tcp session's client has no "between requests" to be idle in).
+    @ivar shared: what the mode keeps beside each backend's pool, or L{None}.
+    """
+
+    name: str
+    frontend: Frontend
+    backend_protocol: BackendProtocolFactory
+    probe: ProbeFactory
+    balance: str
+    sweeps_idle: bool
+    shared: Optional[Shared] = None
+
+
+# -- session (tcp) -------------------------------------------------------------
+
+def _session_frontend(name: str, cluster: Cluster, context: ClusterContext) -> FrontendFactory:
+    return SessionFactory(name, context.admission, cluster)
+
+
+def _session_backend(backend: Backend, context: ClusterContext) -> Callable[[], BackendProtocol]:
+    return SessionBackend
+
+
+def _tcp_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> health.Probe:
+    return health.tcp_probe(endpoint)
+
+
+# -- request (http) ------------------------------------------------------------
+
+def _request_frontend(name: str, cluster: Cluster, context: ClusterContext) -> FrontendFactory:
+    setting, config = context.setting, context.config
+    # Request mode's codec is http's: its framers are event parsers (HttpCodec).
+    return HttpFactory(name, cast(HttpCodec, context.codec), context.options,
+                       context.admission, cluster, context.reactor, setting("request_timeout"),
+                       route_key=route_key(setting("hash_key")),
+                       failure_statuses=HTTP_FAILURE_STATUSES[setting("http_failures")],
+                       retry_budget=cluster.retry_budget,
+                       header_timeout=config.header_timeout,
+                       access_log_sample=config.access_log_sample)
+
+
+def _request_backend(backend: Backend, context: ClusterContext) -> Callable[[], BackendProtocol]:
+    codec = cast(HttpCodec, context.codec)
+    return lambda: HttpBackend(codec)
+
+
+def _http_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> health.Probe:
+    return health.http_probe(endpoint, context.setting("check_path").encode("utf-8"))
+
+
+# -- multiplexed (redis, memcached...) ---------------------------------------
+
+def _multiplexed_frontend(name: str, cluster: Cluster,
+                          context: ClusterContext) -> FrontendFactory:
+    return MultiplexFactory(name, context.codec, context.options, context.admission, cluster,
+                            clock=context.reactor)
+
+
+def _multiplexed_backend(backend: Backend,
+                         context: ClusterContext) -> Callable[[], BackendProtocol]:
+    codec, admission, clock = context.codec, context.admission, context.reactor
+    setup = codec.setup_frames(context.options)
+    timeout = context.setting("request_timeout")
+    return lambda: PipelineBackend(codec, setup, admission, backend, clock, timeout)
+
+
+def _multiplexer(backend: Backend, context: ClusterContext) -> SharedConnections:
+    codec = context.codec
+    # variant -> the frames that switch a pooled connection to it (RESP3).
+    variant_setup = (partial(IVariantCodec(codec).variant_setup, context.options)
+                     if IVariantCodec.providedBy(codec) else None)
+    return Multiplexer(backend.pool, context.setting("mux_connections"),
+                       variant_setup=variant_setup)
+
+
+def _codec_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> health.Probe:
+    codec = context.codec
+    if not IProbingCodec.providedBy(codec) or codec.probe() is None:
+        return health.tcp_probe(endpoint)
+    if codec.setup_frames(context.options):
+        # A probe would need the setup (AUTH) too: a connect is what we can check.
+        return health.tcp_probe(endpoint)
+    return health.codec_probe(endpoint, codec)
+
+
+MODES: Dict[str, Mode] = {mode.name: mode for mode in (
+    Mode("session", _session_frontend, _session_backend, _tcp_probe,
+         balance="round_robin", sweeps_idle=False),
+    Mode("request", _request_frontend, _request_backend, _http_probe,
+         balance="least_outstanding", sweeps_idle=True),
+    Mode("multiplexed", _multiplexed_frontend, _multiplexed_backend, _codec_probe,
+         balance="consistent_hash", sweeps_idle=True, shared=_multiplexer),
+)}
+
+
+def mode_of(codec: ICodec) -> Mode:
+    """
+    The record of C{codec}'s mode.
+
+    @raise ValueError: no such mode.
+    """
+    mode = MODES.get(codec.mode)
+    if mode is None:
+        raise ValueError(f"protocol {codec.name!r} has an unknown mode {codec.mode!r}; "
+                         f"modes are {', '.join(MODES)}")
+    return mode
+
+
+__all__ = ["ClusterContext", "FrontendFactory", "Mode", "MODES", "mode_of"]

@@ -1,0 +1,105 @@
+"""
+The mode table (L{poolproxy.proxy.modes}): each codec's mode decides, in one
+record, what serves its clients, what speaks to its backends, what is kept
+beside each pool, the default policy, the health probe and the idle sweep;
+a cluster assembled for a codec gets exactly those parts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from poolproxy.assemble import ClusterAssembly
+from poolproxy.codec import BaseCodec
+from poolproxy.codecs.http import codec as http_codec
+from poolproxy.codecs.memcached import codec as memcached_codec
+from poolproxy.codecs.redis import codec as redis_codec
+from poolproxy.codecs.tcp import codec as tcp_codec
+from poolproxy.config import ProxyConfig, codec_options
+from poolproxy.proxy.admission import Admission
+from poolproxy.proxy.modes import MODES, mode_of
+from poolproxy.proxy.multiplexed.client import MultiplexFactory
+from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
+from poolproxy.proxy.request import HttpBackend, HttpFactory
+from poolproxy.proxy.session import SessionBackend, SessionFactory
+from tests.support import line_codec
+
+
+def assemble(codec: Any, **settings: Any) -> ClusterAssembly:
+    settings.setdefault("listen", ("tcp:0",))
+    settings.setdefault("backend", ("127.0.0.1:1", "127.0.0.1:2"))
+    config = ProxyConfig(**settings)
+    clock = Clock()
+    return ClusterAssembly(config.clusters[0], config, clock, Admission(10, 10, 1.0, clock=clock),
+                           codec_options(config), codec)
+
+
+class ModeTableTests(SynchronousTestCase):
+    def test_every_shipped_codec_has_a_mode(self) -> None:
+        """The three modes, and each shipped codec (and the example) finds its own."""
+        self.assertEqual(sorted(MODES), ["multiplexed", "request", "session"])
+        for codec in (tcp_codec, http_codec, redis_codec, memcached_codec, line_codec()):
+            self.assertIs(mode_of(codec), MODES[codec.mode])
+
+    def test_unknown_mode(self) -> None:
+        """A codec naming a mode nobody serves is refused, naming the modes there are."""
+        class Odd(BaseCodec):
+            name, mode = "odd", "telepathic"
+
+        error = self.assertRaises(ValueError, mode_of, Odd())
+        self.assertIn("'telepathic'", str(error))
+        self.assertIn("modes are session, request, multiplexed", str(error))
+
+    def test_session(self) -> None:
+        """tcp: SessionFactory, SessionBackend, nothing shared, round robin, no idle sweep."""
+        assembly = assemble(tcp_codec)
+        self.assertIsInstance(assembly.frontend("l"), SessionFactory)
+        for backend in assembly.cluster.backends:
+            self.assertIs(backend.pool.protocol_factory, SessionBackend)
+            self.assertIsNone(backend.shared)
+        self.assertEqual(assembly.cluster.policy_name, "round_robin")
+        self.assertFalse(assembly.mode.sweeps_idle)
+
+    def test_request(self) -> None:
+        """http: HttpFactory, HttpBackend, nothing shared, least outstanding."""
+        assembly = assemble(http_codec)
+        factory = assembly.frontend("l")
+        self.assertIsInstance(factory, HttpFactory)
+        self.assertIs(factory.retry_budget, assembly.cluster.retry_budget)
+        backend = assembly.cluster.backends[0]
+        self.assertIsInstance(backend.pool.protocol_factory(), HttpBackend)
+        self.assertIsNone(backend.shared)
+        self.assertEqual(assembly.cluster.policy_name, "least_outstanding")
+        self.assertTrue(assembly.mode.sweeps_idle)
+
+    def test_multiplexed(self) -> None:
+        """
+        redis: MultiplexFactory, PipelineBackend naming its backend, a
+        Multiplexer of mux_connections beside each pool, consistent hashing.
+        """
+        assembly = assemble(redis_codec, mux_connections=3)
+        self.assertIsInstance(assembly.frontend("l"), MultiplexFactory)
+        for backend in assembly.cluster.backends:
+            protocol = backend.pool.protocol_factory()
+            self.assertIsInstance(protocol, PipelineBackend)
+            self.assertIs(protocol.cluster_backend, backend)
+            self.assertIsInstance(backend.shared, Multiplexer)
+            self.assertEqual(backend.shared.size, 3)
+            self.assertIs(backend.shared.pool, backend.pool)
+        self.assertEqual(assembly.cluster.policy_name, "consistent_hash")
+        self.assertTrue(assembly.cluster.sharded)
+
+    def test_a_cluster_balance_wins(self) -> None:
+        """A configured policy replaces the mode's default."""
+        self.assertEqual(assemble(redis_codec, balance="random").cluster.policy_name, "random")
+
+    def test_variants_only_for_variant_codecs(self) -> None:
+        """redis's shared connections can switch to RESP3; memcached's have no variants."""
+        redis = assemble(redis_codec).cluster.backends[0].shared
+        self.assertEqual([f.data for f in redis.for_variant(3).setup],
+                         [b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"])
+        memcached = assemble(memcached_codec).cluster.backends[0].shared
+        self.assertEqual(memcached.for_variant(3).setup, [])
