@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 from poolproxy.config.settings import (  # noqa: F401 (re-exported)
     BALANCE_POLICIES,
     CLUSTER_OVERRIDES,
-    DEFAULT_BALANCE,
     SETTINGS,
     SETTINGS_BY_NAME,
     ConfigError,
@@ -298,7 +297,7 @@ def _as_sequence(value: Any) -> Sequence[str]:
 
 __all__ = [
     # settings (poolproxy.config.settings)
-    "BALANCE_POLICIES", "CLUSTER_OVERRIDES", "DEFAULT_BALANCE", "SETTINGS", "SETTINGS_BY_NAME",
+    "BALANCE_POLICIES", "CLUSTER_OVERRIDES", "SETTINGS", "SETTINGS_BY_NAME",
     "ConfigError", "read_secret",
     # topology (poolproxy.config.topology)
     "BackendConfig", "ClusterConfig", "ListenerConfig",

@@ -159,7 +159,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("shutdown_timeout", "float", 10.0, "Seconds a stopping proxy (SIGTERM) lets "
             "clients finish what is in flight before closing them.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
-            "that health checks and breakers may take out at once.", minimum=0, maximum=100),
+            "that circuit breakers may take out at once (a backend failing its active health "
+            "checks is out regardless).", minimum=0, maximum=100),
     Setting("http_failures", "str", "5xx", "http: the responses that count as a backend "
             "failure for its breaker: 5xx (500-599), gateway (502, 503 and 504) or none "
             "(only connection errors, broken responses and timeouts count).",
@@ -175,10 +176,6 @@ SETTINGS: Tuple[Setting, ...] = (
 SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 BALANCE_POLICIES = tuple(POLICIES)  # the names poolproxy.backends.balancing implements
-
-#: The policy a cluster gets when --balance is not given, by codec mode.
-DEFAULT_BALANCE = {"multiplexed": "consistent_hash", "request": "least_outstanding",
-                   "session": "round_robin"}
 
 
 def protocol_names() -> List[str]:

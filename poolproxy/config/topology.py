@@ -55,7 +55,7 @@ class ClusterConfig:
     @ivar protocol: the codec's name (the top-level C{protocol} unless the
         cluster sets its own).
     @ivar balance: the balancing policy, or L{None} for the codec mode's
-        default (L{DEFAULT_BALANCE}).
+        default (L{poolproxy.proxy.modes.Mode.balance}).
     @ivar hash_key: for http with C{consistent_hash}, or L{None}.
     @ivar overrides: the L{CLUSTER_OVERRIDES} keys this cluster sets, already
         validated; read them with L{setting}.
