@@ -20,6 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.trial.util import suppress
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from poolproxy.config import ProxyConfig
@@ -114,6 +116,24 @@ class Echo(Protocol):
 
 def listen(factory: Factory, port: int = 0) -> Any:
     return reactor.listenTCP(port, factory, interface="127.0.0.1")
+
+
+def serve(testcase: Any, factory: Factory, port: int = 0) -> int:
+    """
+    A test backend: C{factory} listening on 127.0.0.1 (an ephemeral port
+    unless C{port} is given) until the test ends.  Returns the port number.
+    """
+    listening = listen(factory, port)
+    testcase.addCleanup(listening.stopListening)
+    return listening.getHost().port
+
+
+def serve_web(testcase: Any, resource: Resource) -> int:
+    """A twisted.web test backend serving C{resource}, with no access log; see L{serve}."""
+    site = Site(resource)
+    site.noisy = False
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return serve(testcase, site)
 
 
 class Client(Protocol):

@@ -20,7 +20,6 @@ from twisted.trial.util import suppress as SUPPRESS
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from poolproxy.ops.admin import MAX_WEIGHT, build_admin
 from poolproxy.config import ConfigError, build_config, read_secret
@@ -28,10 +27,11 @@ from poolproxy.service import ProxyService
 from tests.support import (
     BackendFactory,
     Client,
-    Echo,
     connect,
-    listen,
+    Echo,
     listener_port,
+    serve,
+    serve_web,
     start_proxy,
     wait_for,
 )
@@ -65,12 +65,7 @@ class AdminTestCase(TestCase):
         self.a, self.b = self.cluster.backends
         root = Resource()
         root.putChild(b"admin", build_admin(self.service, TOKEN))
-        site = Site(root)
-        site.noisy = False
-        site.log = lambda request: None  # no access log in the captured events
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.admin_port = port.getHost().port
+        self.admin_port = serve_web(self, root)  # no access log in the captured events
         captured = capturedLogs()
         self.events: List[Dict[str, Any]] = captured.__enter__()
         self.addCleanup(captured.__exit__, None, None, None)
@@ -78,9 +73,7 @@ class AdminTestCase(TestCase):
     def echo_backend(self) -> BackendFactory:
         """An echo server on a loopback port, closed when the test ends."""
         factory = BackendFactory(Echo)
-        port = listen(factory)
-        self.addCleanup(port.stopListening)
-        factory.port = port.getHost().port
+        factory.port = serve(self, factory)
         return factory
 
     def admin_lines(self) -> List[str]:
@@ -492,17 +485,13 @@ class MountedTests(TestCase):
         """
         import os
 
-        from twisted.web.client import Agent, readBody
+        from tests.support import Echo, BackendFactory, start_proxy, metrics_port
 
-        from tests.support import Echo, BackendFactory, listen, start_proxy, metrics_port
-
-        backend = BackendFactory(Echo)
-        port = listen(backend)
-        self.addCleanup(port.stopListening)
+        port = serve(self, BackendFactory(Echo))
         token_file = os.path.abspath(self.mktemp())
         with open(token_file, "w") as f:
             f.write("s3cret\n")
-        service = start_proxy(self, port.getHost().port, admin_token_file=token_file)
+        service = start_proxy(self, port, admin_token_file=token_file)
         base = b"http://127.0.0.1:%d/admin/backends/default/" % metrics_port(service)
         name = service.cluster.backends[0].name.encode()
         agent = Agent(reactor)
@@ -514,7 +503,7 @@ class MountedTests(TestCase):
         yield readBody(done)
         self.assertEqual(done.code, 200)
         self.assertTrue(service.cluster.backends[0].disabled)
-        plain = start_proxy(self, port.getHost().port)
+        plain = start_proxy(self, port)
         missing = yield agent.request(
             b"POST", b"http://127.0.0.1:%d/admin/backends/default/x/enable" % metrics_port(plain),
             Headers({b"authorization": [b"Bearer s3cret"]}))

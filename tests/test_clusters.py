@@ -12,11 +12,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from poolproxy.service import ProxyService
 from poolproxy.tap import ProxyOptions
-from tests.support import BackendFactory, Client, Echo, connect, listen, wait_for
+from tests.support import BackendFactory, Client, connect, Echo, serve, serve_web, wait_for
 
 
 class Named(Resource):
@@ -39,15 +38,8 @@ class MultiClusterTests(TestCase):
         and weights 3:1 give 3:1 of the requests.
         """
         echo = BackendFactory(Echo)
-        echo_port = listen(echo)
-        self.addCleanup(echo_port.stopListening)
-        web_ports = []
-        for name in (b"heavy", b"light"):
-            site = Site(Named(name))
-            site.log = lambda request: None  # type: ignore[assignment]
-            port = reactor.listenTCP(0, site, interface="127.0.0.1")
-            self.addCleanup(port.stopListening)
-            web_ports.append(port.getHost().port)
+        echo_port = serve(self, echo)
+        web_ports = [serve_web(self, Named(name)) for name in (b"heavy", b"light")]
         path = self.mktemp()
         with open(path, "w") as f:
             f.write(f"""
@@ -68,7 +60,7 @@ cluster = "web"
 name = "echo"
 protocol = "tcp"
 [[cluster.backend]]
-address = "127.0.0.1:{echo_port.getHost().port}"
+address = "127.0.0.1:{echo_port}"
 
 [[cluster]]
 name = "web"

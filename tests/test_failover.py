@@ -13,10 +13,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 
 from tests.interop import ProxyProcess, module, redis_server
-from tests.support import listener_port, start_proxy, wait_for
+from tests.support import listener_port, serve_web, start_proxy, wait_for
 
 
 class RedisFailoverTests(SynchronousTestCase):
@@ -112,11 +112,7 @@ class HttpFailoverTests(TestCase):
         self.backends = [Switchable("a"), Switchable("b")]
         ports = []
         for resource in self.backends:
-            site = Site(resource)
-            site.log = lambda request: None  # type: ignore[assignment]
-            port = reactor.listenTCP(0, site, interface="127.0.0.1")
-            self.addCleanup(port.stopListening)
-            ports.append(port.getHost().port)
+            ports.append(serve_web(self, resource))
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.addresses = tuple(f"127.0.0.1:{p}" for p in ports)
         self.service = start_proxy(self, 0, protocol="http", backend=self.addresses,

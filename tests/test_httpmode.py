@@ -19,7 +19,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from tests.support import BackendFactory, Client, connect, free_port, listener_port, start_proxy, wait_for
+from tests.support import (
+    BackendFactory,
+    Client,
+    connect,
+    free_port,
+    listener_port,
+    serve,
+    start_proxy,
+    wait_for,
+)
 
 
 class EchoResource(Resource):
@@ -109,9 +118,7 @@ class HttpTestCase(TestCase):
     def setUp(self) -> None:
         self.resource = EchoResource()
         self.site = CountingSite(self.resource)
-        port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.backend_port = port.getHost().port
+        self.backend_port = serve(self, self.site)
         self.addCleanup(self._finish_hanging)
         # A client pool, so that its connections are closed when the test ends.
         self.client_pool = HTTPConnectionPool(reactor, persistent=True)
@@ -274,9 +281,7 @@ class ForwardingTests(HttpTestCase):
         backend connection is not reused afterwards.
         """
         upgrader = BackendFactory(Upgrader)
-        port = reactor.listenTCP(0, upgrader, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.backend_port = port.getHost().port
+        self.backend_port = serve(self, upgrader)
         self.proxy()
         client = connect(listener_port(self.service), Client(
             b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nhello"))
@@ -341,9 +346,7 @@ class RetryTests(HttpTestCase):
     def closing_backend(self) -> BackendFactory:
         backend = BackendFactory(ClosesOnReuse)
         backend.seen = []
-        port = reactor.listenTCP(0, backend, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.backend_port = port.getHost().port
+        self.backend_port = serve(self, backend)
         self.proxy(health_interval=30.0, pool_size=4)
         return backend
 
@@ -389,9 +392,7 @@ class ErrorTests(HttpTestCase):
         is closed, never reused, and the next request gets a clean one.
         """
         talker = BackendFactory(Overtalker)
-        port = reactor.listenTCP(0, talker, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.backend_port = port.getHost().port
+        self.backend_port = serve(self, talker)
         self.proxy(health_interval=30.0)
         for _ in range(3):
             response, content = yield self.get(b"/x")

@@ -129,7 +129,7 @@ class MultiplexTestCase(TestCase):
         port = listen(factory)
         self.addCleanup(port.stopListening)
         factory.port = port.getHost().port
-        factory.listening = port
+        factory.listening = port  # the test stops it early
         return factory
 
     def proxy(self, backend: BackendFactory, codec: Any = None, **settings: Any) -> Any:

@@ -16,11 +16,11 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 
 from poolproxy.service import ProxyService
 from poolproxy.tap import ProxyOptions
-from tests.support import wait_for
+from tests.support import serve_web, wait_for
 
 
 class Named(Resource):
@@ -45,12 +45,8 @@ class ReloadTests(TestCase):
         self.ports = {}
         for name in ("a", "b"):
             resource = Named(name.encode())
-            site = Site(resource)
-            site.log = lambda request: None  # type: ignore[assignment]
-            port = reactor.listenTCP(0, site, interface="127.0.0.1")
-            self.addCleanup(port.stopListening)
             self.resources[name] = resource
-            self.ports[name] = port.getHost().port
+            self.ports[name] = serve_web(self, resource)
         self.path = os.path.abspath(self.mktemp())
         self.client_pool = HTTPConnectionPool(reactor, persistent=True)
         self.client_pool.maxPersistentPerHost = 1

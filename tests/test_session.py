@@ -21,11 +21,11 @@ from zope.interface import implementer
 from tests.support import (
     BackendFactory,
     Client,
-    Echo,
     connect,
+    Echo,
     free_port,
-    listen,
     listener_port,
+    serve,
     start_proxy,
     wait_for,
 )
@@ -89,9 +89,7 @@ class Gated(Protocol):
 class SessionTestCase(TestCase):
     def backend(self, protocol: Any, port: int = 0) -> BackendFactory:
         factory = BackendFactory(protocol)
-        listening = listen(factory, port)
-        self.addCleanup(listening.stopListening)
-        factory.port = listening.getHost().port
+        factory.port = serve(self, factory, port)
         return factory
 
 

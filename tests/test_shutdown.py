@@ -15,7 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 
 from tests.interop import accepts
 from tests.support import (
@@ -24,8 +24,9 @@ from tests.support import (
     connect,
     free_port,
     line_codec,
-    listen,
     listener_port,
+    serve,
+    serve_web,
     spawn,
     start_proxy,
     twistd_command,
@@ -58,12 +59,8 @@ class Holding(Resource):
 class ShutdownTestCase(TestCase):
     def web_backend(self) -> Holding:
         resource = Holding()
-        site = Site(resource)
-        site.log = lambda request: None  # type: ignore[assignment]
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+        self.web_port = serve_web(self, resource)
         self.addCleanup(resource.answer_all, b"")
-        self.web_port = port.getHost().port
         return resource
 
 
@@ -115,9 +112,7 @@ class InProcessTests(ShutdownTestCase):
         idle client is closed at once.
         """
         lines = BackendFactory(LineBackend)
-        port = listen(lines)
-        self.addCleanup(port.stopListening)
-        service = start_proxy(self, port.getHost().port, codec=line_codec(), protocol="line",
+        service = start_proxy(self, serve(self, lines), codec=line_codec(), protocol="line",
                               shutdown_timeout=30.0)
         busy = connect(listener_port(service), LineClient(b"GET HOLD-1\n"))
         idle = connect(listener_port(service), LineClient(b""))

@@ -18,15 +18,15 @@ from twisted.web.client import Agent, readBody
 from poolproxy.service import ProxyService
 from poolproxy.stats import OUTCOMES
 from tests.support import (
-    LeakCheckedTestCase,
     BackendFactory,
     Client,
-    Echo,
     connect,
+    Echo,
     free_port,
-    listen,
+    LeakCheckedTestCase,
     listener_port,
     metrics_port,
+    serve,
     start_proxy,
     wait_for,
 )
@@ -50,9 +50,7 @@ class WebTestCase(LeakCheckedTestCase):
     def echo_backend(self) -> BackendFactory:
         """An echo server on a loopback port, closed when the test ends."""
         factory = BackendFactory(Echo)
-        port = listen(factory)
-        self.addCleanup(port.stopListening)
-        factory.port = port.getHost().port
+        factory.port = serve(self, factory)
         return factory
 
     @inlineCallbacks
