@@ -22,7 +22,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactor
 
-from poolproxy.config import ConfigError
+from poolproxy.config.settings import ConfigError
 
 _SHORTHAND = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})$")
 _ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "tls", "unix", "systemd"}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from poolproxy.config.endpoints import backend_name, demo_address
 from poolproxy.config.settings import (
     BACKEND_KEYS,
     BALANCE_POLICIES,
@@ -114,8 +115,6 @@ def _flat_topology(listen: Sequence[str], backend: Sequence[str], demo: Optional
     """
     if not backend and not demo:
         return (), ()
-    from poolproxy.config.endpoints import backend_name, demo_address
-
     addresses = list(backend)
     if not addresses and demo:
         host_port = demo_address(demo)
@@ -209,8 +208,6 @@ def _clusters_from_tables(raw: Any, top: Mapping[str, Any], file_name: str,
 
 def _backends_from_tables(raw: Any, cluster: _Table, cluster_name: str,
                           check: Optional[Callable[[str, str], None]]) -> Tuple[BackendConfig, ...]:
-    from poolproxy.config.endpoints import backend_name
-
     where = cluster.at("backend")
     if raw is None:
         raise ConfigError(f"{where}: at least one [[cluster.backend]] table is required")
