@@ -20,6 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.trial.util import suppress
+from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -206,6 +207,19 @@ def listener_port(service: ProxyService, index: int = 0) -> int:
 
 def metrics_port(service: ProxyService) -> int:
     return service.web.port.getHost().port
+
+
+@inlineCallbacks
+def web_get(service: ProxyService, path: str) -> Any:
+    """
+    GET C{path} from the service's web endpoint (real HTTP, loopback).
+
+    @return: a L{Deferred} firing with (response, body bytes).
+    """
+    url = f"http://127.0.0.1:{metrics_port(service)}{path}".encode("ascii")
+    response = yield Agent(reactor).request(b"GET", url)
+    body = yield readBody(response)
+    return response, body
 
 
 def twistd_command(*args: str) -> List[str]:

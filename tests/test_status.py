@@ -17,13 +17,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, readBody
 
 from poolproxy import __version__
 from poolproxy.backends.cluster import Backend
 from poolproxy.config import BackendConfig, ClusterConfig, ListenerConfig, ProxyConfig
-from poolproxy.service import ProxyService
-from poolproxy.stats import OUTCOMES
 from poolproxy.ops.status import (
     BACKEND_STATES,
     REFRESH_SECONDS,
@@ -32,18 +29,20 @@ from poolproxy.ops.status import (
     h,
     render_html,
 )
+from poolproxy.service import ProxyService
+from poolproxy.stats import OUTCOMES
 from tests.support import (
-    LeakCheckedTestCase,
     BackendFactory,
     Client,
-    Echo,
     connect,
+    Echo,
     free_port,
+    LeakCheckedTestCase,
     listen,
     listener_port,
-    metrics_port,
     start_proxy,
     wait_for,
+    web_get,
 )
 
 HOSTILE = '<script>alert("x")</script>&\''
@@ -81,13 +80,7 @@ class StatusTestCase(LeakCheckedTestCase):
         self.addCleanup(close)
         return factory, port
 
-    @inlineCallbacks
-    def get(self, service: ProxyService, path: str) -> Any:
-        """GET C{path} from the service's web endpoint: (response, body)."""
-        url = f"http://127.0.0.1:{metrics_port(service)}{path}".encode("ascii")
-        response = yield Agent(reactor).request(b"GET", url)
-        body = yield readBody(response)
-        return response, body
+    get = staticmethod(web_get)
 
     @inlineCallbacks
     def status(self, service: ProxyService) -> Any:

@@ -11,9 +11,7 @@ import re
 from typing import Any, Dict, List, Tuple
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.web.client import Agent, readBody
 
 from poolproxy.service import ProxyService
 from poolproxy.stats import OUTCOMES
@@ -25,10 +23,10 @@ from tests.support import (
     free_port,
     LeakCheckedTestCase,
     listener_port,
-    metrics_port,
     serve,
     start_proxy,
     wait_for,
+    web_get,
 )
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -53,17 +51,7 @@ class WebTestCase(LeakCheckedTestCase):
         factory.port = serve(self, factory)
         return factory
 
-    @inlineCallbacks
-    def get(self, service: ProxyService, path: str) -> Any:
-        """
-        GET C{path} from the service's web endpoint.
-
-        @return: a L{Deferred} firing with (response, body bytes).
-        """
-        url = f"http://127.0.0.1:{metrics_port(service)}{path}".encode("ascii")
-        response = yield Agent(reactor).request(b"GET", url)
-        body = yield readBody(response)
-        return response, body
+    get = staticmethod(web_get)
 
     @inlineCallbacks
     def scrape(self, service: ProxyService) -> Any:
