@@ -21,8 +21,8 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from poolproxy.ops.admin import MAX_WEIGHT, build_admin
 from poolproxy.config import ConfigError, build_config, read_secret
+from poolproxy.ops.admin import MAX_WEIGHT, build_admin
 from poolproxy.service import ProxyService
 from tests.support import (
     BackendFactory,

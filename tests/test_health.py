@@ -21,9 +21,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from poolproxy.codecs.memcached import codec as memcached_codec
-from poolproxy.codecs.redis import codec as redis_codec
-from poolproxy.codecs.tcp import codec as tcp_codec
 from poolproxy.backends.health import (
     HEALTHY,
     UNHEALTHY,
@@ -34,6 +31,9 @@ from poolproxy.backends.health import (
     http_probe,
     tcp_probe,
 )
+from poolproxy.codecs.memcached import codec as memcached_codec
+from poolproxy.codecs.redis import codec as redis_codec
+from poolproxy.codecs.tcp import codec as tcp_codec
 from poolproxy.testing import FakeEndpoint
 
 from tests.support import free_port, wait_for

@@ -16,8 +16,8 @@ from typing import Any, List, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from poolproxy.codec import LOCAL, PIN
-from poolproxy.config import ConfigError
 from poolproxy.codecs.redis import RedisCodec, RespRequestFramer, command_keys, encode_command
+from poolproxy.config import ConfigError
 from tests.interop import ProxyProcess, memcached_server, module, redis_server
 from tests.test_config import BASE, parse
 

@@ -9,9 +9,9 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.backends.pool import BackendPool, BackendProtocol, PoolExhausted
 from poolproxy.ops.rejections import RejectionSummary
+from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.testing import FakeEndpoint
 
 

@@ -22,8 +22,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LoggingFile, Logger, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from poolproxy.config import build_config
 from poolproxy.backends.pool import BackendPool
+from poolproxy.config import build_config
 from poolproxy.service import ProxyService
 from poolproxy.tap import ProxyOptions, makeService, pypy_gc_hint
 

@@ -12,14 +12,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from poolproxy.proxy.admission import Admission
 from poolproxy.backends.cluster import Backend, Cluster
+from poolproxy.backends.pool import BackendPool
 from poolproxy.codecs.http import codec as http_codec
-from poolproxy.proxy.request import HttpBackend, HttpFactory
+from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.idle import IdleSweeper
 from poolproxy.proxy.multiplexed.client import MultiplexFactory
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
-from poolproxy.backends.pool import BackendPool
+from poolproxy.proxy.request import HttpBackend, HttpFactory
 from poolproxy.testing import FakeEndpoint
 from tests.support import line_codec
 

@@ -24,9 +24,9 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from poolproxy.config import ConfigError
+from poolproxy.tap import ProxyOptions
 from poolproxy.workers.metrics_merge import sum_expositions
 from poolproxy.workers.supervisor import relay_log_line
-from poolproxy.tap import ProxyOptions
 from poolproxy.workers.worker import HANDOFF_ENV, Handoff
 from tests.interop import Process, wait_port, wait_until
 from tests.support import free_port, twistd_command

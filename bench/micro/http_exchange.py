@@ -19,11 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
-from poolproxy.proxy.admission import Admission  # noqa: E402
 from poolproxy.backends.cluster import Backend, Cluster  # noqa: E402
-from poolproxy.codecs.http import codec as http_codec  # noqa: E402
-from poolproxy.proxy.request import HttpBackend, HttpFactory  # noqa: E402
 from poolproxy.backends.pool import BackendPool  # noqa: E402
+from poolproxy.codecs.http import codec as http_codec  # noqa: E402
+from poolproxy.proxy.admission import Admission  # noqa: E402
+from poolproxy.proxy.request import HttpBackend, HttpFactory  # noqa: E402
 from poolproxy.testing import FakeEndpoint  # noqa: E402
 
 CLIENTS, POOL = 50, 16

@@ -13,8 +13,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from poolproxy import __version__
-from poolproxy.ops.admin import build_admin
 from poolproxy.config import read_secret
+from poolproxy.ops.admin import build_admin
 from poolproxy.ops.metrics import build_registry
 from poolproxy.ops.status import StatusJsonResource, StatusPageResource
 from poolproxy.ops.view import ProxyView

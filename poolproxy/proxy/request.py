@@ -25,7 +25,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.backends.pool import BackendProtocol, BackendUnavailable, PooledConnection
+from poolproxy.backends.retry import RetryBudget
 from poolproxy.codecs.http import HttpCodec
 from poolproxy.codecs.http_parse import (
     CHUNKED,
@@ -37,11 +38,10 @@ from poolproxy.codecs.http_parse import (
     serialize_request_head,
     serialize_response_head,
 )
-from poolproxy.util.deadlines import Deadlines
-from poolproxy.backends.pool import BackendProtocol, BackendUnavailable, PooledConnection
-from poolproxy.backends.retry import RetryBudget
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
+from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.stats import ListenerStats
+from poolproxy.util.deadlines import Deadlines
 from poolproxy.util.writethrough import write_through
 
 if TYPE_CHECKING:

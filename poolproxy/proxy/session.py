@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.backends.pool import (
     AcquireTimeout,
     BackendProtocol,
@@ -31,6 +30,7 @@ from poolproxy.backends.pool import (
     PooledConnection,
     PoolExhausted,
 )
+from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.stats import ListenerStats
 from poolproxy.util.writethrough import write_through
 

@@ -34,10 +34,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from poolproxy import __version__
-from poolproxy.ops.admin import bearer_ok
 from poolproxy.config import read_secret
-from poolproxy.workers.metrics_merge import SummedMetrics
+from poolproxy.ops.admin import bearer_ok
 from poolproxy.ops.web import HealthzResource, QuietSite
+from poolproxy.workers.metrics_merge import SummedMetrics
 
 if TYPE_CHECKING:
     from poolproxy.workers.supervisor import Supervisor, WorkerProcess

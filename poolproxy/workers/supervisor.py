@@ -33,12 +33,12 @@ from twisted.logger import LogLevel, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from poolproxy.config import ProxyConfig
-from poolproxy.demo import demo_site
 from poolproxy.config.endpoints import TcpListenAddress, server_endpoint, tcp_listen_address
+from poolproxy.demo import demo_site
 from poolproxy.listening import endpoint_service, fail_startup, listen_reason
+from poolproxy.util.reactors import default_reactor
 from poolproxy.workers.site import WorkerClient, build_supervisor_site
 from poolproxy.workers.worker import HANDOFF_ENV, Handoff
-from poolproxy.util.reactors import default_reactor
 
 log = Logger("poolproxy.workers.supervisor")
 
@@ -195,10 +195,10 @@ class Supervisor(MultiService):
 
         if config.demo:
             endpoint_service(server_endpoint(self.reactor, config.demo), demo_site(),
-                              "demo-backend").setServiceParent(self)
+                             "demo-backend").setServiceParent(self)
         self.web_client = WorkerClient(self)
         self.web = endpoint_service(server_endpoint(self.reactor, config.metrics),
-                                     build_supervisor_site(self, self.web_client), "metrics")
+                                    build_supervisor_site(self, self.web_client), "metrics")
         self.web.setServiceParent(self)
 
     # -- starting ---------------------------------------------------------

@@ -54,8 +54,8 @@ from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
 from poolproxy.proxy.multiplexed.split import CROSS_SHARD, SplitGroup, split_by_shard
 from poolproxy.stats import ListenerStats
-from poolproxy.util.writethrough import write_through
 from poolproxy.util.reactors import default_reactor
+from poolproxy.util.writethrough import write_through
 
 if TYPE_CHECKING:
     from poolproxy.backends.cluster import Cluster
