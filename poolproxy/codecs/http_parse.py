@@ -57,6 +57,8 @@ from collections import deque
 from string import ascii_letters, digits, hexdigits
 from typing import Any, Deque, Iterable, List, Optional, Set, Tuple
 
+from poolproxy.codecs._buffer import Unparsed
+
 __all__ = [
     "NONE", "LENGTH", "CHUNKED", "UNTIL_CLOSE", "END",
     "HttpError", "RequestHead", "ResponseHead",
@@ -371,7 +373,7 @@ _TUNNEL = 7
 _DEAD = 8
 
 
-class _Parser:
+class _Parser(Unparsed):
     """The incremental machinery shared by both parsers."""
 
     #: HttpError statuses: bad syntax, start line too long, head too large.
@@ -390,10 +392,12 @@ class _Parser:
         #: True once the connection is a tunnel: feed() returns raw bytes.
         self.tunnel = False
         self._decode = False
-        #: Leftover bytes (an incomplete chunk-size or trailer line).
-        self._buf = b""
-        #: An incomplete head, grown in place (linear, however small the feeds).
-        self._acc: Optional[bytearray] = None
+        # An incomplete head, chunk-size line or trailer (poolproxy.codecs._buffer).
+        self._init_unparsed()
+        # What an incomplete head waits for (_head_need): while its start line
+        # is not whole, and after.
+        self._start_line_need = -(max_line + 1)
+        self._head_limit_need = -(max_line + max_headers_size + 4)
         self._state = _HEAD
         self._remaining = 0
         self._scan = 0
@@ -405,31 +409,60 @@ class _Parser:
 
     def pending(self) -> int:
         """Bytes held for an incomplete head, chunk-size line or trailer."""
-        return len(self._buf) + (len(self._acc) if self._acc is not None else 0)
+        return self._have
 
     def _fail(self, status: int, message: str) -> Any:
         """Set C{error} (the first one stays) and stop; returns L{None}."""
         if self.error is None:
             self.error = HttpError(status, message)
         self._state = _DEAD
-        self._buf = b""
-        self._acc = None
+        self._drop()
         return None
 
-    def _take(self, data: bytes) -> Optional[bytes]:
+    def _may_end(self, data: bytes, have: int) -> bool:
         """
-        An incomplete head is held: add C{data} to it.  Return the bytes to
-        parse once the head may be complete, else L{None} (limits checked).
+        Whether C{data}, which holds a LF, may end the head held, or break
+        it (L{Unparsed._may_end}): the empty line after it, or a bare LF, which
+        the parse refuses at once; in C{data} or across its edge with what
+        is held.  Only then is the head joined and parsed again, so a head
+        sent a line at a time is copied once, not once per line.  (Held
+        body bytes wait for any byte: C{need} 0.)
+
+        While it holds on, and once the start line is whole (the limit is
+        the header section's), the search for the head's end resumes after
+        these bytes when the head is parsed (C{_scan}); the start line's
+        own limit is checked from the start.
         """
-        acc = self._acc
-        assert acc is not None
-        start = len(acc)
-        acc += data
-        if acc.find(b"\r\n\r\n", start - 3 if start > 3 else 0) < 0:
-            self._incomplete_head(acc, 0, len(acc))
-            return None
-        self._acc = None
-        return bytes(acc)
+        if b"\n\r\n" in data:
+            return True
+        # Every LF must follow a CR; LF LF (an end in bare LFs) has a bare one.
+        lf = data.count(b"\n")
+        crlf = data.count(b"\r\n")
+        first = data[0] if data else 0
+        if first == 10 or first == 13:
+            last = self._last(2)
+            if b"\n\r\n" in last + data[:2]:
+                return True
+            if first == 10:
+                if last[-1:] != b"\r":
+                    return True
+                lf -= 1  # it ends a CRLF begun in what is held
+        if lf != crlf:
+            return True
+        if self._need != self._start_line_need:
+            self._scan = have - 3 if have > 3 else 0
+        return False
+
+    def _head_need(self, buf: bytes, pos: int) -> int:
+        """
+        What an incomplete head held from C{pos} waits for: its end (see
+        L{_may_end}), or as many bytes as would break a limit (the start
+        line's until it ends, then the header section's), so that the
+        limits are checked again.
+        """
+        if buf.find(b"\r\n", pos, pos + self.max_line + 2) < 0:
+            return self._start_line_need
+        return self._head_limit_need
 
     def _incomplete_head(self, buf: Any, pos: int, n: int) -> None:
         """No complete head yet at C{pos}: enforce the limits, reject bare LF early."""
@@ -634,7 +667,7 @@ class _Parser:
         """Whether the stream stops inside a message (not between messages)."""
         state = self._state
         if state == _HEAD:
-            return self._acc is not None
+            return self._have > 0
         return state != _TUNNEL and state != _DEAD and state != _UNTIL_CLOSE
 
 
@@ -655,13 +688,10 @@ class RequestParser(_Parser):
             return [data] if data else []
         if type(data) is not bytes:
             data = bytes(data)
-        if self._acc is not None:
+        if self._have:
             buf = self._take(data)
             if buf is None:
                 return []
-        elif self._buf:
-            buf = self._buf + data
-            self._buf = b""
         else:
             buf = data
         n = len(buf)
@@ -714,10 +744,7 @@ class RequestParser(_Parser):
             else:
                 self._state = _CHUNK_SIZE
         if pos < n:
-            if self._state == _HEAD:
-                self._acc = bytearray(memoryview(buf)[pos:])
-            else:
-                self._buf = buf[pos:]
+            self._keep(buf, pos, self._head_need(buf, pos) if self._state == _HEAD else 0)
         return events
 
     def eof(self) -> List[Any]:
@@ -862,13 +889,10 @@ class ResponseParser(_Parser):
             return [data] if data else []
         if type(data) is not bytes:
             data = bytes(data)
-        if self._acc is not None:
+        if self._have:
             buf = self._take(data)
             if buf is None:
                 return []
-        elif self._buf:
-            buf = self._buf + data
-            self._buf = b""
         else:
             buf = data
         n = len(buf)
@@ -930,10 +954,7 @@ class ResponseParser(_Parser):
             else:
                 self._state = _UNTIL_CLOSE
         if pos < n:
-            if self._state == _HEAD:
-                self._acc = bytearray(memoryview(buf)[pos:])
-            else:
-                self._buf = buf[pos:]
+            self._keep(buf, pos, self._head_need(buf, pos) if self._state == _HEAD else 0)
         return events
 
     def eof(self) -> List[Any]:

@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from poolproxy.codec import (CLOSE, LOCAL, RETRY_SAFE, BaseCodec, Frame, FramingError,
                              IProbingCodec, IRequestFramer, IResponseFramer, IShardedCodec)
+from poolproxy.codecs._buffer import Unparsed
 
 #: Response kinds (C{Frame.expect}): C{VALUE} blocks then C{END}; one line;
 #: C{STAT} lines then C{END}; one meta line, with a data block after C{VA}.
@@ -146,33 +147,8 @@ def _local(data: bytes, reply: bytes, flags: int = 0) -> Frame:
     return Frame(data, 0, None, LOCAL | flags, None, reply)
 
 
-class _Held:
-    """
-    Bytes of an incomplete request or response kept between feeds as chunks,
-    joined only once C{_need} bytes are held (a large data block arriving in
-    small chunks is joined once).  The parser resets C{_chunks}, C{_have} and
-    C{_need} after parsing.
-    """
-
-    _chunks: List[bytes]
-    _have: int
-    _need: int
-
-    def _take(self, data: bytes) -> Optional[bytes]:
-        """The bytes to parse now, or L{None} while fewer than needed are held."""
-        have = self._have + len(data)
-        if have < self._need:
-            self._chunks.append(data)
-            self._have = have
-            return None
-        if self._chunks:
-            self._chunks.append(data)
-            return b"".join(self._chunks)
-        return data
-
-
 @implementer(IRequestFramer)
-class MemcachedRequestFramer(_Held):
+class MemcachedRequestFramer(Unparsed):
     """
     Cuts one client's memcached stream into frames.
 
@@ -183,9 +159,7 @@ class MemcachedRequestFramer(_Held):
     def __init__(self, max_request_size: int) -> None:
         self.max_request_size = max_request_size
         self.error: Optional[FramingError] = None
-        self._chunks: List[bytes] = []  # bytes held, not yet joined
-        self._have = 0                  # their total length
-        self._need = 0                  # parse again once this many are held
+        self._init_unparsed()           # bytes of a frame cut short (codecs._buffer)
         self._scan = 0                  # where to resume looking for a newline
         self._closed = False            # quit seen: the rest is never framed
 
@@ -195,9 +169,12 @@ class MemcachedRequestFramer(_Held):
     def feed(self, data: bytes) -> List[Frame]:
         if self.error is not None or self._closed or not data:
             return []
-        buf = self._take(data)
-        if buf is None:
-            return []
+        if self._have:
+            buf = self._take(data)
+            if buf is None:
+                return []
+        else:
+            buf = data
         frames: List[Frame] = []
         append = frames.append
         n = len(buf)
@@ -214,7 +191,7 @@ class MemcachedRequestFramer(_Held):
                     if n - pos > max_line:
                         raise FramingError("too_large", "command line too long")
                     scan = n - pos
-                    need = scan + 1
+                    need = -max_line  # a newline, within the line's limit
                     break
                 scan = 0
                 if eol - pos > max_line:
@@ -282,15 +259,14 @@ class MemcachedRequestFramer(_Held):
                 pos = end
         except FramingError as e:
             self.error = e
-            self._chunks, self._have, self._need, self._scan = [], 0, 0, 0
+            self._drop()
+            self._scan = 0
             return frames
         if pos < n:
-            self._chunks = [buf[pos:] if pos else buf]
-            self._have = n - pos
-            self._need = need
+            self._keep(buf, pos, need)
             self._scan = scan
         else:
-            self._chunks, self._have, self._need, self._scan = [], 0, 0, 0
+            self._scan = 0
         return frames
 
     def _block_frame(self, cmd: int, parts: List[bytes], ctrl: bool, data: bytes) -> Frame:
@@ -396,7 +372,7 @@ def _meta_flags(parts: List[bytes], start: int) -> "tuple[bool, bytes]":
 
 
 @implementer(IResponseFramer)
-class MemcachedResponseFramer(_Held):
+class MemcachedResponseFramer(Unparsed):
     """
     Cuts one backend connection's memcached stream into responses, each of
     the kind the proxy said to expect, in order.
@@ -408,9 +384,7 @@ class MemcachedResponseFramer(_Held):
         self.error: Optional[FramingError] = None
         self._expect: Deque[Any] = deque()
         self._done: List[bytes] = []    # checked bytes of the first response
-        self._chunks: List[bytes] = []  # bytes held after them, not yet joined
-        self._have = 0                  # their total length
-        self._need = 0                  # parse again once this many are held
+        self._init_unparsed()           # the bytes held after them (codecs._buffer)
 
     def expect(self, kind: Any) -> None:
         self._expect.append(kind)
@@ -422,9 +396,12 @@ class MemcachedResponseFramer(_Held):
     def feed(self, data: bytes) -> List[bytes]:
         if self.error is not None or not data:
             return []
-        buf = self._take(data)
-        if buf is None:
-            return []
+        if self._have:
+            buf = self._take(data)
+            if buf is None:
+                return []
+        else:
+            buf = data
         out: List[bytes] = []
         append = out.append
         expect = self._expect
@@ -446,7 +423,7 @@ class MemcachedResponseFramer(_Held):
                     if eol < 0:
                         if n - scan > max_line:
                             raise FramingError("malformed", "response line too long")
-                        need = n + 1
+                        need = -max_line  # a newline, within the line's limit
                         break
                     if eol - scan < 2 or buf[eol - 1] != 13 or eol - scan > max_line:
                         raise FramingError("malformed", "bad response line")
@@ -508,7 +485,8 @@ class MemcachedResponseFramer(_Held):
                 pos = scan = done
         except FramingError as e:
             self.error = e
-            self._done, self._chunks, self._have, self._need = [], [], 0, 0
+            self._done = []
+            self._drop()
             return out
         if pos < n:
             if scan > pos:
@@ -516,11 +494,8 @@ class MemcachedResponseFramer(_Held):
                 # while the rest of a long response arrives.
                 self._done.append(buf[pos:scan])
                 pos = scan
-            self._chunks = [buf[pos:] if pos else buf]
-            self._have = n - pos
-            self._need = need - pos
-        else:
-            self._chunks, self._have, self._need = [], 0, 0
+            # A data block's end counts from the first byte held.
+            self._keep(buf, pos, need - pos if need > 0 else need)
         return out
 
 

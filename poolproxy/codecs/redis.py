@@ -52,6 +52,7 @@ from poolproxy.codec import (
     IVariantCodec,
     IResponseFramer,
 )
+from poolproxy.codecs._buffer import Unparsed
 
 __all__ = [
     "RespRequestFramer",
@@ -424,40 +425,8 @@ def _clean(text: bytes) -> bytes:
     return text.replace(b"\r", b" ").replace(b"\n", b" ")
 
 
-class _Buffered:
-    """
-    The bytes of an incomplete frame, kept between feeds as chunks, with how
-    many more are needed (C{_need} > 0) or the longest line awaited
-    (C{_need} < 0) before parsing again is worth it: a large bulk arriving in
-    small chunks is joined once, not at every feed.
-    """
-
-    _chunks: List[bytes]
-    _have: int
-    _need: int
-
-    def _take(self, data: bytes) -> Optional[bytes]:
-        """The bytes to parse now, or L{None} if nothing can be complete yet."""
-        if not self._have:
-            return data
-        self._chunks.append(data)
-        self._have += len(data)
-        need = self._need
-        if need < 0:
-            # Waiting for the end of a line at most -need bytes long: only a
-            # newline in the new bytes (or too many bytes) can change anything.
-            if 10 not in data and self._have <= -need:
-                return None
-        elif self._have < need:
-            return None
-        buf = b"".join(self._chunks)
-        self._chunks = []
-        self._have = 0
-        return buf
-
-
 @implementer(IShardAwareFramer)
-class RespRequestFramer(_Buffered):
+class RespRequestFramer(Unparsed):
     """
     Cuts one redis client's byte stream into L{Frame}s, and tracks the
     connection state its commands create.
@@ -475,12 +444,7 @@ class RespRequestFramer(_Buffered):
         self._watch = False
         self._sticky = False
         self._passthrough = False
-        # Unparsed input: chunks, their total length, and how many bytes are
-        # needed before parsing is worth trying again (-N: a newline, in a
-        # line that may be N bytes long).
-        self._chunks: List[bytes] = []
-        self._have = 0
-        self._need = 0
+        self._init_unparsed()  # bytes of a frame cut short (poolproxy.codecs._buffer)
         # A multibulk request cut short after some arguments:
         # (count, next argument index, name, key, checked prefix parts, prefix size).
         # (n, i, name, key, prefix, base) of a request the buffer cut short.
@@ -522,9 +486,12 @@ class RespRequestFramer(_Buffered):
     def feed(self, data: bytes) -> List[Frame]:
         if self.error is not None or not data:
             return []
-        buf = self._take(data)
-        if buf is None:
-            return []
+        if self._have:
+            buf = self._take(data)
+            if buf is None:
+                return []
+        else:
+            buf = data
         frames: List[Frame] = []
         append = frames.append
         pos = 0
@@ -659,14 +626,11 @@ class RespRequestFramer(_Buffered):
                 break
         except FramingError as e:
             self.error = e
-            self._chunks = []
-            self._have = 0
+            self._drop()
             self._mb = None
             return frames
         if pos < end:
-            self._chunks = [buf[pos:] if pos else buf]
-            self._have = end - pos
-            self._need = need
+            self._keep(buf, pos, need)
         return frames
 
     def _plain(self, buf: bytes, append: Any) -> int:
@@ -1001,7 +965,7 @@ _TYPES = _SIMPLE | _BULK | _AGGREGATE
 
 
 @implementer(IResponseFramer)
-class RespResponseFramer(_Buffered):
+class RespResponseFramer(Unparsed):
     """
     Cuts one backend connection's byte stream into complete RESP2/RESP3
     replies, each as its exact bytes.  An attribute (C{|}) and the reply it
@@ -1013,9 +977,7 @@ class RespResponseFramer(_Buffered):
 
     def __init__(self) -> None:
         self.error: Optional[FramingError] = None
-        self._chunks: List[bytes] = []
-        self._have = 0
-        self._need = 0
+        self._init_unparsed()
         # Elements still owed by each open aggregate, outermost first.
         self._stack: List[int] = []
         # The checked bytes of a response cut short inside an aggregate.
@@ -1032,9 +994,12 @@ class RespResponseFramer(_Buffered):
     def feed(self, data: bytes) -> List[bytes]:
         if self.error is not None or not data:
             return []
-        buf = self._take(data)
-        if buf is None:
-            return []
+        if self._have:
+            buf = self._take(data)
+            if buf is None:
+                return []
+        else:
+            buf = data
         out: List[bytes] = []
         append = out.append
         find = buf.find
@@ -1118,8 +1083,7 @@ class RespResponseFramer(_Buffered):
                     pos = p
         except FramingError as e:
             self.error = e
-            self._chunks = []
-            self._have = 0
+            self._drop()
             del stack[:]
             del parts[:]
             self._parts_size = 0
@@ -1130,9 +1094,7 @@ class RespResponseFramer(_Buffered):
             self._parts_size += p - pos
             pos = p
         if pos < end:
-            self._chunks = [buf[pos:] if pos else buf]
-            self._have = end - pos
-            self._need = need
+            self._keep(buf, pos, need)
         return out
 
 
