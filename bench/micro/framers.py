@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import time
+
+import harness
 from typing import Callable, Dict, List, Tuple
 
 if not os.environ.get("PYTHONPATH"):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from poolproxy.codecs.http_parse import RequestParser, ResponseParser  # noqa: E402
-from poolproxy.codecs.memcached import LINE, VALUES  # noqa: E402
+from poolproxy.codecs.memcached import VALUES  # noqa: E402
 from poolproxy.codecs.memcached import codec as memcached  # noqa: E402
 from poolproxy.codecs.redis import codec as redis, encode_command  # noqa: E402
 
@@ -166,13 +166,9 @@ def run(make: Callable[[], Callable[[bytes], list]], chunks: List[bytes], runs: 
 
 
 def instructions(group: str, index: int, runs: int) -> int:
-    """Instructions callgrind counts in this script running one case C{runs} times."""
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-               sys.executable, os.path.abspath(__file__), "--only", group,
-               "--case", str(index), "--runs", str(runs)]
-    env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts in every run
-    err = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stderr
-    return int(re.search(r"Collected : (\d+)", err).group(1))  # type: ignore[union-attr]
+    """CPU instructions of this script running one case C{runs} times (see harness.py)."""
+    return harness.instructions([os.path.abspath(__file__), "--only", group,
+                                   "--case", str(index), "--runs", str(runs)])
 
 
 def main() -> None:

@@ -3,8 +3,9 @@ The Python side of one http keep-alive request through poolproxy, without
 sockets: 50 clients, a pool of 16 (as in the bench), wrk's request and
 nginx's response, on StringTransports and a Clock.
 
-    .venv/bin/python bench/micro/http_exchange.py            # µs per request
-    .venv/bin/python bench/micro/http_exchange.py --profile  # cProfile, top 25
+    .venv/bin/python bench/micro/http_exchange.py                 # µs per request
+    .venv/bin/python bench/micro/http_exchange.py --profile       # cProfile, top 25
+    .venv/bin/python bench/micro/http_exchange.py --instructions  # callgrind, repeatable
 
 What the kernel costs (about half of an http request's CPU in the bench)
 is not here: this is the part Python changes can move.
@@ -14,10 +15,11 @@ import os
 import sys
 import time
 
+import harness
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from twisted.internet.task import Clock  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
 
 from poolproxy.backends.cluster import Backend, Cluster  # noqa: E402
 from poolproxy.backends.pool import BackendPool  # noqa: E402
@@ -42,12 +44,7 @@ def setup():
     factory = HttpFactory("l", http_codec, None, Admission(1000, 1000, 5.0, clock=clock),
                           Cluster("c", [backend]), clock, request_timeout=30.0,
                           header_timeout=5.0)
-    clients = []
-    for _ in range(CLIENTS):
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        clients.append((protocol, transport))
+    clients = harness.connect_clients(factory, CLIENTS)
     for protocol, _ in clients:
         protocol.dataReceived(REQUEST)
     endpoint.succeed(len(endpoint.attempts))
@@ -73,13 +70,31 @@ def run(clients, backends, rounds):
     return served
 
 
+def instructions(rounds: int) -> int:
+    """CPU instructions of this script serving C{rounds} rounds (see harness.py)."""
+    return harness.instructions([os.path.abspath(__file__), "--rounds", str(rounds), "--once"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count CPU instructions per request with valgrind (slow, repeatable)")
+    parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.instructions:
+        rounds = min(args.rounds, 500)
+        count = instructions(rounds) - instructions(0)
+        print(f"http exchange (Python side, {CLIENTS} clients, pool {POOL}): "
+              f"{count / (rounds * POOL):.0f} instructions per request")
+        return
     clients, backends = setup()
     run(clients, backends, 500)  # warm up
+    if args.once:
+        served = run(clients, backends, args.rounds)
+        assert served == args.rounds * POOL, served
+        return
     if args.profile:
         import cProfile
         import pstats

@@ -14,16 +14,15 @@ against an older checkout (PYTHONPATH=...), before the package layout.
 """
 import argparse
 import os
-import re
-import subprocess
 import sys
 import time
+
+import harness
 
 if not os.environ.get("PYTHONPATH"):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from twisted.internet.task import Clock  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
 
 from poolproxy.codecs.redis import codec as redis_codec, encode_command  # noqa: E402
 from poolproxy.testing import FakeEndpoint  # noqa: E402
@@ -67,12 +66,7 @@ def setup(pipeline: int):
         factory = MultiplexFactory("l", redis_codec, None, admission, cluster,
                                    {backend: multiplexer}, clock=clock)
     batch = b"".join(encode_command([b"GET", b"key:%04d" % i]) for i in range(pipeline))
-    clients = []
-    for _ in range(CLIENTS):
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        clients.append((protocol, transport))
+    clients = harness.connect_clients(factory, CLIENTS)
     clients[0][0].dataReceived(batch)
     endpoint.succeed(len(endpoint.attempts))
     connections = [t.protocol for t in endpoint.transports]
@@ -97,12 +91,9 @@ def run(clients, connections, batch: bytes, rounds: int) -> int:
 
 
 def instructions(pipeline: int, rounds: int) -> int:
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-               os.path.abspath(__file__), "--pipeline", str(pipeline), "--rounds", str(rounds),
-               "--once"]
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    err = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stderr
-    return int(re.search(r"Collected : (\d+)", err).group(1))  # type: ignore[union-attr]
+    """CPU instructions of this script serving C{rounds} rounds (see harness.py)."""
+    return harness.instructions([os.path.abspath(__file__), "--pipeline", str(pipeline),
+                                   "--rounds", str(rounds), "--once"])
 
 
 def main() -> None:

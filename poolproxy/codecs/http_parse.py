@@ -688,12 +688,9 @@ class RequestParser(_Parser):
             return [data] if data else []
         if type(data) is not bytes:
             data = bytes(data)
-        if self._have:
-            buf = self._take(data)
-            if buf is None:
-                return []
-        else:
-            buf = data
+        buf = self._take(data) if self._have else data  # codecs._buffer
+        if buf is None:
+            return []
         n = len(buf)
         pos = 0
         events: List[Any] = []
@@ -889,12 +886,9 @@ class ResponseParser(_Parser):
             return [data] if data else []
         if type(data) is not bytes:
             data = bytes(data)
-        if self._have:
-            buf = self._take(data)
-            if buf is None:
-                return []
-        else:
-            buf = data
+        buf = self._take(data) if self._have else data  # codecs._buffer
+        if buf is None:
+            return []
         n = len(buf)
         pos = 0
         events: List[Any] = []

@@ -169,12 +169,9 @@ class MemcachedRequestFramer(Unparsed):
     def feed(self, data: bytes) -> List[Frame]:
         if self.error is not None or self._closed or not data:
             return []
-        if self._have:
-            buf = self._take(data)
-            if buf is None:
-                return []
-        else:
-            buf = data
+        buf = self._take(data) if self._have else data  # codecs._buffer
+        if buf is None:
+            return []
         frames: List[Frame] = []
         append = frames.append
         n = len(buf)
@@ -396,12 +393,9 @@ class MemcachedResponseFramer(Unparsed):
     def feed(self, data: bytes) -> List[bytes]:
         if self.error is not None or not data:
             return []
-        if self._have:
-            buf = self._take(data)
-            if buf is None:
-                return []
-        else:
-            buf = data
+        buf = self._take(data) if self._have else data  # codecs._buffer
+        if buf is None:
+            return []
         out: List[bytes] = []
         append = out.append
         expect = self._expect

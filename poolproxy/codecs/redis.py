@@ -486,12 +486,9 @@ class RespRequestFramer(Unparsed):
     def feed(self, data: bytes) -> List[Frame]:
         if self.error is not None or not data:
             return []
-        if self._have:
-            buf = self._take(data)
-            if buf is None:
-                return []
-        else:
-            buf = data
+        buf = self._take(data) if self._have else data  # codecs._buffer
+        if buf is None:
+            return []
         frames: List[Frame] = []
         append = frames.append
         pos = 0
@@ -994,12 +991,9 @@ class RespResponseFramer(Unparsed):
     def feed(self, data: bytes) -> List[bytes]:
         if self.error is not None or not data:
             return []
-        if self._have:
-            buf = self._take(data)
-            if buf is None:
-                return []
-        else:
-            buf = data
+        buf = self._take(data) if self._have else data  # codecs._buffer
+        if buf is None:
+            return []
         out: List[bytes] = []
         append = out.append
         find = buf.find
