@@ -9,8 +9,10 @@ a backend that a reload adds.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import replace
+from typing import Any, Callable, Optional
 
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
 from poolproxy.backends.breaker import BreakerSettings, CircuitBreaker
@@ -39,12 +41,24 @@ class ClusterAssembly:
 
     def __init__(self, spec: ClusterConfig, config: ProxyConfig, reactor: Any,
                  admission: Admission, options: CodecOptions,
-                 codec: Optional[ICodec] = None) -> None:
+                 codec: Optional[ICodec] = None,
+                 endpoint: Optional[Callable[[str], IStreamClientEndpoint]] = None) -> None:
+        """
+        @param codec: the cluster's codec, if not its protocol plugin's.
+        @param endpoint: makes the client endpoint of a backend's address,
+            if not Twisted's (L{poolproxy.testing.MultiplexHarness} gives
+            fakes).
+        """
         self.spec = spec
         self.config = config
         self.reactor = reactor
+        self._endpoint = endpoint or (lambda address: client_endpoint(reactor, address))
         self.codec: ICodec = codec if codec is not None else load_codec(spec.protocol)
         self.mode: Mode = mode_of(self.codec)
+        # The command policy may differ per cluster.
+        options = replace(options, deny_commands=self.setting("deny_commands"),
+                          allow_commands=self.setting("allow_commands"),
+                          unknown_commands=self.setting("unknown_commands"))
         self.context = ClusterContext(self.codec, config, options, admission, reactor,
                                       self.setting)
         tag = self.setting("hash_tag")
@@ -70,7 +84,7 @@ class ClusterAssembly:
     def _backend(self, spec: BackendConfig) -> Backend:
         """A backend: its pool, and its breaker and health check if they are on."""
         s, config = self.setting, self.config
-        endpoint = client_endpoint(self.reactor, spec.address)
+        endpoint = self._endpoint(spec.address)
         pool = BackendPool(
             spec.name, endpoint, BackendProtocol,  # the mode's protocol, set below
             size=s("pool_size"), min_idle=s("pool_min_idle"),

@@ -60,6 +60,18 @@ DIRTY = 64
 #: L{IVariantCodec.variant_setup} frames; L{None} is the pool's own.  A codec
 #: that uses VARIANT must provide L{IVariantCodec}.
 VARIANT = 128
+#: May wait at the backend for data that is not there yet (redis BLPOP, XREAD
+#: BLOCK, WAIT): its reply is due within L{IBlockingCodec.wait_time} plus the
+#: request timeout, and one that times out is the client's wait, not a
+#: failure of the backend.  Goes with L{PIN}.
+BLOCKING = 256
+#: A L{LOCAL} frame that refuses the request by the command policy (a denied
+#: or unknown command): counted by C{Frame.key}, the command's name (or
+#: C{b"(unknown)"}, which keeps the count's labels bounded).
+REFUSED = 512
+#: A L{LOCAL} frame that answers a failed authentication: counted, and
+#: summarised in the log.
+AUTH_FAILED = 1024
 
 #: Kinds of errors the proxy itself answers with, via L{ICodec.error_reply}:
 #: no admission (C{overloaded}), no backend connection or a broken one
@@ -255,6 +267,29 @@ class IVariantCodec(ICodec):
         The frames that switch a set-up pooled connection to C{variant},
         answered and checked with C{check_setup_reply} before any client
         frame uses the connection.
+        """
+
+
+class IUnsolicitedFramer(IResponseFramer):
+    """
+    A response framer that sets apart what the backend sends unasked (redis
+    RESP3 push messages): never paired with a request.  On a connection
+    pinned to one client it is that client's; on a shared one it is dropped
+    (and counted).
+    """
+
+    unsolicited = Attribute(
+        "The unsolicited messages the last feed() found, in order; the proxy "
+        "takes them (replacing the list) after each feed.")
+
+
+class IBlockingCodec(ICodec):
+    """A codec with commands that wait at the backend (L{BLOCKING} frames)."""
+
+    def wait_time(frame: Frame) -> Optional[float]:
+        """
+        Seconds a L{BLOCKING} frame may wait at the backend by its own
+        arguments (redis BLPOP's timeout), or L{None} for no limit.
         """
 
 

@@ -100,10 +100,11 @@ class ProxyService(MultiService):
         # Backends a reload removed, draining until their requests are done.
         self._retiring: List[Backend] = []
 
-        self.rejections = RejectionSummary(self.admission, lambda: self.pools, reactor)
+        self.listeners: List[Listener] = []
+        self.rejections = RejectionSummary(self.admission, lambda: self.pools, reactor,
+                                           listeners=lambda: self.listeners)
         self.reloader = Reloader(self, reload_config) if reload_config is not None else None
         self._handle_sighup = handle_sighup and self.reloader is not None
-        self.listeners: List[Listener] = []
         self.sweepers: List[IdleSweeper] = []
         idle = config.client_idle_timeout
         for listener in config.listeners:

@@ -86,10 +86,14 @@ class ListenerStats:
 
     @ivar sessions: completed client sessions by outcome.
     @ivar requests: requests by outcome; in tcp mode a session is one request.
+    @ivar commands_refused: requests refused by the command policy, by
+        command (denied by name, or "(unknown)").
+    @ivar auth_failures: failed client authentications (redis AUTH, HELLO).
     """
 
     __slots__ = ("connections_total", "connections_open", "sessions", "requests",
-                 "requests_ok", "bytes_upstream", "bytes_downstream")
+                 "requests_ok", "bytes_upstream", "bytes_downstream", "commands_refused",
+                 "auth_failures")
 
     def __init__(self) -> None:
         self.connections_total = 0
@@ -101,3 +105,5 @@ class ListenerStats:
         self.requests_ok = 0
         self.bytes_upstream = 0
         self.bytes_downstream = 0
+        self.commands_refused = Tally()
+        self.auth_failures = 0

@@ -123,3 +123,132 @@ class FakeEndpoint:
         for t in closing:
             t.lose()
         return len(closing)
+
+
+class HarnessClient:
+    """One client connection of a L{MultiplexHarness}: what it sends, what it got."""
+
+    def __init__(self, factory: Any) -> None:
+        self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        self.transport = FakeTransport(self.protocol)
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        """The client writes C{data}."""
+        self.protocol.dataReceived(data)
+
+    def received(self) -> bytes:
+        """Everything the proxy wrote to this client so far."""
+        return self.transport.value()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the proxy asked to close the connection."""
+        return bool(self.transport.disconnecting)
+
+    def close(self) -> None:
+        """The client goes away."""
+        self.transport.lose()
+
+
+class MultiplexHarness:
+    """
+    A listener of a multiplexed codec wired in memory exactly as the proxy
+    wires it (the mode's frontend, each backend's pool, shared and pinned
+    connections, admission) on a L{Clock}, for codec authors' tests and
+    poolproxy's own: clients are protocols on L{FakeTransport}s, every
+    backend a L{FakeEndpoint} whose connects L{connect} completes; the
+    test plays the backends by reading what each connection was sent and
+    writing replies into it (L{serve}).
+
+        harness = MultiplexHarness(codec, mux_connections=1)
+        client = harness.client()
+        client.send(b"GET k\\n")
+        harness.connect()
+        harness.serve(lambda connection, data: b"v\\n")
+        assert client.received() == b"v\\n"
+
+    @param settings: L{poolproxy.config.ProxyConfig} fields (pool_size,
+        mux_connections, request_timeout, deny_commands...); health checks
+        are off unless C{check_interval} is given.
+    @ivar clock: the L{Clock} every timer runs on.
+    @ivar endpoints: each backend's L{FakeEndpoint}, by address.
+    """
+
+    def __init__(self, codec: Any, backends: int = 1, **settings: Any) -> None:
+        from twisted.internet.task import Clock
+
+        from poolproxy.assemble import ClusterAssembly
+        from poolproxy.config import ProxyConfig, codec_options
+        from poolproxy.proxy.admission import Admission
+
+        self.clock = Clock()
+        addresses = tuple(f"backend{i}:{6379 + i}" for i in range(backends))
+        settings.setdefault("check_interval", 0.0)
+        config = ProxyConfig(listen=("tcp:0",), backend=addresses,
+                             protocol=getattr(codec, "name", "harness"), **settings)
+        self.config = config
+        self.admission = Admission(config.max_concurrency, config.queue_size,
+                                   config.queue_timeout, clock=self.clock)
+        self.endpoints = {address: FakeEndpoint() for address in addresses}
+        self.assembly = ClusterAssembly(config.clusters[0], config, self.clock, self.admission,
+                                        codec_options(config), codec,
+                                        endpoint=self.endpoints.__getitem__)
+        self.cluster = self.assembly.cluster
+        self.factory = self.assembly.frontend("harness")
+        self.clients: List[HarnessClient] = []
+
+    def client(self) -> HarnessClient:
+        """A new client connection."""
+        client = HarnessClient(self.factory)
+        self.clients.append(client)
+        return client
+
+    def connect(self) -> int:
+        """Complete every connect attempt waiting, on every backend; how many."""
+        made = 0
+        for endpoint in self.endpoints.values():
+            while endpoint.attempts:
+                endpoint.succeed()
+                made += 1
+        return made
+
+    def connections(self) -> List[FakeTransport]:
+        """The proxy's open connections to the backends (the proxy's side of each)."""
+        return [t for e in self.endpoints.values() for t in e.open_transports()]
+
+    def serve(self, answer: Any) -> int:
+        """
+        Play the backends once: every open connection that was sent something
+        gets C{answer(connection, data)} written back (C{b""}: nothing).
+        Repeats while answers lead to more being sent; returns how many
+        connections were answered in all.
+        """
+        answered = 0
+        busy = True
+        while busy:
+            busy = False
+            self.connect()
+            for transport in self.connections():
+                data = transport.value()
+                if not data:
+                    continue
+                transport.clear()
+                busy = True
+                answered += 1
+                reply = answer(transport, data)
+                if reply and not transport.lost:
+                    transport.protocol.dataReceived(reply)
+            self.deliver_losses()
+        return answered
+
+    def deliver_losses(self) -> int:
+        """Deliver the closes the proxy asked for, to clients and backends alike."""
+        delivered = 0
+        for endpoint in self.endpoints.values():
+            delivered += endpoint.deliver_losses()
+        for client in self.clients:
+            if client.transport.disconnecting and not client.transport.lost:
+                client.transport.lose()
+                delivered += 1
+        return delivered

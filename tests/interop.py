@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SkipTest
@@ -117,9 +117,10 @@ class Process:
                 self.proc.wait(20)
 
 
-def redis_server(testcase: Any, password: Optional[str] = None, port: int = 0) -> int:
-    """Start a redis-server (on C{port}, or a free one); its Process is kept
-    in C{testcase.redis_processes[port]}."""
+def redis_server(testcase: Any, password: Optional[str] = None, port: int = 0,
+                 extra: Sequence[str] = ()) -> int:
+    """Start a redis-server (on C{port}, or a free one; C{extra} arguments
+    added); its Process is kept in C{testcase.redis_processes[port]}."""
     port = port or free_port()
     args = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--daemonize", "no",
@@ -127,6 +128,7 @@ def redis_server(testcase: Any, password: Optional[str] = None, port: int = 0) -
     os.makedirs(args[-1], exist_ok=True)
     if password:
         args += ["--requirepass", password]
+    args += list(extra)
     p = Process(testcase, args, "redis")
     wait_port(port, p.proc, log=p.log)
     if not hasattr(testcase, "redis_processes"):

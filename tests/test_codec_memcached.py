@@ -11,12 +11,12 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from poolproxy.codec import (CLOSE, ERROR_KINDS, LOCAL, RETRY_SAFE, Frame, FramingError,
-                             ICodec, IRequestFramer, IResponseFramer)
+from poolproxy.codec import (CLOSE, ERROR_KINDS, LOCAL, REFUSED, RETRY_SAFE, Frame,
+                             FramingError, ICodec, IRequestFramer, IResponseFramer)
 from poolproxy.codecs.memcached import (BAD_FORMAT, ERROR_LINE, LINE, MAX_LINE, META,
-                                        QUIET_UNSUPPORTED, STATS, VALUES, MemcachedCodec,
-                                        MemcachedRequestFramer, MemcachedResponseFramer,
-                                        codec)
+                                        QUIET_UNSUPPORTED, STATS, VALUES, CommandPolicy,
+                                        MemcachedCodec, MemcachedRequestFramer,
+                                        MemcachedResponseFramer, codec)
 
 PROPERTY = settings(max_examples=200, deadline=None)
 MAX = 4096
@@ -35,8 +35,13 @@ def feed_chunks(framer: MemcachedRequestFramer, chunks: Sequence[bytes]) -> List
     return frames
 
 
-def frames_of(data: bytes, max_request_size: int = MAX) -> List[Frame]:
-    framer = MemcachedRequestFramer(max_request_size)
+#: A policy that refuses nothing: the framing tests see every command's own frame.
+ALLOW_ALL = CommandPolicy(deny=())
+
+
+def frames_of(data: bytes, max_request_size: int = MAX,
+              policy: Optional[CommandPolicy] = None) -> List[Frame]:
+    framer = MemcachedRequestFramer(max_request_size, policy or ALLOW_ALL)
     frames = framer.feed(data)
     assert framer.error is None, framer.error
     assert framer.pending() == 0
@@ -867,3 +872,40 @@ class ResponseProperties(SynchronousTestCase):
         self.assertEqual(_error(chunked_error), _error(error))
         self.assertTrue(stream.startswith(b"".join(whole)))
         self.assertLessEqual(len(whole), len(kinds))
+
+
+class CommandPolicyTests(SynchronousTestCase):
+    """deny_commands and allow_commands in the memcached framer."""
+
+    def test_default_denies_server_administration(self) -> None:
+        """
+        flush_all, verbosity, shutdown and cache_memlimit are refused by
+        default (silently under noreply, as memcached answers), counted by
+        name, never sent; the stream goes on.
+        """
+        frames = frames_of(b"flush_all\r\nverbosity 1 noreply\r\nshutdown\r\n"
+                           b"cache_memlimit 100\r\nget k\r\n", policy=CommandPolicy())
+        self.assertEqual([(f.key, f.flags, f.reply) for f in frames[:4]], [
+            (b"flush_all", LOCAL | REFUSED,
+             b"CLIENT_ERROR poolproxy: the 'flush_all' command is refused by this proxy\r\n"),
+            (b"verbosity", LOCAL | REFUSED, b""),
+            (b"shutdown", LOCAL | REFUSED,
+             b"CLIENT_ERROR poolproxy: the 'shutdown' command is refused by this proxy\r\n"),
+            (b"cache_memlimit", LOCAL | REFUSED,
+             b"CLIENT_ERROR poolproxy: the 'cache_memlimit' command is refused by this proxy\r\n")])
+        self.assertEqual((frames[4].key, frames[4].flags), (b"k", RETRY_SAFE))
+
+    def test_allowed_back(self) -> None:
+        """Taken out of the list, flush_all and shutdown go to the backend, one reply each."""
+        frames = frames_of(b"flush_all\r\nshutdown\r\n",
+                           policy=CommandPolicy(allow=("flush_all", "SHUTDOWN")))
+        self.assertEqual([(f.flags, f.replies, f.expect) for f in frames],
+                         [(0, 1, LINE), (0, 1, LINE)])
+
+    def test_denied_storage_reads_its_block(self) -> None:
+        """A denied set is read with its data block, so the next command is framed right."""
+        frames = frames_of(b"set k 0 0 5\r\nhello\r\nget k\r\n",
+                           policy=CommandPolicy(deny=("set", "get")))
+        self.assertEqual([(f.key, f.flags) for f in frames],
+                         [(b"set", LOCAL | REFUSED), (b"get", LOCAL | REFUSED)])
+        self.assertEqual(frames[0].data, b"set k 0 0 5\r\nhello\r\n")

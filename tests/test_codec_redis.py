@@ -16,8 +16,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from poolproxy.codec import (
+    AUTH_FAILED,
+    BLOCKING,
     CLOSE,
     DIRTY,
+    REFUSED,
     VARIANT,
     LOCAL,
     PASSTHROUGH,
@@ -32,6 +35,7 @@ from poolproxy.codec import (
 from poolproxy.codecs import redis
 from poolproxy.codecs.redis import (
     MAX_DEPTH,
+    CommandPolicy,
     RedisCodec,
     RespRequestFramer,
     RespResponseFramer,
@@ -52,8 +56,17 @@ def as_tuple(frame: Frame) -> Tuple[Any, ...]:
     return (frame.data, frame.replies, frame.key, frame.flags, frame.expect, frame.reply)
 
 
-def framer(password: Optional[bytes] = None, max_size: int = MAX) -> RespRequestFramer:
-    return RespRequestFramer(max_size, password)
+#: A policy that refuses nothing, for tests of what each command does; and
+#: one that also pins unknown commands rather than refusing them.
+ALLOW_ALL = CommandPolicy(deny=())
+PIN_ALL = CommandPolicy(deny=(), unknown="pin")
+
+
+def framer(password: Optional[bytes] = None, max_size: int = MAX,
+           policy: Optional[CommandPolicy] = None) -> RespRequestFramer:
+    if policy is None:
+        return RespRequestFramer(max_size, password)
+    return RespRequestFramer(max_size, password, policy)
 
 
 def flags_of(f: RespRequestFramer, *commands: Sequence[str]) -> List[int]:
@@ -221,9 +234,18 @@ class RequestFramingTests(SynchronousTestCase):
             self.assertEqual(framer().feed(cmd(name))[0].flags, PIN, name)
 
     def test_unknown_command(self) -> None:
-        """An unknown command is forwarded with args[1] as its key, not retried."""
+        """
+        An unknown command is refused (its replies could not be counted on
+        a shared connection), counted as "(unknown)"; with unknown_commands
+        pin it goes on a connection of its own, as a raw pipe.
+        """
         frame = framer().feed(cmd("MODULE.THING", "k", "x"))[0]
-        self.assertEqual((frame.key, frame.flags), (b"k", 0))
+        self.assertEqual((frame.key, frame.flags, frame.reply), (
+            b"(unknown)", LOCAL | REFUSED, b"-ERR poolproxy: unknown command 'MODULE.THING'\r\n"))
+        f = framer(policy=CommandPolicy(unknown="pin"))
+        frame = f.feed(cmd("MODULE.THING", "k", "x"))[0]
+        self.assertEqual((frame.key, frame.flags), (b"k", PIN | PASSTHROUGH))
+        self.assertTrue(f.pinned)
 
 
 class InlineTests(SynchronousTestCase):
@@ -313,7 +335,8 @@ class KeyTests(SynchronousTestCase):
                      ("RANDOMKEY",), ("CONFIG", "GET", "x"), ("FLUSHALL",),
                      ("FLUSHDB",), ("SCRIPT", "LOAD", "x"), ("CLIENT", "LIST"),
                      ("MULTI",), ("SELECT", "1"), ("HELLO", "2")):
-            self.assertIsNone(self.key(*args), args)
+            frames = framer(policy=ALLOW_ALL).feed(cmd(*args))
+            self.assertIsNone(frames[0].key, args)
 
     def test_script_keys(self) -> None:
         """EVAL/EVALSHA/FCALL route on the first key when numkeys > 0."""
@@ -404,7 +427,7 @@ class FlagTests(SynchronousTestCase):
             self.assertEqual(
                 flags_of(f, first, ("GET", "k"), ("MULTI",), ("EXEC",), ("BLPOP", "q", "0"),
                          ("WATCH", "k"), ("UNWATCH",), ("GET", "k")),
-                [first_flags] + [PIN] * 7, first)
+                [first_flags] + [PIN] * 3 + [PIN | BLOCKING] + [PIN] * 3, first)
             self.assertTrue(f.pinned)
 
     def test_not_sticky(self) -> None:
@@ -443,10 +466,13 @@ class FlagTests(SynchronousTestCase):
         self.assertEqual((frame.flags, frame.reply), (LOCAL, b"+OK\r\n"))
 
     def test_passthrough(self) -> None:
-        """SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE and MONITOR pin and pass through for good."""
+        """
+        SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE, MONITOR, SYNC, PSYNC and REPLCONF
+        (the last four when the policy allows them) pin and pass through for good.
+        """
         for first in (("SUBSCRIBE", "a", "b"), ("PSUBSCRIBE", "a*"), ("SSUBSCRIBE", "a"),
-                      ("MONITOR",)):
-            f = framer()
+                      ("MONITOR",), ("SYNC",), ("PSYNC", "?", "-1"), ("REPLCONF", "ACK", "0")):
+            f = framer(policy=ALLOW_ALL)
             self.assertEqual(flags_of(f, first, ("PING",), ("UNSUBSCRIBE",), ("RESET",)),
                              [PIN | PASSTHROUGH, PIN, PIN, PIN], first)
             self.assertTrue(f.pinned)
@@ -470,16 +496,17 @@ class FlagTests(SynchronousTestCase):
                      ("WAITAOF", "1", "0", "0"), ("XREAD", "BLOCK", "0", "STREAMS", "s", "$"),
                      ("XREADGROUP", "GROUP", "g", "c", "BLOCK", "10", "STREAMS", "s", ">")):
             f = framer()
-            self.assertEqual(flags_of(f, args, ("GET", "k")), [PIN | UNPIN, RETRY_SAFE], args)
+            self.assertEqual(flags_of(f, args, ("GET", "k")),
+                             [PIN | UNPIN | BLOCKING, RETRY_SAFE], args)
 
     def test_blocking_in_transaction(self) -> None:
         """Inside a transaction (or pinned) a blocking command just rides the pin."""
         f = framer()
         self.assertEqual(flags_of(f, ("MULTI",), ("BLPOP", "q", "0"), ("EXEC",),
                                   ("BLPOP", "q", "0")),
-                         [PIN, PIN, PIN | UNPIN, PIN | UNPIN])
+                         [PIN, PIN | BLOCKING, PIN | UNPIN, PIN | UNPIN | BLOCKING])
         f = framer()
-        self.assertEqual(flags_of(f, ("WATCH", "k"), ("BLPOP", "q", "0")), [PIN, PIN])
+        self.assertEqual(flags_of(f, ("WATCH", "k"), ("BLPOP", "q", "0")), [PIN, PIN | BLOCKING])
 
     def test_reset_clears_everything(self) -> None:
         """RESET unpins and clears transaction, watch and sticky state alike."""
@@ -551,7 +578,8 @@ class AuthTests(SynchronousTestCase):
         self.assertFalse(f.pinned)
         wrong = self.one(f, "AUTH", "nope")
         self.assertEqual((wrong.flags, wrong.reply), (
-            LOCAL, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"))
+            LOCAL | AUTH_FAILED,
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"))
         self.assertEqual(self.one(f, "GET", "k").reply, noauth)
         ok = self.one(f, "AUTH", "pw")
         self.assertEqual((ok.flags, ok.reply, ok.data), (LOCAL, b"+OK\r\n", b""))
@@ -594,7 +622,7 @@ class AuthTests(SynchronousTestCase):
         """HELLO with wrong credentials gets WRONGPASS locally and no credentials leak."""
         f = framer(b"pw")
         frame = self.one(f, "HELLO", "3", "AUTH", "default", "bad")
-        self.assertEqual(frame.flags, LOCAL)
+        self.assertEqual(frame.flags, LOCAL | AUTH_FAILED)
         self.assertTrue(frame.reply.startswith(b"-WRONGPASS"))
         self.assertEqual(frame.data, b"")
         self.assertFalse(f.authenticated)
@@ -719,6 +747,10 @@ VALUES = [
     b"*2\r\n|1\r\n+ttl\r\n:3600\r\n:1\r\n:2\r\n",
 ]
 STREAM = b"".join(VALUES)
+#: What a response framer returns of VALUES, and what it sets apart (a push
+#: answers no request).
+REPLIES = [v for v in VALUES if not v.startswith(b">")]
+PUSHES = [v for v in VALUES if v.startswith(b">")]
 
 
 class ResponseFramingTests(SynchronousTestCase):
@@ -736,19 +768,24 @@ class ResponseFramingTests(SynchronousTestCase):
         """Each RESP2 and RESP3 type, fed alone, is one response of its exact bytes."""
         for value in VALUES:
             r = RespResponseFramer()
-            self.assertEqual(r.feed(value), [value], value)
+            push = value in PUSHES
+            self.assertEqual(r.feed(value), [] if push else [value], value)
+            self.assertEqual(r.unsolicited, [value] if push else [], value)
             self.assertIsNone(r.error)
             self.assertEqual(r.pending(), 0)
 
     def test_stream_in_one_feed(self) -> None:
-        """Back-to-back replies of every type come out one by one, in order."""
-        self.assertEqual(RespResponseFramer().feed(STREAM), VALUES)
+        """Back-to-back replies of every type come out one by one, in order; pushes apart."""
+        r = RespResponseFramer()
+        self.assertEqual(r.feed(STREAM), REPLIES)
+        self.assertEqual(r.unsolicited, PUSHES)
 
     def test_every_split_point(self) -> None:
-        """Replies cut in two at any byte come out the same."""
+        """Replies (and pushes) cut in two at any byte come out the same."""
         for cut in range(len(STREAM) + 1):
             r = RespResponseFramer()
-            self.assertEqual(r.feed(STREAM[:cut]) + r.feed(STREAM[cut:]), VALUES, cut)
+            self.assertEqual(r.feed(STREAM[:cut]) + r.feed(STREAM[cut:]), REPLIES, cut)
+            self.assertEqual(r.unsolicited, PUSHES, cut)
             self.assertEqual(r.pending(), 0)
 
     def test_byte_by_byte(self) -> None:
@@ -757,7 +794,20 @@ class ResponseFramingTests(SynchronousTestCase):
         got: List[bytes] = []
         for i in range(len(STREAM)):
             got.extend(r.feed(STREAM[i:i + 1]))
-        self.assertEqual(got, VALUES)
+        self.assertEqual(got, REPLIES)
+        self.assertEqual(r.unsolicited, PUSHES)
+
+    def test_pushes_between_replies(self) -> None:
+        """
+        A push between two replies, or inside a pipeline's replies, is never
+        one of them: RESP3 invalidation or pub/sub messages on a connection
+        cannot be paired with a request.
+        """
+        push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"
+        r = RespResponseFramer()
+        self.assertEqual(r.feed(b"+OK\r\n" + push + b":1\r\n" + push[:7]), [b"+OK\r\n", b":1\r\n"])
+        self.assertEqual(r.feed(push[7:] + b"$1\r\nx\r\n"), [b"$1\r\nx\r\n"])
+        self.assertEqual(r.unsolicited, [push, push])
 
     def test_attribute_is_part_of_reply(self) -> None:
         """An attribute and the reply it decorates are one response, not two."""
@@ -987,9 +1037,11 @@ class PropertyTests(SynchronousTestCase):
     def test_response_chunking(self, replies: List[bytes], data: Any) -> None:
         """Any chunking of a valid stream of nested replies yields each reply exactly."""
         stream = b"".join(replies)
-        self.assertEqual(RespResponseFramer().feed(stream), replies)
+        answers = [x for x in replies if not x.startswith(b">")]
+        self.assertEqual(RespResponseFramer().feed(stream), answers)
         r = RespResponseFramer()
-        self.assertEqual(feed_chunks(r, stream, data.draw(cut_points(stream))), replies)
+        self.assertEqual(feed_chunks(r, stream, data.draw(cut_points(stream))), answers)
+        self.assertEqual(r.unsolicited, [x for x in replies if x.startswith(b">")])
         self.assertIsNone(r.error)
         self.assertEqual(r.pending(), 0)
 
@@ -1035,7 +1087,7 @@ class PropertyTests(SynchronousTestCase):
         """Arg lists encoded as RESP come back as frames whose data is the input."""
         commands = [c for c in commands if c[0].upper() not in (b"AUTH", b"HELLO")]
         stream = b"".join(encode_command(c) for c in commands)
-        frames = framer().feed(stream)
+        frames = framer(policy=PIN_ALL).feed(stream)
         self.assertEqual(len(frames), len(commands))
         self.assertEqual(b"".join(x.data for x in frames), stream)
         for frame, args in zip(frames, commands):
@@ -1088,3 +1140,139 @@ class FastPathTests(SynchronousTestCase):
         ):
             fast, general = self.frames_both_ways(stream, [])
             self.assertEqual(fast, general, stream)
+
+
+class CommandPolicyTests(SynchronousTestCase):
+    """deny_commands, allow_commands and unknown_commands, in the framer."""
+
+    def one(self, f: RespRequestFramer, *args: str) -> Frame:
+        [frame] = f.feed(cmd(*args))
+        return frame
+
+    def test_default_denies_server_administration(self) -> None:
+        """
+        By default SHUTDOWN, CONFIG, DEBUG, FLUSHALL, MONITOR, SYNC, REPLCONF
+        and CLIENT KILL are answered by the proxy, counted by name, never sent.
+        """
+        f = framer()
+        for args in (("SHUTDOWN", "NOSAVE"), ("config", "get", "requirepass"), ("DEBUG", "SLEEP", "0"),
+                     ("FLUSHALL",), ("MONITOR",), ("SYNC",), ("REPLCONF", "ACK", "0"),
+                     ("CLIENT", "KILL", "ID", "1"), ("client", "pause", "10")):
+            frame = self.one(f, *args)
+            self.assertEqual(frame.flags, LOCAL | REFUSED, args)
+            name = " ".join(args[:2] if args[0].upper() == "CLIENT" else args[:1]).upper()
+            self.assertEqual(frame.key, name.encode(), args)
+            self.assertTrue(frame.reply.startswith(b"-ERR poolproxy: the '%s' command is refused"
+                                                   % name.lower().encode()), frame.reply)
+        self.assertFalse(f.pinned)  # MONITOR and SYNC were refused: no pass-through
+        self.assertEqual(self.one(f, "CLIENT", "LIST").flags, 0)  # other subcommands pass
+        self.assertEqual(self.one(f, "GET", "k").flags, RETRY_SAFE)
+
+    def test_allow_takes_out_of_the_default(self) -> None:
+        """allow_commands lets a denied command through, and only it."""
+        f = framer(policy=CommandPolicy(allow=("CONFIG", "client|kill")))
+        self.assertEqual(self.one(f, "CONFIG", "GET", "x").flags, 0)
+        self.assertEqual(self.one(f, "CLIENT", "KILL", "ID", "1").flags, 0)
+        self.assertEqual(self.one(f, "SHUTDOWN").flags, LOCAL | REFUSED)
+
+    def test_deny_replaces_the_default(self) -> None:
+        """A configured deny list is the whole list: others pass, those named are refused."""
+        f = framer(policy=CommandPolicy(deny=("KEYS", "SCRIPT FLUSH", "GET")))
+        self.assertEqual(self.one(f, "KEYS", "*").flags, LOCAL | REFUSED)
+        self.assertEqual(self.one(f, "get", "k").flags, LOCAL | REFUSED)  # the fast path too
+        self.assertEqual(self.one(f, "SCRIPT", "FLUSH").key, b"SCRIPT FLUSH")
+        self.assertEqual(self.one(f, "SCRIPT", "LOAD", "x").flags, 0)
+        self.assertEqual(self.one(f, "CONFIG", "GET", "x").flags, 0)
+
+    def test_unauthenticated_clients_get_noauth(self) -> None:
+        """Before AUTH every command, denied or not, gets NOAUTH: nothing is counted."""
+        frame = self.one(framer(b"pw"), "SHUTDOWN")
+        self.assertEqual((frame.flags, frame.reply[:7]), (LOCAL, b"-NOAUTH"))
+
+    def test_every_redis_70_command_is_known(self) -> None:
+        """The table knows all 240 commands redis 7.0's COMMAND lists (none is 'unknown')."""
+        names = """ACL APPEND ASKING AUTH BGREWRITEAOF BGSAVE BITCOUNT BITFIELD BITFIELD_RO
+        BITOP BITPOS BLMOVE BLMPOP BLPOP BRPOP BRPOPLPUSH BZMPOP BZPOPMAX BZPOPMIN CLIENT CLUSTER
+        COMMAND CONFIG COPY DBSIZE DEBUG DECR DECRBY DEL DISCARD DUMP ECHO EVAL EVALSHA EVALSHA_RO
+        EVAL_RO EXEC EXISTS EXPIRE EXPIREAT EXPIRETIME FAILOVER FCALL FCALL_RO FLUSHALL FLUSHDB
+        FUNCTION GEOADD GEODIST GEOHASH GEOPOS GEORADIUS GEORADIUSBYMEMBER GEORADIUSBYMEMBER_RO
+        GEORADIUS_RO GEOSEARCH GEOSEARCHSTORE GET GETBIT GETDEL GETEX GETRANGE GETSET HDEL HELLO
+        HEXISTS HGET HGETALL HINCRBY HINCRBYFLOAT HKEYS HLEN HMGET HMSET HRANDFIELD HSCAN HSET
+        HSETNX HSTRLEN HVALS INCR INCRBY INCRBYFLOAT INFO KEYS LASTSAVE LATENCY LCS LINDEX LINSERT
+        LLEN LMOVE LMPOP LOLWUT LPOP LPOS LPUSH LPUSHX LRANGE LREM LSET LTRIM MEMORY MGET MIGRATE
+        MODULE MONITOR MOVE MSET MSETNX MULTI OBJECT PERSIST PEXPIRE PEXPIREAT PEXPIRETIME PFADD
+        PFCOUNT PFDEBUG PFMERGE PFSELFTEST PING PSETEX PSUBSCRIBE PSYNC PTTL PUBLISH PUBSUB
+        PUNSUBSCRIBE QUIT RANDOMKEY READONLY READWRITE RENAME RENAMENX REPLCONF REPLICAOF RESET
+        RESTORE RESTORE-ASKING ROLE RPOP RPOPLPUSH RPUSH RPUSHX SADD SAVE SCAN SCARD SCRIPT SDIFF
+        SDIFFSTORE SELECT SET SETBIT SETEX SETNX SETRANGE SHUTDOWN SINTER SINTERCARD SINTERSTORE
+        SISMEMBER SLAVEOF SLOWLOG SMEMBERS SMISMEMBER SMOVE SORT SORT_RO SPOP SPUBLISH SRANDMEMBER
+        SREM SSCAN SSUBSCRIBE STRLEN SUBSCRIBE SUBSTR SUNION SUNIONSTORE SUNSUBSCRIBE SWAPDB SYNC
+        TIME TOUCH TTL TYPE UNLINK UNSUBSCRIBE UNWATCH WAIT WATCH XACK XADD XAUTOCLAIM XCLAIM XDEL
+        XGROUP XINFO XLEN XPENDING XRANGE XREAD XREADGROUP XREVRANGE XSETID XTRIM ZADD ZCARD ZCOUNT
+        ZDIFF ZDIFFSTORE ZINCRBY ZINTER ZINTERCARD ZINTERSTORE ZLEXCOUNT ZMPOP ZMSCORE ZPOPMAX
+        ZPOPMIN ZRANDMEMBER ZRANGE ZRANGEBYLEX ZRANGEBYSCORE ZRANGESTORE ZRANK ZREM ZREMRANGEBYLEX
+        ZREMRANGEBYRANK ZREMRANGEBYSCORE ZREVRANGE ZREVRANGEBYLEX ZREVRANGEBYSCORE ZREVRANK ZSCAN
+        ZSCORE ZUNION ZUNIONSTORE""".split()
+        self.assertEqual(len(names), 240)
+        self.assertEqual([n for n in names if n.encode() not in redis.COMMANDS], [])
+
+
+class UnsubscribeTests(SynchronousTestCase):
+    """(P|S)UNSUBSCRIBE from a client subscribed to nothing: answered as redis would."""
+
+    def test_one_reply_per_channel(self) -> None:
+        [frame] = framer().feed(cmd("UNSUBSCRIBE", "a", "bc"))
+        self.assertEqual(frame.flags, LOCAL)
+        self.assertEqual(frame.reply, b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+                                      b"*3\r\n$11\r\nunsubscribe\r\n$2\r\nbc\r\n:0\r\n")
+
+    def test_without_channels(self) -> None:
+        [frame] = framer().feed(cmd("PUNSUBSCRIBE"))
+        self.assertEqual(frame.reply, b"*3\r\n$12\r\npunsubscribe\r\n$-1\r\n:0\r\n")
+
+    def test_resp3_pushes(self) -> None:
+        """After HELLO 3 they are push messages, with a null channel as RESP3's null."""
+        f = framer()
+        f.feed(cmd("HELLO", "3"))
+        [frame] = f.feed(cmd("SUNSUBSCRIBE"))
+        self.assertEqual(frame.reply, b">3\r\n$12\r\nsunsubscribe\r\n_\r\n:0\r\n")
+        [frame] = f.feed(cmd("UNSUBSCRIBE", "x"))
+        self.assertEqual(frame.reply, b">3\r\n$11\r\nunsubscribe\r\n$1\r\nx\r\n:0\r\n")
+
+    def test_subscribed_or_in_a_transaction(self) -> None:
+        """A subscribed client's UNSUBSCRIBE, and one inside MULTI, go to its own connection."""
+        f = framer()
+        f.feed(cmd("SUBSCRIBE", "a"))
+        self.assertEqual(f.feed(cmd("UNSUBSCRIBE", "a"))[0].flags, PIN)
+        f = framer()
+        f.feed(cmd("MULTI"))
+        self.assertEqual(f.feed(cmd("UNSUBSCRIBE"))[0].flags, PIN)
+
+
+class WaitTimeTests(SynchronousTestCase):
+    """How long each blocking command may wait by its own arguments."""
+
+    def wait(self, *args: str) -> Optional[float]:
+        [frame] = framer().feed(cmd(*args))
+        self.assertTrue(frame.flags & BLOCKING, args)
+        return redis.codec.wait_time(frame)
+
+    def test_seconds_and_milliseconds(self) -> None:
+        self.assertEqual(self.wait("BLPOP", "a", "b", "1.5"), 1.5)
+        self.assertEqual(self.wait("BLMOVE", "a", "b", "LEFT", "RIGHT", "2"), 2.0)
+        self.assertEqual(self.wait("BLMPOP", "3", "1", "q", "LEFT"), 3.0)
+        self.assertEqual(self.wait("BZMPOP", "0.25", "1", "z", "MIN"), 0.25)
+        self.assertEqual(self.wait("WAIT", "1", "500"), 0.5)
+        self.assertEqual(self.wait("WAITAOF", "1", "0", "250"), 0.25)
+        self.assertEqual(self.wait("XREAD", "COUNT", "1", "block", "100", "STREAMS", "s", "$"), 0.1)
+
+    def test_zero_is_forever(self) -> None:
+        self.assertIsNone(self.wait("BRPOP", "q", "0"))
+        self.assertIsNone(self.wait("XREADGROUP", "GROUP", "g", "c", "BLOCK", "0", "STREAMS",
+                                    "s", ">"))
+
+    def test_bad_timeouts_are_instant(self) -> None:
+        """What redis refuses at once waits for nothing."""
+        self.assertEqual(self.wait("BLPOP", "q", "soon"), 0.0)
+        self.assertEqual(self.wait("BLPOP", "q", "-1"), 0.0)
+        self.assertEqual(self.wait("BLPOP", "q", "nan"), 0.0)

@@ -427,13 +427,15 @@ class OverrideTests(ClusterConfigTestCase):
                  "check_rise": "1", "check_fall": "1", "check_path": '"/up"',
                  "breaker_failures": "0", "breaker_reset_timeout": "1",
                  "breaker_max_reset_timeout": "2", "max_ejected_percent": "100",
-                 "hash_tag": '"{}"', "http_failures": '"gateway"'}
+                 "hash_tag": '"{}"', "http_failures": '"gateway"',
+                 "deny_commands": '["KEYS", "CLIENT KILL"]', "allow_commands": '["CONFIG"]',
+                 "unknown_commands": '"pin"'}
         self.assertEqual(sorted(valid), sorted(CLUSTER_OVERRIDES))
         config = self.parse_file(cluster_file("".join(f"{k} = {v}\n" for k, v in valid.items())))
         self.assertEqual(sorted(config.clusters[0].overrides), sorted(CLUSTER_OVERRIDES))
         for key in CLUSTER_OVERRIDES:
-            self.assertIsInstance(config.clusters[0].overrides[key],
-                                  {"int": int, "float": float, "str": str}[SETTINGS_BY_NAME[key].kind])
+            self.assertIsInstance(config.clusters[0].overrides[key], {
+                "int": int, "float": float, "str": str, "names": tuple}[SETTINGS_BY_NAME[key].kind])
 
     def test_override_values_checked(self) -> None:
         """

@@ -135,3 +135,23 @@ class MemcachedInteropTests(SynchronousTestCase):
             s.close()
         after = int(self.backend_stats()["total_connections"])
         self.assertLessEqual(after - before - 1, 4)
+
+    def test_flush_all_refused_unless_allowed(self) -> None:
+        """
+        flush_all is refused by default (the data survives); with
+        --allow-commands flush_all it reaches memcached.
+        """
+        self.proxy()
+        c = self.client()
+        c.set("keep", "me")
+        with self.assertRaises(self.pymemcache.exceptions.MemcacheClientError) as e:
+            c.flush_all(noreply=False)
+        self.assertIn("flush_all", str(e.exception))
+        self.assertEqual(c.get("keep"), b"me")
+        self.assertEqual(self.pp.metric("poolproxy_commands_refused_total", command="flush_all"), 1)
+
+        allowed = ProxyProcess(self, "memcached", [self.backend], "--allow-commands", "flush_all")
+        direct = self.Client(("127.0.0.1", allowed.port), timeout=30)
+        self.addCleanup(direct.close)
+        self.assertTrue(direct.flush_all(noreply=False))
+        self.assertIsNone(c.get("keep"))

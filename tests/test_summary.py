@@ -5,6 +5,8 @@ rejected; on a Clock.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -12,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from poolproxy.backends.pool import BackendPool, BackendProtocol, PoolExhausted
 from poolproxy.ops.rejections import RejectionSummary
 from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.stats import ListenerStats
 from poolproxy.testing import FakeEndpoint
 
 
@@ -64,3 +67,27 @@ class SummaryTests(SynchronousTestCase):
         first.addErrback(lambda _: None)  # cancelled below: the test is over
         first.cancel()
         pool.close()
+
+    def test_refused_commands_and_failed_auth(self) -> None:
+        """
+        Commands the policy refused and failed AUTHs are summed per listener
+        in the same one line per interval, only for intervals that had some.
+        """
+        clock = Clock()
+        stats = ListenerStats()
+        listener = SimpleNamespace(name="front", stats=stats)
+        summary = RejectionSummary(Admission(1, 0, 1.0, clock=clock), lambda: [], clock,
+                                   interval=10.0, listeners=lambda: [listener])
+        summary.start()
+        self.addCleanup(summary.stop)
+        with capturedLogs() as events:
+            for _ in range(3):
+                stats.auth_failures += 1
+            stats.commands_refused.add("SHUTDOWN")
+            clock.advance(10.0)
+            clock.advance(10.0)  # nothing new: no line
+            stats.commands_refused.add("(unknown)", 2)
+            clock.advance(10.0)
+        lines = [e["counts"] for e in events if e.get("log_format", "").startswith("rejected")]
+        self.assertEqual(lines, [{"front failed auth": 3, "front refused SHUTDOWN": 1},
+                                 {"front refused (unknown)": 2}])

@@ -71,6 +71,8 @@ class Backend:
         self.requests = 0
         self.failures = 0
         self.retries = 0
+        #: Messages it sent unasked on a shared connection (RESP3 pushes), dropped.
+        self.unsolicited = 0
 
     def __str__(self) -> str:
         return self.name

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import binascii
 from collections import deque
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
-from poolproxy.codec import (CLOSE, LOCAL, RETRY_SAFE, BaseCodec, Frame, FramingError,
+from poolproxy.codec import (CLOSE, LOCAL, REFUSED, RETRY_SAFE, BaseCodec, Frame, FramingError,
                              IProbingCodec, IRequestFramer, IResponseFramer, IShardedCodec)
 from poolproxy.codecs._buffer import Unparsed
 
@@ -67,7 +67,7 @@ _RESPONSE_ERRORS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
 
 # Command classes.
 (_GET, _GAT, _STORE, _CAS, _DELETE, _ARITH, _TOUCH, _VERSION, _VERBOSITY, _FLUSH,
- _STATS, _QUIT, _MG, _MS, _MD, _MA, _MN, _ME) = range(18)
+ _STATS, _QUIT, _MG, _MS, _MD, _MA, _MN, _ME, _ADMIN, _DENIED) = range(20)
 
 _COMMANDS = {
     b"get": _GET, b"gets": _GET, b"gat": _GAT, b"gats": _GAT,
@@ -75,7 +75,7 @@ _COMMANDS = {
     b"prepend": _STORE, b"cas": _CAS,
     b"delete": _DELETE, b"incr": _ARITH, b"decr": _ARITH, b"touch": _TOUCH,
     b"version": _VERSION, b"verbosity": _VERBOSITY, b"flush_all": _FLUSH,
-    b"stats": _STATS, b"quit": _QUIT,
+    b"stats": _STATS, b"quit": _QUIT, b"shutdown": _ADMIN, b"cache_memlimit": _ADMIN,
     b"mg": _MG, b"ms": _MS, b"md": _MD, b"ma": _MA, b"mn": _MN, b"me": _ME,
 }
 
@@ -86,6 +86,52 @@ _TOKENS = {_DELETE: (2, 4), _ARITH: (3, 4), _TOUCH: (3, 4), _VERBOSITY: (2, 3),
 
 #: mg flags that change the item or hand out a token: not safe to repeat.
 _MG_UNSAFE = frozenset(b"NTR")
+
+#: What deny_commands is unless configured: the commands that administer the
+#: server rather than the data (docs/security.md).
+DEFAULT_DENY = ("shutdown", "verbosity", "flush_all", "cache_memlimit")
+#: Commands followed by a data block: denied ones are still read whole.
+_BLOCKS = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas", b"ms"))
+
+
+class CommandPolicy:
+    """
+    What a client may send: the commands refused (L{DEFAULT_DENY} unless
+    configured, less those allowed back).  C{commands} is the command table
+    with the refused ones marked, so the framer decides with its lookup.
+    """
+
+    def __init__(self, deny: Sequence[str] = DEFAULT_DENY, allow: Sequence[str] = ()) -> None:
+        allowed = {a.strip().lower().encode("ascii") for a in allow}
+        self.deny = frozenset(d.strip().lower().encode("ascii") for d in deny) - allowed
+        # Commands with a data block are framed whole, then refused.
+        self.deny_blocks = self.deny & _BLOCKS
+        self.commands = {name: (_DENIED if name in self.deny and name not in _BLOCKS else cmd)
+                         for name, cmd in _COMMANDS.items()}
+        for name in self.deny - set(_COMMANDS):
+            self.commands[name] = _DENIED
+
+
+_DEFAULT_POLICY = CommandPolicy()
+_POLICIES: Dict[Tuple[Any, Any], CommandPolicy] = {}
+
+
+def command_policy(options: Any) -> CommandPolicy:
+    """The L{CommandPolicy} of codec options (cached: every client's framer shares it)."""
+    deny = getattr(options, "deny_commands", None)
+    allow = tuple(getattr(options, "allow_commands", ()) or ())
+    key = (tuple(deny) if deny is not None else None, allow)
+    policy = _POLICIES.get(key)
+    if policy is None:
+        policy = _POLICIES[key] = CommandPolicy(DEFAULT_DENY if deny is None else deny, allow)
+    return policy
+
+
+def _refused(data: bytes, name: bytes, noreply: bool) -> Frame:
+    """The proxy's refusal of a denied command (silent for noreply, as memcached is)."""
+    reply = b"" if noreply else (b"CLIENT_ERROR poolproxy: the '%s' command is refused by "
+                                 b"this proxy\r\n" % name[:100])
+    return Frame(data, 0, name, LOCAL | REFUSED, None, reply)
 
 
 def _number(token: bytes, signed: bool, limit: int) -> Optional[int]:
@@ -156,8 +202,9 @@ class MemcachedRequestFramer(Unparsed):
         C{too_large} error as soon as its command line is read.
     """
 
-    def __init__(self, max_request_size: int) -> None:
+    def __init__(self, max_request_size: int, policy: CommandPolicy = _DEFAULT_POLICY) -> None:
         self.max_request_size = max_request_size
+        self._policy = policy
         self.error: Optional[FramingError] = None
         self._init_unparsed()           # bytes of a frame cut short (codecs._buffer)
         self._scan = 0                  # where to resume looking for a newline
@@ -179,8 +226,9 @@ class MemcachedRequestFramer(Unparsed):
         scan = self._scan
         need = 0
         # Locals, not globals, on the hot path (it matters on CPython 3.9).
-        frame, local, commands, ctrl_chars = Frame, _local, _COMMANDS, _CTRL
+        frame, local, commands, ctrl_chars = Frame, _local, self._policy.commands, _CTRL
         get, store, max_key, max_line = _GET, _STORE, MAX_KEY_LENGTH, MAX_LINE
+        deny_blocks = self._policy.deny_blocks
         try:
             while pos < n:
                 eol = buf.find(b"\n", pos + scan)
@@ -238,7 +286,9 @@ class MemcachedRequestFramer(Unparsed):
                     if buf[total - 2] != 13 or buf[total - 1] != 10:
                         raise FramingError("malformed", "bad data chunk")
                     key = parts[1]
-                    if cmd == store and not ctrl and len(key) <= max_key:
+                    if deny_blocks and parts[0] in deny_blocks:
+                        append(_refused(buf[pos:total], parts[0], parts[-1] == _NOREPLY))
+                    elif cmd == store and not ctrl and len(key) <= max_key:
                         replies = 1 if count == 5 or parts[5] != _NOREPLY else 0
                         append(frame(buf[pos:total], replies, key, 0, LINE))
                     else:
@@ -292,10 +342,14 @@ class MemcachedRequestFramer(Unparsed):
         """
         if cmd is None:
             return _local(data, ERROR_LINE)
+        if cmd == _DENIED:
+            return _refused(data, parts[0], parts[-1] == _NOREPLY)
         if ctrl:
             noreply = cmd in _TOKENS and parts[-1] == _NOREPLY
             return _local(data, b"" if noreply else BAD_FORMAT)
         count = len(parts)
+        if cmd == _ADMIN:  # shutdown, cache_memlimit, when allowed: one line back
+            return Frame(data, 1, None, 0, LINE)
 
         if cmd >= _MG:  # meta commands
             if cmd == _MN:
@@ -535,7 +589,8 @@ class MemcachedCodec(BaseCodec):
         """
         if isinstance(config, int):
             return MemcachedRequestFramer(config)
-        return MemcachedRequestFramer(getattr(config, "max_request_size", 1024 * 1024))
+        return MemcachedRequestFramer(getattr(config, "max_request_size", 1024 * 1024),
+                                      command_policy(config))
 
     def response_framer(self) -> MemcachedResponseFramer:
         return MemcachedResponseFramer()

@@ -36,8 +36,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from zope.interface import implementer
 
 from poolproxy.codec import (
+    AUTH_FAILED,
+    BLOCKING,
     CLOSE,
     DIRTY,
+    REFUSED,
     VARIANT,
     LOCAL,
     PASSTHROUGH,
@@ -46,11 +49,12 @@ from poolproxy.codec import (
     UNPIN,
     Frame,
     FramingError,
+    IBlockingCodec,
     IProbingCodec,
     IShardAwareFramer,
     IShardedCodec,
+    IUnsolicitedFramer,
     IVariantCodec,
-    IResponseFramer,
 )
 from poolproxy.codecs._buffer import Unparsed
 
@@ -222,7 +226,10 @@ def _split_quoted(line: bytes) -> List[bytes]:
 #
 # A command's entry is an int.  Below 2 it is the frame's flags (0 or
 # RETRY_SAFE) for a plain command whose key is args[1]: the fast path.  Every
-# other value sends the frame through RespRequestFramer._dispatch.
+# other value sends the frame through RespRequestFramer._dispatch.  Every
+# command of redis 7.0 (COMMAND), and the later ones listed below, has an
+# entry: one that has none is unknown, and never reaches a shared connection
+# (its replies could not be counted).
 
 _KEYLESS = 64          # | flags: no key
 _KEY2 = 256            # | flags: key is args[2] (BITOP op dest, ZUNION numkeys key...)
@@ -230,6 +237,9 @@ _KEYNUM = 512          # | flags: EVAL script numkeys key...: args[3] if numkeys
 _BLOCK = 1024          # blocking, key args[1]
 _BLOCK3 = 2048         # blocking, key args[3] (BLMPOP timeout numkeys key)
 _SPECIAL = 4096        # dispatch by name
+_UNKNOWN = 8192        # not a command redis has: refused, or pinned (unknown_commands)
+_DENIED = 16384        # refused by the command policy (deny_commands)
+_SUBPOLICY = 32768     # some of its subcommands are denied: look at args[1]
 
 _READ_KEYED = """
 GET MGET EXISTS TTL PTTL EXPIRETIME PEXPIRETIME TYPE STRLEN GETRANGE SUBSTR GETBIT
@@ -247,12 +257,31 @@ PING ECHO DBSIZE TIME INFO LASTSAVE RANDOMKEY KEYS SCAN ROLE LOLWUT COMMAND
 
 _PLAIN_KEYLESS = """
 CONFIG FLUSHALL FLUSHDB SCRIPT FUNCTION SAVE BGSAVE BGREWRITEAOF SHUTDOWN SLOWLOG
-CLUSTER REPLICAOF SLAVEOF DEBUG LATENCY MODULE ACL SWAPDB PUBSUB UNSUBSCRIBE
-PUNSUBSCRIBE SUNSUBSCRIBE FAILOVER
+CLUSTER REPLICAOF SLAVEOF DEBUG LATENCY MODULE ACL SWAPDB PUBSUB FAILOVER
+MIGRATE PFSELFTEST
 """.split()
+
+#: Writes whose key is args[1]: the fast path's plain commands (redis 7.0's
+#: COMMAND, and the hash-field expiry of 7.4 and the hash commands of 8.0).
+#: PUBLISH's channel is its key: a sharded cluster sends it where SUBSCRIBE
+#: to that channel went.
+_WRITES = """
+APPEND BITFIELD COPY DECR DECRBY DEL EXPIRE EXPIREAT GEOADD GEORADIUS
+GEORADIUSBYMEMBER GEOSEARCHSTORE GETDEL GETEX GETSET HDEL HINCRBY HINCRBYFLOAT HMSET
+HSET HSETNX INCR INCRBY INCRBYFLOAT LINSERT LMOVE LPOP LPUSH LPUSHX LREM LSET LTRIM
+MOVE MSET MSETNX PERSIST PEXPIRE PEXPIREAT PFADD PFMERGE PSETEX RENAME RENAMENX
+RESTORE RESTORE-ASKING RPOP RPOPLPUSH RPUSH RPUSHX SADD SDIFFSTORE SET SETBIT SETEX
+SETNX SETRANGE SINTERSTORE SMOVE SORT SPOP PUBLISH SPUBLISH SREM SUNIONSTORE TOUCH UNLINK XACK
+XADD XAUTOCLAIM XCLAIM XDEL XSETID XTRIM ZADD ZDIFFSTORE ZINCRBY ZINTERSTORE ZPOPMAX
+ZPOPMIN ZRANGESTORE ZREM ZREMRANGEBYLEX ZREMRANGEBYRANK ZREMRANGEBYSCORE ZUNIONSTORE
+HEXPIRE HPEXPIRE HEXPIREAT HPEXPIREAT HPERSIST HGETDEL HGETEX HSETEX
+""".split()
+
+_READS_LATER = "HTTL HPTTL HEXPIRETIME HPEXPIRETIME".split()
 
 _KEY2_COMMANDS = {
     "BITOP": 0, "OBJECT": RETRY_SAFE, "MEMORY": 0, "XINFO": RETRY_SAFE, "XGROUP": 0,
+    "PFDEBUG": 0,
     "ZUNION": RETRY_SAFE, "ZINTER": RETRY_SAFE, "ZDIFF": RETRY_SAFE,
     "ZINTERCARD": RETRY_SAFE, "SINTERCARD": RETRY_SAFE, "LMPOP": 0, "ZMPOP": 0,
 }
@@ -269,7 +298,21 @@ _BLOCKING_KEYLESS = "WAIT WAITAOF".split()
 _SPECIAL_COMMANDS = """
 QUIT AUTH HELLO RESET MULTI EXEC DISCARD WATCH UNWATCH SELECT CLIENT READONLY
 READWRITE ASKING SUBSCRIBE PSUBSCRIBE SSUBSCRIBE MONITOR SYNC PSYNC XREAD XREADGROUP
+UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE REPLCONF
 """.split()
+
+#: What deny_commands is unless configured: the commands that administer the
+#: server rather than the data (docs/security.md).  "A B" is subcommand B of A.
+DEFAULT_DENY = (
+    "SHUTDOWN", "DEBUG", "CONFIG", "REPLICAOF", "SLAVEOF", "SYNC", "PSYNC", "REPLCONF",
+    "FAILOVER", "MODULE", "ACL", "SAVE", "BGSAVE", "BGREWRITEAOF", "MONITOR", "FLUSHALL",
+    "FLUSHDB", "SWAPDB", "MIGRATE", "PFDEBUG", "PFSELFTEST",
+    "CLIENT KILL", "CLIENT PAUSE", "CLIENT UNPAUSE",
+    "CLUSTER ADDSLOTS", "CLUSTER ADDSLOTSRANGE", "CLUSTER BUMPEPOCH", "CLUSTER DELSLOTS",
+    "CLUSTER DELSLOTSRANGE", "CLUSTER FAILOVER", "CLUSTER FLUSHSLOTS", "CLUSTER FORGET",
+    "CLUSTER MEET", "CLUSTER REPLICATE", "CLUSTER RESET", "CLUSTER SAVECONFIG",
+    "CLUSTER SET-CONFIG-EPOCH", "CLUSTER SETSLOT",
+)
 
 
 def _build_table() -> Dict[bytes, int]:
@@ -280,6 +323,10 @@ def _build_table() -> Dict[bytes, int]:
         table[name] = _KEYLESS | RETRY_SAFE
     for name in _PLAIN_KEYLESS:
         table[name] = _KEYLESS
+    for name in _WRITES:
+        table[name] = 0
+    for name in _READS_LATER:
+        table[name] = RETRY_SAFE
     for name, flags in _KEY2_COMMANDS.items():
         table[name] = _KEY2 | flags
     for name, flags in _KEYNUM_COMMANDS.items():
@@ -292,7 +339,6 @@ def _build_table() -> Dict[bytes, int]:
         table[name] = _BLOCK | _KEYLESS
     for name in _SPECIAL_COMMANDS:
         table[name] = _SPECIAL
-    # Writes that are plain keyed commands need no entry: unknown -> 0.
     out: Dict[bytes, int] = {}
     for name, value in table.items():
         out[name.encode()] = value
@@ -300,8 +346,54 @@ def _build_table() -> Dict[bytes, int]:
     return out
 
 
-#: Command name (as upper or lower case bytes) -> entry; see above.
+#: Command name (as upper or lower case bytes) -> entry; see above.  A
+#: name that is not here (in neither case) is _UNKNOWN.
 COMMANDS: Dict[bytes, int] = _build_table()
+
+
+class CommandPolicy:
+    """
+    What a client may send, from the configuration: the commands refused
+    (L{DEFAULT_DENY} unless configured, less those allowed back), and what
+    an unknown command gets.  Its C{table} is L{COMMANDS} with the refused
+    ones marked, so the framer's fast path decides with the lookup it makes
+    anyway.
+    """
+
+    def __init__(self, deny: Sequence[str] = DEFAULT_DENY, allow: Sequence[str] = (),
+                 unknown: str = "refuse") -> None:
+        allowed = {_command_name(a) for a in allow}
+        self.deny = frozenset(_command_name(d) for d in deny) - allowed
+        self.pin_unknown = unknown == "pin"
+        table = dict(COMMANDS)
+        for entry in self.deny:
+            name, _, sub = entry.partition(b" ")
+            bit = _SUBPOLICY if sub else _DENIED
+            for spelled in (name, name.lower()):
+                table[spelled] = table.get(spelled, _UNKNOWN) | bit
+        self.table = table
+
+
+def _command_name(text: str) -> bytes:
+    """A configured name as the policy keys it: upper case, subcommand after one space."""
+    return b" ".join(text.replace("|", " ").upper().encode("ascii").split())
+
+
+_DEFAULT_POLICY = CommandPolicy()
+_POLICIES: Dict[Tuple[Any, Any, str], CommandPolicy] = {}
+
+
+def command_policy(options: Any) -> CommandPolicy:
+    """The L{CommandPolicy} of codec options (cached: every client's framer shares it)."""
+    deny = getattr(options, "deny_commands", None)
+    allow = tuple(getattr(options, "allow_commands", ()) or ())
+    unknown = getattr(options, "unknown_commands", "refuse") or "refuse"
+    key = (tuple(deny) if deny is not None else None, allow, unknown)
+    policy = _POLICIES.get(key)
+    if policy is None:
+        policy = _POLICIES[key] = CommandPolicy(DEFAULT_DENY if deny is None else deny,
+                                                allow, unknown)
+    return policy
 
 
 # -- every key of a multi-key command (for sharded clusters) ---------------------
@@ -425,6 +517,30 @@ def _clean(text: bytes) -> bytes:
     return text.replace(b"\r", b" ").replace(b"\n", b" ")
 
 
+#: A command entry the policy must look at (see CommandPolicy).
+_POLICY = _DENIED | _SUBPOLICY | _UNKNOWN
+
+
+def _refused(command: bytes) -> Frame:
+    """The proxy's refusal of a denied C{command} (a name, or name and subcommand)."""
+    return Frame(b"", 1, command, LOCAL | REFUSED,
+                 reply=b"-ERR poolproxy: the '%s' command is refused by this proxy "
+                       b"(deny_commands)\r\n" % _clean(command.lower()[:100]))
+
+
+def _unsubscribed(kind: bytes, channels: List[bytes], resp3: bool) -> bytes:
+    """
+    What redis answers C{kind} (unsubscribe, punsubscribe, sunsubscribe) from
+    a client subscribed to nothing: one reply per channel named, or one with
+    a null channel; pushes in RESP3.
+    """
+    head = b">3\r\n" if resp3 else b"*3\r\n"
+    kind = b"$%d\r\n%s\r\n" % (len(kind), kind)
+    if not channels:
+        return head + kind + (b"_\r\n" if resp3 else b"$-1\r\n") + b":0\r\n"
+    return b"".join(head + kind + b"$%d\r\n%s\r\n:0\r\n" % (len(c), c) for c in channels)
+
+
 @implementer(IShardAwareFramer)
 class RespRequestFramer(Unparsed):
     """
@@ -434,11 +550,17 @@ class RespRequestFramer(Unparsed):
     @ivar error: L{None}, or the L{FramingError} that broke the stream.
     """
 
-    def __init__(self, max_request_size: int, password: Optional[bytes] = None) -> None:
+    def __init__(self, max_request_size: int, password: Optional[bytes] = None,
+                 policy: CommandPolicy = _DEFAULT_POLICY) -> None:
         self.error: Optional[FramingError] = None
         self._max = max_request_size
         self._password = password
         self._authed = password is None
+        self._policy = policy
+        self._cmds = policy.table
+        # Whether the client chose RESP3 (HELLO 3): the proxy's own pub/sub
+        # replies are then push messages.
+        self._resp3 = False
         # Connection state (see _dispatch).
         self._multi = False
         self._watch = False
@@ -500,7 +622,7 @@ class RespRequestFramer(Unparsed):
         find = buf.find
         ints = _INTS
         counts = _COUNTS
-        cmds = COMMANDS
+        cmds = self._cmds
         end = len(buf)
         maxsize = self._max
         fast = self._fast
@@ -602,7 +724,7 @@ class RespRequestFramer(Unparsed):
                         data = buf[start:p]
                     info = cmds.get(name)
                     if info is None:
-                        info = cmds.get(name.upper(), 0)
+                        info = cmds.get(name.upper(), _UNKNOWN)
                     if info < 2 and fast:
                         append(Frame(data, 1, key, info))
                     else:
@@ -645,7 +767,7 @@ class RespRequestFramer(Unparsed):
         last = len(parts) - 1  # the bytes after the last CRLF: never a whole line
         counts = _STAR_COUNTS
         lengths = _DOLLAR_LENGTHS
-        cmds = COMMANDS
+        cmds = self._cmds
         maxsize = self._max
         t = pos = 0
         while t < last:
@@ -667,7 +789,7 @@ class RespRequestFramer(Unparsed):
             name = parts[t + 2]
             info = cmds.get(name)
             if info is None:
-                info = cmds.get(name.upper(), 0)
+                info = cmds.get(name.upper(), _UNKNOWN)
             if info >= 2 or end - start > maxsize:
                 break  # commands with consequences, and limits, the general way
             append(Frame(buf[start:end], 1, parts[t + 4] if n > 1 else None, info))
@@ -704,9 +826,9 @@ class RespRequestFramer(Unparsed):
                 "too_large", "Protocol error: request larger than %d bytes" % self._max)
         name = args[0]
         key = args[1] if len(args) > 1 else None
-        info = COMMANDS.get(name)
+        info = self._cmds.get(name)
         if info is None:
-            info = COMMANDS.get(name.upper(), 0)
+            info = self._cmds.get(name.upper(), _UNKNOWN)
         if info < 2 and self._fast:
             return Frame(data, 1, key, info)
         return self._dispatch(data, args, name, key, info)
@@ -731,12 +853,28 @@ class RespRequestFramer(Unparsed):
                 return self._special(data, args, upper, key, self._stateful())
         if not self._authed:
             return Frame(data, 1, None, LOCAL, reply=_NOAUTH)
+        if info & _POLICY:
+            if info & _DENIED:
+                return _refused(name.upper())
+            if info & _UNKNOWN:
+                if self._policy.pin_unknown:
+                    # Its replies cannot be counted: a raw pipe of its own.
+                    return self._stick(data, key, passthrough=True)
+                return Frame(data, 1, b"(unknown)", LOCAL | REFUSED,
+                             reply=b"-ERR poolproxy: unknown command '%s'\r\n" % _clean(name[:100]))
+            if args is None:
+                args = _resp_args(data)
+            if len(args) > 1:
+                command = name.upper() + b" " + args[1].upper()
+                if command in self._policy.deny:
+                    return _refused(command)
+            info &= ~_SUBPOLICY
         stateful = self._stateful()
         if info < 2:
             return Frame(data, 1, key, PIN if stateful else info)
         if info & _BLOCK:
             return Frame(data, 1, None if info & _KEYLESS else key,
-                         PIN if stateful else PIN | UNPIN)
+                         PIN | BLOCKING if stateful else PIN | UNPIN | BLOCKING)
         if info & _KEYLESS:
             return Frame(data, 1, None, PIN if stateful else info & 3)
         if info & (_KEY2 | _KEYNUM | _BLOCK3):
@@ -752,7 +890,8 @@ class RespRequestFramer(Unparsed):
             elif len(args) > 3:
                 key = args[3]
             if info & _BLOCK3:
-                return Frame(data, 1, key, PIN if stateful else PIN | UNPIN)
+                return Frame(data, 1, key,
+                             PIN | BLOCKING if stateful else PIN | UNPIN | BLOCKING)
             return Frame(data, 1, key, PIN if stateful else info & 3)
         return self._special(data, args, name.upper(), key, stateful)
 
@@ -788,7 +927,7 @@ class RespRequestFramer(Unparsed):
                 # The proxy passes bytes through until the session ends: it
                 # cannot see RESET's reply, so the state stays.
                 return Frame(data, 1, None, PIN)
-            self._multi = self._watch = self._sticky = False
+            self._multi = self._watch = self._sticky = self._resp3 = False
             if self._password is not None:
                 self._authed = False  # RESET re-authenticates as "default"
             self._update()
@@ -800,9 +939,20 @@ class RespRequestFramer(Unparsed):
             # RESET also drops the pooled connection's AUTH and SELECT.
             return Frame(data, 1, None, PIN | UNPIN | DIRTY | VARIANT)
         if upper in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR",
-                     b"SYNC", b"PSYNC"):
+                     b"SYNC", b"PSYNC", b"REPLCONF"):
+            # From here on the backend speaks unasked (messages, a replication
+            # stream, REPLCONF ACK's silence): a raw pipe of the client's own.
             channel = key if upper == b"SUBSCRIBE" or upper == b"SSUBSCRIBE" else None
             return self._stick(data, channel, passthrough=True)
+        if upper in (b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE"):
+            if self._passthrough or self._multi:
+                return Frame(data, 1, None, PIN)  # the client's own connection answers
+            # Not subscribed to anything: redis would answer one reply per
+            # channel named (or one), which no shared connection must see.
+            if args is None:
+                args = _resp_args(data)
+            return Frame(data, 1, None, LOCAL,
+                         reply=_unsubscribed(upper.lower(), args[1:], self._resp3))
         if upper in (b"SELECT", b"READONLY", b"READWRITE", b"ASKING"):
             return self._stick(data, None)
         if upper == b"CLIENT":
@@ -829,7 +979,8 @@ class RespRequestFramer(Unparsed):
                 args = _resp_args(data)
             key, blocking = _xread(args)
             if blocking:
-                return Frame(data, 1, key, PIN if stateful else PIN | UNPIN)
+                return Frame(data, 1, key,
+                             PIN | BLOCKING if stateful else PIN | UNPIN | BLOCKING)
             flags = RETRY_SAFE if upper == b"XREAD" else 0
             return Frame(data, 1, key, PIN if stateful else flags)
         return Frame(data, 1, key, PIN if stateful else 0)  # pragma: no cover
@@ -875,7 +1026,7 @@ class RespRequestFramer(Unparsed):
         else:
             return Frame(b"", 1, None, LOCAL, reply=_AUTH_ARITY)
         if not self._credentials_ok(user, password):
-            return Frame(b"", 1, None, LOCAL, reply=_WRONGPASS)
+            return Frame(b"", 1, None, LOCAL | AUTH_FAILED, reply=_WRONGPASS)
         self._authed = True
         self._update()
         return Frame(b"", 1, None, LOCAL, reply=_OK)
@@ -904,7 +1055,7 @@ class RespRequestFramer(Unparsed):
                                  % _clean(args[j][:100]))
         if auth is not None:
             if not self._credentials_ok(*auth):
-                return Frame(b"", 1, None, LOCAL, reply=_WRONGPASS)
+                return Frame(b"", 1, None, LOCAL | AUTH_FAILED, reply=_WRONGPASS)
             self._authed = True
             self._update()
             # The backend must not see the client's credentials.
@@ -916,6 +1067,8 @@ class RespRequestFramer(Unparsed):
         elif not self._authed:
             return Frame(data, 1, None, LOCAL, reply=_NOAUTH_HELLO)
         variant = 3 if proto == b"3" else None  # the pool's connections speak RESP2
+        if proto is not None:
+            self._resp3 = variant == 3
         if setname is not None:
             # The name is connection state: a connection of its own, which this
             # HELLO also switches to the chosen protocol.
@@ -961,19 +1114,25 @@ _AGGREGATE = frozenset(b"*~>%|")
 _TYPES = _SIMPLE | _BULK | _AGGREGATE
 
 
-@implementer(IResponseFramer)
+@implementer(IUnsolicitedFramer)
 class RespResponseFramer(Unparsed):
     """
     Cuts one backend connection's byte stream into complete RESP2/RESP3
     replies, each as its exact bytes.  An attribute (C{|}) and the reply it
     decorates are one response.  Streamed strings and aggregates (C{$?},
-    C{*?}), which redis does not send, are rejected.
+    C{*?}), which redis does not send, are rejected.  RESP3 push messages
+    (C{>}) answer no request: they go to C{unsolicited}, not among the
+    replies.
     """
 
     needs_expect = False
 
     def __init__(self) -> None:
         self.error: Optional[FramingError] = None
+        #: Push messages the last feed found (IUnsolicitedFramer).
+        self.unsolicited: List[bytes] = []
+        # A push message began in an earlier feed and is not complete yet.
+        self._push_open = False
         self._init_unparsed()
         # Elements still owed by each open aggregate, outermost first.
         self._stack: List[int] = []
@@ -1002,6 +1161,8 @@ class RespResponseFramer(Unparsed):
         parts = self._parts
         end = len(buf)
         pos = p = need = 0
+        # Where push messages stand in `out` (set apart after the loop).
+        pushed: List[int] = [0] if self._push_open else []
         try:
             while p < end:
                 t = buf[p]
@@ -1033,6 +1194,8 @@ class RespResponseFramer(Unparsed):
                         raise FramingError("malformed", "bad %r reply" % chr(t))
                     p = eol + 2
                 elif t in _AGGREGATE:
+                    if t == 62 and not stack:  # '>': a push message begins
+                        pushed.append(len(out))
                     n = ints.get(buf[p + 1:eol])
                     if n is None:
                         n = _length(buf[p + 1:eol], t == 42)
@@ -1081,6 +1244,7 @@ class RespResponseFramer(Unparsed):
             del stack[:]
             del parts[:]
             self._parts_size = 0
+            self._push_open = False
             return out
         if stack and p > pos:
             # Inside an aggregate: keep the checked part aside.
@@ -1089,7 +1253,17 @@ class RespResponseFramer(Unparsed):
             pos = p
         if pos < end:
             self._keep(buf, pos, need)
+        if pushed:
+            return self._set_apart(out, pushed)
         return out
+
+    def _set_apart(self, out: List[bytes], pushed: List[int]) -> List[bytes]:
+        """Move the push messages at indexes C{pushed} of C{out} to C{unsolicited}."""
+        # The last one may have begun and not be complete yet.
+        self._push_open = pushed[-1] == len(out)
+        marks = set(pushed)
+        self.unsolicited.extend(r for i, r in enumerate(out) if i in marks)
+        return [r for i, r in enumerate(out) if i not in marks]
 
 
 def _length(s: bytes, null_ok: bool) -> int:
@@ -1114,7 +1288,7 @@ def _as_bytes(value: Any) -> Optional[bytes]:
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-@implementer(IShardedCodec, IVariantCodec, IProbingCodec)
+@implementer(IShardedCodec, IVariantCodec, IProbingCodec, IBlockingCodec)
 class RedisCodec:
     """The redis protocol (RESP2, RESP3 on pinned connections)."""
 
@@ -1131,7 +1305,7 @@ class RedisCodec:
             return RespRequestFramer(config)
         return RespRequestFramer(
             getattr(config, "max_request_size", 512 * 1024 * 1024),
-            _as_bytes(getattr(config, "client_password", None)))
+            _as_bytes(getattr(config, "client_password", None)), command_policy(config))
 
     def response_framer(self) -> RespResponseFramer:
         return RespResponseFramer()
@@ -1226,6 +1400,34 @@ class RedisCodec:
         if text.startswith("-"):
             return "%s failed: %s" % (what, text[1:])
         return "%s: unexpected reply %r" % (what, text[:200])
+
+    def wait_time(self, frame: Frame) -> Optional[float]:
+        """
+        How long a blocking command may wait by its own timeout (seconds;
+        L{None}: 0, forever): BLPOP and the like's last argument, BLMPOP's
+        and BZMPOP's first, XREAD's BLOCK and WAIT's, in milliseconds.
+        """
+        args = _resp_args(frame.data)
+        name = args[0].upper()
+        if name in (b"XREAD", b"XREADGROUP"):
+            upper = [a.upper() for a in args]
+            at = upper.index(b"BLOCK") + 1 if b"BLOCK" in upper else 0
+            raw, scale = (args[at] if at and at < len(args) else b"0"), 0.001
+        elif name == b"WAIT":
+            raw, scale = (args[2] if len(args) > 2 else b"0"), 0.001
+        elif name == b"WAITAOF":
+            raw, scale = (args[3] if len(args) > 3 else b"0"), 0.001
+        elif name in (b"BLMPOP", b"BZMPOP"):
+            raw, scale = (args[1] if len(args) > 1 else b"0"), 1.0
+        else:
+            raw, scale = args[-1], 1.0
+        try:
+            seconds = float(raw) * scale
+        except ValueError:
+            return 0.0  # redis refuses it at once
+        if seconds != seconds or seconds < 0:
+            return 0.0
+        return None if seconds == 0 else seconds
 
     def probe(self) -> Frame:
         return Frame(_PING, 1, None, RETRY_SAFE)

@@ -102,6 +102,9 @@ class ProxyConfig:
     max_ejected_percent: float = 50.0
     http_failures: str = "5xx"
     hash_tag: Optional[str] = None
+    deny_commands: Optional[Tuple[str, ...]] = None
+    allow_commands: Tuple[str, ...] = ()
+    unknown_commands: str = "refuse"
     workers: int = 1
     listeners: Tuple[ListenerConfig, ...] = ()
     clusters: Tuple[ClusterConfig, ...] = ()
@@ -266,6 +269,11 @@ class CodecOptions:
     backend_password: Optional[str] = None
     backend_username: Optional[str] = None
     backend_db: int = 0
+    #: Command names refused (None: the codec's own list), those taken out
+    #: of it, and what an unknown command gets (refuse or pin).
+    deny_commands: Optional[Tuple[str, ...]] = None
+    allow_commands: Tuple[str, ...] = ()
+    unknown_commands: str = "refuse"
 
 
 def codec_options(config: ProxyConfig) -> CodecOptions:
@@ -284,6 +292,9 @@ def codec_options(config: ProxyConfig) -> CodecOptions:
         backend_password=secret("backend_password_file"),
         backend_username=config.backend_username,
         backend_db=config.backend_db,
+        deny_commands=config.deny_commands,
+        allow_commands=config.allow_commands,
+        unknown_commands=config.unknown_commands,
     )
 
 

@@ -28,7 +28,9 @@ class Setting:
     One configuration key.
 
     @ivar name: the TOML key; the flag is the same with dashes.
-    @ivar kind: C{"int"}, C{"float"}, C{"str"} or C{"list"} (a repeatable flag).
+    @ivar kind: C{"int"}, C{"float"}, C{"str"}, C{"list"} (a repeatable flag) or
+        C{"names"} (a TOML list of strings, or one flag of comma-separated names;
+        an empty one is an empty list).
     @ivar minimum: the smallest accepted number, for C{int} and C{float}.
     @ivar exclusive: whether C{minimum} itself is refused (durations > 0).
     @ivar maximum: the largest accepted number, for C{int} and C{float}.
@@ -64,6 +66,14 @@ def _check_hash_key(hash_key: Optional[str], where: str) -> None:
     if hash_key is not None and not (hash_key == "path" or (
             hash_key.startswith("header:") and len(hash_key) > len("header:"))):
         raise ConfigError(f"{where}: expected 'path' or 'header:NAME', got {hash_key!r}")
+
+
+def _check_names(name: str, where: str) -> None:
+    """One command name: visible ASCII words (a command, or a command and a subcommand)."""
+    words = name.replace("|", " ").split()
+    if not 1 <= len(words) <= 2 or not all(w.isascii() and w.isprintable() for w in words):
+        raise ConfigError(f"{where}: expected command names such as CONFIG or 'CLIENT KILL', "
+                          f"got {name!r}")
 
 
 #: The statuses of an http response that count as a backend failure, by
@@ -168,6 +178,16 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("hash_tag", "str", None, "redis and memcached with consistent_hash: two "
             "characters, e.g. '{}'; a key holding them is hashed by what is between them "
             "only, so keys with the same tag live on the same backend.", check=_check_hash_tag),
+    Setting("deny_commands", "names", None, "Commands refused with the protocol's error "
+            "instead of being sent, comma-separated (redis: a command, or a command and "
+            "subcommand such as 'CLIENT KILL') [default: the codec's commands that administer "
+            "the server rather than the data: docs/security.md].", check=_check_names),
+    Setting("allow_commands", "names", (), "Commands taken out of deny-commands, "
+            "comma-separated (e.g. CONFIG,MONITOR).", check=_check_names),
+    Setting("unknown_commands", "str", "refuse", "redis: what a command the proxy does not "
+            "know gets: refuse (the protocol's error, as twemproxy does) or pin (a backend "
+            "connection of the client's own, so that however many replies it gets none can "
+            "reach another client).", choices=("refuse", "pin")),
     Setting("workers", "int", 1, "Processes serving clients. Above 1, a supervisor "
             "process spawns that many workers sharing tcp listeners (SO_REUSEPORT) and "
             "sums their /metrics.", minimum=1),
@@ -206,7 +226,7 @@ CLUSTER_OVERRIDES: Tuple[str, ...] = (
     "pool_size", "pool_min_idle", "mux_connections", "request_timeout", "check_interval",
     "check_timeout", "check_rise", "check_fall", "check_path", "breaker_failures",
     "breaker_reset_timeout", "breaker_max_reset_timeout", "max_ejected_percent", "hash_tag",
-    "http_failures",
+    "http_failures", "deny_commands", "allow_commands", "unknown_commands",
 )
 
 LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster")
@@ -253,6 +273,8 @@ def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
     """
     if setting.kind in ("int", "float"):
         return _coerce_number(setting, raw, where, text_ok)
+    if setting.kind == "names":
+        return _coerce_names(setting, raw, where, text_ok)
     if setting.kind == "str":
         if not isinstance(raw, str) or not raw.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
@@ -268,6 +290,19 @@ def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
     if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in raw):
         raise ConfigError(f"{where}: expected a list of non-empty strings, got {raw!r}")
     return tuple(x.strip() for x in raw)
+
+
+def _coerce_names(setting: Setting, raw: Any, where: str, text_ok: bool) -> Tuple[str, ...]:
+    """A list of names: a TOML list, or (a flag) one string of comma-separated names."""
+    if isinstance(raw, str) and text_ok:
+        raw = [part for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in raw):
+        raise ConfigError(f"{where}: expected a list of names, got {raw!r}")
+    names = tuple(" ".join(x.replace("|", " ").split()) for x in raw)
+    if setting.check is not None:
+        for name in names:
+            setting.check(name, where)
+    return names
 
 
 def _located(path: str, file_name: str) -> str:

@@ -89,6 +89,13 @@ class ProxyCollector:
         traffic = CounterMetricFamily("poolproxy_bytes",
                                       "Bytes forwarded: upstream is client to backend.",
                                       labels=["listener", "direction"])
+        refused = CounterMetricFamily("poolproxy_commands_refused",
+                                      "Requests refused by the command policy, by command "
+                                      "(\"(unknown)\" for commands the proxy does not know).",
+                                      labels=["listener", "command"])
+        auth_failures = CounterMetricFamily("poolproxy_auth_failures",
+                                            "Failed client authentications (redis AUTH, HELLO).",
+                                            labels=["listener"])
         for listener in self.service.listeners:
             stats = listener.stats
             opened.add_metric([listener.name], stats.connections_total)
@@ -101,7 +108,10 @@ class ProxyCollector:
                 requests.add_metric([listener.name, outcome], n)
             traffic.add_metric([listener.name, "upstream"], stats.bytes_upstream)
             traffic.add_metric([listener.name, "downstream"], stats.bytes_downstream)
-        yield from (opened, open_now, sessions, requests, traffic)
+            for command, n in stats.commands_refused.items():
+                refused.add_metric([listener.name, command], n)
+            auth_failures.add_metric([listener.name], stats.auth_failures)
+        yield from (opened, open_now, sessions, requests, traffic, refused, auth_failures)
 
     def _admission(self) -> Iterator[Metric]:
         admission = self.service.admission
@@ -190,6 +200,10 @@ class ProxyCollector:
         retries = CounterMetricFamily("poolproxy_backend_retries",
                                       "Requests to the backend sent again after a failed attempt.",
                                       labels=per_backend)
+        unsolicited = CounterMetricFamily("poolproxy_backend_unsolicited_dropped",
+                                          "Messages the backend sent unasked on a shared "
+                                          "connection (RESP3 pushes), dropped.",
+                                          labels=per_backend)
         state = GaugeMetricFamily("poolproxy_backend_state",
                                   "1 for the backend's current state, 0 for the others.",
                                   labels=per_backend + ["state"])
@@ -223,6 +237,7 @@ class ProxyCollector:
                 requests.add_metric(name, backend.requests)
                 failures.add_metric(name, backend.failures)
                 retries.add_metric(name, backend.retries)
+                unsolicited.add_metric(name, backend.unsolicited)
                 current = backend.state
                 tally[current] = tally.get(current, 0) + 1
                 _add_enum(state, name, BACKEND_STATES, current)
@@ -240,7 +255,7 @@ class ProxyCollector:
                     refused.add_metric(name, breaker.refused_total)
             for value, n in tally.items():
                 counts.add_metric([cluster.name, value], n)
-        yield from (weight, outstanding, requests, failures, retries, state)
+        yield from (weight, outstanding, requests, failures, retries, unsolicited, state)
         if any_health:
             yield from (checks, health)
         if any_breaker:

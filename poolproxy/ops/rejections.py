@@ -1,7 +1,9 @@
 """
-Rejections, summarized: under overload a log line per rejected request would
-itself be an outage, so one line per interval says how many were rejected and
-why, and nothing is logged while nothing is rejected.
+Rejections, summarized: under overload (or under attack) a log line per
+rejected request would itself be an outage, so one line per interval says
+how many were rejected and why (admission, no backend connection, a command
+the policy refuses, a failed AUTH), and nothing is logged while nothing is
+rejected.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ class RejectionSummary:
     log = Logger()
 
     def __init__(self, admission: Any, pools: Callable[[], Iterable[Any]], clock: Any,
-                 interval: float = 10.0) -> None:
+                 interval: float = 10.0,
+                 listeners: Callable[[], Iterable[Any]] = lambda: ()) -> None:
         """
         @param pools: the pools to summarise, asked at every interval: a
             reload adds and retires backends.
+        @param listeners: the listeners (C{name}, C{stats}) whose refused
+            commands and failed authentications are summarised.
         """
         self.admission = admission
         self.pools = pools
+        self.listeners = listeners
         self.interval = interval
         self._last = self._counts()
         self._loop = GuardedLoop(self._report, clock, self.log, "rejection summary failed")
@@ -38,6 +44,12 @@ class RejectionSummary:
         for pool in self.pools():
             for reason, n in pool.acquire_failures.items():
                 counts[f"{pool.name} {reason}"] = n
+        for listener in self.listeners():
+            stats = listener.stats
+            if stats.auth_failures:
+                counts[f"{listener.name} failed auth"] = stats.auth_failures
+            for command, n in stats.commands_refused.items():
+                counts[f"{listener.name} refused {command}"] = n
         return counts
 
     def start(self) -> None:

@@ -36,15 +36,19 @@ from zope.interface import implementer
 
 from poolproxy.backends.pool import PooledConnection
 from poolproxy.codec import (
+    AUTH_FAILED,
+    BLOCKING,
     CLOSE,
     DIRTY,
     LOCAL,
     PASSTHROUGH,
     PIN,
+    REFUSED,
     RETRY_SAFE,
     UNPIN,
     VARIANT,
     Frame,
+    IBlockingCodec,
     ICodec,
     IShardAwareFramer,
     IShardedCodec,
@@ -101,6 +105,9 @@ class MultiplexFrontend(Protocol):
         # The codec, if it names every key of a multi-key request (sharded clusters).
         self._splitter: Optional[IShardedCodec] = (
             IShardedCodec(self.codec) if IShardedCodec.providedBy(self.codec) else None)
+        # The codec, if it times its BLOCKING frames (without it they wait unbounded).
+        self._blocking: Optional[IBlockingCodec] = (
+            IBlockingCodec(self.codec) if IBlockingCodec.providedBy(self.codec) else None)
         # The parts of split requests still held, and the group of each.
         self._split_groups: "dict[Frame, SplitGroup]" = {}
         self.slots: Deque[Slot] = deque()
@@ -312,7 +319,17 @@ class MultiplexFrontend(Protocol):
             self.answered()
 
     def _drain_once(self) -> None:
+        """
+        Send held frames in order: each goes on the client's shared
+        connection to its backend (the common path, read straight down),
+        unless its flags send it through one of the rare branches: a
+        variant switch, a local reply, a split across shards, the client's
+        pinned connection, or the start of a raw pipe.
+        """
         if self._resend and not self._drain_resend():
+            return
+        if self.passthrough:
+            self._drain_raw()
             return
         held = self.held
         admission = self.admission
@@ -330,42 +347,20 @@ class MultiplexFrontend(Protocol):
                 flags = frame.flags
                 if flags & VARIANT and frame.expect != self.variant:
                     shared = None
-                    if self.pinned is None and not flags & PIN:
-                        if self.sent_shared:
-                            return  # the replies owed on the old variant first
-                        self.shared.clear()
-                    elif frame.expect is not None:
-                        self.pinned_dirty = True  # it leaves the pool's variant
-                    self.variant = frame.expect
+                    if not self._switch_variant(frame, flags):
+                        return  # the replies owed on the old variant first
                 if flags & LOCAL:
                     held.popleft()
-                    if frame.expect is not _PROXY_ERROR:
-                        self.stats.requests.add("local")
-                    self._answer_locally(frame.reply, flags & CLOSE)
+                    self._answer_local(frame, flags)
                     if self._closing:
                         held.clear()
                         return
                     continue
                 if self.unpin_pending:
                     return  # wait for the UNPIN reply before choosing a connection
-                if (splitter is not None
-                        and frame not in self._split_groups):  # parts are split already
-                    split = split_by_shard(splitter, self.factory.cluster.pick, frame)
-                    if split is not None:
-                        held.popleft()
-                        if split is CROSS_SHARD:
-                            self.stats.requests.add("cross_shard")
-                            self._answer_locally(self.codec.error_reply(
-                                "crossslot", "keys in request don't hash to the same backend"),
-                                False)
-                            continue
-                        # Its parts take its place, each routed by its own keys.
-                        parts, merge = split
-                        group = SplitGroup(len(parts), merge)
-                        for part in reversed(parts):
-                            held.appendleft(part)
-                            self._split_groups[part] = group
-                        continue
+                if (splitter is not None and frame not in self._split_groups
+                        and self._split(frame, splitter)):
+                    continue  # answered, or its parts now stand in its place
                 pinned = bool(flags & PIN) or self.pinned is not None
                 if pinned:
                     shared = None
@@ -385,8 +380,16 @@ class MultiplexFrontend(Protocol):
                         self.codec.error_reply("unavailable", "no backend is available"), False,
                         frame)
                     continue
-                if flags & PASSTHROUGH and (self.slots or self.sent_pinned):
-                    return  # every earlier reply first: then the pipe is raw
+                if flags & PASSTHROUGH:
+                    if self.slots or self.sent_pinned:
+                        return  # every earlier reply first: then the pipe is raw
+                    held.popleft()
+                    if out:
+                        out_to.transport.write(b"".join(out))  # type: ignore[union-attr]
+                        out = []
+                    self._start_passthrough(frame, target)
+                    self._drain_raw()
+                    return
                 if self._token:
                     self._token = False
                 elif not admission.try_acquire():
@@ -411,6 +414,8 @@ class MultiplexFrontend(Protocol):
                                 self._split_groups.pop(frame, None) if self._split_groups
                                 else None)
                     self.slots.append(slot)
+                    if flags & BLOCKING:
+                        target.await_block(self._wait_time(frame))
                     target.owe(slot, frame)
                     if pinned:
                         self.sent_pinned += 1
@@ -424,8 +429,6 @@ class MultiplexFrontend(Protocol):
                         self.pinned_dirty = True
                     if flags & UNPIN:
                         self.unpin_pending = True
-                    if flags & PASSTHROUGH:
-                        self._start_passthrough(target)
         finally:
             if out:
                 out_to.transport.write(b"".join(out))  # type: ignore[union-attr]
@@ -433,6 +436,89 @@ class MultiplexFrontend(Protocol):
                 budget = self.retry_budget
                 if budget is not None:
                     budget.deposit(sent)
+
+    # -- the rare branches of _drain_once -------------------------------------
+
+    def _switch_variant(self, frame: Frame, flags: int) -> bool:
+        """
+        A frame that needs another connection variant (RESP3): False while
+        the replies owed on the old one are still coming.
+        """
+        if self.pinned is None and not flags & PIN:
+            if self.sent_shared:
+                return False
+            self.shared.clear()
+        elif frame.expect is not None:
+            self.pinned_dirty = True  # it leaves the pool's variant
+        self.variant = frame.expect
+        return True
+
+    def _answer_local(self, frame: Frame, flags: int) -> None:
+        """A frame the proxy answers itself (QUIT, AUTH, a refused command...)."""
+        if flags & REFUSED:
+            self.stats.requests.add("refused")
+            self.stats.commands_refused.add(frame.key.decode("ascii", "replace")
+                                            if frame.key else "(unknown)")
+        elif flags & AUTH_FAILED:
+            self.stats.requests.add("local")
+            self.stats.auth_failures += 1
+        elif frame.expect is not _PROXY_ERROR:
+            self.stats.requests.add("local")
+        self._answer_locally(frame.reply, flags & CLOSE)
+
+    def _split(self, frame: Frame, splitter: IShardedCodec) -> bool:
+        """
+        A frame whose keys may live on several backends: True if it was
+        answered (it cannot be split) or its parts took its place.
+        """
+        split = split_by_shard(splitter, self.factory.cluster.pick, frame)
+        if split is None:
+            return False
+        self.held.popleft()
+        if split is CROSS_SHARD:
+            self.stats.requests.add("cross_shard")
+            self._answer_locally(self.codec.error_reply(
+                "crossslot", "keys in request don't hash to the same backend"), False)
+            return True
+        # Its parts take its place, each routed by its own keys.
+        parts, merge = split
+        group = SplitGroup(len(parts), merge)
+        for part in reversed(parts):
+            self.held.appendleft(part)
+            self._split_groups[part] = group
+        return True
+
+    def _wait_time(self, frame: Frame) -> Optional[float]:
+        """How long a BLOCKING frame may wait by its own arguments (None: no limit)."""
+        blocking = self._blocking
+        return blocking.wait_time(frame) if blocking is not None else None
+
+    def _drain_raw(self) -> None:
+        """
+        A raw pipe (after SUBSCRIBE, MONITOR...): frames go to the pinned
+        connection as they come, answered by whatever the backend sends;
+        what the proxy answers itself (QUIT, AUTH) still is.
+        """
+        held = self.held
+        pinned = self.pinned
+        if pinned is None:
+            return
+        out: List[bytes] = []
+        while held and not self._gone:
+            frame = held.popleft()
+            if frame.flags & LOCAL:
+                if out:
+                    write_through(pinned.protocol.transport, b"".join(out))
+                    out = []
+                self._answer_local(frame, frame.flags)
+                if self._closing:
+                    held.clear()
+                    return
+                continue
+            out.append(frame.data)
+            self.stats.requests_ok += 1
+        if out:
+            write_through(pinned.protocol.transport, b"".join(out))
 
     def _route(self, frame: Frame) -> Any:
         """The cluster Backend for C{frame}, or L{None} if none is available."""
@@ -581,10 +667,22 @@ class MultiplexFrontend(Protocol):
                                  frame)
         self._drain()
 
-    def _start_passthrough(self, backend: PipelineBackend) -> None:
+    def _start_passthrough(self, frame: Frame, backend: PipelineBackend) -> None:
+        """
+        From C{frame} on, the client's pinned connection is a raw pipe: the
+        backend answers as it likes (confirmations, messages), nothing is
+        owed, no request timeout runs.  Every earlier reply is in.
+        """
         self.passthrough = True
         backend.passthrough_to = self
-        self.slots.clear()
+        if self._token:  # admitted for a request that now owes nothing
+            self._token = False
+            self.admission.release()
+        cluster_backend = backend.cluster_backend
+        if cluster_backend is not None:
+            cluster_backend.claim()
+        self.stats.requests_ok += 1
+        write_through(backend.transport, frame.data)
 
     # -- replies ---------------------------------------------------------------
 

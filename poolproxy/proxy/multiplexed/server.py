@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from poolproxy.backends.pool import BackendPool, BackendProtocol, PooledConnection
-from poolproxy.codec import Frame, ICodec
+from poolproxy.codec import Frame, ICodec, IUnsolicitedFramer
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.multiplexed.split import SplitGroup
 
@@ -77,7 +77,15 @@ class PipelineBackend(BackendProtocol):
         self.request_timeout = request_timeout
         self._timer: Any = None
         self._progress = 0.0  # when the oldest reply owed was sent, or last came in
+        # A blocking command is owed (await_block): the seconds its own
+        # timeout adds to request_timeout, or None for no limit at all.
+        self._blocking = False
+        self._grace: Optional[float] = 0.0
         self.framer = codec.response_framer()
+        # The framer, if it sets apart what the backend sends unasked (RESP3 pushes).
+        self._unasked: Optional[IUnsolicitedFramer] = (
+            IUnsolicitedFramer(self.framer) if IUnsolicitedFramer.providedBy(self.framer)
+            else None)
         self.needs_expect = bool(self.framer.needs_expect)
         self.admission = admission
         self.pending: Deque[Slot] = deque()
@@ -162,15 +170,38 @@ class PipelineBackend(BackendProtocol):
         if self.needs_expect:
             self.framer.expect(frame.expect)
 
+    def await_block(self, wait: Optional[float]) -> None:
+        """
+        The frame about to be owed blocks at the backend (BLOCKING) for up to
+        C{wait} seconds by its own timeout (L{None}: with no limit): until
+        the connection owes nothing, replies are due within C{wait} plus
+        request_timeout, and one that is late is the client's wait ending,
+        not a failure of the backend.  Only on a connection pinned to one
+        client, so no other client's reply waits that long.
+        """
+        grace = self._grace
+        self._blocking = True
+        self._grace = None if wait is None or grace is None else max(grace, wait)
+
     def _check_timeout(self) -> None:
         # One timer per connection, re-armed only when replies keep coming:
-        # the oldest reply owed must arrive within request_timeout.
+        # the oldest reply owed must arrive within request_timeout (plus a
+        # blocking command's own wait).
         self._timer = None
         if not self.pending or not self.alive:
             return
+        limit = self.request_timeout
+        if self._blocking:
+            if self._grace is None:
+                return  # BLPOP k 0: waits as long as the client does
+            limit += self._grace
         late = self.clock.seconds() - self._progress
-        if late < self.request_timeout:
-            self._timer = self.clock.callLater(self.request_timeout - late, self._check_timeout)
+        if late < limit:
+            self._timer = self.clock.callLater(limit - late, self._check_timeout)
+            return
+        if self._blocking:
+            self._fail(f"no reply within the command's own timeout and {self.request_timeout:g}s",
+                       kind="timeout", count=False)
             return
         self.log.warn("backend {backend}: no reply within {timeout}s; closing the connection",
                       backend=self._name(), timeout=self.request_timeout)
@@ -188,12 +219,16 @@ class PipelineBackend(BackendProtocol):
         if raw is not None:
             raw.from_backend_raw(data)
             return
-        responses = self.framer.feed(data)
+        framer = self.framer
+        responses = framer.feed(data)
+        unasked = self._unasked
+        if unasked is not None and unasked.unsolicited:
+            self._unsolicited(unasked)
         if self._setup and responses:
             responses = self._setup_answered(responses)
         if responses:
             self._answer(responses)
-        if self.framer.error is not None:
+        if framer.error is not None:
             self.log.warn("backend {backend} sent a malformed response: {why}",
                           backend=self._name(), why=self.framer.error.message)
             self._fail("malformed response from backend")
@@ -201,11 +236,14 @@ class PipelineBackend(BackendProtocol):
     def _answer(self, responses: List[bytes]) -> None:
         pending = self.pending
         if len(responses) > len(pending):
-            # More answers than questions: the stream is out of step.
-            self.log.warn("backend {backend} sent {n} unexpected responses",
-                          backend=self._name(), n=len(responses) - len(pending))
-            responses = responses[:len(pending)]
-            self.transport.abortConnection()
+            # More answers than questions: the stream is out of step, so none
+            # of these replies can be trusted to be its slot's.  Better to
+            # fail every request on the connection than hand a reply to a
+            # client that did not ask for it.
+            self.log.warn("backend {backend} sent {n} replies no request was owed; closing "
+                          "the connection", backend=self._name(), n=len(responses) - len(pending))
+            self._fail("the backend's replies and requests disagree")
+            return
         touched = []
         for response in responses:
             slot = pending.popleft()
@@ -226,14 +264,31 @@ class PipelineBackend(BackendProtocol):
         if backend is not None:
             backend.outstanding -= len(responses)
             backend.succeeded()
-        if self._timer is not None:
+        if self._timer is not None or self._blocking:
             if pending:
                 self._progress = self.clock.seconds()
             else:
                 self._cancel_timer()
+                self._blocking = False
+                self._grace = 0.0
         for client in touched:
             client.touched = False
             client.answered()
+
+    def _unsolicited(self, framer: IUnsolicitedFramer) -> None:
+        """
+        What the backend sent unasked (RESP3 pushes): the pinned client's,
+        written to it as it comes; on a shared connection it is nobody's,
+        and dropped (counted on the backend).
+        """
+        messages, framer.unsolicited = framer.unsolicited, []
+        owner = self.owner
+        if owner is not None:
+            owner.from_backend_raw(b"".join(messages))
+            return
+        backend = self.cluster_backend
+        if backend is not None:
+            backend.unsolicited += len(messages)
 
     def _retryable(self, pending: Deque[Slot]) -> "set[Slot]":
         """
@@ -254,10 +309,13 @@ class PipelineBackend(BackendProtocol):
                 chosen.add(slot)
         return chosen
 
-    def _fail(self, why: str, kind: str = "unavailable", retry: bool = False) -> None:
+    def _fail(self, why: str, kind: str = "unavailable", retry: bool = False,
+              count: bool = True) -> None:
         """
         Answer everything owed with the codec's error and close; with
         C{retry}, the slots that may go again are resent by their clients.
+        Unless C{count} is false (a blocking command's own wait ran out), it
+        counts against the backend (passive health).
         """
         self.alive = False
         self._cancel_timer()
@@ -265,7 +323,8 @@ class PipelineBackend(BackendProtocol):
         backend = self.cluster_backend
         if backend is not None and pending:
             backend.outstanding -= len(pending)
-            backend.failed(why)
+            if count:
+                backend.failed(why)
         resend = self._retryable(pending) if retry and pending else ()
         if resend:
             backend.retries += len(resend)
