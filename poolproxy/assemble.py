@@ -26,6 +26,7 @@ from poolproxy.config.endpoints import client_endpoint
 from poolproxy.plugins import load_codec
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.modes import ClusterContext, FrontendFactory, Mode, mode_of
+from poolproxy.proxy.output import OutputBudget
 
 log = Logger(namespace="poolproxy.cluster")
 
@@ -42,9 +43,12 @@ class ClusterAssembly:
     def __init__(self, spec: ClusterConfig, config: ProxyConfig, reactor: Any,
                  admission: Admission, options: CodecOptions,
                  codec: Optional[ICodec] = None,
-                 endpoint: Optional[Callable[[str], IStreamClientEndpoint]] = None) -> None:
+                 endpoint: Optional[Callable[[str], IStreamClientEndpoint]] = None,
+                 output: Optional[OutputBudget] = None) -> None:
         """
         @param codec: the cluster's codec, if not its protocol plugin's.
+        @param output: the process's output limits, shared by every cluster
+            (a new one from C{config} if not given).
         @param endpoint: makes the client endpoint of a backend's address,
             if not Twisted's (L{poolproxy.testing.MultiplexHarness} gives
             fakes).
@@ -55,12 +59,17 @@ class ClusterAssembly:
         self._endpoint = endpoint or (lambda address: client_endpoint(reactor, address))
         self.codec: ICodec = codec if codec is not None else load_codec(spec.protocol)
         self.mode: Mode = mode_of(self.codec)
-        # The command policy may differ per cluster.
-        options = replace(options, deny_commands=self.setting("deny_commands"),
+        # The command policy may differ per cluster, and the codec may say
+        # what max_request_size is unless configured (memcached: 1 MiB).
+        options = replace(options, max_request_size=config.max_request_size or getattr(
+                              self.codec, "default_max_request_size", options.max_request_size),
+                          deny_commands=self.setting("deny_commands"),
                           allow_commands=self.setting("allow_commands"),
                           unknown_commands=self.setting("unknown_commands"))
+        if output is None:
+            output = OutputBudget(config.client_output_limit, config.proxy_output_limit)
         self.context = ClusterContext(self.codec, config, options, admission, reactor,
-                                      self.setting)
+                                      self.setting, output)
         tag = self.setting("hash_tag")
         self.cluster = Cluster(
             spec.name, [self._backend(b) for b in spec.backends],

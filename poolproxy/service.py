@@ -28,6 +28,7 @@ from poolproxy.ops.reload import Reloader
 from poolproxy.ops.web import build_site
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.idle import IdleSweeper
+from poolproxy.proxy.output import OutputBudget
 from poolproxy.stats import ListenerStats
 from poolproxy.util.reactors import default_reactor
 from poolproxy.util.waiting import wait_until
@@ -87,12 +88,14 @@ class ProxyService(MultiService):
         self.admission = Admission(config.max_concurrency, config.queue_size,
                                    config.queue_timeout, clock=reactor)
         self.codec_options = codec_options(config)
+        # Bytes held for clients that do not read: bounded per client and in all.
+        self.output = OutputBudget(config.client_output_limit, config.proxy_output_limit)
         # One cluster per [[cluster]] (or the "default" one built from
         # --backend).  A codec object may be given directly (embedding,
         # tests); else each cluster's protocol plugin is loaded.
         self.assemblies: Dict[str, ClusterAssembly] = {
             spec.name: ClusterAssembly(spec, config, reactor, self.admission,
-                                       self.codec_options, codec)
+                                       self.codec_options, codec, output=self.output)
             for spec in config.clusters}
         self.clusters: Dict[str, Cluster] = {
             name: assembly.cluster for name, assembly in self.assemblies.items()}

@@ -89,11 +89,14 @@ class ListenerStats:
     @ivar commands_refused: requests refused by the command policy, by
         command (denied by name, or "(unknown)").
     @ivar auth_failures: failed client authentications (redis AUTH, HELLO).
+    @ivar output_closed: clients closed for holding too many unread replies,
+        by the limit they broke (C{client}: client_output_limit, C{proxy}:
+        their share of proxy_output_limit).
     """
 
     __slots__ = ("connections_total", "connections_open", "sessions", "requests",
                  "requests_ok", "bytes_upstream", "bytes_downstream", "commands_refused",
-                 "auth_failures")
+                 "auth_failures", "output_closed")
 
     def __init__(self) -> None:
         self.connections_total = 0
@@ -107,3 +110,4 @@ class ListenerStats:
         self.bytes_downstream = 0
         self.commands_refused = Tally()
         self.auth_failures = 0
+        self.output_closed = Tally("client", "proxy")

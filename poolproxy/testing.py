@@ -132,6 +132,7 @@ class HarnessClient:
         self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         self.transport = FakeTransport(self.protocol)
         self.protocol.makeConnection(self.transport)
+        self._taken = b""
 
     def send(self, data: bytes) -> None:
         """The client writes C{data}."""
@@ -139,7 +140,25 @@ class HarnessClient:
 
     def received(self) -> bytes:
         """Everything the proxy wrote to this client so far."""
-        return self.transport.value()
+        return self._taken + self.transport.value()
+
+    def stop_reading(self) -> None:
+        """
+        The client stops reading: its socket's buffer is full, and the
+        transport pauses the proxy's writes to it, as Twisted's do.
+        """
+        self.protocol.pauseProducing()
+
+    def read(self) -> bytes:
+        """
+        The client reads everything written to it so far (and reads on:
+        the transport resumes the proxy, as Twisted's do once drained).
+        """
+        data = self.transport.value()
+        self._taken += data
+        self.transport.clear()
+        self.protocol.resumeProducing()
+        return data
 
     @property
     def closed(self) -> bool:

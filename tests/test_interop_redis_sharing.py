@@ -255,3 +255,58 @@ class CommandPolicyTests(SynchronousTestCase):
         with self.assertRaises(self.redis.ResponseError) as e:
             r.execute_command("NOSUCHCOMMAND", "x")
         self.assertIn("poolproxy: unknown command 'NOSUCHCOMMAND'", str(e.exception))
+
+
+class BoundedMemoryTests(SynchronousTestCase):
+    def test_unread_large_replies_keep_memory_bounded(self) -> None:
+        """
+        One client sets an 8 MB value, sends GET for it 100 times and reads
+        nothing: the proxy closes it past client_output_limit, its RSS stays
+        under +100 MB, and another client's PINGs are answered throughout
+        (their latency is printed).
+        """
+        self.redis = module("redis")
+        backend = redis_server(self)
+        # Default settings: two shared connections, which clients get in
+        # turn: the slow client's is not the pinger's.  (A client on the slow
+        # one's connection waits behind the replies it asked for.)
+        pp = ProxyProcess(self, "redis", [backend])
+        r = self.redis.Redis(host="127.0.0.1", port=pp.port, protocol=2)
+        self.addCleanup(r.close)
+        r.set("big", b"v" * 8_000_000)
+        # The second client to pick opens the second shared connection; the
+        # third gets it.
+        pinger = RawClient(self, pp.port)
+        pinger.send(b"PING")
+        self.assertEqual(pinger.until(b"\r\n"), b"+PONG\r\n")
+        wait_until(lambda: pp.metric("poolproxy_pool_connections") == 2,
+                   pp.process.proc, "both shared connections")
+        rss_before = pp.metric("process_resident_memory_bytes")
+
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", pp.port))
+        self.addCleanup(slow.close)
+        slow.sendall(resp(b"GET", b"big") * 100)
+
+        latencies: List[float] = []
+        peak = rss_before
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            pinger.send(b"PING")
+            self.assertEqual(pinger.until(b"\r\n"), b"+PONG\r\n")
+            latencies.append(time.monotonic() - started)
+            peak = max(peak, pp.metric("process_resident_memory_bytes"))
+            if pp.metric("poolproxy_client_output_closed_total", limit="client") and (
+                    pp.metric("poolproxy_admission_in_flight") == 0):
+                break
+        self.assertEqual(pp.metric("poolproxy_client_output_closed_total", limit="client"), 1)
+        self.assertEqual(pp.metric("poolproxy_admission_in_flight"), 0)
+        growth = (peak - rss_before) / 1e6
+        latencies.sort()
+        print(f"\n    RSS {rss_before / 1e6:.0f} MB -> peak {peak / 1e6:.0f} MB (+{growth:.0f} MB); "
+              f"{len(latencies)} PINGs meanwhile: median {latencies[len(latencies) // 2] * 1e3:.1f}"
+              f" ms, max {latencies[-1] * 1e3:.1f} ms")
+        self.assertLess(growth, 100)
+        self.assertEqual(r.strlen("big"), 8_000_000)

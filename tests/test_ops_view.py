@@ -23,6 +23,7 @@ from poolproxy.ops.status import RateSampler, status_snapshot
 from poolproxy.ops.view import ListenerView, ProxyView
 from poolproxy.ops.web import ReadyzResource
 from poolproxy.proxy.admission import Admission
+from poolproxy.proxy.output import OutputBudget
 from poolproxy.stats import ListenerStats
 from poolproxy.testing import FakeEndpoint
 
@@ -45,6 +46,7 @@ class FakeProxy:
     admission: Admission
     reactor: Clock
     config: ProxyConfig = field(default_factory=ProxyConfig)
+    output: OutputBudget = field(default_factory=OutputBudget)
 
     @property
     def pools(self) -> List[BackendPool]:

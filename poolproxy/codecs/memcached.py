@@ -51,6 +51,8 @@ META = "meta"
 MAX_KEY_LENGTH = 250
 #: Longest command line accepted, and longest response line.
 MAX_LINE = 8192
+#: max_request_size unless configured: memcached's own item size (-I 1m).
+DEFAULT_MAX_REQUEST = 1024 * 1024
 #: Largest data block memcached can read (INT_MAX - 2).
 _MAX_BLOCK = 2 ** 31 - 3
 #: memcached refuses meta commands with this many tokens (MFLAG_MAX_OPT_LENGTH).
@@ -581,6 +583,8 @@ class MemcachedCodec(BaseCodec):
 
     name = "memcached"
     mode = "multiplexed"
+    #: max_request_size unless configured (poolproxy.assemble).
+    default_max_request_size = DEFAULT_MAX_REQUEST
 
     def request_framer(self, config: Any) -> MemcachedRequestFramer:
         """
@@ -589,7 +593,8 @@ class MemcachedCodec(BaseCodec):
         """
         if isinstance(config, int):
             return MemcachedRequestFramer(config)
-        return MemcachedRequestFramer(getattr(config, "max_request_size", 1024 * 1024),
+        return MemcachedRequestFramer(getattr(config, "max_request_size", None)
+                                      or DEFAULT_MAX_REQUEST,
                                       command_policy(config))
 
     def response_framer(self) -> MemcachedResponseFramer:

@@ -74,6 +74,8 @@ MAX_MULTIBULK = 1024 * 1024
 #: Limits redis applies before a client has authenticated.
 NOAUTH_MAX_ARGS = 10
 NOAUTH_MAX_BULK = 16384
+#: max_request_size unless configured.
+DEFAULT_MAX_REQUEST = 64 * 1024 * 1024
 #: Longest "*N" / "$N" header line: a sign and 20 digits fit well within it.
 MAX_HEADER = 32
 #: Deepest nesting of aggregates accepted in a response.
@@ -1304,7 +1306,7 @@ class RedisCodec:
         if isinstance(config, int):
             return RespRequestFramer(config)
         return RespRequestFramer(
-            getattr(config, "max_request_size", 512 * 1024 * 1024),
+            getattr(config, "max_request_size", None) or DEFAULT_MAX_REQUEST,
             _as_bytes(getattr(config, "client_password", None)), command_policy(config))
 
     def response_framer(self) -> RespResponseFramer:

@@ -77,7 +77,10 @@ class ProxyConfig:
     health_interval: float = 2.0
     demo: Optional[str] = None
     request_timeout: float = 30.0
-    max_request_size: int = 64 * 1024 * 1024
+    max_request_size: Optional[int] = None
+    max_pipeline: int = 1024
+    client_output_limit: int = 32 * 1024 * 1024
+    proxy_output_limit: int = 512 * 1024 * 1024
     mux_connections: int = 2
     backend_password_file: Optional[str] = None
     backend_username: Optional[str] = None
@@ -264,7 +267,8 @@ class CodecOptions:
     the settings they use, with secrets read from their files.
     """
 
-    max_request_size: int = ProxyConfig.max_request_size
+    #: Unless configured, the codec's C{default_max_request_size}, else this.
+    max_request_size: int = 64 * 1024 * 1024
     client_password: Optional[str] = None
     backend_password: Optional[str] = None
     backend_username: Optional[str] = None
@@ -287,7 +291,7 @@ def codec_options(config: ProxyConfig) -> CodecOptions:
         return read_secret(path, config.sources.get(key, key)) if path else None
 
     return CodecOptions(
-        max_request_size=config.max_request_size,
+        max_request_size=config.max_request_size or CodecOptions.max_request_size,
         client_password=secret("client_password_file"),
         backend_password=secret("backend_password_file"),
         backend_username=config.backend_username,

@@ -84,6 +84,10 @@ HTTP_FAILURE_STATUSES: Dict[str, "frozenset[int]"] = {
     "none": frozenset(),
 }
 
+#: The smallest output limit: Twisted's transports hold this much before
+#: they say a client is not reading.
+TRANSPORT_BUFFER_MIN = 65536
+
 SETTINGS: Tuple[Setting, ...] = (
     Setting("listen", "list", (), "Server endpoint to accept clients on, e.g. "
             "tcp:6380:interface=127.0.0.1 (repeatable)."),
@@ -122,8 +126,18 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("request_timeout", "float", 30.0, "Seconds a backend may take to start "
             "answering a request once it is sent (http: then 504); 0 for no limit.",
             minimum=0),
-    Setting("max_request_size", "int", 64 * 1024 * 1024, "Largest request, in bytes, "
-            "a client may send; larger ones get the protocol's error.", minimum=1),
+    Setting("max_request_size", "int", None, "Largest request, in bytes, a client may "
+            "send; larger ones get the protocol's error. Default: the codec's (64 MiB; "
+            "memcached: 1 MiB of data, its item size).", minimum=1),
+    Setting("max_pipeline", "int", 1024, "redis, memcached: requests a client may have "
+            "waiting or unanswered before the proxy stops reading from it.", minimum=1),
+    Setting("client_output_limit", "int", 32 * 1024 * 1024, "redis, memcached: bytes of "
+            "replies a client that does not read may make the proxy hold before it is "
+            "closed.", minimum=TRANSPORT_BUFFER_MIN),
+    Setting("proxy_output_limit", "int", 512 * 1024 * 1024, "redis, memcached: bytes of "
+            "replies all such clients together may make the proxy hold; past it, those "
+            "holding over a quarter of client-output-limit are closed.",
+            minimum=TRANSPORT_BUFFER_MIN),
     Setting("mux_connections", "int", 2, "Backend connections per backend shared by "
             "all clients (redis, memcached); the rest of the pool serves pinned "
             "sessions.", minimum=1),

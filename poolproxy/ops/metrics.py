@@ -96,6 +96,11 @@ class ProxyCollector:
         auth_failures = CounterMetricFamily("poolproxy_auth_failures",
                                             "Failed client authentications (redis AUTH, HELLO).",
                                             labels=["listener"])
+        output_closed = CounterMetricFamily(
+            "poolproxy_client_output_closed",
+            "Clients closed for holding too many unread replies, by the limit broken "
+            "(client: client_output_limit; proxy: proxy_output_limit).",
+            labels=["listener", "limit"])
         for listener in self.service.listeners:
             stats = listener.stats
             opened.add_metric([listener.name], stats.connections_total)
@@ -111,7 +116,18 @@ class ProxyCollector:
             for command, n in stats.commands_refused.items():
                 refused.add_metric([listener.name, command], n)
             auth_failures.add_metric([listener.name], stats.auth_failures)
-        yield from (opened, open_now, sessions, requests, traffic, refused, auth_failures)
+            for limit, n in stats.output_closed.items():
+                output_closed.add_metric([listener.name, limit], n)
+        output = self.service.output
+        held = GaugeMetricFamily("poolproxy_client_output_held_bytes",
+                                 "Bytes of replies held for clients that are not reading "
+                                 "them, all listeners together (an upper bound).",
+                                 value=output.held)
+        peak = GaugeMetricFamily("poolproxy_client_output_held_peak_bytes",
+                                 "The most poolproxy_client_output_held_bytes has been.",
+                                 value=output.peak)
+        yield from (opened, open_now, sessions, requests, traffic, refused, auth_failures,
+                    output_closed, held, peak)
 
     def _admission(self) -> Iterator[Metric]:
         admission = self.service.admission

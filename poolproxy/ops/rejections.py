@@ -50,6 +50,9 @@ class RejectionSummary:
                 counts[f"{listener.name} failed auth"] = stats.auth_failures
             for command, n in stats.commands_refused.items():
                 counts[f"{listener.name} refused {command}"] = n
+            for limit, n in stats.output_closed.items():
+                if n:
+                    counts[f"{listener.name} clients closed over the {limit} output limit"] = n
         return counts
 
     def start(self) -> None:
@@ -65,6 +68,7 @@ class RejectionSummary:
         new = {k: n for k, n in new.items() if n > 0}
         if new:
             details = ", ".join(f"{k}: {n}" for k, n in sorted(new.items()))
-            self.log.warn("rejected {total} requests in the last {interval}s ({details})",
+            self.log.warn("rejected {total} requests or clients in the last {interval}s "
+                          "({details})",
                           total=sum(new.values()), interval=self.interval,
                           details=details, counts=new)

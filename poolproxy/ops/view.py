@@ -15,6 +15,7 @@ from poolproxy.backends.cluster import Cluster
 from poolproxy.backends.pool import BackendPool
 from poolproxy.config import ProxyConfig
 from poolproxy.proxy.admission import Admission
+from poolproxy.proxy.output import OutputBudget
 from poolproxy.stats import ListenerStats
 
 
@@ -50,6 +51,10 @@ class ProxyView(Protocol):
 
     @property
     def admission(self) -> Admission: ...
+
+    @property
+    def output(self) -> OutputBudget:
+        """The bytes held for clients that do not read, and the limits."""
 
     @property
     def listeners(self) -> Sequence[ListenerView]: ...

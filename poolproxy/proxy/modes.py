@@ -33,6 +33,7 @@ from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.multiplexed.client import MultiplexFactory
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
+from poolproxy.proxy.output import OutputBudget
 from poolproxy.proxy.request import HttpBackend, HttpFactory, route_key
 from poolproxy.proxy.session import SessionBackend, SessionFactory
 from poolproxy.stats import ListenerStats
@@ -45,6 +46,7 @@ class ClusterContext:
 
     @ivar setting: the cluster's value of a setting (its own override, else
         the top-level one).
+    @ivar output: the process's limits on replies held for clients.
     """
 
     codec: ICodec
@@ -53,6 +55,7 @@ class ClusterContext:
     admission: Admission
     reactor: Any
     setting: Callable[[str], Any]
+    output: OutputBudget
 
 
 class FrontendFactory(Protocol):
@@ -145,7 +148,8 @@ def _http_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> hea
 def _multiplexed_frontend(name: str, cluster: Cluster,
                           context: ClusterContext) -> FrontendFactory:
     return MultiplexFactory(name, context.codec, context.options, context.admission, cluster,
-                            clock=context.reactor)
+                            clock=context.reactor, output=context.output,
+                            max_pipeline=context.config.max_pipeline)
 
 
 def _multiplexed_backend(backend: Backend,

@@ -57,17 +57,13 @@ from poolproxy.codec import (
 from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
 from poolproxy.proxy.multiplexed.split import CROSS_SHARD, SplitGroup, split_by_shard
+from poolproxy.proxy.output import TRANSPORT_BUFFER, OutputBudget, unsent_bytes
 from poolproxy.stats import ListenerStats
 from poolproxy.util.reactors import default_reactor
 from poolproxy.util.writethrough import write_through
 
 if TYPE_CHECKING:
     from poolproxy.backends.cluster import Cluster
-
-#: Frames a client may have waiting to be sent, and replies it may be owed,
-#: before the proxy stops reading from it.
-HELD_LIMIT = 1024
-OWED_LIMIT = 4096
 
 # Marks the frame standing for the proxy's own error reply to a broken stream.
 _PROXY_ERROR = object()
@@ -137,6 +133,11 @@ class MultiplexFrontend(Protocol):
         self.last_active = 0.0
         self._paused_reading = False
         self._write_blocked = False
+        # While the client is not reading: bytes written to it since (what
+        # its socket may hold, when the transport cannot say), and this
+        # client's share of the proxy-wide OutputBudget.held.
+        self._written_blocked = 0
+        self._output_counted = 0
 
     # -- client events -------------------------------------------------------
 
@@ -201,6 +202,7 @@ class MultiplexFrontend(Protocol):
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._gone = True
+        self._release_output()
         self.stats.connections_open -= 1
         self.factory.clients.discard(self)
         waiting, self._waiting = self._waiting, None
@@ -234,12 +236,14 @@ class MultiplexFrontend(Protocol):
 
     def pauseProducing(self) -> None:
         self._write_blocked = True
+        self._written_blocked = 0
         self._update_reading()
         if self.passthrough and self.pinned is not None:
             self.pinned.protocol.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self._write_blocked = False
+        self._release_output()  # its socket has taken everything
         self._update_reading()
         if self.passthrough and self.pinned is not None:
             self.pinned.protocol.transport.resumeProducing()
@@ -248,8 +252,8 @@ class MultiplexFrontend(Protocol):
         pass
 
     def _update_reading(self) -> None:
-        block = (self._write_blocked or len(self.held) > HELD_LIMIT
-                 or len(self.slots) > OWED_LIMIT)
+        limit = self.factory.max_pipeline
+        block = self._write_blocked or len(self.held) > limit or len(self.slots) > limit
         if block and not self._paused_reading:
             self._paused_reading = True
             self.transport.pauseProducing()
@@ -717,7 +721,12 @@ class MultiplexFrontend(Protocol):
             replies = [slots.popleft().response for _ in range(n)]
             out.append(group.merge(replies))  # type: ignore[arg-type]
         if out:
-            write_through(self.transport, out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            write_through(self.transport, data)
+            if self._write_blocked:
+                self._check_output(len(data), max(map(len, out)))
+                if self._gone:
+                    return
         if self.unpin_pending and not self.sent_pinned:
             self.unpin_pending = False
             pinned, self.pinned = self.pinned, None
@@ -740,7 +749,46 @@ class MultiplexFrontend(Protocol):
             self._close_if_done()
 
     def from_backend_raw(self, data: bytes) -> None:
+        # A raw pipe's backend connection is the client's own: it is paused
+        # with the client (pauseProducing), so at most a read more comes.
         write_through(self.transport, data)
+
+    # -- output limits (proxy.output) -----------------------------------------
+
+    def _check_output(self, written: int, latest: int) -> None:
+        """
+        Replies of C{written} bytes, the largest C{latest}, were written
+        while the client is not reading: close it if what it holds is past
+        its limit or its share of the proxy's.
+        """
+        self._written_blocked += written
+        held = unsent_bytes(self.transport)
+        if held is None:
+            # Not a transport that says: everything written since it filled.
+            held = TRANSPORT_BUFFER + self._written_blocked
+        budget = self.factory.output
+        budget.held += held - self._output_counted
+        self._output_counted = held
+        if budget.held > budget.peak:
+            budget.peak = budget.held
+        limit = budget.verdict(held, held - latest)
+        if limit is not None:
+            self._close_for_output(limit, held)
+
+    def _release_output(self) -> None:
+        counted, self._output_counted = self._output_counted, 0
+        self.factory.output.held -= counted
+        self._written_blocked = 0
+
+    def _close_for_output(self, limit: str, held: int) -> None:
+        """
+        Close a client holding too much: aborted (it is not reading), and
+        counted by the limit it broke; the log sums them per interval.
+        """
+        self.stats.output_closed.add(limit)
+        self._gone = True  # nothing more is written to it
+        self._release_output()
+        self.transport.abortConnection()
 
 
 class MultiplexFactory(Factory):
@@ -756,8 +804,16 @@ class MultiplexFactory(Factory):
 
     def __init__(self, name: str, codec: ICodec, config: Any, admission: Admission,
                  cluster: "Cluster", stats: Optional[ListenerStats] = None,
-                 clock: Any = None) -> None:
+                 clock: Any = None, output: Optional[OutputBudget] = None,
+                 max_pipeline: int = 1024) -> None:
+        """
+        @param output: the process's output limits (L{poolproxy.proxy.output}).
+        @param max_pipeline: requests a client may have waiting or owed
+            before the proxy stops reading from it.
+        """
         clock = default_reactor(clock)
+        self.output = output if output is not None else OutputBudget()
+        self.max_pipeline = max_pipeline
         self.name = name
         self.codec = codec
         self.config = config
