@@ -61,8 +61,9 @@ class ClusterAssembly:
         self.mode: Mode = mode_of(self.codec)
         # The command policy may differ per cluster, and the codec may say
         # what max_request_size is unless configured (memcached: 1 MiB).
-        options = replace(options, max_request_size=config.max_request_size or getattr(
-                              self.codec, "default_max_request_size", options.max_request_size),
+        size: int = (config.max_request_size if config.max_request_size is not None
+                     else getattr(self.codec, "default_max_request_size", options.max_request_size))
+        options = replace(options, max_request_size=size,
                           deny_commands=self.setting("deny_commands"),
                           allow_commands=self.setting("allow_commands"),
                           unknown_commands=self.setting("unknown_commands"))
