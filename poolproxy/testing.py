@@ -169,6 +169,10 @@ class HarnessClient:
         """The client goes away."""
         self.transport.lose()
 
+    def half_close(self) -> None:
+        """The client shuts down its sending side (C{shutdown(SHUT_WR)}, C{nc -N})."""
+        self.protocol.readConnectionLost()
+
 
 class MultiplexHarness:
     """
@@ -262,12 +266,19 @@ class MultiplexHarness:
         return answered
 
     def deliver_losses(self) -> int:
-        """Deliver the closes the proxy asked for, to clients and backends alike."""
+        """
+        Deliver the closes the proxy asked for, to clients and backends
+        alike, until no more are asked for (a client's loss closes its
+        pinned connection); how many.
+        """
         delivered = 0
-        for endpoint in self.endpoints.values():
-            delivered += endpoint.deliver_losses()
-        for client in self.clients:
-            if client.transport.disconnecting and not client.transport.lost:
-                client.transport.lose()
-                delivered += 1
-        return delivered
+        while True:
+            before = delivered
+            for endpoint in self.endpoints.values():
+                delivered += endpoint.deliver_losses()
+            for client in self.clients:
+                if client.transport.disconnecting and not client.transport.lost:
+                    client.transport.lose()
+                    delivered += 1
+            if delivered == before:
+                return delivered

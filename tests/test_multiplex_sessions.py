@@ -89,6 +89,41 @@ class PubSubTests(Setup):
         self.assertNothingLeft(h)
         self.assertEqual(h.connections(), [])  # every pinned connection closed
 
+    def test_subscriber_half_closes(self) -> None:
+        """
+        A subscriber that shuts down its sending side is done, as redis sees
+        it: closed, its pinned connection with it.  (Twisted stops reading a
+        half-closed socket, so a subscriber whose peer then vanished would
+        otherwise hold its connection until a message came.)
+        """
+        h = self.harness()
+        c = h.client()
+        c.send(cmd("SUBSCRIBE", "a"))
+        self.serve(h)
+        c.half_close()
+        self.assertTrue(c.closed)
+        self.assertNothingLeft(h)
+        self.assertEqual(h.connections(), [])  # its pinned connection closed
+
+    def test_half_closed_while_waiting_for_a_connection(self) -> None:
+        """
+        A client that sends SUBSCRIBE and half-closes while the pool is busy
+        is closed once its subscription starts, not left subscribed.
+        """
+        h = self.harness(pool_size=1)
+        first, second = h.client(), h.client()
+        first.send(cmd("SUBSCRIBE", "a"))
+        self.serve(h)
+        second.send(cmd("SUBSCRIBE", "b"))
+        second.half_close()
+        self.serve(h)
+        self.assertFalse(second.closed)  # still waiting for a connection
+        first.close()
+        self.serve(h)
+        self.assertTrue(second.closed)
+        self.assertNothingLeft(h)
+        self.assertEqual(h.connections(), [])
+
     def test_subscriber_outlives_request_timeout(self) -> None:
         """A raw pipe owes nothing: no request timeout runs, however long it lasts."""
         h = self.harness(request_timeout=2.0)
@@ -140,6 +175,29 @@ class BlockingTests(Setup):
         h.clock.advance(31)
         self.assertIn(b"timed out", c.received())
         self.assertEqual(h.cluster.backends[0].failures, 1)
+
+
+    def test_half_closed_while_blocked(self) -> None:
+        """
+        A client blocked in BLPOP k 0 that half-closes is closed (redis frees
+        a client at EOF), and its blocked connection with it.
+        """
+        h, c = self.blocked("0")
+        c.half_close()
+        self.assertTrue(c.closed)
+        self.assertNothingLeft(h)
+        self.assertEqual(h.connections(), [])
+
+    def test_blocking_sent_after_eof(self) -> None:
+        """BLPOP k 0 then EOF before a connection is had: closed once it is sent."""
+        h = self.harness(request_timeout=30.0)
+        c = h.client()
+        c.send(cmd("BLPOP", "q", "0"))
+        c.half_close()
+        self.assertFalse(c.closed)
+        h.connect()
+        self.assertTrue(c.closed)
+        self.assertNothingLeft(h)
 
 
 class UnaskedTests(Setup):

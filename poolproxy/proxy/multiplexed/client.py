@@ -170,9 +170,20 @@ class MultiplexFrontend(Protocol):
 
     def readConnectionLost(self) -> None:
         # The client has said all it will (e.g. "printf 'GET k\n' | nc -N"):
-        # answer what it sent, then close.
+        # answer what it sent, then close.  A raw pipe or a blocked command
+        # would wait for ever (Twisted no longer reads the socket, so a peer
+        # gone since would go unnoticed): they end now, as redis ends a
+        # client at EOF.
         self._eof = True
+        if self._endless():
+            self.transport.loseConnection()
+            return
         self._close_if_done()
+
+    def _endless(self) -> bool:
+        """Whether what runs now has no end of its own: a raw pipe, a blocked command."""
+        pinned = self.pinned
+        return self.passthrough or (pinned is not None and pinned.protocol.blocking)
 
     def writeConnectionLost(self) -> None:
         pass
@@ -420,6 +431,8 @@ class MultiplexFrontend(Protocol):
                     self.slots.append(slot)
                     if flags & BLOCKING:
                         target.await_block(self._wait_time(frame))
+                        if self._eof:  # sent after EOF: nobody waits for it
+                            self.transport.loseConnection()
                     target.owe(slot, frame)
                     if pinned:
                         self.sent_pinned += 1
@@ -523,6 +536,8 @@ class MultiplexFrontend(Protocol):
             self.stats.requests_ok += 1
         if out:
             write_through(pinned.protocol.transport, b"".join(out))
+        if self._eof:
+            self.transport.loseConnection()  # the pipe began after EOF
 
     def _route(self, frame: Frame) -> Any:
         """The cluster Backend for C{frame}, or L{None} if none is available."""

@@ -170,6 +170,11 @@ class PipelineBackend(BackendProtocol):
         if self.needs_expect:
             self.framer.expect(frame.expect)
 
+    @property
+    def blocking(self) -> bool:
+        """Whether a blocking command is owed (L{await_block})."""
+        return self._blocking
+
     def await_block(self, wait: Optional[float]) -> None:
         """
         The frame about to be owed blocks at the backend (BLOCKING) for up to
