@@ -2,6 +2,7 @@
 #   make run   - set up .venv and start the demo (proxy on :8080, metrics on :9090)
 #   make test  - set up .venv, run the whole trial suite and type-check poolproxy/ (mypy)
 #   make test-pypy - the same suite on PyPy (Debian's pypy3), in .venv-pypy
+#   make test-redis-py - redis-py's own tests against redis-server and through poolproxy
 #   make bench - bench/run.py: poolproxy against twemproxy, HAProxy and Twisted's proxies
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 PYPY_STAMP := $(PYPY_VENV)/.installed
 TRIAL_ARGS ?= tests
 
-.PHONY: run test venv venv-pypy test-pypy bench clean
+.PHONY: run test venv venv-pypy test-pypy test-redis-py bench clean
 
 venv: $(STAMP)
 
@@ -54,6 +55,12 @@ test-pypy: $(PYPY_STAMP)
 		$(TRIAL_ARGS) 2>&1 | tee _trial_temp_pypy.out; \
 		status=$$?; $(PYPY_VENV)/bin/python tools/trial_summary.py _trial_temp_pypy.out; exit $$status
 
+# redis-py's own test suite (the installed version's) against redis-server and
+# through the proxy; every test that passes directly must pass through it, but
+# those the default deny_commands refuses (docs/security.md).
+test-redis-py: $(STAMP)
+	$(BIN)/python tools/redis_py_suite.py
+
 # Needs the Debian packages bench/run.py lists; PyPy runs too when pypy3 is installed.
 BENCH_ARGS ?=
 bench: $(STAMP)
@@ -62,4 +69,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(PYPY_VENV) _trial_temp* build dist *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(PYPY_VENV) _trial_temp* _redis_py_suite .cache build dist *.egg-info \
+		twisted/plugins/dropin.cache
