@@ -200,6 +200,81 @@ class BlockingTests(Setup):
         self.assertNothingLeft(h)
 
 
+class PinnedShareTests(Setup):
+    """Pinned sessions take at most pool_size - mux_connections connections."""
+
+    def subscribers(self, h: MultiplexHarness, n: int) -> List[Any]:
+        clients = [h.client() for _ in range(n)]
+        for i, c in enumerate(clients):
+            c.send(cmd("SUBSCRIBE", "ch%d" % i))
+        self.serve(h)
+        return clients
+
+    def test_subscribers_cannot_starve_shared_clients(self) -> None:
+        """
+        pool_size 4, one shared connection: three subscribers get theirs, the
+        fourth waits, and a GET is still served on the shared connection.
+        """
+        h = self.harness(pool_size=4)
+        subs = self.subscribers(h, 4)
+        share = h.cluster.backends[0].shared
+        self.assertEqual((share.pinned, share.pinned_limit), (3, 3))
+        self.assertEqual(subs[3].received(), b"")
+        getter = h.client()
+        getter.send(cmd("GET", "k"))
+        self.serve(h)
+        self.assertEqual(getter.received(), b"$-1\r\n")
+        self.assertEqual(h.cluster.backends[0].pool.total, 4)
+
+    def test_waiting_session_starts_when_one_ends(self) -> None:
+        h = self.harness(pool_size=4)
+        subs = self.subscribers(h, 4)
+        subs[0].close()
+        h.deliver_losses()
+        self.serve(h)
+        self.assertIn(b"ch3", subs[3].received())
+        self.assertEqual(h.cluster.backends[0].shared.pinned, 3)
+
+    def test_waiting_session_times_out(self) -> None:
+        """It waits pool_acquire_timeout on the Clock, then gets the error and is closed."""
+        h = self.harness(pool_size=4, pool_acquire_timeout=5.0)
+        subs = self.subscribers(h, 4)
+        h.clock.advance(4.9)
+        self.assertEqual(subs[3].received(), b"")
+        h.clock.advance(0.2)
+        self.assertIn(b"-ERR poolproxy: backend unavailable: no pinned connection",
+                      subs[3].received())
+        self.assertTrue(subs[3].closed)
+        pool = h.cluster.backends[0].pool
+        self.assertEqual(pool.acquire_failures["timeout"], 1)
+        h.deliver_losses()
+        self.assertEqual(h.cluster.backends[0].shared.pinned, 3)
+
+    def test_waiting_session_leaves(self) -> None:
+        """A waiting session that leaves takes nothing; the share counts right after."""
+        h = self.harness(pool_size=4)
+        subs = self.subscribers(h, 5)
+        subs[4].close()
+        subs[3].close()
+        h.deliver_losses()
+        share = h.cluster.backends[0].shared
+        self.assertEqual(share.pinned, 3)
+        for c in subs[:3]:
+            c.close()
+        h.deliver_losses()
+        self.assertEqual(share.pinned, 0)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertNothingLeft(h)
+
+    def test_resp3_shared_connections_come_out_of_the_share(self) -> None:
+        """A client on RESP3 adds shared connections of that variant: the share shrinks."""
+        h = self.harness(pool_size=4)
+        c = h.client()
+        c.send(cmd("HELLO", "3") + cmd("PING"))
+        self.serve(h)
+        self.assertEqual(h.cluster.backends[0].shared.pinned_limit, 2)
+
+
 class UnaskedTests(Setup):
     def test_push_on_shared_connection_dropped(self) -> None:
         """

@@ -166,7 +166,7 @@ def _multiplexer(backend: Backend, context: ClusterContext) -> SharedConnections
     variant_setup = (partial(IVariantCodec(codec).variant_setup, context.options)
                      if IVariantCodec.providedBy(codec) else None)
     return Multiplexer(backend.pool, context.setting("mux_connections"),
-                       variant_setup=variant_setup)
+                       variant_setup=variant_setup, clock=context.reactor)
 
 
 def _codec_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> health.Probe:

@@ -114,6 +114,8 @@ class MultiplexFrontend(Protocol):
         self._backend: Any = None  # the cluster Backend, when not routing by key
         self.variant: Any = None  # the connection variant this client needs (VARIANT)
         self.pinned: "Optional[PooledConnection[PipelineBackend]]" = None
+        # The Multiplexer whose pinned share the pinned lease counts in.
+        self._pinned_share: Optional[Multiplexer] = None
         self.unpin_pending = False
         self.pinned_dirty = False
         self.passthrough = False
@@ -241,7 +243,7 @@ class MultiplexFrontend(Protocol):
             backend.owner = None
             # Its state (a transaction, a database, a blocked command) is
             # this client's: never hand it to anyone else.
-            pinned.discard("session_end", abort=True)
+            self._end_pinned(pinned, "session_end", abort=True)
 
     # -- IPushProducer: our transport says the client is not reading ----------
 
@@ -577,15 +579,31 @@ class MultiplexFrontend(Protocol):
         backend = self._route(frame)
         if backend is None:
             return _NO_BACKEND
-        self._waiting = d = backend.pool.acquire()
+        # Within the backend's pinned share (the mode gave it its Multiplexer).
+        self._pinned_share = share = cast(Multiplexer, backend.shared)
+        self._waiting = d = share.lease_pinned()
         d.addCallbacks(self._pinned_ready, self._pinned_failed)
         return None
+
+    def _end_pinned(self, conn: PooledConnection, reason: Optional[str] = None,
+                    abort: bool = False) -> None:
+        """
+        End a pinned lease: released (C{reason} None) or discarded; its place
+        in the backend's pinned share goes to the next session waiting.
+        """
+        if reason is None:
+            conn.release()
+        else:
+            conn.discard(reason, abort=abort)
+        share, self._pinned_share = self._pinned_share, None
+        if share is not None:
+            share.pinned_ended()
 
     def _pinned_ready(self, conn: PooledConnection, switched: bool = False) -> None:
         self._waiting = None
         backend: PipelineBackend = conn.protocol
         if self._gone or not backend.alive:
-            conn.discard("session_end", abort=True)
+            self._end_pinned(conn, "session_end", abort=True)
             if not self._gone:
                 self._pinned_failed(Failure(ConnectionError("backend connection lost")))
             return
@@ -598,7 +616,7 @@ class MultiplexFrontend(Protocol):
                 self._pinned_ready(conn, switched=True)
 
             def not_switched(failure: Failure) -> None:
-                conn.discard("setup_failed", abort=True)
+                self._end_pinned(conn, "setup_failed", abort=True)
                 self._pinned_failed(failure)
 
             self._waiting = d = backend.switch(setup)
@@ -610,6 +628,7 @@ class MultiplexFrontend(Protocol):
 
     def _pinned_failed(self, failure: Failure) -> None:
         self._waiting = None
+        self._pinned_share = None  # no lease: its place is back already
         if failure.check(CancelledError) or self._gone:
             return
         # Without its own connection the client's state (a transaction) is
@@ -625,7 +644,7 @@ class MultiplexFrontend(Protocol):
         pinned, self.pinned = self.pinned, None
         self.unpin_pending = False
         if pinned is not None:
-            pinned.release()  # dead: the pool only frees the slot
+            self._end_pinned(pinned)  # dead: the pool only frees the slot
         if not self._gone:
             self._break_session(self.codec.error_reply("unavailable",
                                                        "pinned backend connection lost"))
@@ -749,9 +768,9 @@ class MultiplexFrontend(Protocol):
             if pinned is not None:
                 pinned.protocol.owner = None
                 if dirty:
-                    pinned.discard("setup_lost")  # e.g. RESET dropped its AUTH
+                    self._end_pinned(pinned, "setup_lost")  # e.g. RESET dropped its AUTH
                 else:
-                    pinned.release()  # its state is clear again
+                    self._end_pinned(pinned)  # its state is clear again
         if self._closing:
             if not slots:
                 self.transport.loseConnection()

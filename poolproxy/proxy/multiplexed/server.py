@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, List, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from poolproxy.backends.pool import BackendPool, BackendProtocol, PooledConnection
+from poolproxy.backends.pool import (AcquireTimeout, BackendPool, BackendProtocol,
+                                     PooledConnection, PoolExhausted)
 from poolproxy.codec import Frame, ICodec, IUnsolicitedFramer
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.multiplexed.split import SplitGroup
@@ -385,29 +386,133 @@ class PipelineBackend(BackendProtocol):
         return entry.pool.name if entry is not None else "?"
 
 
+class _PinnedWaiter:
+    """
+    A pinned lease waiting for room in the pinned share: its L{Deferred},
+    its acquire timeout, and once its turn came, the pool's lease it
+    follows (cancelling the one cancels the other).
+    """
+
+    __slots__ = ("multiplexer", "deferred", "timer", "lease")
+
+    def __init__(self, multiplexer: "Multiplexer") -> None:
+        self.multiplexer = multiplexer
+        self.deferred: "Deferred[PooledConnection[PipelineBackend]]" = Deferred(self._cancel)
+        self.timer: Any = None
+        self.lease: "Optional[Deferred[Any]]" = None
+
+    def _cancel(self, _: "Deferred[Any]") -> None:
+        if self.lease is not None:
+            self.lease.cancel()  # its CancelledError comes down the chain
+        else:
+            self.multiplexer._forget_pinned_waiter(self)
+
+    def stop_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
 class Multiplexer:
     """
     The shared connections to one backend: leased from its pool, up to
     C{size}, and handed to clients round-robin, each client keeping its own
     for the whole session.
+
+    It also keeps the backend's pinned connections (L{lease_pinned}) to their
+    share of the pool: the rest is reserved for the shared connections, so
+    that sessions of their own (a subscriber may stay for hours) can never
+    take every connection and leave the clients that share none.
     """
 
     def __init__(self, pool: "BackendPool[PipelineBackend]", size: int, setup: Optional[List[Frame]] = None,
-                 variant_setup: Optional[Any] = None) -> None:
+                 variant_setup: Optional[Any] = None, clock: Any = None) -> None:
         """
         @param setup: frames that switch a pooled connection to this
             multiplexer's variant before it is shared (e.g. HELLO 3).
         @param variant_setup: C{variant -> frames}, for L{for_variant}.
+        @param clock: times pinned leases waiting for their share.
         """
         self.pool = pool
         self.size = size
         self.setup = setup or []
         self.variant_setup = variant_setup
+        self.clock = clock
         self.connections: "List[PooledConnection[PipelineBackend]]" = []
         self._acquiring = 0
         self._next = 0
         self._waiting: "List[MultiplexFrontend]" = []
         self._variants: "dict[Any, Multiplexer]" = {}
+        #: Pinned connections leased (or being leased) now, and the leases
+        #: waiting for the share to have room.
+        self.pinned = 0
+        self._pinned_waiting: "Deque[_PinnedWaiter]" = deque()
+
+    # -- pinned connections: their share of the pool ---------------------------
+
+    @property
+    def pinned_limit(self) -> int:
+        """
+        How many pinned connections may be leased at once: the pool less one
+        C{size} of shared connections per variant in use (at least one).
+        """
+        return max(1, self.pool.size - self.size * (1 + len(self._variants)))
+
+    def lease_pinned(self) -> "Deferred[PooledConnection[PipelineBackend]]":
+        """
+        A pooled connection for one client's own use, within the pinned
+        share: at once if there is room, else in turn, failing after the
+        pool's acquire timeout.  End the lease with L{pinned_ended}.
+        """
+        if self.pinned < self.pinned_limit:
+            return self._lease_pinned_now()
+        pool = self.pool
+        if len(self._pinned_waiting) >= pool.max_waiters:
+            pool.acquire_failures.add("exhausted")
+            return fail(PoolExhausted(
+                f"all {self.pinned_limit} pinned connections to {pool.name} are busy and "
+                f"{pool.max_waiters} sessions are waiting"))
+
+        waiter = _PinnedWaiter(self)
+        if pool.acquire_timeout > 0 and self.clock is not None:
+            waiter.timer = self.clock.callLater(pool.acquire_timeout, self._pinned_wait_over,
+                                                waiter)
+        self._pinned_waiting.append(waiter)
+        return waiter.deferred
+
+    def _lease_pinned_now(self) -> "Deferred[PooledConnection[PipelineBackend]]":
+        self.pinned += 1
+        d = self.pool.acquire()
+
+        def not_had(failure: Failure) -> Failure:
+            self.pinned_ended()  # no lease came of it (failed, or cancelled)
+            return failure
+
+        d.addErrback(not_had)
+        return d
+
+    def pinned_ended(self) -> None:
+        """A pinned lease ended (released, discarded, or never had): the next may start."""
+        self.pinned -= 1
+        while self._pinned_waiting and self.pinned < self.pinned_limit:
+            waiter = self._pinned_waiting.popleft()
+            waiter.stop_timer()
+            waiter.lease = self._lease_pinned_now()
+            waiter.lease.chainDeferred(waiter.deferred)
+
+    def _forget_pinned_waiter(self, waiter: "_PinnedWaiter") -> None:
+        if waiter in self._pinned_waiting:
+            self._pinned_waiting.remove(waiter)
+        waiter.stop_timer()
+
+    def _pinned_wait_over(self, waiter: "_PinnedWaiter") -> None:
+        waiter.timer = None
+        self._pinned_waiting.remove(waiter)
+        pool = self.pool
+        pool.acquire_failures.add("timeout")
+        waiter.deferred.errback(AcquireTimeout(
+            f"no pinned connection to {pool.name} became free within {pool.acquire_timeout:g}s "
+            f"({self.pinned_limit} of pool_size {pool.size} are for pinned sessions)"))
 
     def for_variant(self, variant: Any) -> "Multiplexer":
         """The shared connections of another variant (RESP3) to the same backend."""
@@ -416,7 +521,8 @@ class Multiplexer:
         multiplexer = self._variants.get(variant)
         if multiplexer is None:
             frames = self.variant_setup(variant) if self.variant_setup is not None else []
-            multiplexer = self._variants[variant] = Multiplexer(self.pool, self.size, frames)
+            multiplexer = self._variants[variant] = Multiplexer(self.pool, self.size, frames,
+                                                                clock=self.clock)
         return multiplexer
 
     def pick(self, client: "MultiplexFrontend") -> Optional[PipelineBackend]:
