@@ -283,6 +283,21 @@ class IUnsolicitedFramer(IResponseFramer):
         "takes them (replacing the list) after each feed.")
 
 
+class IBoundedFramer(IResponseFramer):
+    """
+    A response framer that never holds more than C{max_reply_size} bytes of
+    one response: a larger one is answered with the codec's error as soon
+    as it is known to be too large, and the rest of it is read and
+    discarded as it comes (not held), so the stream stays in step.
+    """
+
+    max_reply_size = Attribute(
+        "The most bytes of one response to hold (the proxy sets it), or None.")
+    on_too_large = Attribute(
+        "None, or a callable the framer calls (with no argument) for each "
+        "response it replaced with an error (the proxy counts them).")
+
+
 class IBlockingCodec(ICodec):
     """A codec with commands that wait at the backend (L{BLOCKING} frames)."""
 

@@ -909,3 +909,69 @@ class CommandPolicyTests(SynchronousTestCase):
         self.assertEqual([(f.key, f.flags) for f in frames],
                          [(b"set", LOCAL | REFUSED), (b"get", LOCAL | REFUSED)])
         self.assertEqual(frames[0].data, b"set k 0 0 5\r\nhello\r\n")
+
+
+TOO_LARGE = b"SERVER_ERROR poolproxy: reply too large (more than max_reply_size)\r\n"
+
+
+class ReplySizeLimitTests(SynchronousTestCase):
+    """max_reply_size: what the response framer may hold of one response."""
+
+    def framer(self, limit: int, *kinds: object) -> MemcachedResponseFramer:
+        f = MemcachedResponseFramer()
+        f.max_reply_size = limit
+        for kind in kinds:
+            f.expect(kind)
+        return f
+
+    def test_large_value_refused_and_skipped_unheld(self) -> None:
+        """A get reply past the limit: the error at once, the block skipped unheld, END read."""
+        f = self.framer(1000, VALUES, LINE)
+        self.assertEqual(f.feed(b"VALUE k 0 5000\r\n" + b"x" * 100), [TOO_LARGE])
+        for _ in range(48):
+            self.assertEqual(f.feed(b"x" * 100), [])
+            self.assertEqual(f.pending(), 0)
+        self.assertEqual(f.feed(b"x" * 100 + b"\r\nEND\r\nSTORED\r\n"), [b"STORED\r\n"])
+        self.assertIsNone(f.error)
+
+    def test_many_values_past_the_limit(self) -> None:
+        """A multi-get whose values together pass the limit is refused once."""
+        f = self.framer(100, VALUES, LINE)
+        out = []
+        for i in range(20):
+            out += f.feed(b"VALUE k%d 0 10\r\n%s\r\n" % (i, b"v" * 10))
+            self.assertLessEqual(f.pending(), 100 + 40)
+        out += f.feed(b"END\r\nSTORED\r\n")
+        self.assertEqual(out, [TOO_LARGE, b"STORED\r\n"])
+
+    def test_meta_value_past_the_limit(self) -> None:
+        f = self.framer(50, META, META)
+        out = f.feed(b"VA 200 f0\r\n" + b"y" * 100)
+        out += f.feed(b"y" * 100 + b"\r\nHD\r\n")
+        self.assertEqual(out, [TOO_LARGE, b"HD\r\n"])
+
+    @PROPERTY
+    @given(st.lists(response_items, min_size=1, max_size=10), st.integers(10, 120),
+           st.integers(1, 16))
+    def test_any_chunking_bounded(self, items: List[Tuple[str, bytes]], limit: int,
+                                  chunk: int) -> None:
+        """
+        In chunks of C{chunk} bytes: responses within the limit come whole,
+        those well past it become the error, one answer each, in order; the
+        framer never holds much more than the limit.
+        """
+        f = self.framer(limit, *[kind for kind, _ in items])
+        stream = b"".join(response for _, response in items)
+        out: List[bytes] = []
+        for i in range(0, len(stream), chunk):
+            out += f.feed(stream[i:i + chunk])
+            self.assertLessEqual(f.pending(), limit + chunk + MAX_LINE)
+        self.assertIsNone(f.error)
+        self.assertEqual(len(out), len(items))
+        for (_, response), got in zip(items, out):
+            if len(response) <= limit:
+                self.assertEqual(got, response)
+            elif len(response) > limit + chunk + 64:
+                self.assertEqual(got, TOO_LARGE)
+            else:
+                self.assertIn(got, (response, TOO_LARGE))

@@ -1276,3 +1276,77 @@ class WaitTimeTests(SynchronousTestCase):
         self.assertEqual(self.wait("BLPOP", "q", "soon"), 0.0)
         self.assertEqual(self.wait("BLPOP", "q", "-1"), 0.0)
         self.assertEqual(self.wait("BLPOP", "q", "nan"), 0.0)
+
+
+class ReplySizeLimitTests(SynchronousTestCase):
+    """max_reply_size: what the response framer may hold of one reply."""
+
+    def framer(self, limit: int) -> RespResponseFramer:
+        f = RespResponseFramer()
+        f.max_reply_size = limit
+        return f
+
+    def test_large_bulk_refused_and_skipped_unheld(self) -> None:
+        """
+        A bulk reply past the limit is answered with the error from its
+        header on; its body is skipped as it comes, never held; the replies
+        after it are framed as usual.
+        """
+        f = self.framer(1000)
+        counted: List[int] = []
+        f.on_too_large = lambda: counted.append(1)
+        self.assertEqual(f.feed(b"+OK\r\n$5000\r\n" + b"x" * 100),
+                         [b"+OK\r\n", b"-ERR poolproxy: reply too large (more than max_reply_size,"
+                                      b" 1000 bytes)\r\n"])
+        for _ in range(48):
+            self.assertEqual(f.feed(b"x" * 100), [])
+            self.assertEqual(f.pending(), 0)
+        self.assertEqual(f.feed(b"x" * 100 + b"\r\n:1\r\n"), [b":1\r\n"])
+        self.assertEqual(counted, [1])
+        self.assertIsNone(f.error)
+
+    def test_large_aggregate_of_small_elements(self) -> None:
+        """An array growing past the limit feed by feed is refused once, the rest skipped."""
+        f = self.framer(100)
+        element = b"$10\r\n" + b"e" * 10 + b"\r\n"
+        out = f.feed(b"*50\r\n")
+        for _ in range(49):
+            out += f.feed(element)
+            self.assertLessEqual(f.pending(), 100 + len(element))
+        out += f.feed(element + b"+NEXT\r\n")
+        self.assertEqual(out, [_too_large_reply(100), b"+NEXT\r\n"])
+
+    def test_under_the_limit_passes_whole(self) -> None:
+        f = self.framer(100)
+        reply = b"*2\r\n$40\r\n" + b"a" * 40 + b"\r\n$40\r\n" + b"b" * 40 + b"\r\n"
+        self.assertEqual(feed_chunks(f, reply, range(0, len(reply), 7)), [reply])
+
+    @PROPERTY
+    @given(st.lists(values.filter(lambda v: not v.startswith(b">")), min_size=1, max_size=8),
+           st.integers(5, 80), st.integers(1, 16))
+    def test_any_chunking_bounded(self, replies: List[bytes], limit: int, chunk: int) -> None:
+        """
+        Fed in chunks of C{chunk} bytes: every reply within the limit comes
+        whole, every reply well past it (by more than a chunk and a line)
+        becomes the error, one answer per reply, in order; and the framer
+        never holds much more than the limit.
+        """
+        f = self.framer(limit)
+        stream = b"".join(replies)
+        out: List[bytes] = []
+        for i in range(0, len(stream), chunk):
+            out += f.feed(stream[i:i + chunk])
+            self.assertLessEqual(f.pending(), limit + chunk + 64)
+        self.assertIsNone(f.error)
+        self.assertEqual(len(out), len(replies))
+        for reply, got in zip(replies, out):
+            if len(reply) <= limit:
+                self.assertEqual(got, reply)
+            elif len(reply) > limit + chunk + 64:
+                self.assertEqual(got, _too_large_reply(limit))
+            else:
+                self.assertIn(got, (reply, _too_large_reply(limit)))
+
+
+def _too_large_reply(limit: int) -> bytes:
+    return b"-ERR poolproxy: reply too large (more than max_reply_size, %d bytes)\r\n" % limit

@@ -155,3 +155,19 @@ class MemcachedInteropTests(SynchronousTestCase):
         self.addCleanup(direct.close)
         self.assertTrue(direct.flush_all(noreply=False))
         self.assertIsNone(c.get("keep"))
+
+    def test_reply_past_max_reply_size(self) -> None:
+        """
+        A multi-get of five 900 KB values with --max-reply-size 2000000: the
+        proxy's SERVER_ERROR, the connection in step after it, counted.
+        """
+        self.proxy("--mux-connections", "1", "--max-reply-size", "2000000")
+        c = self.client()
+        keys = ["big%d" % i for i in range(5)]
+        for key in keys:
+            c.set(key, b"v" * 900_000, noreply=False)
+        with self.assertRaises(self.pymemcache.exceptions.MemcacheServerError) as e:
+            c.get_many(keys)
+        self.assertIn("reply too large", str(e.exception))
+        self.assertEqual(c.get("big0"), b"v" * 900_000)
+        self.assertEqual(self.pp.metric("poolproxy_backend_replies_too_large_total"), 1)

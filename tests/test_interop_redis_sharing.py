@@ -310,3 +310,28 @@ class BoundedMemoryTests(SynchronousTestCase):
               f" ms, max {latencies[-1] * 1e3:.1f} ms")
         self.assertLess(growth, 100)
         self.assertEqual(r.strlen("big"), 8_000_000)
+
+    def test_reply_past_max_reply_size(self) -> None:
+        """
+        A 2 MB value with --max-reply-size 1000000: the client gets the
+        proxy's error, the shared connection stays in step (the same
+        client's next GET and another client's are answered), counted.
+        """
+        self.redis = module("redis")
+        backend = redis_server(self)
+        pp = ProxyProcess(self, "redis", [backend], "--mux-connections", "1",
+                          "--max-reply-size", "1000000")
+        r = self.redis.Redis(host="127.0.0.1", port=pp.port, protocol=2)
+        self.addCleanup(r.close)
+        r.set("big", b"b" * 2_000_000)
+        r.set("small", b"s")
+        with self.assertRaises(self.redis.ResponseError) as e:
+            r.get("big")
+        self.assertIn("reply too large (more than max_reply_size, 1000000 bytes)",
+                      str(e.exception))
+        self.assertEqual(r.get("small"), b"s")
+        other = RawClient(self, pp.port)
+        other.send(b"GET", b"small")
+        self.assertEqual(other.until(b"s\r\n"), b"$1\r\ns\r\n")
+        self.assertEqual(pp.metric("poolproxy_backend_replies_too_large_total"), 1)
+        self.assertEqual(r.strlen("big"), 2_000_000)

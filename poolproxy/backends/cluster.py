@@ -73,6 +73,8 @@ class Backend:
         self.retries = 0
         #: Messages it sent unasked on a shared connection (RESP3 pushes), dropped.
         self.unsolicited = 0
+        #: Replies larger than max_reply_size: answered with an error, skipped.
+        self.replies_too_large = 0
 
     def __str__(self) -> str:
         return self.name

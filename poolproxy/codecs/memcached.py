@@ -37,7 +37,8 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 from zope.interface import implementer
 
 from poolproxy.codec import (CLOSE, LOCAL, REFUSED, RETRY_SAFE, BaseCodec, Frame, FramingError,
-                             IProbingCodec, IRequestFramer, IResponseFramer, IShardedCodec)
+                             IBoundedFramer, IProbingCodec, IRequestFramer, IResponseFramer,
+                             IShardedCodec)
 from poolproxy.codecs._buffer import Unparsed
 
 #: Response kinds (C{Frame.expect}): C{VALUE} blocks then C{END}; one line;
@@ -424,17 +425,29 @@ def _meta_flags(parts: List[bytes], start: int) -> "tuple[bool, bytes]":
     return quiet, key
 
 
-@implementer(IResponseFramer)
+#: Marks C{_done} while the rest of a response too large to hold is discarded.
+_DROPPED = b"(dropped)"
+_TOO_LARGE_REPLY = b"SERVER_ERROR poolproxy: reply too large (more than max_reply_size)\r\n"
+
+
+@implementer(IResponseFramer, IBoundedFramer)
 class MemcachedResponseFramer(Unparsed):
     """
     Cuts one backend connection's memcached stream into responses, each of
-    the kind the proxy said to expect, in order.
+    the kind the proxy said to expect, in order.  A response larger than
+    C{max_reply_size} is answered with C{SERVER_ERROR} as soon as that is
+    known and the rest of it skipped unheld (IBoundedFramer); the checks run
+    only where bytes would be held for a later feed.
     """
 
     needs_expect = True
 
     def __init__(self) -> None:
         self.error: Optional[FramingError] = None
+        self.max_reply_size: Optional[int] = None
+        self.on_too_large: Optional[Any] = None
+        self._skip = 0                  # bytes of a dropped data block still to skip
+        self._skip_ends = False         # ...which ends its response (meta)
         self._expect: Deque[Any] = deque()
         self._done: List[bytes] = []    # checked bytes of the first response
         self._init_unparsed()           # the bytes held after them (codecs._buffer)
@@ -444,11 +457,15 @@ class MemcachedResponseFramer(Unparsed):
 
     def pending(self) -> int:
         """Bytes held of the next response (checked, and not yet parsed)."""
-        return self._have + sum(map(len, self._done))
+        return self._have + self._held()
 
     def feed(self, data: bytes) -> List[bytes]:
         if self.error is not None or not data:
             return []
+        if self._skip:
+            data = self._skip_some(data)
+            if not data:
+                return []
         buf = self._take(data) if self._have else data  # codecs._buffer
         if buf is None:
             return []
@@ -516,6 +533,11 @@ class MemcachedResponseFramer(Unparsed):
                     # A data block follows the line, and CR LF ends it at end.
                     if end > n:
                         need = end
+                        limit = self.max_reply_size
+                        if limit is not None and self._held() + end - pos > limit:
+                            self._refuse_reply(out, end - n, kind)
+                            pos = scan = n
+                            need = 0
                         break
                     if buf[end - 2] != 13 or buf[end - 1] != 10:
                         raise FramingError("malformed", "bad data block")
@@ -526,8 +548,9 @@ class MemcachedResponseFramer(Unparsed):
                 if done < 0:
                     break
                 if self._done:
-                    self._done.append(buf[pos:done])
-                    append(b"".join(self._done))
+                    if self._done[0] is not _DROPPED:  # else: answered already
+                        self._done.append(buf[pos:done])
+                        append(b"".join(self._done))
                     self._done = []
                 else:
                     append(buf[pos:done])
@@ -541,12 +564,48 @@ class MemcachedResponseFramer(Unparsed):
         if pos < n:
             if scan > pos:
                 # Set aside what is checked: never joined or scanned again
-                # while the rest of a long response arrives.
-                self._done.append(buf[pos:scan])
+                # while the rest of a long response arrives (unless it is
+                # being dropped, or too large to keep).
+                if not self._done or self._done[0] is not _DROPPED:
+                    limit = self.max_reply_size
+                    if limit is not None and self._held() + scan - pos > limit:
+                        self._refuse_reply(out, 0, None)
+                    else:
+                        self._done.append(buf[pos:scan])
                 pos = scan
             # A data block's end counts from the first byte held.
             self._keep(buf, pos, need - pos if need > 0 else need)
         return out
+
+    def _held(self) -> int:
+        done = self._done
+        return 0 if done and done[0] is _DROPPED else sum(map(len, done))
+
+    def _refuse_reply(self, out: List[bytes], skip: int, kind: Any) -> None:
+        """
+        The response under way is too large to hold: answer it with the
+        error now (once), drop what is held of it, and skip C{skip} bytes
+        (the rest of a data block; a meta response ends with it).
+        """
+        if not self._done or self._done[0] is not _DROPPED:
+            out.append(_TOO_LARGE_REPLY)
+            if self.on_too_large is not None:
+                self.on_too_large()
+        self._done = [_DROPPED]
+        self._skip = skip
+        self._skip_ends = kind == META
+
+    def _skip_some(self, data: bytes) -> bytes:
+        """Skip what is left of a dropped data block; what follows it."""
+        skip = self._skip
+        if len(data) < skip:
+            self._skip = skip - len(data)
+            return b""
+        self._skip = 0
+        if self._skip_ends:  # a meta response is its one block
+            self._expect.popleft()
+            self._done = []
+        return data[skip:]
 
 
 _ERROR_REPLIES = {

@@ -50,6 +50,7 @@ from poolproxy.codec import (
     Frame,
     FramingError,
     IBlockingCodec,
+    IBoundedFramer,
     IProbingCodec,
     IShardAwareFramer,
     IShardedCodec,
@@ -1116,7 +1117,16 @@ _AGGREGATE = frozenset(b"*~>%|")
 _TYPES = _SIMPLE | _BULK | _AGGREGATE
 
 
-@implementer(IUnsolicitedFramer)
+#: Marks C{_parts} while the rest of a reply too large to hold is discarded.
+_DROPPED = b"(dropped)"
+
+
+def _too_large(limit: int) -> bytes:
+    return (b"-ERR poolproxy: reply too large (more than max_reply_size, %d bytes)\r\n"
+            % limit)
+
+
+@implementer(IUnsolicitedFramer, IBoundedFramer)
 class RespResponseFramer(Unparsed):
     """
     Cuts one backend connection's byte stream into complete RESP2/RESP3
@@ -1124,13 +1134,20 @@ class RespResponseFramer(Unparsed):
     decorates are one response.  Streamed strings and aggregates (C{$?},
     C{*?}), which redis does not send, are rejected.  RESP3 push messages
     (C{>}) answer no request: they go to C{unsolicited}, not among the
-    replies.
+    replies.  A reply larger than C{max_reply_size} is answered with an
+    error as soon as that is known, and the rest of it skipped unheld
+    (IBoundedFramer); the checks run only where bytes would be held for a
+    later feed, never per reply.
     """
 
     needs_expect = False
 
     def __init__(self) -> None:
         self.error: Optional[FramingError] = None
+        self.max_reply_size: Optional[int] = None
+        self.on_too_large: Optional[Any] = None
+        # Bytes of a too-large bulk string still to skip, unheld.
+        self._skip = 0
         #: Push messages the last feed found (IUnsolicitedFramer).
         self.unsolicited: List[bytes] = []
         # A push message began in an earlier feed and is not complete yet.
@@ -1152,6 +1169,10 @@ class RespResponseFramer(Unparsed):
     def feed(self, data: bytes) -> List[bytes]:
         if self.error is not None or not data:
             return []
+        if self._skip:
+            data = self._skip_some(data)
+            if not data:
+                return []
         buf = self._take(data) if self._have else data  # codecs._buffer
         if buf is None:
             return []
@@ -1186,6 +1207,10 @@ class RespResponseFramer(Unparsed):
                         q = eol + 2 + n
                         if q + 2 > end:
                             need = q + 2 - p
+                            limit = self.max_reply_size
+                            if limit is not None and self._parts_size + q + 2 - pos > limit:
+                                p = pos = self._refuse_reply(out, buf, pos, q + 2 - end)
+                                need = 0
                             break
                         if buf[q] != 13 or buf[q + 1] != 10:
                             raise FramingError("malformed", "no CRLF after bulk reply")
@@ -1233,8 +1258,9 @@ class RespResponseFramer(Unparsed):
                     stack.pop()
                 else:
                     if parts:
-                        parts.append(buf[pos:p])
-                        append(b"".join(parts))
+                        if parts[0] is not _DROPPED:  # else: answered already
+                            parts.append(buf[pos:p])
+                            append(b"".join(parts))
                         del parts[:]
                         self._parts_size = 0
                     else:
@@ -1249,15 +1275,56 @@ class RespResponseFramer(Unparsed):
             self._push_open = False
             return out
         if stack and p > pos:
-            # Inside an aggregate: keep the checked part aside.
-            parts.append(buf[pos:p])
-            self._parts_size += p - pos
+            # Inside an aggregate: keep the checked part aside (unless it is
+            # being dropped, or is too large to keep).
+            if not parts or parts[0] is not _DROPPED:
+                limit = self.max_reply_size
+                if limit is not None and self._parts_size + p - pos > limit:
+                    self._refuse_reply(out, buf, p, 0)
+                else:
+                    parts.append(buf[pos:p])
+                    self._parts_size += p - pos
             pos = p
         if pos < end:
             self._keep(buf, pos, need)
         if pushed:
             return self._set_apart(out, pushed)
         return out
+
+    def _refuse_reply(self, out: List[bytes], buf: bytes, pos: int, skip: int) -> int:
+        """
+        The reply under way is too large to hold: answer it with the error
+        now (once), drop what is held of it, and skip C{skip} bytes past
+        C{buf} (the rest of a bulk string); where parsing goes on.
+        """
+        parts = self._parts
+        if not parts or parts[0] is not _DROPPED:
+            out.append(_too_large(self.max_reply_size or 0))
+            if self.on_too_large is not None:
+                self.on_too_large()
+        parts[:] = [_DROPPED]
+        self._parts_size = 0
+        self._skip = skip
+        return len(buf) if skip else pos
+
+    def _skip_some(self, data: bytes) -> bytes:
+        """Skip what is left of a dropped bulk string; what follows it."""
+        skip = self._skip
+        if len(data) < skip:
+            self._skip = skip - len(data)
+            return b""
+        self._skip = 0
+        # The bulk string is over: close the aggregates it completes.
+        stack = self._stack
+        while stack:
+            left = stack[-1] - 1
+            if left:
+                stack[-1] = left
+                break
+            stack.pop()
+        else:
+            del self._parts[:]  # the dropped reply is over
+        return data[skip:]
 
     def _set_apart(self, out: List[bytes], pushed: List[int]) -> List[bytes]:
         """Move the push messages at indexes C{pushed} of C{out} to C{unsolicited}."""

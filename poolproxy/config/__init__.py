@@ -78,6 +78,7 @@ class ProxyConfig:
     demo: Optional[str] = None
     request_timeout: float = 30.0
     max_request_size: Optional[int] = None
+    max_reply_size: int = 64 * 1024 * 1024
     max_pipeline: int = 1024
     client_output_limit: int = 32 * 1024 * 1024
     proxy_output_limit: int = 512 * 1024 * 1024

@@ -129,6 +129,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("max_request_size", "int", None, "Largest request, in bytes, a client may "
             "send; larger ones get the protocol's error. Default: the codec's (64 MiB; "
             "memcached: 1 MiB of data, its item size).", minimum=1),
+    Setting("max_reply_size", "int", 64 * 1024 * 1024, "redis, memcached: largest reply, "
+            "in bytes, the proxy holds for a client; a larger one gets the protocol's error "
+            "and is skipped. 0 for no limit.", minimum=0),
     Setting("max_pipeline", "int", 1024, "redis, memcached: requests a client may have "
             "waiting or unanswered before the proxy stops reading from it.", minimum=1),
     Setting("client_output_limit", "int", 32 * 1024 * 1024, "redis, memcached: bytes of "

@@ -220,6 +220,10 @@ class ProxyCollector:
                                           "Messages the backend sent unasked on a shared "
                                           "connection (RESP3 pushes), dropped.",
                                           labels=per_backend)
+        too_large = CounterMetricFamily("poolproxy_backend_replies_too_large",
+                                        "Replies larger than max_reply_size: the client got "
+                                        "an error, the reply was skipped.",
+                                        labels=per_backend)
         state = GaugeMetricFamily("poolproxy_backend_state",
                                   "1 for the backend's current state, 0 for the others.",
                                   labels=per_backend + ["state"])
@@ -254,6 +258,7 @@ class ProxyCollector:
                 failures.add_metric(name, backend.failures)
                 retries.add_metric(name, backend.retries)
                 unsolicited.add_metric(name, backend.unsolicited)
+                too_large.add_metric(name, backend.replies_too_large)
                 current = backend.state
                 tally[current] = tally.get(current, 0) + 1
                 _add_enum(state, name, BACKEND_STATES, current)
@@ -271,7 +276,8 @@ class ProxyCollector:
                     refused.add_metric(name, breaker.refused_total)
             for value, n in tally.items():
                 counts.add_metric([cluster.name, value], n)
-        yield from (weight, outstanding, requests, failures, retries, unsolicited, state)
+        yield from (weight, outstanding, requests, failures, retries, unsolicited, too_large,
+                    state)
         if any_health:
             yield from (checks, health)
         if any_breaker:

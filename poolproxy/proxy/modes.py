@@ -157,7 +157,8 @@ def _multiplexed_backend(backend: Backend,
     codec, admission, clock = context.codec, context.admission, context.reactor
     setup = codec.setup_frames(context.options)
     timeout = context.setting("request_timeout")
-    return lambda: PipelineBackend(codec, setup, admission, backend, clock, timeout)
+    max_reply = context.config.max_reply_size or None
+    return lambda: PipelineBackend(codec, setup, admission, backend, clock, timeout, max_reply)
 
 
 def _multiplexer(backend: Backend, context: ClusterContext) -> SharedConnections:

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from poolproxy.backends.pool import (AcquireTimeout, BackendPool, BackendProtocol,
                                      PooledConnection, PoolExhausted)
-from poolproxy.codec import Frame, ICodec, IUnsolicitedFramer
+from poolproxy.codec import Frame, IBoundedFramer, ICodec, IUnsolicitedFramer
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.multiplexed.split import SplitGroup
 
@@ -71,7 +71,7 @@ class PipelineBackend(BackendProtocol):
 
     def __init__(self, codec: ICodec, setup: List[Frame], admission: Admission,
                  cluster_backend: Any = None, clock: Any = None,
-                 request_timeout: float = 0.0) -> None:
+                 request_timeout: float = 0.0, max_reply_size: Optional[int] = None) -> None:
         self.codec = codec
         self.cluster_backend = cluster_backend
         self.clock = clock
@@ -83,6 +83,10 @@ class PipelineBackend(BackendProtocol):
         self._blocking = False
         self._grace: Optional[float] = 0.0
         self.framer = codec.response_framer()
+        if IBoundedFramer.providedBy(self.framer):
+            self.framer.max_reply_size = max_reply_size
+            if cluster_backend is not None:
+                self.framer.on_too_large = self._too_large
         # The framer, if it sets apart what the backend sends unasked (RESP3 pushes).
         self._unasked: Optional[IUnsolicitedFramer] = (
             IUnsolicitedFramer(self.framer) if IUnsolicitedFramer.providedBy(self.framer)
@@ -280,6 +284,10 @@ class PipelineBackend(BackendProtocol):
         for client in touched:
             client.touched = False
             client.answered()
+
+    def _too_large(self) -> None:
+        """The framer answered a reply past max_reply_size with an error."""
+        self.cluster_backend.replies_too_large += 1
 
     def _unsolicited(self, framer: IUnsolicitedFramer) -> None:
         """
