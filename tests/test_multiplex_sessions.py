@@ -71,7 +71,7 @@ class PubSubTests(Setup):
         self.assertIn(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n", c.received())
         self.assertTrue(c.received().endswith(b"$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"))
         self.assertEqual(h.admission.in_flight, 0)
-        pinned = [t for t in h.connections() if t is not c.protocol.pinned.protocol.transport]
+        pinned = [t for t in h.connections() if t is not c.protocol.pin.conn.protocol.transport]
         c.close()
         self.assertNothingLeft(h)
         self.assertEqual(len(h.connections()), len(pinned))  # the pinned one is gone

@@ -14,7 +14,9 @@ A frame flagged L{PIN} (transactions, SELECT, blocking commands...) moves the
 client to a connection of its own, leased from the same pool, and only after
 everything it sent on the shared connection has been answered; L{UNPIN} gives
 it back once answered; L{PASSTHROUGH} turns the pinned connection into a raw
-byte pipe (SUBSCRIBE).  State therefore never leaks between clients.
+byte pipe (SUBSCRIBE).  State therefore never leaks between clients.  Which
+connection a client is on is one state machine, L{Pinning} (its table is in
+L{poolproxy.proxy.multiplexed.pinning}).
 
 The hot path is one C{dataReceived} -> framer -> one write per backend, and
 one C{dataReceived} -> framer -> one write per client: no Deferred, log call
@@ -55,6 +57,7 @@ from poolproxy.codec import (
     IVariantCodec,
 )
 from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.proxy.multiplexed.pinning import LEASING, PINNED, RAW, SHARED, UNPINNING, Pinning
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
 from poolproxy.proxy.multiplexed.split import CROSS_SHARD, SplitGroup, split_by_shard
 from poolproxy.proxy.output import TRANSPORT_BUFFER, OutputBudget, unsent_bytes
@@ -71,6 +74,13 @@ _PROXY_ERROR = object()
 _NO_BACKEND: Any = object()
 #: Flags that change the client's connection state once the frame is sent.
 _STATE_FLAGS = DIRTY | UNPIN | PASSTHROUGH
+#: Flags that send a frame to the client's own connection.
+_PINNING_FLAGS = PIN | PASSTHROUGH
+#: Flags that send a frame through MultiplexFrontend._special_target.
+_SPECIAL_FLAGS = VARIANT | LOCAL
+#: What _special_target answers for a frame dealt with, or one that must wait.
+_NEXT: Any = object()
+_STOP: Any = object()
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol)
@@ -112,13 +122,9 @@ class MultiplexFrontend(Protocol):
         # backend for the whole session, so its requests keep their order).
         self.shared: "dict[Any, PipelineBackend]" = {}
         self._backend: Any = None  # the cluster Backend, when not routing by key
-        self.variant: Any = None  # the connection variant this client needs (VARIANT)
-        self.pinned: "Optional[PooledConnection[PipelineBackend]]" = None
-        # The Multiplexer whose pinned share the pinned lease counts in.
-        self._pinned_share: Optional[Multiplexer] = None
-        self.unpin_pending = False
-        self.pinned_dirty = False
-        self.passthrough = False
+        # Shared, leasing, pinned, unpinning, raw or ended; with the leased
+        # connection, its share, whether it is dirty, and the client's variant.
+        self.pin = Pinning()
         self.sent_shared = 0
         self.sent_pinned = 0
         self.touched = False
@@ -184,8 +190,8 @@ class MultiplexFrontend(Protocol):
 
     def _endless(self) -> bool:
         """Whether what runs now has no end of its own: a raw pipe, a blocked command."""
-        pinned = self.pinned
-        return self.passthrough or (pinned is not None and pinned.protocol.blocking)
+        pin = self.pin
+        return pin.state is RAW or (pin.conn is not None and pin.conn.protocol.blocking)
 
     def writeConnectionLost(self) -> None:
         pass
@@ -193,7 +199,7 @@ class MultiplexFrontend(Protocol):
     @property
     def busy(self) -> bool:
         """Requests in flight or waiting (for the idle sweep)."""
-        return bool(self.slots or self.held or self._resend) or self.passthrough
+        return bool(self.slots or self.held or self._resend) or self.pin.state is RAW
 
     def close_idle(self) -> None:
         self.transport.loseConnection()
@@ -236,14 +242,14 @@ class MultiplexFrontend(Protocol):
         self.held.clear()
         for multiplexer in self._waiting_on:
             multiplexer.forget(self)
-        pinned, self.pinned = self.pinned, None
+        pinned, share, _ = self.pin.end()
         if pinned is not None:
             backend: PipelineBackend = pinned.protocol
             backend.passthrough_to = None
             backend.owner = None
             # Its state (a transaction, a database, a blocked command) is
             # this client's: never hand it to anyone else.
-            self._end_pinned(pinned, "session_end", abort=True)
+            self._end_pinned(pinned, share, "session_end", abort=True)
 
     # -- IPushProducer: our transport says the client is not reading ----------
 
@@ -251,15 +257,15 @@ class MultiplexFrontend(Protocol):
         self._write_blocked = True
         self._written_blocked = 0
         self._update_reading()
-        if self.passthrough and self.pinned is not None:
-            self.pinned.protocol.transport.pauseProducing()
+        if self.pin.state is RAW:
+            self.pin.conn.protocol.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
         self._write_blocked = False
         self._release_output()  # its socket has taken everything
         self._update_reading()
-        if self.passthrough and self.pinned is not None:
-            self.pinned.protocol.transport.resumeProducing()
+        if self.pin.state is RAW:
+            self.pin.conn.protocol.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
         pass
@@ -339,13 +345,14 @@ class MultiplexFrontend(Protocol):
         """
         Send held frames in order: each goes on the client's shared
         connection to its backend (the common path, read straight down),
-        unless its flags send it through one of the rare branches: a
-        variant switch, a local reply, a split across shards, the client's
-        pinned connection, or the start of a raw pipe.
+        unless its flags or the client's L{Pinning} state send it through
+        L{_special_target}: a variant switch, a local reply, the client's
+        own connection; or it is split across shards (L{_split}).
         """
         if self._resend and not self._drain_resend():
             return
-        if self.passthrough:
+        pin = self.pin
+        if pin.state is RAW:
             self._drain_raw()
             return
         held = self.held
@@ -362,50 +369,34 @@ class MultiplexFrontend(Protocol):
             while held and not self._gone:
                 frame = held[0]
                 flags = frame.flags
-                if flags & VARIANT and frame.expect != self.variant:
+                pinned = bool(flags & _PINNING_FLAGS) or pin.state is not SHARED
+                if pinned or flags & _SPECIAL_FLAGS:
                     shared = None
-                    if not self._switch_variant(frame, flags):
-                        return  # the replies owed on the old variant first
-                if flags & LOCAL:
-                    held.popleft()
-                    self._answer_local(frame, flags)
-                    if self._closing:
-                        held.clear()
+                    target = self._special_target(frame, flags, splitter)
+                    if target is _STOP:
                         return
-                    continue
-                if self.unpin_pending:
-                    return  # wait for the UNPIN reply before choosing a connection
-                if (splitter is not None and frame not in self._split_groups
-                        and self._split(frame, splitter)):
+                    if target is _NEXT:
+                        continue
+                    pinned = pin.state is PINNED
+                elif (splitter is not None and frame not in self._split_groups
+                      and self._split(frame, splitter)):
                     continue  # answered, or its parts now stand in its place
-                pinned = bool(flags & PIN) or self.pinned is not None
-                if pinned:
-                    shared = None
-                    target = self._pinned_target(frame)
                 elif shared is not None and shared.alive:
                     target = shared
                 else:
                     target = self._shared_target(frame)
-                    if reuse_shared and isinstance(target, PipelineBackend):
+                    if target is None:
+                        return
+                    if target is _NO_BACKEND:
+                        self._no_backend(frame)
+                        continue
+                    if reuse_shared:
                         shared = target
-                if target is None:
-                    return
-                if target is _NO_BACKEND:
-                    held.popleft()
-                    self.stats.requests.add("backend_unavailable")
-                    self._answer_locally(
-                        self.codec.error_reply("unavailable", "no backend is available"), False,
-                        frame)
-                    continue
                 if flags & PASSTHROUGH:
-                    if self.slots or self.sent_pinned:
-                        return  # every earlier reply first: then the pipe is raw
-                    held.popleft()
                     if out:
                         out_to.transport.write(b"".join(out))  # type: ignore[union-attr]
                         out = []
-                    self._start_passthrough(frame, target)
-                    self._drain_raw()
+                    self._begin_raw(frame, target)
                     return
                 if self._token:
                     self._token = False
@@ -432,9 +423,7 @@ class MultiplexFrontend(Protocol):
                                 else None)
                     self.slots.append(slot)
                     if flags & BLOCKING:
-                        target.await_block(self._wait_time(frame))
-                        if self._eof:  # sent after EOF: nobody waits for it
-                            self.transport.loseConnection()
+                        self._blocking_sent(frame, target)
                     target.owe(slot, frame)
                     if pinned:
                         self.sent_pinned += 1
@@ -443,11 +432,11 @@ class MultiplexFrontend(Protocol):
                 else:
                     admission.release()
                     self.stats.requests_ok += 1
-                if flags & _STATE_FLAGS:
+                if flags & _STATE_FLAGS and pinned:
                     if flags & DIRTY:
-                        self.pinned_dirty = True
+                        pin.mark_dirty()
                     if flags & UNPIN:
-                        self.unpin_pending = True
+                        pin.unpin()
         finally:
             if out:
                 out_to.transport.write(b"".join(out))  # type: ignore[union-attr]
@@ -458,18 +447,74 @@ class MultiplexFrontend(Protocol):
 
     # -- the rare branches of _drain_once -------------------------------------
 
+    def _special_target(self, frame: Frame, flags: int,
+                        splitter: Optional[IShardedCodec]) -> Any:
+        """
+        Where a frame goes that is not plainly for the shared connection: a
+        connection (the client's own, or shared after a variant switch),
+        L{_NEXT} if it was dealt with here (answered, split), or L{_STOP}
+        if it must wait (for earlier replies, a lease, a connection).
+        """
+        pin = self.pin
+        if flags & VARIANT and frame.expect != pin.variant:
+            if not self._switch_variant(frame, flags):
+                return _STOP  # the replies owed on the old variant first
+        if flags & LOCAL:
+            self.held.popleft()
+            self._answer_local(frame, flags)
+            if self._closing:
+                self.held.clear()
+                return _STOP
+            return _NEXT
+        if pin.state is UNPINNING:
+            return _STOP  # wait for the UNPIN reply before choosing a connection
+        if (splitter is not None and frame not in self._split_groups
+                and self._split(frame, splitter)):
+            return _NEXT
+        if flags & _PINNING_FLAGS or pin.state is not SHARED:
+            target = self._pinned_target(frame)
+        else:
+            target = self._shared_target(frame)
+        if target is None:
+            return _STOP
+        if target is _NO_BACKEND:
+            self._no_backend(frame)
+            return _NEXT
+        return target
+
+    def _no_backend(self, frame: Frame) -> None:
+        self.held.popleft()
+        self.stats.requests.add("backend_unavailable")
+        self._answer_locally(self.codec.error_reply("unavailable", "no backend is available"),
+                             False, frame)
+
+    def _begin_raw(self, frame: Frame, target: PipelineBackend) -> None:
+        """A PASSTHROUGH frame: once every earlier reply is in, the pipe is raw."""
+        if self.slots or self.sent_pinned:
+            return
+        self.held.popleft()
+        self._start_passthrough(frame, target)
+        self._drain_raw()
+
+    def _blocking_sent(self, frame: Frame, target: PipelineBackend) -> None:
+        """A blocking command: timed by its own timeout; sent after EOF, nobody waits."""
+        target.await_block(self._wait_time(frame))
+        if self._eof:
+            self.transport.loseConnection()
+
     def _switch_variant(self, frame: Frame, flags: int) -> bool:
         """
         A frame that needs another connection variant (RESP3): False while
         the replies owed on the old one are still coming.
         """
-        if self.pinned is None and not flags & PIN:
+        pin = self.pin
+        if pin.conn is None and not flags & PIN:
             if self.sent_shared:
                 return False
             self.shared.clear()
         elif frame.expect is not None:
-            self.pinned_dirty = True  # it leaves the pool's variant
-        self.variant = frame.expect
+            pin.mark_dirty()  # it leaves the pool's variant
+        pin.variant = frame.expect
         return True
 
     def _answer_local(self, frame: Frame, flags: int) -> None:
@@ -519,7 +564,7 @@ class MultiplexFrontend(Protocol):
         what the proxy answers itself (QUIT, AUTH) still is.
         """
         held = self.held
-        pinned = self.pinned
+        pinned = self.pin.conn
         if pinned is None:
             return
         out: List[bytes] = []
@@ -552,7 +597,7 @@ class MultiplexFrontend(Protocol):
         return backend
 
     def _shared_target(self, frame: Frame) -> Any:
-        if self.sent_pinned or self.pinned is not None:
+        if self.sent_pinned or self.pin.state is not SHARED:
             return None  # still answering on the pinned connection
         backend = self._route(frame)
         if backend is None:
@@ -561,7 +606,7 @@ class MultiplexFrontend(Protocol):
         if connection is not None and connection.alive:
             return connection
         # The mode gave every backend its Multiplexer (poolproxy.proxy.modes).
-        multiplexer = cast(Multiplexer, backend.shared).for_variant(self.variant)
+        multiplexer = cast(Multiplexer, backend.shared).for_variant(self.pin.variant)
         connection = multiplexer.pick(self)
         if connection is None:
             if multiplexer not in self._waiting_on:
@@ -571,64 +616,71 @@ class MultiplexFrontend(Protocol):
         return connection
 
     def _pinned_target(self, frame: Frame) -> Any:
-        pinned = self.pinned
-        if pinned is not None:
-            return pinned.protocol
-        if self.sent_shared or self._waiting is not None:
+        pin = self.pin
+        if pin.state is PINNED:
+            return pin.conn.protocol  # type: ignore[union-attr]
+        if pin.state is LEASING or self.sent_shared or self._waiting is not None:
             return None  # earlier frames first, or a lease is on its way
         backend = self._route(frame)
         if backend is None:
             return _NO_BACKEND
         # Within the backend's pinned share (the mode gave it its Multiplexer).
-        self._pinned_share = share = cast(Multiplexer, backend.shared)
+        share = cast(Multiplexer, backend.shared)
         self._waiting = d = share.lease_pinned()
-        d.addCallbacks(self._pinned_ready, self._pinned_failed)
+        pin.lease(share)  # before the callbacks: the lease may be ready now
+        d.addCallbacks(self._pinned_ready, self._lease_failed)
         return None
 
-    def _end_pinned(self, conn: PooledConnection, reason: Optional[str] = None,
-                    abort: bool = False) -> None:
+    def _end_pinned(self, conn: PooledConnection, share: Optional[Multiplexer],
+                    reason: Optional[str] = None, abort: bool = False) -> None:
         """
         End a pinned lease: released (C{reason} None) or discarded; its place
-        in the backend's pinned share goes to the next session waiting.
+        in C{share}, the backend's pinned share, goes to the next session
+        waiting.
         """
         if reason is None:
             conn.release()
         else:
             conn.discard(reason, abort=abort)
-        share, self._pinned_share = self._pinned_share, None
         if share is not None:
             share.pinned_ended()
 
     def _pinned_ready(self, conn: PooledConnection, switched: bool = False) -> None:
         self._waiting = None
         backend: PipelineBackend = conn.protocol
+        pin = self.pin
         if self._gone or not backend.alive:
-            self._end_pinned(conn, "session_end", abort=True)
+            self._end_pinned(conn, pin.lease_failed(), "session_end", abort=True)
             if not self._gone:
-                self._pinned_failed(Failure(ConnectionError("backend connection lost")))
+                self._no_pinned(Failure(ConnectionError("backend connection lost")))
             return
-        if self.variant is not None and not switched:
+        if pin.variant is not None and not switched:
             # Pooled connections speak the pool's variant: switch this one, and
             # never give it back to the pool afterwards.
-            self.pinned_dirty = True
-            setup = IVariantCodec(self.codec).variant_setup(self.factory.config, self.variant)
+            pin.mark_dirty()
+            setup = IVariantCodec(self.codec).variant_setup(self.factory.config, pin.variant)
             def on_switched(_: object) -> None:
                 self._pinned_ready(conn, switched=True)
 
             def not_switched(failure: Failure) -> None:
-                self._end_pinned(conn, "setup_failed", abort=True)
-                self._pinned_failed(failure)
+                self._waiting = None
+                self._end_pinned(conn, pin.lease_failed(), "setup_failed", abort=True)
+                self._no_pinned(failure)
 
             self._waiting = d = backend.switch(setup)
             d.addCallbacks(on_switched, not_switched)
             return
-        self.pinned = conn
+        pin.leased(conn)
         backend.owner = self
         self._drain()
 
-    def _pinned_failed(self, failure: Failure) -> None:
+    def _lease_failed(self, failure: Failure) -> None:
+        """No lease came: its place in the pinned share is back already."""
         self._waiting = None
-        self._pinned_share = None  # no lease: its place is back already
+        self.pin.lease_failed()
+        self._no_pinned(failure)
+
+    def _no_pinned(self, failure: Failure) -> None:
         if failure.check(CancelledError) or self._gone:
             return
         # Without its own connection the client's state (a transaction) is
@@ -641,10 +693,9 @@ class MultiplexFrontend(Protocol):
         The pinned connection died: its state (a transaction, a database, a
         subscription) is gone, so this client's session cannot go on.
         """
-        pinned, self.pinned = self.pinned, None
-        self.unpin_pending = False
+        pinned, share, _ = self.pin.lost()
         if pinned is not None:
-            self._end_pinned(pinned)  # dead: the pool only frees the slot
+            self._end_pinned(pinned, share)  # dead: the pool only frees the slot
         if not self._gone:
             self._break_session(self.codec.error_reply("unavailable",
                                                        "pinned backend connection lost"))
@@ -711,7 +762,7 @@ class MultiplexFrontend(Protocol):
         backend answers as it likes (confirmations, messages), nothing is
         owed, no request timeout runs.  Every earlier reply is in.
         """
-        self.passthrough = True
+        self.pin.raw()
         backend.passthrough_to = self
         if self._token:  # admitted for a request that now owes nothing
             self._token = False
@@ -761,16 +812,12 @@ class MultiplexFrontend(Protocol):
                 self._check_output(len(data), max(map(len, out)))
                 if self._gone:
                     return
-        if self.unpin_pending and not self.sent_pinned:
-            self.unpin_pending = False
-            pinned, self.pinned = self.pinned, None
-            dirty, self.pinned_dirty = self.pinned_dirty, False
+        if self.pin.state is UNPINNING and not self.sent_pinned:
+            pinned, share, dirty = self.pin.release()
             if pinned is not None:
                 pinned.protocol.owner = None
-                if dirty:
-                    self._end_pinned(pinned, "setup_lost")  # e.g. RESET dropped its AUTH
-                else:
-                    self._end_pinned(pinned)  # its state is clear again
+                # Dirty: e.g. RESET dropped its AUTH; otherwise its state is clear again.
+                self._end_pinned(pinned, share, "setup_lost" if dirty else None)
         if self._closing:
             if not slots:
                 self.transport.loseConnection()
