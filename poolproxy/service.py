@@ -21,10 +21,12 @@ from poolproxy.backends.pool import BackendPool
 from poolproxy.codec import ICodec
 from poolproxy.config import BackendConfig, ProxyConfig, codec_options
 from poolproxy.config.endpoints import server_endpoint
+from poolproxy.config.secrets import Secrets
+from poolproxy.config.tls import ServerTLS, is_tls_listener
 from poolproxy.demo import demo_site
 from poolproxy.listening import endpoint_service, fail_startup, listen_reason
 from poolproxy.ops.rejections import RejectionSummary
-from poolproxy.ops.reload import Reloader
+from poolproxy.ops.reload import Rereadable, Reloader
 from poolproxy.ops.web import build_site
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.idle import IdleSweeper
@@ -68,6 +70,9 @@ class ProxyService(MultiService):
     @ivar assemblies: what built each cluster, by name (reload asks them
         for new backends).
     @ivar cluster: the first cluster: the only one when configured by flags.
+    @ivar secrets: the passwords and the admin token, as read from their files.
+    @ivar server_tls: the certificate and key of each C{ssl:} endpoint
+        (listeners, metrics), by endpoint string.
     """
 
     log = Logger()
@@ -87,7 +92,9 @@ class ProxyService(MultiService):
 
         self.admission = Admission(config.max_concurrency, config.queue_size,
                                    config.queue_timeout, clock=reactor)
-        self.codec_options = codec_options(config)
+        self.secrets = Secrets.read(config)
+        self.codec_options = codec_options(config, self.secrets)
+        self.server_tls: Dict[str, ServerTLS] = {}
         # Bytes held for clients that do not read: bounded per client and in all.
         self.output = OutputBudget(config.client_output_limit, config.proxy_output_limit)
         # One cluster per [[cluster]] (or the "default" one built from
@@ -118,7 +125,7 @@ class ProxyService(MultiService):
                 fd, family = handoff.listeners[listener.name]
                 svc = AdoptedPortService(reactor, fd, family, factory)
             else:
-                svc = endpoint_service(server_endpoint(reactor, listener.endpoint), factory,
+                svc = endpoint_service(self._server_endpoint(listener.endpoint), factory,
                                        f"listener {listener.name}")
             svc.setServiceParent(self)
             self.listeners.append(
@@ -126,11 +133,27 @@ class ProxyService(MultiService):
             if idle and assembly.mode.sweeps_idle:
                 self.sweepers.append(IdleSweeper(factory.clients, idle, reactor))
 
-        self.web = endpoint_service(server_endpoint(reactor, config.metrics),
+        self.web = endpoint_service(self._server_endpoint(config.metrics),
                                     build_site(self), "metrics")
         self.web.setServiceParent(self)
         if handoff is not None:
             WorkerControl(reactor, handoff, lambda: self.web.port).setServiceParent(self)
+
+    def _server_endpoint(self, description: str) -> Any:
+        """A listener's endpoint; an C{ssl:} one's certificate kept for reloads."""
+        tls = None
+        if is_tls_listener(description):
+            tls = self.server_tls.get(description)
+            if tls is None:
+                tls = self.server_tls[description] = ServerTLS(description, f"ssl {description}")
+        return server_endpoint(self.reactor, description, tls)
+
+    def rereadable(self) -> List[Rereadable]:
+        """What SIGHUP reads again from its files: secrets, certificates, CAs."""
+        items: List[Rereadable] = list(self.secrets.files.values())
+        items += self.server_tls.values()
+        items += [assembly.tls for assembly in self.assemblies.values() if assembly.tls is not None]
+        return items
 
     # -- backends ------------------------------------------------------------
 

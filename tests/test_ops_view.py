@@ -22,6 +22,7 @@ from poolproxy.ops.metrics import build_registry
 from poolproxy.ops.status import RateSampler, status_snapshot
 from poolproxy.ops.view import ListenerView, ProxyView
 from poolproxy.ops.web import ReadyzResource
+from poolproxy.config.secrets import Secrets
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.output import OutputBudget
 from poolproxy.stats import ListenerStats
@@ -47,6 +48,7 @@ class FakeProxy:
     reactor: Clock
     config: ProxyConfig = field(default_factory=ProxyConfig)
     output: OutputBudget = field(default_factory=OutputBudget)
+    secrets: Secrets = field(default_factory=Secrets)
 
     @property
     def pools(self) -> List[BackendPool]:

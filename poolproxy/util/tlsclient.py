@@ -158,17 +158,20 @@ class _UntilHandshake(Protocol):
         self.protocol = protocol
         self.connecting = connecting
 
+    #: The TLS protocol (a ProtocolWrapper), once TCP is connected.
+    tls: Any = None
+
     def makeConnection(self, transport: Any) -> None:
-        self.transport = transport  # the application's connection waits for the handshake
+        self.tls = transport  # the application's connection waits for the handshake
 
     def handshakeCompleted(self) -> None:
-        tls = self.transport
+        tls = self.tls
         tls.wrappedProtocol = self.protocol  # TLS talks to the protocol itself from now on
         if self.connecting.result.called:  # cancelled meanwhile: aborted already
             return
         self.protocol.makeConnection(tls)
         if IHandshakeListener.providedBy(self.protocol):
-            self.protocol.handshakeCompleted()  # type: ignore[attr-defined]
+            self.protocol.handshakeCompleted()
         self.connecting.handshake_done(self.protocol)
 
     def dataReceived(self, data: bytes) -> None:
