@@ -185,6 +185,12 @@ class TLSEndpointStringTests(ConfigTestCase):
                                    f"--listen {listen}: cannot load its certificate and key",
                                    fragment)
 
+    def test_tls_listener_refused(self) -> None:
+        """Twisted's tls: server endpoint (a directory of PEM files) is refused, pointing to ssl:."""
+        self.assertConfigError(["--listen", "tls:/etc/pems:port=6380", "--backend", "a:1"],
+                               "--listen: 'tls:/etc/pems:port=6380': tls: listeners are not "
+                               "supported; use ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem")
+
     def test_ssl_listener_backlog(self) -> None:
         """An ssl: listener gets the larger backlog too."""
         from twisted.internet.testing import MemoryReactor

@@ -150,6 +150,12 @@ def check_server(description: str, where: str) -> None:
     @raise ConfigError: naming C{where} if the string is not a valid endpoint,
         or if an C{ssl:} one's certificate and key do not load.
     """
+    if description.split(":", 1)[0].strip().lower() == "tls":
+        # Twisted's directory-of-PEMs endpoint: its ALPN answer is a fatal
+        # alert for every client that offers ALPN (curl, browsers).
+        raise ConfigError(f"{where}: {description!r}: tls: listeners are not supported; use "
+                          "ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem, which SIGHUP reloads "
+                          "(docs/tls.md)")
     if is_tls_listener(description):
         ServerTLS(description, f"{where} {description}")  # reads the files: a bad one is named here
     try:
