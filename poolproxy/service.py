@@ -145,7 +145,7 @@ class ProxyService(MultiService):
         if is_tls_listener(description):
             tls = self.server_tls.get(description)
             if tls is None:
-                tls = self.server_tls[description] = ServerTLS(description, f"ssl {description}")
+                tls = self.server_tls[description] = ServerTLS(description, description)
         return server_endpoint(self.reactor, description, tls)
 
     def rereadable(self) -> List[Rereadable]:

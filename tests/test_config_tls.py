@@ -8,10 +8,12 @@ certificate does not load refused.
 from __future__ import annotations
 
 import os
+import re
 from typing import List
 
 from poolproxy.config import BackendTLS
 from tests.certs import TestCA
+from tests.support import ROOT
 from tests.test_config import BASE, ConfigTestCase, parse
 from tests.test_config_clusters import cluster_file
 
@@ -202,3 +204,32 @@ class TLSEndpointStringTests(ConfigTestCase):
         reactor = MemoryReactor()
         server_endpoint(reactor, f"ssl:6380:privateKey={key}:certKey={cert}").listen(object())
         self.assertEqual(reactor.sslServers[0][3], 1024)
+
+
+class TlsDocTests(ConfigTestCase):
+    def test_examples_of_the_tls_page_load(self) -> None:
+        """
+        Every TOML example of docs/tls.md loads (a fragment inside a cluster
+        of its own), its /etc/poolproxy/tls files replaced by the test's.
+        """
+        ca = TestCA(self)
+        cert, key = ca.issue("localhost")
+        client_cert, client_key = ca.issue("poolproxy.client")
+        files = {"key.pem": key, "cert.pem": cert, "poolproxy-client.pem": client_cert,
+                 "poolproxy-client.key": client_key}
+        with open(os.path.join(ROOT, "docs", "tls.md")) as f:
+            blocks = re.findall(r"```toml\n(.*?)```", f.read(), re.DOTALL)
+        self.assertGreaterEqual(len(blocks), 4)
+        for block in blocks:
+            text = re.sub(r"/etc/poolproxy/tls/([\w.-]+)",
+                          lambda m: files.get(m.group(1), ca.ca_file), block)
+            if text.startswith("[cluster.backend_tls]"):
+                text = 'listen = "tcp:6380"\n[[cluster]]\nname = "cache"\n' + text
+            if "[[cluster]]" not in text:
+                text += '[[cluster]]\nname = "cache"\n'
+            if "[[cluster.backend]]" not in text:
+                text += '[[cluster.backend]]\naddress = "10.0.0.1:6379"\n'
+            config = parse(["--config", self.write_toml(text)])
+            tls = [c.setting("backend_tls", config) for c in config.clusters]
+            self.assertTrue(any(tls) or any(l.endpoint.startswith("ssl:")
+                                            for l in config.listeners), block)
