@@ -9,6 +9,7 @@ from __future__ import annotations
 import resource
 import select
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from typing import Dict, List, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.interop import ProxyProcess, redis_server, wait_until
+from tests.support import free_port, twistd_command
 
 #: The child's descriptor limit, soft and hard (so that poolproxy cannot raise it).
 FD_LIMIT = 256
@@ -159,3 +161,25 @@ class DescriptorLimitTests(SynchronousTestCase):
             reply += pinner.recv(4096)
         self.assertEqual(reply, b"+OK\r\n+QUEUED\r\n*1\r\n+PONG\r\n")
         self.assertEqual(proxy.metric("poolproxy_pool_connects_total", result="failed"), 0)
+
+
+class StartupBudgetTests(SynchronousTestCase):
+    def test_cap_that_cannot_fit_is_one_line(self) -> None:
+        """
+        Under a 256-descriptor limit, --max-client-connections 1000 stops
+        twistd before it listens: exit status 1 and one line naming the
+        numbers.
+        """
+        args = twistd_command("poolproxy", "--listen", f"tcp:{free_port()}:interface=127.0.0.1",
+                              "--backend", "127.0.0.1:1", "--metrics",
+                              f"tcp:{free_port()}:interface=127.0.0.1",
+                              "--max-client-connections", "1000")
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60,
+                              preexec_fn=_limit_descriptors)
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertEqual(done.stderr.strip().splitlines()[-1], (
+            "poolproxy: error: --max-client-connections: 1000 client connections do not fit: "
+            "the open file limit (256) less 10 for backend pools, 1 for health checks, 33 for "
+            "the web endpoint, 1 for listeners and a margin of 64 leaves 147; raise the limit "
+            "(ulimit -n, systemd LimitNOFILE=) or lower pool_size or this"))
+        self.assertNotIn("Traceback", done.stdout + done.stderr)
