@@ -12,6 +12,7 @@ L{ListenerClients}, which pauses it at its limit or the process's.
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from twisted.application.service import MultiService, Service
@@ -196,9 +197,25 @@ class ProxyService(MultiService):
         """A new backend joins cluster C{cluster} (reload), started if the proxy runs."""
         backend = self.assemblies[cluster].new_backend(spec)
         self.clusters[cluster].add(backend)
+        self._reserve_descriptors(backend)
         if self.running:
             backend.start()
         return backend
+
+    def _reserve_descriptors(self, backend: Backend) -> None:
+        """
+        A backend added at run time needs descriptors for its pool and its
+        health checks: they come out of the client connections' share, so
+        the cap shrinks if it no longer fits (logged).
+        """
+        budget = self.descriptors = replace(
+            self.descriptors, pools=self.descriptors.pools + backend.pool.size,
+            health_checks=self.descriptors.health_checks + (backend.health is not None))
+        if budget.clients < self.limits.cap:
+            self.limits.set_cap(max(1, budget.clients))
+            self.log.warn("backend {backend} added: client connections now capped at {cap} "
+                          "({how})", backend=backend.name, cap=self.limits.cap,
+                          how=budget.describe())
 
     def retire_backend(self, cluster: str, backend: Backend) -> "Deferred[None]":
         """

@@ -164,6 +164,20 @@ class LimitTests(SynchronousTestCase):
         last.connectionLost()
         self.assertEqual(self.limits.open, 3)
 
+    def test_cap_lowered_under_the_open_ones(self) -> None:
+        """
+        A cap lowered below the connections open (a reload added backends)
+        stops every listener at once; raised again, they accept.
+        """
+        clients = [connect(self.b) for _ in range(3)]
+        self.limits.set_cap(3)
+        self.assertEqual([p.reading for p in self.ports], [False, False])
+        self.assertEqual(self.b.room(), 0)
+        self.limits.set_cap(4)
+        self.assertEqual([p.reading for p in self.ports], [True, True])
+        clients[0].connectionLost()
+        self.assertEqual(self.limits.open, 2)
+
     def test_a_client_counts_once(self) -> None:
         """Adding or discarding a client twice changes nothing more."""
         client = connect(self.b)

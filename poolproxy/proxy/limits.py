@@ -61,6 +61,23 @@ class ConnectionLimits:
         self.listeners.append(clients)
         return clients
 
+    def set_cap(self, cap: int) -> None:
+        """
+        A new cap for the process (a reload added backends, which need
+        descriptors): listeners stop or start accepting at once by it.
+        """
+        self.cap = cap
+        full = self.open >= cap
+        if full and not self._full:
+            self._full = True
+            for each in self.listeners:
+                if each.gate.hold(PROXY_LIMIT):
+                    each.stats.limit_pauses += 1
+        elif not full and self._full:
+            self._full = False
+            for each in self.listeners:
+                each.gate.release(PROXY_LIMIT)
+
     def from_source(self, source: str) -> int:
         """Client connections open now from C{source}, if sources are counted."""
         return self._sources.get(source, 0)
