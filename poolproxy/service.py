@@ -24,7 +24,7 @@ from poolproxy.assemble import ClusterAssembly
 from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.backends.pool import BackendPool
 from poolproxy.codec import ICodec
-from poolproxy.config import BackendConfig, ProxyConfig, codec_options
+from poolproxy.config import BackendConfig, ListenerConfig, ProxyConfig, codec_options
 from poolproxy.config.budget import WEB_CONNECTIONS, client_cap, descriptor_budget
 from poolproxy.config.endpoints import server_endpoint
 from poolproxy.demo import demo_site
@@ -145,30 +145,8 @@ class ProxyService(MultiService):
         self.reloader = Reloader(self, reload_config) if reload_config is not None else None
         self._handle_sighup = handle_sighup and self.reloader is not None
         self.sweepers: List[IdleSweeper] = []
-        for listener in config.listeners:
-            assembly = self.assemblies[listener.cluster]
-            factory: Any = assembly.frontend(listener.name)
-            gate = AcceptGate()
-            # Every mode's frontends add and discard themselves in
-            # factory.clients: counting them there costs nothing per request.
-            clients = self.limits.listener(factory.stats, gate, listener.max_connections)
-            factory.clients = clients
-            accepting = LimitedFactory(factory, clients)
-            ports = AcceptingReactor(reactor, clients.room, factory.stats.accept_errors.add)
-            svc: Any
-            if handoff is not None and listener.name in handoff.listeners:
-                fd, family = handoff.listeners[listener.name]
-                svc = AdoptedPortService(ports, fd, family, accepting, gate)
-            else:
-                svc = endpoint_service(
-                    server_endpoint(ports, listener.endpoint, config.listen_backlog),
-                    accepting, f"listener {listener.name}", gate)
-            svc.setServiceParent(self)
-            self.listeners.append(
-                Listener(listener.name, factory, svc, assembly.cluster, listener.endpoint))
-            idle = getattr(config, assembly.mode.idle_timeout)
-            if idle:
-                self.sweepers.append(IdleSweeper(clients, idle, reactor, factory.stats))
+        for spec in config.listeners:
+            self.listeners.append(self._listener(spec, handoff))
 
         # The web endpoint serves WEB_CONNECTIONS at once, within the budget.
         web_gate = AcceptGate()
@@ -179,6 +157,35 @@ class ProxyService(MultiService):
         self.web.setServiceParent(self)
         if handoff is not None:
             WorkerControl(reactor, handoff, lambda: self.web.port).setServiceParent(self)
+
+    def _listener(self, spec: ListenerConfig, handoff: Optional[Handoff]) -> Listener:
+        """
+        One listener: its mode's factory, whose clients are counted against
+        the connection limits, and the service that accepts them (on an
+        inherited socket in a worker), paused by its gate at a limit.
+        """
+        config, reactor = self.config, self.reactor
+        assembly = self.assemblies[spec.cluster]
+        factory: Any = assembly.frontend(spec.name)
+        gate = AcceptGate()
+        # Every mode's frontends add and discard themselves in
+        # factory.clients: counting them there costs nothing per request.
+        clients = self.limits.listener(factory.stats, gate, spec.max_connections)
+        factory.clients = clients
+        accepting = LimitedFactory(factory, clients)
+        ports = AcceptingReactor(reactor, clients.room, factory.stats.accept_errors.add)
+        svc: Any
+        if handoff is not None and spec.name in handoff.listeners:
+            fd, family = handoff.listeners[spec.name]
+            svc = AdoptedPortService(ports, fd, family, accepting, gate)
+        else:
+            svc = endpoint_service(server_endpoint(ports, spec.endpoint, config.listen_backlog),
+                                   accepting, f"listener {spec.name}", gate)
+        svc.setServiceParent(self)
+        idle = getattr(config, assembly.mode.idle_timeout)
+        if idle:
+            self.sweepers.append(IdleSweeper(clients, idle, reactor, factory.stats))
+        return Listener(spec.name, factory, svc, assembly.cluster, spec.endpoint)
 
     # -- backends ------------------------------------------------------------
 
