@@ -251,6 +251,7 @@ class SessionFrontend(Protocol):
             return
         self._conn = conn
         self._attached = True
+        self._active = True  # idle from now on, not from when it connected
         if self._backend is not None:
             self._backend.succeeded()
         backend: SessionBackend = conn.protocol
