@@ -310,6 +310,26 @@ class SessionIdleTests(SessionSetup):
         self.assertFalse(client.disconnecting)
         protocol.connectionLost(None)
 
+    def test_idle_from_the_lease_on(self) -> None:
+        """
+        A session that waited 30s for its backend connection is not closed
+        as soon as it gets it: its idle time starts then.
+        """
+        factory = self.factory()
+        sweeper = IdleSweeper(factory.clients, 10.0, self.clock, factory.stats)
+        sweeper.start()
+        self.addCleanup(sweeper.stop)
+        protocol = factory.buildProtocol(None)
+        client = StringTransport()
+        protocol.makeConnection(client)
+        self.clock.pump([0.5] * 60)
+        self.endpoint.succeed()
+        self.clock.pump([0.1] * 99)
+        self.assertFalse(client.disconnecting)
+        self.clock.pump([0.1] * 51)
+        self.assertTrue(client.disconnecting)
+        protocol.connectionLost(None)
+
     def test_service_sweeps_sessions_by_their_own_timeout(self) -> None:
         """
         The service times tcp sessions by session_idle_timeout (3600s by
