@@ -76,22 +76,23 @@ def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
 DEFAULT_BACKLOG = 1024
 
 
-def with_backlog(description: str) -> str:
+def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     """
-    A tcp/tcp6 server endpoint description with C{backlog=DEFAULT_BACKLOG}
-    added unless it has one.
+    A tcp/tcp6 server endpoint description with C{backlog} (the
+    C{listen_backlog} setting) added unless it has one.
     """
     kind = description.split(":", 1)[0].lower()
     if kind in ("tcp", "tcp6") and "backlog=" not in description:
-        return f"{description}:backlog={DEFAULT_BACKLOG}"
+        return f"{description}:backlog={backlog}"
     return description
 
 
-def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+def server_endpoint(reactor: Any, description: str,
+                    backlog: int = DEFAULT_BACKLOG) -> IStreamServerEndpoint:
     """
     Build the server endpoint for a listener description.
     """
-    return serverFromString(reactor, with_backlog(description))
+    return serverFromString(reactor, with_backlog(description, backlog))
 
 
 class TcpListenAddress(NamedTuple):
@@ -103,13 +104,14 @@ class TcpListenAddress(NamedTuple):
     backlog: int
 
 
-def tcp_listen_address(description: str) -> Optional[TcpListenAddress]:
+def tcp_listen_address(description: str,
+                       backlog: int = DEFAULT_BACKLOG) -> Optional[TcpListenAddress]:
     """
     The address a C{tcp:} or C{tcp6:} listener description binds, or L{None}
     for any other kind (unix, ssl, systemd): multi-process workers bind such
     addresses themselves, with SO_REUSEPORT.
     """
-    endpoint = server_endpoint(MemoryReactor(), description)
+    endpoint = server_endpoint(MemoryReactor(), description, backlog)
     if isinstance(endpoint, TCP6ServerEndpoint):
         family = socket.AF_INET6
     elif isinstance(endpoint, TCP4ServerEndpoint):
