@@ -1,18 +1,21 @@
 """
 Listening: the services that bind the proxy's server endpoints (listeners,
-the operator's web endpoint, the demo backend), and what happens when one
-cannot be bound (one line and exit status 1, not a traceback).  Used by the
-proxy service and by the C{--workers} supervisor alike.
+the operator's web endpoint, the demo backend), each with the gate that
+pauses its accepting, and what happens when one cannot be bound (one line
+and exit status 1, not a traceback).  Used by the proxy service and by the
+C{--workers} supervisor alike.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LoggingFile
+
+from poolproxy.util.accepting import AcceptGate
 
 
 class BoundService(StreamServerEndpointService):
@@ -21,9 +24,14 @@ class BoundService(StreamServerEndpointService):
     tests and the status page can tell the address of a C{tcp:0} listener.
 
     @ivar port: the L{IListeningPort} once listening, else L{None}.
+    @ivar gate: what pauses its accepting (connection limits, an operator).
     """
 
     port: Any = None
+
+    def __init__(self, endpoint: Any, factory: Any, gate: Optional[AcceptGate] = None) -> None:
+        super().__init__(endpoint, factory)
+        self.gate = gate if gate is not None else AcceptGate()
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -31,16 +39,19 @@ class BoundService(StreamServerEndpointService):
 
     def _bound(self, port: Any) -> Any:
         self.port = port
+        self.gate.attach(port)
         return port
 
     def stopService(self) -> "Deferred[None]":
         self.port = None
+        self.gate.detach()
         return super().stopService()
 
 
-def endpoint_service(endpoint: Any, factory: Any, name: str) -> BoundService:
+def endpoint_service(endpoint: Any, factory: Any, name: str,
+                     gate: Optional[AcceptGate] = None) -> BoundService:
     """A L{BoundService} named C{name} that fails startup at once if it cannot listen."""
-    svc = BoundService(endpoint, factory)
+    svc = BoundService(endpoint, factory, gate)
     # Fail startup (and twistd) at once if the port cannot be bound, as
     # strports.service does.
     svc._raiseSynchronously = True

@@ -3,11 +3,16 @@ The proxy as a Twisted service: listeners, the admission gate, the clusters
 of backends (one L{ClusterAssembly} each), the operator's web endpoint and,
 for the demo, an embedded backend.  L{poolproxy.tap} builds it from a
 L{ProxyConfig}.
+
+Client connections are capped within the open file limit
+(L{poolproxy.config.budget}): each listener's port accepts through its
+L{ListenerClients}, which pauses it at its limit or the process's.
 """
 
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from twisted.application.service import MultiService, Service
@@ -19,8 +24,9 @@ from poolproxy.assemble import ClusterAssembly
 from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.backends.pool import BackendPool
 from poolproxy.codec import ICodec
-from poolproxy.config import BackendConfig, ProxyConfig, codec_options
-from poolproxy.config.endpoints import server_endpoint
+from poolproxy.config import BackendConfig, ListenerConfig, ProxyConfig, codec_options
+from poolproxy.config.budget import WEB_CONNECTIONS, client_cap, descriptor_budget
+from poolproxy.config.endpoints import DEFAULT_BACKLOG, server_endpoint
 from poolproxy.config.secrets import Secrets
 from poolproxy.config.tls import ServerTLS, is_tls_listener
 from poolproxy.demo import demo_site
@@ -30,8 +36,11 @@ from poolproxy.ops.reload import Rereadable, Reloader
 from poolproxy.ops.web import build_site
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.idle import IdleSweeper
+from poolproxy.proxy.limits import ConnectionLimits, LimitedFactory, ListenerClients
 from poolproxy.proxy.output import OutputBudget
-from poolproxy.stats import ListenerStats
+from poolproxy.stats import ListenerStats, Tally
+from poolproxy.util.accepting import AcceptGate, AcceptingReactor, CappedFactory
+from poolproxy.util.descriptors import open_file_limit
 from poolproxy.util.reactors import default_reactor
 from poolproxy.util.waiting import wait_until
 from poolproxy.workers.worker import AdoptedPortService, Handoff, WorkerControl
@@ -60,6 +69,18 @@ class Listener:
         """The listening port while it listens, else L{None}."""
         return self.service.port
 
+    @property
+    def gate(self) -> AcceptGate:
+        """What pauses its accepting: its connection limit, the process's, an operator."""
+        gate: AcceptGate = self.service.gate
+        return gate
+
+    @property
+    def connection_limit(self) -> int:
+        """The most client connections it may have open: its own cap or the process's."""
+        clients: ListenerClients = self.factory.clients
+        return clients.limit
+
 
 class ProxyService(MultiService):
     """
@@ -70,6 +91,8 @@ class ProxyService(MultiService):
     @ivar assemblies: what built each cluster, by name (reload asks them
         for new backends).
     @ivar cluster: the first cluster: the only one when configured by flags.
+    @ivar descriptors: the open file limit and what is set aside from it.
+    @ivar limits: the client connections, against the process's caps.
     @ivar secrets: the passwords and the admin token, as read from their files.
     @ivar server_tls: the certificate and key of each C{ssl:} endpoint
         (listeners, metrics), by endpoint string.
@@ -80,11 +103,23 @@ class ProxyService(MultiService):
     def __init__(self, config: ProxyConfig, reactor: Optional[Any] = None,
                  codec: Optional[ICodec] = None,
                  reload_config: Optional[Callable[[], ProxyConfig]] = None,
-                 handle_sighup: bool = False, handoff: Optional[Handoff] = None) -> None:
+                 handle_sighup: bool = False, handoff: Optional[Handoff] = None,
+                 open_files: Optional[int] = None) -> None:
+        """
+        @param open_files: the open file limit to fit client connections
+            in; by default the process's soft limit.
+        @raise ConfigError: if the configured caps, or any client
+            connection at all, do not fit (L{poolproxy.config.budget}).
+        """
         super().__init__()
         reactor = default_reactor(reactor)
         self.config = config
         self.reactor: Any = reactor
+        self.descriptors = descriptor_budget(
+            config, open_files if open_files is not None else open_file_limit(reactor))
+        self.limits = ConnectionLimits(client_cap(config, self.descriptors),
+                                       config.max_connections_per_source)
+        self.web_accept_errors = Tally()
 
         if config.demo and handoff is None:  # a worker's supervisor serves the demo
             endpoint_service(server_endpoint(reactor, config.demo), demo_site(),
@@ -112,41 +147,66 @@ class ProxyService(MultiService):
 
         self.listeners: List[Listener] = []
         self.rejections = RejectionSummary(self.admission, lambda: self.pools, reactor,
-                                           listeners=lambda: self.listeners)
+                                           listeners=lambda: self.listeners,
+                                           web_accept_errors=lambda: self.web_accept_errors)
         self.reloader = Reloader(self, reload_config) if reload_config is not None else None
         self._handle_sighup = handle_sighup and self.reloader is not None
         self.sweepers: List[IdleSweeper] = []
-        idle = config.client_idle_timeout
-        for listener in config.listeners:
-            assembly = self.assemblies[listener.cluster]
-            factory = assembly.frontend(listener.name)
-            svc: Any
-            if handoff is not None and listener.name in handoff.listeners:
-                fd, family = handoff.listeners[listener.name]
-                svc = AdoptedPortService(reactor, fd, family, factory)
-            else:
-                svc = endpoint_service(self._server_endpoint(listener.endpoint), factory,
-                                       f"listener {listener.name}")
-            svc.setServiceParent(self)
-            self.listeners.append(
-                Listener(listener.name, factory, svc, assembly.cluster, listener.endpoint))
-            if idle and assembly.mode.sweeps_idle:
-                self.sweepers.append(IdleSweeper(factory.clients, idle, reactor))
+        for spec in config.listeners:
+            self.listeners.append(self._listener(spec, handoff))
 
-        self.web = endpoint_service(self._server_endpoint(config.metrics),
-                                    build_site(self), "metrics")
+        # The web endpoint serves WEB_CONNECTIONS at once, within the budget.
+        web_gate = AcceptGate()
+        site = CappedFactory(build_site(self), WEB_CONNECTIONS, web_gate)
+        self.web = endpoint_service(
+            self._server_endpoint(AcceptingReactor(reactor, site.room, self.web_accept_errors.add),
+                                  config.metrics), site, "metrics", web_gate)
         self.web.setServiceParent(self)
         if handoff is not None:
             WorkerControl(reactor, handoff, lambda: self.web.port).setServiceParent(self)
 
-    def _server_endpoint(self, description: str) -> Any:
-        """A listener's endpoint; an C{ssl:} one's certificate kept for reloads."""
+    def _listener(self, spec: ListenerConfig, handoff: Optional[Handoff]) -> Listener:
+        """
+        One listener: its mode's factory, whose clients are counted against
+        the connection limits, and the service that accepts them (on an
+        inherited socket in a worker), paused by its gate at a limit.
+        """
+        config, reactor = self.config, self.reactor
+        assembly = self.assemblies[spec.cluster]
+        factory: Any = assembly.frontend(spec.name)
+        gate = AcceptGate()
+        # Every mode's frontends add and discard themselves in
+        # factory.clients: counting them there costs nothing per request.
+        clients = self.limits.listener(factory.stats, gate, spec.max_connections)
+        factory.clients = clients
+        accepting = LimitedFactory(factory, clients)
+        ports = AcceptingReactor(reactor, clients.room, factory.stats.accept_errors.add)
+        svc: Any
+        if handoff is not None and spec.name in handoff.listeners:
+            fd, family = handoff.listeners[spec.name]
+            svc = AdoptedPortService(ports, fd, family, accepting, gate)
+        else:
+            svc = endpoint_service(self._server_endpoint(ports, spec.endpoint,
+                                                         config.listen_backlog),
+                                   accepting, f"listener {spec.name}", gate)
+        svc.setServiceParent(self)
+        idle = getattr(config, assembly.mode.idle_timeout)
+        if idle:
+            self.sweepers.append(IdleSweeper(clients, idle, reactor, factory.stats))
+        return Listener(spec.name, factory, svc, assembly.cluster, spec.endpoint)
+
+    def _server_endpoint(self, ports: Any, description: str,
+                         backlog: int = DEFAULT_BACKLOG) -> Any:
+        """
+        An endpoint to listen on, its ports made by C{ports} (a reactor); an
+        C{ssl:} one's certificate kept for reloads.
+        """
         tls = None
         if is_tls_listener(description):
             tls = self.server_tls.get(description)
             if tls is None:
                 tls = self.server_tls[description] = ServerTLS(description, description)
-        return server_endpoint(self.reactor, description, tls)
+        return server_endpoint(ports, description, backlog, tls)
 
     def rereadable(self) -> List[Rereadable]:
         """What SIGHUP reads again from its files: secrets, certificates, CAs."""
@@ -172,9 +232,25 @@ class ProxyService(MultiService):
         """A new backend joins cluster C{cluster} (reload), started if the proxy runs."""
         backend = self.assemblies[cluster].new_backend(spec)
         self.clusters[cluster].add(backend)
+        self._reserve_descriptors(backend)
         if self.running:
             backend.start()
         return backend
+
+    def _reserve_descriptors(self, backend: Backend) -> None:
+        """
+        A backend added at run time needs descriptors for its pool and its
+        health checks: they come out of the client connections' share, so
+        the cap shrinks if it no longer fits (logged).
+        """
+        budget = self.descriptors = replace(
+            self.descriptors, pools=self.descriptors.pools + backend.pool.size,
+            health_checks=self.descriptors.health_checks + (backend.health is not None))
+        if budget.clients < self.limits.cap:
+            self.limits.set_cap(max(1, budget.clients))
+            self.log.warn("backend {backend} added: client connections now capped at {cap} "
+                          "({how})", backend=backend.name, cap=self.limits.cap,
+                          how=budget.describe())
 
     def retire_backend(self, cluster: str, backend: Backend) -> "Deferred[None]":
         """
@@ -256,6 +332,10 @@ class ProxyService(MultiService):
                 protocol=self.assemblies[cluster.name].codec.name, cluster=cluster.name,
                 policy=cluster.policy_name, backends=", ".join(b.name for b in cluster.backends))
         self.log.info("metrics on {metrics}", metrics=self.config.metrics)
+        how = ("max_client_connections; " if self.config.max_client_connections is not None
+               else "") + self.descriptors.describe()
+        self.log.info("client connections: at most {cap} at once ({how})",
+                      cap=self.limits.cap, how=how)
 
     def stopService(self) -> "Deferred[Any]":
         """

@@ -92,11 +92,20 @@ class ListenerStats:
     @ivar output_closed: clients closed for holding too many unread replies,
         by the limit they broke (C{client}: client_output_limit, C{proxy}:
         their share of proxy_output_limit).
+    @ivar refused: connections closed as soon as accepted, by reason
+        (C{per_source}: max_connections_per_source; C{limit}: accepted in
+        a batch past the connection limit).
+    @ivar accept_errors: connections lost to an accept error, by errno name
+        (EMFILE, ENFILE...).
+    @ivar limit_pauses: times a connection limit stopped the listener accepting.
+    @ivar timeouts: client connections closed by a timer (C{idle}:
+        client_idle_timeout or session_idle_timeout; C{send}: send_timeout).
     """
 
     __slots__ = ("connections_total", "connections_open", "sessions", "requests",
                  "requests_ok", "bytes_upstream", "bytes_downstream", "commands_refused",
-                 "auth_failures", "output_closed")
+                 "auth_failures", "output_closed",
+                 "refused", "accept_errors", "limit_pauses", "timeouts")
 
     def __init__(self) -> None:
         self.connections_total = 0
@@ -111,3 +120,7 @@ class ListenerStats:
         self.commands_refused = Tally()
         self.auth_failures = 0
         self.output_closed = Tally("client", "proxy")
+        self.refused = Tally("per_source", "limit")
+        self.accept_errors = Tally()
+        self.limit_pauses = 0
+        self.timeouts = Tally("idle", "send")

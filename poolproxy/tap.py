@@ -15,8 +15,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from poolproxy.config import SETTINGS, ConfigError, ProxyConfig, build_config, load_toml
+from poolproxy.config.budget import client_cap, descriptor_budget
 from poolproxy.config.endpoints import check_client, check_demo, check_server, tcp_listen_address
 from poolproxy.service import ProxyService
+from poolproxy.util.descriptors import open_file_limit, raise_open_file_limit
 from poolproxy.workers.supervisor import Supervisor
 from poolproxy.workers.worker import Handoff, worker_config
 
@@ -123,6 +125,18 @@ def pypy_gc_hint(implementation: str, environ: Mapping[str, str]) -> Optional[st
 
 
 def makeService(options: ProxyOptions) -> Service:
+    try:
+        return _make_service(options)
+    except ConfigError as e:  # the caps do not fit the open file limit
+        raise SystemExit(f"poolproxy: error: {e}")
+
+
+def _make_service(options: ProxyOptions) -> Service:
+    # The soft open file limit goes up to the hard one; workers inherit it.
+    before, after = raise_open_file_limit()
+    if after > before:
+        log.info("raised the open file limit from {before} to {after} (its hard limit)",
+                 before=before, after=after)
     # Under twistd, SIGHUP reloads the file given with --config.
     handoff = Handoff.from_env(os.environ)
     if handoff is not None:  # a worker spawned by a supervisor
@@ -133,6 +147,9 @@ def makeService(options: ProxyOptions) -> Service:
     if hint is not None:
         log.info(hint)
     if options.config.workers > 1:
+        # Each worker fits its clients in the limit it inherits: check now,
+        # not in every worker (each would fail, and be restarted, for ever).
+        client_cap(options.config, descriptor_budget(options.config, open_file_limit()))
         return Supervisor(options.config, options.argv)
     return ProxyService(options.config, reload_config=options.reload, handle_sighup=True)
 

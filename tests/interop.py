@@ -100,11 +100,13 @@ class Process:
     """A subprocess with its log, stopped by the test's cleanup."""
 
     def __init__(self, testcase: Any, args: List[str], name: str,
-                 env: Optional[Dict[str, str]] = None) -> None:
+                 env: Optional[Dict[str, str]] = None,
+                 preexec_fn: Optional[Callable[[], Any]] = None) -> None:
+        """@param preexec_fn: run in the child before it starts (e.g. setrlimit)."""
         self.log = os.path.join(os.path.abspath(testcase.mktemp()) + f"-{name}.log")
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                         env=env)
+                                         env=env, preexec_fn=preexec_fn)
         testcase.addCleanup(self.stop)
 
     def stop(self) -> None:
@@ -201,7 +203,9 @@ class ProxyProcess:
     """
 
     def __init__(self, testcase: Any, protocol: str, backends: List[int], *extra: str,
-                 reactor: Optional[str] = None, listen: Optional[str] = None) -> None:
+                 reactor: Optional[str] = None,
+                 preexec_fn: Optional[Callable[[], Any]] = None,
+                 listen: Optional[str] = None) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         listen = (listen or "tcp:{port}:interface=127.0.0.1:backlog=1024").format(port=self.port)
@@ -214,7 +218,7 @@ class ProxyProcess:
                 "--check-interval", "0", *extra]
         for b in backends:
             args += ["--backend", f"127.0.0.1:{b}"]
-        self.process = Process(testcase, twistd_command(*args), "proxy")
+        self.process = Process(testcase, twistd_command(*args), "proxy", preexec_fn=preexec_fn)
         wait_port(self.port, self.process.proc, log=self.process.log)
         wait_port(self.metrics_port, self.process.proc, log=self.process.log)
 

@@ -195,6 +195,7 @@ class TLSEndpointStringTests(ConfigTestCase):
 
     def test_ssl_listener_backlog(self) -> None:
         """An ssl: listener gets the larger backlog too."""
+        from twisted.internet.protocol import Factory
         from twisted.internet.testing import MemoryReactor
 
         from poolproxy.config.endpoints import server_endpoint
@@ -202,8 +203,8 @@ class TLSEndpointStringTests(ConfigTestCase):
         ca = TestCA(self)
         cert, key = ca.issue("localhost")
         reactor = MemoryReactor()
-        server_endpoint(reactor, f"ssl:6380:privateKey={key}:certKey={cert}").listen(object())
-        self.assertEqual(reactor.sslServers[0][3], 1024)
+        server_endpoint(reactor, f"ssl:6380:privateKey={key}:certKey={cert}").listen(Factory())
+        self.assertEqual(reactor.tcpServers[0][2], 1024)
 
 
 class TlsDocTests(ConfigTestCase):

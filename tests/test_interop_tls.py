@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -82,6 +84,35 @@ class TlsListenerTests(SynchronousTestCase):
         blob = os.urandom(5 * 1024 * 1024)
         r.set("blob", blob)
         self.assertEqual(r.get("blob"), blob)
+
+    def test_refused_at_a_connection_limit(self) -> None:
+        """
+        A connection over max_connections_per_source is closed before any
+        TLS, as on a tcp listener, and counted; the proxy and the client
+        already connected go on (Twisted's TLS factory would have wrapped
+        the refusal and failed).
+        """
+        redis = module("redis")
+        backend = redis_server(self)
+        pp = ProxyProcess(self, "redis", [backend], "--max-connections-per-source", "1",
+                          listen=ssl_listener(self.cert, self.key))
+        first = redis.Redis(host="localhost", port=pp.port, ssl=True, ssl_ca_certs=self.ca.ca_file,
+                            single_connection_client=True, socket_timeout=30)
+        self.addCleanup(first.close)
+        self.assertTrue(first.ping())
+        # The port probe that waited for the listener may have been refused
+        # too, if still open as redis-py connected (which then retried).
+        before = pp.metric("poolproxy_client_connections_refused_total", reason="per_source")
+        context = ssl.create_default_context(cafile=self.ca.ca_file)
+        with socket.create_connection(("127.0.0.1", pp.port), timeout=10) as raw:
+            with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
+                with context.wrap_socket(raw, server_hostname="localhost") as second:
+                    second.recv(1)  # TLS 1.3: a refusal may show at the first read
+        self.assertTrue(first.ping())
+        wait_until(lambda: pp.metric("poolproxy_client_connections_refused_total",
+                                     reason="per_source") == before + 1,
+                   pp.process.proc, "the refusal counted", log=pp.process.log)
+        self.assertNotIn("Traceback", pp.log())
 
 
 def tls_redis(testcase: Any, cert_file: str, key_file: str, ca_file: str,

@@ -26,9 +26,10 @@ PACKAGE = os.path.join(ROOT, "poolproxy")
 #: the operator's views know what they show; nothing below ops/ and
 #: workers/ knows them.
 MAY_IMPORT: Dict[str, FrozenSet[str]] = {name: frozenset(allowed) for name, allowed in {
-    # Leaves: Twisted helpers and small modules that import nothing of poolproxy.
+    # Leaves: Twisted helpers and small modules that import nothing of poolproxy
+    # (listening only util's gate on accepting).
     "util": (), "codec": (), "stats": (), "logs": (), "reactor": (),
-    "demo": (), "listening": (),
+    "demo": (), "listening": ("util",),
     "plugins": ("codec",),
     "codecs": ("codec", "util"),
     "backends": ("codec", "codecs", "stats", "util"),
@@ -41,7 +42,7 @@ MAY_IMPORT: Dict[str, FrozenSet[str]] = {name: frozenset(allowed) for name, allo
     "assemble": ("backends", "codec", "config", "plugins", "proxy", "util"),
     "service": ("assemble", "backends", "codec", "config", "demo", "listening", "ops", "proxy",
                 "stats", "util", "workers"),
-    "tap": ("config", "service", "workers"),
+    "tap": ("config", "service", "util", "workers"),
     # Fakes and in-memory wiring for tests: the real assembly on fake endpoints.
     "testing": ("assemble", "config", "proxy"),
 }.items()}

@@ -54,14 +54,14 @@ class ModeTableTests(SynchronousTestCase):
         self.assertIn("modes are session, request, multiplexed", str(error))
 
     def test_session(self) -> None:
-        """tcp: SessionFactory, SessionBackend, nothing shared, round robin, no idle sweep."""
+        """tcp: SessionFactory, SessionBackend, nothing shared, round robin, its own idle timeout."""
         assembly = assemble(tcp_codec)
         self.assertIsInstance(assembly.frontend("l"), SessionFactory)
         for backend in assembly.cluster.backends:
             self.assertIs(backend.pool.protocol_factory, SessionBackend)
             self.assertIsNone(backend.shared)
         self.assertEqual(assembly.cluster.policy_name, "round_robin")
-        self.assertFalse(assembly.mode.sweeps_idle)
+        self.assertEqual(assembly.mode.idle_timeout, "session_idle_timeout")
 
     def test_request(self) -> None:
         """http: HttpFactory, HttpBackend, nothing shared, least outstanding."""
@@ -73,7 +73,7 @@ class ModeTableTests(SynchronousTestCase):
         self.assertIsInstance(backend.pool.protocol_factory(), HttpBackend)
         self.assertIsNone(backend.shared)
         self.assertEqual(assembly.cluster.policy_name, "least_outstanding")
-        self.assertTrue(assembly.mode.sweeps_idle)
+        self.assertEqual(assembly.mode.idle_timeout, "client_idle_timeout")
 
     def test_multiplexed(self) -> None:
         """

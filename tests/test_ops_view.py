@@ -24,9 +24,11 @@ from poolproxy.ops.view import ListenerView, ProxyView
 from poolproxy.ops.web import ReadyzResource
 from poolproxy.config.secrets import Secrets
 from poolproxy.proxy.admission import Admission
+from poolproxy.proxy.limits import ConnectionLimits
 from poolproxy.proxy.output import OutputBudget
 from poolproxy.stats import ListenerStats
 from poolproxy.testing import FakeEndpoint
+from poolproxy.util.accepting import AcceptGate
 
 
 @dataclass
@@ -36,6 +38,8 @@ class FakeListener:
     cluster: Cluster
     stats: ListenerStats = field(default_factory=ListenerStats)
     port: Optional[Any] = None
+    gate: AcceptGate = field(default_factory=AcceptGate)
+    connection_limit: int = 100
 
 
 @dataclass
@@ -48,6 +52,7 @@ class FakeProxy:
     reactor: Clock
     config: ProxyConfig = field(default_factory=ProxyConfig)
     output: OutputBudget = field(default_factory=OutputBudget)
+    limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(100))
     secrets: Secrets = field(default_factory=Secrets)
 
     @property
@@ -106,6 +111,11 @@ class FakeViewTests(SynchronousTestCase):
             "poolproxy_backend_weight", {"cluster": "cache", "backend": "b"}), 3.0)
         self.assertEqual(registry.get_sample_value(
             "poolproxy_pool_size", {"cluster": "cache", "backend": "a"}), 10.0)
+        proxy.listeners[0].gate.hold("admin")
+        self.assertEqual(registry.get_sample_value(
+            "poolproxy_listener_paused", {"listener": "front", "reason": "admin"}), 1.0)
+        self.assertEqual(registry.get_sample_value(
+            "poolproxy_client_connections_limit", {"listener": "front"}), 100.0)
 
     def test_readyz_names_each_pool(self) -> None:
         """Not ready while no backend was reached: 503 naming each pool's state."""

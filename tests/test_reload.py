@@ -53,12 +53,13 @@ class ReloadTests(TestCase):
         self.addCleanup(self.client_pool.closeCachedConnections)
 
     def write(self, backends: Any, extra: str = "", cluster_extra: str = "",
-              addresses: Any = None) -> None:
+              addresses: Any = None, listener_extra: str = "") -> None:
         """The file: C{backends} are (name, weight); C{addresses} maps a name to another's port."""
         addresses = addresses or {}
         lines = ['metrics = "tcp:0:interface=127.0.0.1"', "check_interval = 0",
                  "shutdown_timeout = 30", extra, "",
-                 "[[listener]]", 'name = "web"', 'listen = "tcp:0:interface=127.0.0.1"', "",
+                 "[[listener]]", 'name = "web"', 'listen = "tcp:0:interface=127.0.0.1"',
+                 listener_extra, "",
                  "[[cluster]]", 'name = "web"', 'protocol = "http"', 'balance = "round_robin"',
                  cluster_extra]
         for name, weight in backends:
@@ -181,3 +182,31 @@ class ReloadTests(TestCase):
         os.kill(os.getpid(), signal.SIGHUP)
         yield wait_for(lambda: service.reloader.reloads == 1, what="reload")
         self.assertEqual(sorted(b.name for b in service.cluster.backends), ["a", "b"])
+
+    def test_added_backend_shrinks_the_client_cap(self) -> None:
+        """
+        A backend a reload adds takes its pool's descriptors from the
+        clients' share: with a 200-descriptor budget the cap goes from 92 to
+        82 (b's pool of 10), and the log says so.
+        """
+        self.write([("a", 1)])
+        service = self.start(open_files=200)
+        self.assertEqual(service.limits.cap, 200 - 10 - 33 - 1 - 64)
+        self.write([("a", 1), ("b", 1)])
+        with capturedLogs() as events:
+            self.assertTrue(service.reload())
+        self.assertEqual(service.limits.cap, 82)
+        lines = [formatEvent(e) for e in events if "now capped" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("backend b added: client connections now capped at 82", lines[0])
+
+    def test_listener_cap_change_needs_restart(self) -> None:
+        """A listener's max_connections changed by a reload is logged as needing a restart."""
+        self.write([("a", 1)], listener_extra="max_connections = 100")
+        service = self.start()
+        self.write([("a", 1)], listener_extra="max_connections = 50")
+        with capturedLogs() as events:
+            self.assertTrue(service.reload())
+        self.assertIn("reload: listener changes need a restart",
+                      [formatEvent(e) for e in events])
+        self.assertEqual(service.listeners[0].connection_limit, 100)

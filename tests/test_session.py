@@ -13,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -328,3 +329,34 @@ class ConcurrencyTests(SessionTestCase):
         self.assertEqual(pool.connects["ok"], 210)
         self.assertEqual(sum(n for _, n in pool.closes.items()), 210)
         self.assertEqual(pool.total, 0)
+
+
+class IdleTests(SessionTestCase):
+    @inlineCallbacks
+    def test_idle_session_closed_active_one_kept(self) -> None:
+        """
+        With session_idle_timeout 1s, a session that goes quiet is closed,
+        both sides (its backend connection too); one that sends a byte
+        every 50 ms is not, for many times the timeout.
+        """
+        backend = self.backend(Echo)
+        service = start_proxy(self, backend.port, session_idle_timeout=1.0)
+        port = listener_port(service)
+        idle = connect(port, Client(b"hello"))
+        active = connect(port, Client(b"."))
+        ticks = LoopingCall(lambda: active.transport.write(b"."))
+        yield wait_for(lambda: active.connected and idle.received, what="both sessions")
+        ticks.start(0.05)
+        self.addCleanup(lambda: ticks.running and ticks.stop())
+        received = yield idle.done
+        self.assertEqual(received, b"hello")
+        yield wait_for(lambda: backend.open == 1, what="the idle session's backend closed")
+        echoed = len(b"".join(active.received))
+        # 40 more round trips, 2s at least: past the latest an idle one closes.
+        yield wait_for(lambda: len(b"".join(active.received)) >= echoed + 40,
+                       what="the active session going on")
+        self.assertTrue(active.transport.connected)
+        self.assertEqual(service.listeners[0].stats.timeouts["idle"], 1)
+        ticks.stop()
+        active.transport.loseConnection()
+        yield active.done

@@ -51,7 +51,7 @@ BACKEND_KEYS = {"name", "address", "state", "weight", "health", "breaker", "in_f
                 "requests", "failures", "retries", "request_rate", "error_rate", "last_error"}
 POOL_KEYS = {"idle", "active", "connecting", "waiters", "size"}
 LISTENER_KEYS = {"name", "endpoint", "cluster", "connections_open", "connections_total",
-                 "requests"}
+                 "connections_limit", "paused", "requests"}
 
 
 def _media_type(value: bytes) -> str:
@@ -144,6 +144,8 @@ class StatusJsonTests(StatusTestCase):
         self.assertEqual(listener["cluster"], "default")
         self.assertEqual(listener["connections_open"], 0)
         self.assertEqual(listener["connections_total"], 0)
+        self.assertEqual(listener["connections_limit"], service.limits.cap)
+        self.assertEqual(listener["paused"], [])
         self.assertEqual(listener["requests"], dict.fromkeys(OUTCOMES, 0))
 
         admission = status["admission"]

@@ -91,3 +91,41 @@ class SummaryTests(SynchronousTestCase):
         lines = [e["counts"] for e in events if e.get("log_format", "").startswith("rejected")]
         self.assertEqual(lines, [{"front failed auth": 3, "front refused SHUTDOWN": 1},
                                  {"front refused (unknown)": 2}])
+
+    def test_connection_limits_and_accept_errors(self) -> None:
+        """
+        Connections refused per source, lost to accept errors (EMFILE),
+        clients closed by send_timeout and the web endpoint's accept errors
+        are summed in the one line per interval; the times connection
+        limits stopped a listener accepting in a line of their own, also
+        once per interval however often it happened.
+        """
+        from poolproxy.stats import Tally
+
+        clock = Clock()
+        stats = ListenerStats()
+        web = Tally()
+        listener = SimpleNamespace(name="front", stats=stats)
+        summary = RejectionSummary(Admission(1, 0, 1.0, clock=clock), lambda: [], clock,
+                                   interval=10.0, listeners=lambda: [listener],
+                                   web_accept_errors=lambda: web)
+        summary.start()
+        self.addCleanup(summary.stop)
+        with capturedLogs() as events:
+            stats.refused.add("per_source", 40)
+            stats.accept_errors.add("EMFILE", 158)
+            stats.timeouts.add("send")
+            stats.timeouts.add("idle", 7)  # routine: not summarised
+            web.add("EMFILE", 2)
+            stats.limit_pauses += 300
+            clock.advance(10.0)
+            clock.advance(10.0)  # nothing new: no line
+        rejected = [e["counts"] for e in events if e.get("log_format", "").startswith("rejected")]
+        self.assertEqual(rejected, [{
+            "front connections refused (max_connections_per_source)": 40,
+            "front connections lost to accept errors (EMFILE)": 158,
+            "front clients closed by send_timeout": 1,
+            "web endpoint connections lost to accept errors (EMFILE)": 2}])
+        pauses = [e["pauses"] for e in events
+                  if e.get("log_format", "").startswith("connection limits")]
+        self.assertEqual(pauses, [{"front": 300}])

@@ -75,6 +75,12 @@ def _exits(pid: int, timeout: float) -> bool:
     return True
 
 
+def _answered(socks: List[socket.socket], at_least: int) -> Optional[List[socket.socket]]:
+    """The sockets with something to read now, if at least C{at_least}."""
+    readable = select.select(socks, [], [], 0.02)[0]
+    return readable if len(readable) >= at_least else None
+
+
 class Supervised:
     """C{twistd -n poolproxy --workers 2 --protocol http} with the demo backend."""
 
@@ -149,6 +155,38 @@ class WorkersTests(TestCase):
         ok = summed[("poolproxy_requests_total", (("listener", f"tcp:{proxy.port}:interface=127.0.0.1"),
                                                     ("outcome", "ok")))]
         self.assertEqual(ok, 40)
+
+    def test_connection_limit_is_per_worker(self) -> None:
+        """
+        --max-client-connections 3 caps each worker (the supervisor's sum is
+        6): of 40 clients, 6 are served at once, the rest wait in the
+        workers' backlogs, none refused, and each is served as others leave.
+        """
+        proxy = Supervised(self, "--max-client-connections", "3")
+        code, text = _get(proxy.url("/metrics"))
+        self.assertEqual(_samples(text.decode())[("poolproxy_max_client_connections", ())], 6)
+        clients = []
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for _ in range(40):
+            c = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            clients.append(c)
+        # With 40 connections hashed over 2 workers, each gets at least 3
+        # (fewer would be a chance of about 1 in 10**9): 6 are served first.
+        first = wait_until(lambda: _answered(clients, 6), proxy.proc, "6 answers",
+                           log=proxy.process.log)
+        self.assertEqual(len(first), 6)
+        served = 0
+        while clients:
+            answered = wait_until(lambda: _answered(clients, 1), proxy.proc, "answers",
+                                  log=proxy.process.log)
+            self.assertLessEqual(len(answered), 6)
+            for c in answered:
+                self.assertTrue(c.recv(4096).startswith(b"HTTP/1.1 200 "))
+                c.close()
+                clients.remove(c)
+            served += len(answered)
+        self.assertEqual(served, 40)
 
     def test_workers_run_the_supervisors_reactor(self) -> None:
         """

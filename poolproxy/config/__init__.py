@@ -73,6 +73,10 @@ class ProxyConfig:
     max_concurrency: int = 1000
     queue_size: int = 1000
     queue_timeout: float = 5.0
+    max_client_connections: Optional[int] = None
+    max_connections_per_source: int = 0
+    listen_backlog: int = 1024
+    session_idle_timeout: float = 3600.0
     connect_timeout: float = 5.0
     idle_timeout: float = 60.0
     max_lifetime: float = 3600.0
@@ -103,7 +107,8 @@ class ProxyConfig:
     breaker_reset_timeout: float = 5.0
     breaker_max_reset_timeout: float = 60.0
     header_timeout: float = 10.0
-    client_idle_timeout: float = 0.0
+    client_idle_timeout: float = 600.0
+    send_timeout: float = 60.0
     retry_budget_percent: float = 20.0
     access_log_sample: float = 0.0
     shutdown_timeout: float = 10.0

@@ -93,25 +93,26 @@ def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
 DEFAULT_BACKLOG = 1024
 
 
-def with_backlog(description: str) -> str:
+def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     """
-    A tcp/tcp6/ssl server endpoint description with C{backlog=DEFAULT_BACKLOG}
-    added unless it has one.
+    A tcp/tcp6/ssl server endpoint description with C{backlog} (the
+    C{listen_backlog} setting) added unless it has one.
     """
     kind = description.split(":", 1)[0].lower()
     if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
-        return f"{description}:backlog={DEFAULT_BACKLOG}"
+        return f"{description}:backlog={backlog}"
     return description
 
 
 def server_endpoint(reactor: Any, description: str,
+                    backlog: int = DEFAULT_BACKLOG,
                     tls: Optional[ServerTLS] = None) -> IStreamServerEndpoint:
     """
     Build the server endpoint for a listener description.  An C{ssl:} one
     makes each connection's TLS with C{tls} (one made from the description
     if not given: keep it to reload its certificate).
     """
-    description = with_backlog(description)
+    description = with_backlog(description, backlog)
     if is_tls_listener(description):
         return (tls or ServerTLS(description, description)).endpoint(reactor, description)
     return serverFromString(reactor, description)
@@ -126,13 +127,14 @@ class TcpListenAddress(NamedTuple):
     backlog: int
 
 
-def tcp_listen_address(description: str) -> Optional[TcpListenAddress]:
+def tcp_listen_address(description: str,
+                       backlog: int = DEFAULT_BACKLOG) -> Optional[TcpListenAddress]:
     """
     The address a C{tcp:} or C{tcp6:} listener description binds, or L{None}
     for any other kind (unix, ssl, systemd): multi-process workers bind such
     addresses themselves, with SO_REUSEPORT.
     """
-    endpoint = server_endpoint(MemoryReactor(), description)
+    endpoint = server_endpoint(MemoryReactor(), description, backlog)
     if isinstance(endpoint, TCP6ServerEndpoint):
         family = socket.AF_INET6
     elif isinstance(endpoint, TCP4ServerEndpoint):

@@ -183,6 +183,20 @@ SETTINGS: Tuple[Setting, ...] = (
             "rejects at once when max-concurrency is reached.", minimum=0),
     Setting("queue_timeout", "float", 5.0, "Seconds a request may wait for "
             "admission before it is rejected.", minimum=0, exclusive=True),
+    Setting("max_client_connections", "int", None, "Most client connections open at once, "
+            "all listeners together (per worker process); at the limit listeners stop "
+            "accepting and new clients wait in the listen backlog [default: the open file "
+            "limit less what backend pools, health checks, the web endpoint and a margin "
+            "need].", minimum=1),
+    Setting("max_connections_per_source", "int", 0, "Most client connections open at once "
+            "from one address (per worker process); more are closed at once. 0 for no "
+            "limit.", minimum=0),
+    Setting("listen_backlog", "int", 1024, "Connections waiting to be accepted that a tcp "
+            "listener's kernel queue holds, unless its endpoint sets backlog= (the kernel "
+            "caps it at net.core.somaxconn).", minimum=1),
+    Setting("session_idle_timeout", "float", 3600.0, "tcp: seconds a session may pass no byte "
+            "either way before both its connections are closed; 0 keeps idle sessions.",
+            minimum=0),
     Setting("connect_timeout", "float", 5.0, "Seconds to establish a backend "
             "connection.", minimum=0, exclusive=True),
     Setting("idle_timeout", "float", 60.0, "Seconds an idle pooled connection is "
@@ -253,9 +267,10 @@ SETTINGS: Tuple[Setting, ...] = (
             minimum=0, exclusive=True),
     Setting("header_timeout", "float", 10.0, "http: seconds a client may take to send a "
             "request head once it has begun (then 408); 0 for no limit.", minimum=0),
-    Setting("client_idle_timeout", "float", 0.0, "Seconds a redis, memcached or http client "
+    Setting("client_idle_timeout", "float", 600.0, "Seconds a redis, memcached or http client "
             "connection may stay idle (nothing sent, nothing in flight) before it is "
             "closed; 0 keeps idle clients.", minimum=0),
+    Setting("send_timeout", "float", 60.0, "Seconds a client may leave what the proxy wrote to it unread (its socket full) before it is closed; 0 = no limit.", minimum=0),
     Setting("retry_budget_percent", "float", 20.0, "Retries (of safe requests on a stale "
             "connection) may add at most this share of a cluster's requests.", minimum=0),
     Setting("access_log_sample", "float", 0.0, "http: the share of requests (0 to 1) "
@@ -324,7 +339,7 @@ CLUSTER_OVERRIDES: Tuple[str, ...] = (
     "backend_tls",
 )
 
-LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster")
+LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster", "max_connections")
 CLUSTER_KEYS: Tuple[str, ...] = ("name", "protocol", "balance", "hash_key", "backend") + CLUSTER_OVERRIDES
 BACKEND_KEYS: Tuple[str, ...] = ("address", "name", "weight")
 

@@ -21,10 +21,14 @@ from typing import Any, List, Optional, Tuple
 
 from OpenSSL import SSL, crypto
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import (
+    IListeningPort,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IStreamServerEndpoint,
 )
 from twisted.internet.ssl import (
     Certificate,
@@ -36,6 +40,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.internet.testing import MemoryReactor
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from poolproxy.config.settings import BackendTLS, ConfigError
@@ -98,15 +103,17 @@ class ServerTLS:
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self._context, None)
 
-    def endpoint(self, reactor: Any, description: Optional[str] = None) -> SSL4ServerEndpoint:
+    def endpoint(self, reactor: Any, description: Optional[str] = None) -> "TLSServerEndpoint":
         """
         Where the listener listens (the port, interface and backlog of
         C{description}, its own if not given), each connection's TLS made
-        by this.
+        by this.  The port is C{reactor}'s C{listenTCP}'s, as a tcp
+        listener's is (and so gated by the connection limits alike).
         """
         parsed = (self._endpoint if description is None
                   else serverFromString(MemoryReactor(), description))
-        return SSL4ServerEndpoint(reactor, parsed._port, self, parsed._backlog, parsed._interface)
+        tcp = TCP4ServerEndpoint(reactor, parsed._port, parsed._backlog, parsed._interface)
+        return TLSServerEndpoint(tcp, self, reactor)
 
     def reload(self) -> Optional[str]:
         """
@@ -120,6 +127,37 @@ class ServerTLS:
             return None
         old, self._context, self.certificate = self.certificate, context, certificate
         return f"serving certificate {describe(certificate)} (was {describe(old)})"
+
+
+@implementer(IStreamServerEndpoint)
+class TLSServerEndpoint:
+    """
+    TLS over a TCP server endpoint, each connection's TLS made by a
+    L{ServerTLS}.
+    """
+
+    def __init__(self, tcp: IStreamServerEndpoint, tls: ServerTLS, clock: Any) -> None:
+        self.tcp = tcp
+        self.tls = tls
+        self._clock = clock
+
+    def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
+        return self.tcp.listen(_RefusingTLSFactory(self.tls, False, protocolFactory,
+                                                   clock=self._clock))
+
+
+class _RefusingTLSFactory(TLSMemoryBIOFactory):
+    """
+    Twisted's TLS factory, except that a connection the factory it wraps
+    refuses (L{None}: a connection limit) is closed by the port before any
+    TLS, as a tcp listener's is; Twisted's would wrap L{None} and fail.
+    """
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self.wrappedFactory.buildProtocol(addr)
+        if protocol is None:
+            return None
+        return self.protocol(self, protocol)
 
 
 def is_tls_listener(description: str) -> bool:
@@ -329,4 +367,5 @@ def _reason(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
-__all__ = ["ServerTLS", "ClientTLS", "describe", "is_tls_listener", "check_server_name"]
+__all__ = ["ServerTLS", "ClientTLS", "TLSServerEndpoint", "describe", "is_tls_listener",
+           "check_server_name"]

@@ -95,14 +95,19 @@ class ListenerConfig:
     @ivar name: unique among listeners; the endpoint string unless given.
     @ivar endpoint: a server endpoint string.
     @ivar cluster: the L{ClusterConfig.name} it routes to.
+    @ivar max_connections: the most client connections it may have open at
+        once, or L{None} for the process's C{max_client_connections} only.
     """
 
     name: str
     endpoint: str
     cluster: str
+    max_connections: Optional[int] = None
 
 
 _WEIGHT = Setting("weight", "int", 1, "A backend's share of requests.", minimum=1)
+_MAX_CONNECTIONS = Setting("max_connections", "int", None, "A listener's connection limit.",
+                           minimum=1)
 
 
 def _flat_topology(listen: Sequence[str], backend: Sequence[str], demo: Optional[str],
@@ -273,5 +278,8 @@ def _listeners_from_tables(raw: Any, clusters: Sequence[ClusterConfig], file_nam
         elif cluster not in names:
             raise ConfigError(f"{table.at('cluster')}: unknown cluster {cluster!r}; "
                               f"clusters are {', '.join(names)}")
-        listeners.append(ListenerConfig(name, endpoint, cluster))
+        cap = values.get("max_connections")
+        if cap is not None:
+            cap = coerce(_MAX_CONNECTIONS, cap, table.at("max_connections"), text_ok=False)
+        listeners.append(ListenerConfig(name, endpoint, cluster, cap))
     return tuple(listeners)

@@ -22,14 +22,15 @@ token; nothing changes), 404 (unknown cluster, backend, listener or action),
 cannot pause).  Every action and every refused attempt is logged, with the
 client's address.
 
-Pausing a listener calls C{stopReading()} on its listening port: Twisted's
-TCP (and UNIX) ports are file descriptors the reactor watches for readable
-(= a connection is waiting to be accepted), so while paused the reactor never
-calls C{accept()}.  Existing connections are separate descriptors and go on
-as before.  New connections still complete the kernel's handshake and wait in
-the listen backlog (or are refused once it is full); C{resume} calls
-C{startReading()} and they are accepted then.  A port without these methods
-(not a file descriptor the reactor reads) answers 501.
+Pausing a listener holds its L{AcceptGate}, which calls C{stopReading()} on
+its listening port: Twisted's TCP (and UNIX) ports are file descriptors the
+reactor watches for readable (= a connection is waiting to be accepted), so
+while paused the reactor never calls C{accept()}.  Existing connections are
+separate descriptors and go on as before.  New connections still complete
+the kernel's handshake and wait in the listen backlog (or are refused once it
+is full); C{resume} releases the gate and they are accepted then, unless a
+connection limit holds it too (then as clients leave).  A port without these
+methods (not a file descriptor the reactor reads) answers 501.
 """
 
 from __future__ import annotations
@@ -208,10 +209,10 @@ class AdminResource(Resource):
             raise AdminError(501, f"listener {listener.name!r}: its port "
                                   f"({type(port).__name__}) cannot pause")
         if action == "pause":
-            port.stopReading()
+            listener.gate.hold("admin")
             self.paused.add(listener.name)
         else:
-            port.startReading()
+            listener.gate.release("admin")
             self.paused.discard(listener.name)
         return {"name": listener.name, "paused": listener.name in self.paused}
 

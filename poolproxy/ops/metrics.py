@@ -37,6 +37,10 @@ CLOSE_REASONS = ("idle_timeout", "max_lifetime", "max_uses", "backend_closed",
 # for the others, all present from the start.
 HEALTH_STATES = ("unknown", "healthy", "unhealthy")
 
+# Why a listener does not accept: an operator paused it (poolproxy.ops.admin),
+# or its connection limit or the process's holds it (poolproxy.proxy.limits).
+LISTENER_PAUSES = ("admin", "listener_limit", "proxy_limit")
+
 
 def _histogram(name: str, doc: str, labels: "list[str]") -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, labels=labels)
@@ -71,6 +75,7 @@ class ProxyCollector:
 
     def collect(self) -> Iterator[Metric]:
         yield from self._listeners()
+        yield from self._limits()
         yield from self._admission()
         yield from self._pools()
         yield from self._backends()
@@ -128,6 +133,47 @@ class ProxyCollector:
                                  value=output.peak)
         yield from (opened, open_now, sessions, requests, traffic, refused, auth_failures,
                     output_closed, held, peak)
+
+    def _limits(self) -> Iterator[Metric]:
+        """Connection limits, the listeners' accepting, and clients closed by timers."""
+        limit = GaugeMetricFamily("poolproxy_client_connections_limit",
+                                  "The most client connections the listener may have open: "
+                                  "its max_connections or max_client_connections.",
+                                  labels=["listener"])
+        paused = GaugeMetricFamily("poolproxy_listener_paused",
+                                   "1 while the listener does not accept for this reason "
+                                   "(admin, listener_limit, proxy_limit).",
+                                   labels=["listener", "reason"])
+        pauses = CounterMetricFamily("poolproxy_listener_limit_pauses",
+                                     "Times a connection limit stopped the listener accepting.",
+                                     labels=["listener"])
+        refused = CounterMetricFamily("poolproxy_client_connections_refused",
+                                      "Connections closed as soon as accepted, by reason "
+                                      "(per_source, limit).", labels=["listener", "reason"])
+        accept_errors = CounterMetricFamily("poolproxy_accept_errors",
+                                            "Connections lost to an accept error, by error "
+                                            "(EMFILE, ENFILE...).", labels=["listener", "error"])
+        timeouts = CounterMetricFamily("poolproxy_client_timeouts",
+                                       "Client connections closed by a timeout (idle, send).",
+                                       labels=["listener", "timeout"])
+        for listener in self.service.listeners:
+            name = [listener.name]
+            limit.add_metric(name, listener.connection_limit)
+            held = listener.gate.reasons
+            for reason in LISTENER_PAUSES:
+                paused.add_metric(name + [reason], 1 if reason in held else 0)
+            stats = listener.stats
+            pauses.add_metric(name, stats.limit_pauses)
+            for reason, n in stats.refused.items():
+                refused.add_metric(name + [reason], n)
+            for error, n in stats.accept_errors.items():
+                accept_errors.add_metric(name + [error], n)
+            for timeout, n in stats.timeouts.items():
+                timeouts.add_metric(name + [timeout], n)
+        yield from (limit, paused, pauses, refused, accept_errors, timeouts)
+        yield GaugeMetricFamily("poolproxy_max_client_connections",
+                                "The most client connections open at once, all listeners "
+                                "together.", value=self.service.limits.cap)
 
     def _admission(self) -> Iterator[Metric]:
         admission = self.service.admission

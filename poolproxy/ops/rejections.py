@@ -2,13 +2,16 @@
 Rejections, summarized: under overload (or under attack) a log line per
 rejected request would itself be an outage, so one line per interval says
 how many were rejected and why (admission, no backend connection, a command
-the policy refuses, a failed AUTH), and nothing is logged while nothing is
-rejected.
+the policy refuses, a failed AUTH, a client over its source's connection
+limit or past send_timeout, an accept error such as EMFILE), and nothing is
+logged while nothing is rejected.  Likewise one line per interval says which
+listeners a connection limit stopped accepting (new clients wait in the
+listen backlog), never one per connection.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable
+from typing import Any, Callable, Dict, Iterable, Optional
 
 from twisted.logger import Logger
 
@@ -25,18 +28,22 @@ class RejectionSummary:
 
     def __init__(self, admission: Any, pools: Callable[[], Iterable[Any]], clock: Any,
                  interval: float = 10.0,
-                 listeners: Callable[[], Iterable[Any]] = lambda: ()) -> None:
+                 listeners: Callable[[], Iterable[Any]] = lambda: (),
+                 web_accept_errors: Optional[Callable[[], Any]] = None) -> None:
         """
         @param pools: the pools to summarise, asked at every interval: a
             reload adds and retires backends.
         @param listeners: the listeners (C{name}, C{stats}) whose refused
             commands and failed authentications are summarised.
+        @param web_accept_errors: the web endpoint's accept errors (a Tally).
         """
         self.admission = admission
         self.pools = pools
         self.listeners = listeners
+        self.web_accept_errors = web_accept_errors
         self.interval = interval
         self._last = self._counts()
+        self._last_pauses = self._pauses()
         self._loop = GuardedLoop(self._report, clock, self.log, "rejection summary failed")
 
     def _counts(self) -> Dict[str, int]:
@@ -53,7 +60,20 @@ class RejectionSummary:
             for limit, n in stats.output_closed.items():
                 if n:
                     counts[f"{listener.name} clients closed over the {limit} output limit"] = n
+            for reason, n in stats.refused.items():
+                if n:
+                    counts[f"{listener.name} connections refused ({_REFUSED.get(reason, reason)})"] = n
+            for error, n in stats.accept_errors.items():
+                counts[f"{listener.name} connections lost to accept errors ({error})"] = n
+            if stats.timeouts["send"]:
+                counts[f"{listener.name} clients closed by send_timeout"] = stats.timeouts["send"]
+        if self.web_accept_errors is not None:
+            for error, n in self.web_accept_errors().items():
+                counts[f"web endpoint connections lost to accept errors ({error})"] = n
         return counts
+
+    def _pauses(self) -> Dict[str, int]:
+        return {listener.name: listener.stats.limit_pauses for listener in self.listeners()}
 
     def start(self) -> None:
         self._loop.start(self.interval, now=False)
@@ -62,6 +82,7 @@ class RejectionSummary:
         self._loop.stop()
 
     def _report(self) -> None:
+        self._report_pauses()
         now = self._counts()
         new = {k: n - self._last.get(k, 0) for k, n in now.items()}
         self._last = now
@@ -72,3 +93,21 @@ class RejectionSummary:
                           "({details})",
                           total=sum(new.values()), interval=self.interval,
                           details=details, counts=new)
+
+    def _report_pauses(self) -> None:
+        now = self._pauses()
+        new = {k: n - self._last_pauses.get(k, 0) for k, n in now.items()}
+        self._last_pauses = now
+        new = {k: n for k, n in new.items() if n > 0}
+        if new:
+            details = ", ".join(f"{k}: {n}" for k, n in sorted(new.items()))
+            self.log.warn("connection limits stopped listeners accepting {total} times in the "
+                          "last {interval}s; new clients wait in the listen backlog until "
+                          "others leave ({details})",
+                          total=sum(new.values()), interval=self.interval,
+                          details=details, pauses=new)
+
+
+#: How the log names each reason a connection was refused as soon as accepted.
+_REFUSED = {"per_source": "max_connections_per_source",
+            "limit": "past the connection limit"}

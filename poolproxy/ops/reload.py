@@ -119,7 +119,9 @@ class Reloader:
             if name not in wanted:
                 self.log.warn("reload: removing cluster {cluster} needs a restart", cluster=name)
         listening = {(l.name, l.endpoint, l.cluster.name) for l in target.listeners}
-        if listening != {(l.name, l.endpoint, l.cluster) for l in config.listeners}:
+        capped = {(l.name, l.max_connections) for l in running.listeners}
+        if (listening != {(l.name, l.endpoint, l.cluster) for l in config.listeners}
+                or capped != {(l.name, l.max_connections) for l in config.listeners}):
             self.log.warn("reload: listener changes need a restart")
         self._settings("top level", [s.name for s in SETTINGS if s.name not in _TOPOLOGY
                                      and getattr(running, s.name) != getattr(config, s.name)])

@@ -142,6 +142,8 @@ def status_snapshot(service: ProxyView, sampler: RateSampler) -> Dict[str, Any]:
             "cluster": listener.cluster.name,
             "connections_open": stats.connections_open,
             "connections_total": stats.connections_total,
+            "connections_limit": listener.connection_limit,
+            "paused": sorted(listener.gate.reasons),
             "requests": requests,
         })
     admission = service.admission
@@ -264,11 +266,12 @@ def render_html(snapshot: Dict[str, Any]) -> str:
         requests = ", ".join(f"{k} {v}" for k, v in sorted(listener["requests"].items()) if v)
         listener_rows.append("<tr>" + "".join([
             _cell(listener["name"]), _cell(listener["endpoint"]), _cell(listener["cluster"]),
-            _cell(listener["connections_open"], True), _cell(listener["connections_total"], True),
-            _cell(requests or "-"),
+            _cell(listener["connections_open"], True), _cell(listener["connections_limit"], True),
+            _cell(", ".join(listener["paused"]) or "-"),
+            _cell(listener["connections_total"], True), _cell(requests or "-"),
         ]) + "</tr>")
-    parts.append(_table(["Listener", "Endpoint", "Cluster", "Open", "Total", "Requests"],
-                        listener_rows))
+    parts.append(_table(["Listener", "Endpoint", "Cluster", "Open", "Limit", "Paused", "Total",
+                         "Requests"], listener_rows))
 
     for cluster in snapshot["clusters"]:
         up = sum(1 for b in cluster["backends"] if b["state"] == "up")

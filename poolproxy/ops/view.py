@@ -16,12 +16,17 @@ from poolproxy.backends.pool import BackendPool
 from poolproxy.config import ProxyConfig
 from poolproxy.config.secrets import Secrets
 from poolproxy.proxy.admission import Admission
+from poolproxy.proxy.limits import ConnectionLimits
 from poolproxy.proxy.output import OutputBudget
 from poolproxy.stats import ListenerStats
+from poolproxy.util.accepting import AcceptGate
 
 
 class ListenerView(Protocol):
-    """One listener: its name, endpoint, counters, cluster and port."""
+    """
+    One listener: its name, endpoint, counters, cluster and port, the gate
+    that pauses its accepting, and its connection limit.
+    """
 
     @property
     def name(self) -> str: ...
@@ -38,6 +43,13 @@ class ListenerView(Protocol):
     @property
     def port(self) -> Optional[IListeningPort]:
         """The listening port while it listens, else L{None}."""
+
+    @property
+    def gate(self) -> AcceptGate: ...
+
+    @property
+    def connection_limit(self) -> int:
+        """The most client connections it may have open (its own cap or the process's)."""
 
 
 class ProxyView(Protocol):
@@ -60,6 +72,10 @@ class ProxyView(Protocol):
     @property
     def output(self) -> OutputBudget:
         """The bytes held for clients that do not read, and the limits."""
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        """The client connections open, against the process's caps."""
 
     @property
     def listeners(self) -> Sequence[ListenerView]: ...

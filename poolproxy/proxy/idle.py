@@ -8,10 +8,11 @@ L{LoopingCall} per listener sweeps its clients a few times per timeout.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from twisted.logger import Logger
 
+from poolproxy.stats import ListenerStats
 from poolproxy.util.loops import GuardedLoop
 
 
@@ -22,15 +23,18 @@ class IdleSweeper:
     provides C{last_active} (clock seconds), C{busy} (bool) and
     C{close_idle()}.
 
-    @ivar closed: connections closed for idleness.
+    @ivar closed: connections closed for idleness (also counted in
+        C{stats.timeouts}, if given).
     """
 
     log = Logger()
 
-    def __init__(self, clients: Iterable[Any], timeout: float, clock: Any) -> None:
+    def __init__(self, clients: Iterable[Any], timeout: float, clock: Any,
+                 stats: Optional[ListenerStats] = None) -> None:
         self.clients = clients
         self.timeout = timeout
         self.clock = clock
+        self.stats = stats
         self.closed = 0
         self._loop = GuardedLoop(self._sweep, clock, self.log, "idle sweep failed")
 
@@ -49,4 +53,6 @@ class IdleSweeper:
                 and not c.transport.disconnecting]  # already closing: flushing
         for client in idle:
             self.closed += 1
+            if self.stats is not None:
+                self.stats.timeouts.add("idle")
             client.close_idle()

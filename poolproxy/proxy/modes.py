@@ -5,8 +5,8 @@ A codec names its mode (L{ICodec.mode}); the record says how that mode is
 served: what serves a client connection (the frontend factory), what speaks
 on a pooled backend connection (the backend protocol), what the mode keeps
 beside each backend's pool (multiplexed mode's shared connections), the
-default balancing policy, the active health probe, and whether idle clients
-are swept.  Nothing else in poolproxy asks which mode a codec has: adding a
+default balancing policy, the active health probe, and the setting that
+times idle clients out.  Nothing else in poolproxy asks which mode a codec has: adding a
 mode is adding a record to L{MODES}.
 
     mode         frontend            backend protocol   pooling
@@ -63,7 +63,9 @@ class FrontendFactory(Protocol):
     What every mode's factory of client connections has (a Twisted protocol
     factory besides): its listener's counters and its open client
     connections, each with C{finish_up()} (the proxy is stopping) and, for
-    the idle sweep, C{last_active}, C{busy} and C{close_idle()}.
+    the idle sweep, C{last_active}, C{busy} and C{close_idle()}.  Clients
+    add and discard themselves in C{clients}, which the service replaces
+    with one that counts them (L{poolproxy.proxy.limits.ListenerClients}).
     """
 
     @property
@@ -92,8 +94,10 @@ class Mode:
 
     @ivar name: the L{ICodec.mode} value.
     @ivar balance: the balancing policy of a cluster that names none.
-    @ivar sweeps_idle: whether C{client_idle_timeout} closes idle clients
-        (a tcp session's client has no "between requests" to be idle in).
+    @ivar idle_timeout: the setting whose seconds close an idle client
+        connection: C{client_idle_timeout} (nothing sent, nothing in flight),
+        or for tcp C{session_idle_timeout} (no byte either way: a tcp
+        session has no "between requests" to be idle in).
     @ivar shared: what the mode keeps beside each backend's pool, or L{None}.
     """
 
@@ -102,14 +106,15 @@ class Mode:
     backend_protocol: BackendProtocolFactory
     probe: ProbeFactory
     balance: str
-    sweeps_idle: bool
+    idle_timeout: str
     shared: Optional[Shared] = None
 
 
 # -- session (tcp) -------------------------------------------------------------
 
 def _session_frontend(name: str, cluster: Cluster, context: ClusterContext) -> FrontendFactory:
-    return SessionFactory(name, context.admission, cluster)
+    return SessionFactory(name, context.admission, cluster, clock=context.reactor,
+                          send_timeout=context.config.send_timeout)
 
 
 def _session_backend(backend: Backend, context: ClusterContext) -> Callable[[], BackendProtocol]:
@@ -149,7 +154,8 @@ def _multiplexed_frontend(name: str, cluster: Cluster,
                           context: ClusterContext) -> FrontendFactory:
     return MultiplexFactory(name, context.codec, context.options, context.admission, cluster,
                             clock=context.reactor, output=context.output,
-                            max_pipeline=context.config.max_pipeline)
+                            max_pipeline=context.config.max_pipeline,
+                            send_timeout=context.config.send_timeout)
 
 
 def _multiplexed_backend(backend: Backend,
@@ -185,11 +191,12 @@ def _codec_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> he
 
 MODES: Dict[str, Mode] = {mode.name: mode for mode in (
     Mode("session", _session_frontend, _session_backend, _tcp_probe,
-         balance="round_robin", sweeps_idle=False),
+         balance="round_robin", idle_timeout="session_idle_timeout"),
     Mode("request", _request_frontend, _request_backend, _http_probe,
-         balance="least_outstanding", sweeps_idle=True),
+         balance="least_outstanding", idle_timeout="client_idle_timeout"),
     Mode("multiplexed", _multiplexed_frontend, _multiplexed_backend, _codec_probe,
-         balance="consistent_hash", sweeps_idle=True, shared=_multiplexer),
+         balance="consistent_hash", idle_timeout="client_idle_timeout",
+         shared=_multiplexer),
 )}
 
 

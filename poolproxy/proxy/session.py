@@ -9,6 +9,12 @@ streaming producer, so a slow reader on either side pauses the other and
 memory stays bounded when one side floods.  Half-close is forwarded both
 ways.  Since the backend's protocol state after a session is unknown, its
 connection is closed at the end, never reused.
+
+Two timers, neither of which costs anything per read: a session that
+passes no byte either way for C{session_idle_timeout} is closed by the
+listener's L{IdleSweeper} (each read and write only marks the session
+active), and a client that takes none of what the backend sent for
+C{send_timeout} is closed by the listener's L{SendTimeouts}.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,7 +37,10 @@ from poolproxy.backends.pool import (
     PoolExhausted,
 )
 from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.proxy.output import unsent_bytes
+from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.stats import ListenerStats
+from poolproxy.util.reactors import default_reactor
 from poolproxy.util.writethrough import write_through
 
 if TYPE_CHECKING:
@@ -99,11 +108,13 @@ class SessionBackend(BackendProtocol):
             peer.backend_lost()
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class SessionFrontend(Protocol):
     """
     The client side of a tcp session: admission, then a lease, then bytes
-    both ways until either side closes.
+    both ways until either side closes.  Once leased, it is its client
+    transport's producer: a client that does not read pauses the backend
+    connection's reading, and starts its send deadline.
     """
 
     #: A connected TCP transport: typed loosely, as ITransport does not
@@ -126,10 +137,15 @@ class SessionFrontend(Protocol):
         self._backend_eof = False
         self._outcome: Optional[str] = None
         self._gone = False
+        # Set by each read and write; the idle sweep turns it into a time.
+        self._active = False
+        self._last_active = 0.0
+        self.send_deadline: Optional[List[Any]] = None
 
     # -- client events -------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._last_active = self.factory.clock.seconds()
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         self.factory.clients.add(self)
@@ -139,6 +155,7 @@ class SessionFrontend(Protocol):
     def dataReceived(self, data: bytes) -> None:
         conn = self._conn
         if conn is not None:
+            self._active = True
             self.stats.bytes_upstream += len(data)
             write_through(conn.protocol.transport, data)
             return
@@ -163,6 +180,7 @@ class SessionFrontend(Protocol):
         self._gone = True
         self.stats.connections_open -= 1
         self.factory.clients.discard(self)
+        self.factory.sends.resumed(self)
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -174,6 +192,7 @@ class SessionFrontend(Protocol):
     # -- backend events --------------------------------------------------------
 
     def from_backend(self, data: bytes) -> None:
+        self._active = True
         self.stats.bytes_downstream += len(data)
         write_through(self.transport, data)
 
@@ -232,11 +251,12 @@ class SessionFrontend(Protocol):
             return
         self._conn = conn
         self._attached = True
+        self._active = True  # idle from now on, not from when it connected
         if self._backend is not None:
             self._backend.succeeded()
         backend: SessionBackend = conn.protocol
         backend_transport = backend.transport
-        self.transport.registerProducer(backend_transport, True)
+        self.transport.registerProducer(self, True)
         backend_transport.registerProducer(self.transport, True)
         early, self._early = self._early, []
         for chunk in early:
@@ -248,6 +268,58 @@ class SessionFrontend(Protocol):
         if self._client_eof:
             backend_transport.loseWriteConnection()
         backend.attach(self)
+
+    # -- IPushProducer: the client transport says the client is not reading ----
+
+    def pauseProducing(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.protocol.transport.pauseProducing()
+        self.factory.sends.paused(self)
+
+    def resumeProducing(self) -> None:
+        self.factory.sends.resumed(self)
+        conn = self._conn
+        if conn is not None:
+            conn.protocol.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.protocol.transport.stopProducing()
+
+    def sent_mark(self) -> Optional[int]:
+        """Grows as the client's socket takes bytes (nothing is written while paused)."""
+        unsent = unsent_bytes(self.transport)
+        return None if unsent is None else -unsent
+
+    def send_timed_out(self) -> None:
+        """The client took nothing for send_timeout: abort; its lease ends with it."""
+        self.transport.abortConnection()
+
+    # -- the idle sweep (poolproxy.proxy.idle) ----------------------------------
+
+    @property
+    def last_active(self) -> float:
+        """
+        When bytes last went either way, as the idle sweep sees it: reads
+        and writes only mark the session, and the sweep that finds the mark
+        takes it for the time of the activity.
+        """
+        if self._active:
+            self._active = False
+            self._last_active = self.factory.clock.seconds()
+        return self._last_active
+
+    @property
+    def busy(self) -> bool:
+        """Waiting for admission or a backend (their own timeouts bound that)."""
+        return not self._attached
+
+    def close_idle(self) -> None:
+        """Idle past session_idle_timeout: close both sides; the lease is discarded."""
+        self._end_backend()
+        self.transport.loseConnection()
 
     # -- ending ----------------------------------------------------------------
 
@@ -291,12 +363,19 @@ class SessionFactory(Factory):
     noisy = False
 
     def __init__(self, name: str, admission: Admission, cluster: "Cluster",
-                 stats: Optional[ListenerStats] = None) -> None:
+                 stats: Optional[ListenerStats] = None, clock: Any = None,
+                 send_timeout: float = 0.0) -> None:
+        """
+        @param send_timeout: seconds a client may take nothing of what the
+            backend sent before it is closed; 0 for no limit.
+        """
         self.name = name
         self.admission = admission
         self.cluster = cluster
+        self.clock = default_reactor(clock)
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[SessionFrontend]" = set()
+        self.sends = SendTimeouts(self.clock, send_timeout, self.stats)
 
     def buildProtocol(self, addr: Any) -> SessionFrontend:
         return SessionFrontend(self)

@@ -187,7 +187,7 @@ class Supervisor(MultiService):
         self.count = config.workers
         self.addresses: Dict[str, TcpListenAddress] = {}
         for spec in config.listeners:
-            address = tcp_listen_address(spec.endpoint)
+            address = tcp_listen_address(spec.endpoint, config.listen_backlog)
             assert address is not None, "checked when the configuration was read"
             self.addresses[spec.name] = address
         self.sockets: Dict[str, List[socket.socket]] = {}

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from poolproxy.config import ProxyConfig
+from poolproxy.util.accepting import AcceptGate
 
 #: The environment variable carrying a worker's L{Handoff} as JSON.
 HANDOFF_ENV = "POOLPROXY_WORKER"
@@ -80,15 +81,22 @@ class AdoptedPortService(Service):
     Listens on an inherited, already listening socket.
 
     @ivar port: the L{IListeningPort} while running, as L{BoundService} has.
+    @ivar gate: what pauses its accepting, as L{BoundService} has.
     """
 
     port: Any = None
 
-    def __init__(self, reactor: Any, fd: int, family: int, factory: Any) -> None:
+    def __init__(self, reactor: Any, fd: int, family: int, factory: Any,
+                 gate: Optional[AcceptGate] = None) -> None:
+        """
+        @param reactor: what adopts the socket: the reactor, or an
+            L{poolproxy.util.accepting.AcceptingReactor} over it.
+        """
         self.reactor = reactor
         self.fd = fd
         self.family = family
         self.factory = factory
+        self.gate = gate if gate is not None else AcceptGate()
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -96,9 +104,11 @@ class AdoptedPortService(Service):
         # adoptStreamPort works on a duplicate; the supervisor keeps its own
         # copy, so a restarted worker can adopt the same socket again.
         os.close(self.fd)
+        self.gate.attach(self.port)
 
     def stopService(self) -> "Deferred[None]":
         super().stopService()
+        self.gate.detach()
         port, self.port = self.port, None
         if port is None:
             return succeed(None)

@@ -61,6 +61,7 @@ from poolproxy.proxy.multiplexed.pinning import LEASING, PINNED, RAW, SHARED, UN
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
 from poolproxy.proxy.multiplexed.split import CROSS_SHARD, SplitGroup, split_by_shard
 from poolproxy.proxy.output import TRANSPORT_BUFFER, OutputBudget, unsent_bytes
+from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.stats import ListenerStats
 from poolproxy.util.reactors import default_reactor
 from poolproxy.util.writethrough import write_through
@@ -146,6 +147,8 @@ class MultiplexFrontend(Protocol):
         # client's share of the proxy-wide OutputBudget.held.
         self._written_blocked = 0
         self._output_counted = 0
+        # While it is not reading: its send_timeout (poolproxy.proxy.sending).
+        self.send_deadline: Optional[List[Any]] = None
 
     # -- client events -------------------------------------------------------
 
@@ -224,6 +227,7 @@ class MultiplexFrontend(Protocol):
         self._release_output()
         self.stats.connections_open -= 1
         self.factory.clients.discard(self)
+        self.factory.sends.resumed(self)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.cancel()
@@ -256,12 +260,14 @@ class MultiplexFrontend(Protocol):
     def pauseProducing(self) -> None:
         self._write_blocked = True
         self._written_blocked = 0
+        self.factory.sends.paused(self)
         self._update_reading()
         if self.pin.state is RAW:
             self.pin.conn.protocol.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
         self._write_blocked = False
+        self.factory.sends.resumed(self)
         self._release_output()  # its socket has taken everything
         self._update_reading()
         if self.pin.state is RAW:
@@ -861,6 +867,17 @@ class MultiplexFrontend(Protocol):
         self.factory.output.held -= counted
         self._written_blocked = 0
 
+    def sent_mark(self) -> Optional[int]:
+        """Grows as the client's socket takes bytes (see L{poolproxy.proxy.sending})."""
+        unsent = unsent_bytes(self.transport)
+        return None if unsent is None else self._written_blocked - unsent
+
+    def send_timed_out(self) -> None:
+        """Its socket took nothing for send_timeout: abort it, as for an output limit."""
+        self._gone = True  # nothing more is written to it
+        self._release_output()
+        self.transport.abortConnection()
+
     def _close_for_output(self, limit: str, held: int) -> None:
         """
         Close a client holding too much: aborted (it is not reading), and
@@ -886,11 +903,13 @@ class MultiplexFactory(Factory):
     def __init__(self, name: str, codec: ICodec, config: Any, admission: Admission,
                  cluster: "Cluster", stats: Optional[ListenerStats] = None,
                  clock: Any = None, output: Optional[OutputBudget] = None,
-                 max_pipeline: int = 1024) -> None:
+                 max_pipeline: int = 1024, send_timeout: float = 0.0) -> None:
         """
         @param output: the process's output limits (L{poolproxy.proxy.output}).
         @param max_pipeline: requests a client may have waiting or owed
             before the proxy stops reading from it.
+        @param send_timeout: seconds a client may take nothing of its
+            replies before it is closed; 0 for no limit.
         """
         clock = default_reactor(clock)
         self.output = output if output is not None else OutputBudget()
@@ -903,6 +922,7 @@ class MultiplexFactory(Factory):
         self.clock = clock
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[MultiplexFrontend]" = set()
+        self.sends = SendTimeouts(clock, send_timeout, self.stats)
 
     @property
     def by_key(self) -> bool:
