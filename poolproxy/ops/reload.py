@@ -5,13 +5,14 @@ What can change in place: the backends of an existing cluster (added; removed,
 after they drain; re-weighted), and what the running configuration reads
 from files: the password files, the admin token, the certificates and keys
 of ssl: listeners and the CAs and client certificates of backend_tls.  Those
-are read again from the files the running configuration names; one line
-says what changed (never a secret), and a file that does not read keeps
-what was in use, with a line saying why.  What needs a restart (new or
+are read again from the files the running configuration names, with one
+line for each that changed (never a secret).  What needs a restart (new or
 removed clusters, listener changes, a backend's address, and any other
 setting, top level or per cluster, a file's path included) is logged, by
-name, and left as it was.  A configuration that does not load is logged and
-the running one kept.
+name, and left as it was.  A configuration that does not load, a file it
+names that does not read included (as nginx and HAProxy refuse such a
+reload), is logged and the running one kept; a file that breaks between
+that check and its re-read keeps what was in use, with a line saying why.
 """
 
 from __future__ import annotations
