@@ -22,11 +22,13 @@ from poolproxy.backends.pool import BackendPool, BackendProtocol
 from poolproxy.backends.retry import RetryBudget
 from poolproxy.codec import ICodec
 from poolproxy.config import BackendConfig, ClusterConfig, CodecOptions, ProxyConfig
-from poolproxy.config.endpoints import client_endpoint
+from poolproxy.config.endpoints import backend_host, client_endpoint
+from poolproxy.config.tls import ClientTLS, check_server_name
 from poolproxy.plugins import load_codec
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.modes import ClusterContext, FrontendFactory, Mode, mode_of
 from poolproxy.proxy.output import OutputBudget
+from poolproxy.util.tlsclient import TLSClientEndpoint
 
 log = Logger(namespace="poolproxy.cluster")
 
@@ -37,6 +39,7 @@ class ClusterAssembly:
 
     @ivar codec: the cluster's codec (its protocol plugin's, unless given).
     @ivar mode: the codec's pooling mode.
+    @ivar tls: the cluster's C{backend_tls} material, or L{None} without TLS.
     @ivar cluster: the L{Cluster}.
     """
 
@@ -71,6 +74,11 @@ class ClusterAssembly:
             output = OutputBudget(config.client_output_limit, config.proxy_output_limit)
         self.context = ClusterContext(self.codec, config, options, admission, reactor,
                                       self.setting, output)
+        tls = self.setting("backend_tls")
+        self.tls = ClientTLS(tls, f"cluster {spec.name}: backend_tls") if tls else None
+        if tls is not None and not tls.verify:
+            log.warn("cluster {cluster}: TLS to its backends checks no certificate and no "
+                     "name (backend_tls verify = false)", cluster=spec.name)
         tag = self.setting("hash_tag")
         self.cluster = Cluster(
             spec.name, [self._backend(b) for b in spec.backends],
@@ -95,6 +103,11 @@ class ClusterAssembly:
         """A backend: its pool, and its breaker and health check if they are on."""
         s, config = self.setting, self.config
         endpoint = self._endpoint(spec.address)
+        if self.tls is not None:
+            # The pool and the health checks both connect through it.
+            name = check_server_name(self.tls.spec, backend_host(spec.address), spec.address,
+                                     self.tls.where)
+            endpoint = TLSClientEndpoint(endpoint, self.tls.creator(name), self.reactor)
         pool = BackendPool(
             spec.name, endpoint, BackendProtocol,  # the mode's protocol, set below
             size=s("pool_size"), min_idle=s("pool_min_idle"),

@@ -26,11 +26,13 @@ from poolproxy.backends.pool import BackendPool
 from poolproxy.codec import ICodec
 from poolproxy.config import BackendConfig, ListenerConfig, ProxyConfig, codec_options
 from poolproxy.config.budget import WEB_CONNECTIONS, client_cap, descriptor_budget
-from poolproxy.config.endpoints import server_endpoint
+from poolproxy.config.endpoints import DEFAULT_BACKLOG, server_endpoint
+from poolproxy.config.secrets import Secrets
+from poolproxy.config.tls import ServerTLS, is_tls_listener
 from poolproxy.demo import demo_site
 from poolproxy.listening import endpoint_service, fail_startup, listen_reason
 from poolproxy.ops.rejections import RejectionSummary
-from poolproxy.ops.reload import Reloader
+from poolproxy.ops.reload import Rereadable, Reloader
 from poolproxy.ops.web import build_site
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.idle import IdleSweeper
@@ -91,6 +93,9 @@ class ProxyService(MultiService):
     @ivar cluster: the first cluster: the only one when configured by flags.
     @ivar descriptors: the open file limit and what is set aside from it.
     @ivar limits: the client connections, against the process's caps.
+    @ivar secrets: the passwords and the admin token, as read from their files.
+    @ivar server_tls: the certificate and key of each C{ssl:} endpoint
+        (listeners, metrics), by endpoint string.
     """
 
     log = Logger()
@@ -122,7 +127,9 @@ class ProxyService(MultiService):
 
         self.admission = Admission(config.max_concurrency, config.queue_size,
                                    config.queue_timeout, clock=reactor)
-        self.codec_options = codec_options(config)
+        self.secrets = Secrets.read(config)
+        self.codec_options = codec_options(config, self.secrets)
+        self.server_tls: Dict[str, ServerTLS] = {}
         # Bytes held for clients that do not read: bounded per client and in all.
         self.output = OutputBudget(config.client_output_limit, config.proxy_output_limit)
         # One cluster per [[cluster]] (or the "default" one built from
@@ -152,8 +159,8 @@ class ProxyService(MultiService):
         web_gate = AcceptGate()
         site = CappedFactory(build_site(self), WEB_CONNECTIONS, web_gate)
         self.web = endpoint_service(
-            server_endpoint(AcceptingReactor(reactor, site.room, self.web_accept_errors.add),
-                            config.metrics), site, "metrics", web_gate)
+            self._server_endpoint(AcceptingReactor(reactor, site.room, self.web_accept_errors.add),
+                                  config.metrics), site, "metrics", web_gate)
         self.web.setServiceParent(self)
         if handoff is not None:
             WorkerControl(reactor, handoff, lambda: self.web.port).setServiceParent(self)
@@ -179,13 +186,34 @@ class ProxyService(MultiService):
             fd, family = handoff.listeners[spec.name]
             svc = AdoptedPortService(ports, fd, family, accepting, gate)
         else:
-            svc = endpoint_service(server_endpoint(ports, spec.endpoint, config.listen_backlog),
+            svc = endpoint_service(self._server_endpoint(ports, spec.endpoint,
+                                                         config.listen_backlog),
                                    accepting, f"listener {spec.name}", gate)
         svc.setServiceParent(self)
         idle = getattr(config, assembly.mode.idle_timeout)
         if idle:
             self.sweepers.append(IdleSweeper(clients, idle, reactor, factory.stats))
         return Listener(spec.name, factory, svc, assembly.cluster, spec.endpoint)
+
+    def _server_endpoint(self, ports: Any, description: str,
+                         backlog: int = DEFAULT_BACKLOG) -> Any:
+        """
+        An endpoint to listen on, its ports made by C{ports} (a reactor); an
+        C{ssl:} one's certificate kept for reloads.
+        """
+        tls = None
+        if is_tls_listener(description):
+            tls = self.server_tls.get(description)
+            if tls is None:
+                tls = self.server_tls[description] = ServerTLS(description, description)
+        return server_endpoint(ports, description, backlog, tls)
+
+    def rereadable(self) -> List[Rereadable]:
+        """What SIGHUP reads again from its files: secrets, certificates, CAs."""
+        items: List[Rereadable] = list(self.secrets.files.values())
+        items += self.server_tls.values()
+        items += [assembly.tls for assembly in self.assemblies.values() if assembly.tls is not None]
+        return items
 
     # -- backends ------------------------------------------------------------
 

@@ -198,19 +198,22 @@ def nginx_server(testcase: Any) -> Any:
 class ProxyProcess:
     """
     C{twistd -n poolproxy} in front of C{backends}; C{port} is its listener.
-    C{reactor} is twistd's --reactor (its default if L{None}).
+    C{reactor} is twistd's --reactor (its default if L{None}); C{listen} the
+    listener's endpoint, C{{port}} standing for the port (tcp if L{None}).
     """
 
     def __init__(self, testcase: Any, protocol: str, backends: List[int], *extra: str,
                  reactor: Optional[str] = None,
-                 preexec_fn: Optional[Callable[[], Any]] = None) -> None:
+                 preexec_fn: Optional[Callable[[], Any]] = None,
+                 listen: Optional[str] = None) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
+        listen = (listen or "tcp:{port}:interface=127.0.0.1:backlog=1024").format(port=self.port)
         # Active health checks open connections of their own; tests that count
         # backend connections are about pooling, so checks are off unless asked.
         args = [f"--reactor={reactor}"] if reactor else []
         args += ["poolproxy", "--protocol", protocol,
-                "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
+                "--listen", listen,
                 "--metrics", f"tcp:{self.metrics_port}:interface=127.0.0.1",
                 "--check-interval", "0", *extra]
         for b in backends:

@@ -18,6 +18,7 @@ from poolproxy.config import (
     CLUSTER_OVERRIDES,
     SETTINGS_BY_NAME,
     BackendConfig,
+    BackendTLS,
     ClusterConfig,
     ConfigError,
     ListenerConfig,
@@ -429,13 +430,14 @@ class OverrideTests(ClusterConfigTestCase):
                  "breaker_max_reset_timeout": "2", "max_ejected_percent": "100",
                  "hash_tag": '"{}"', "http_failures": '"gateway"',
                  "deny_commands": '["KEYS", "CLIENT KILL"]', "allow_commands": '["CONFIG"]',
-                 "unknown_commands": '"pin"'}
+                 "unknown_commands": '"pin"', "backend_tls": "{ verify = false }"}
         self.assertEqual(sorted(valid), sorted(CLUSTER_OVERRIDES))
         config = self.parse_file(cluster_file("".join(f"{k} = {v}\n" for k, v in valid.items())))
         self.assertEqual(sorted(config.clusters[0].overrides), sorted(CLUSTER_OVERRIDES))
         for key in CLUSTER_OVERRIDES:
             self.assertIsInstance(config.clusters[0].overrides[key], {
-                "int": int, "float": float, "str": str, "names": tuple}[SETTINGS_BY_NAME[key].kind])
+                "int": int, "float": float, "str": str, "names": tuple,
+                "tls": BackendTLS}[SETTINGS_BY_NAME[key].kind])
 
     def test_override_values_checked(self) -> None:
         """

@@ -22,6 +22,7 @@ from poolproxy.ops.metrics import build_registry
 from poolproxy.ops.status import RateSampler, status_snapshot
 from poolproxy.ops.view import ListenerView, ProxyView
 from poolproxy.ops.web import ReadyzResource
+from poolproxy.config.secrets import Secrets
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.limits import ConnectionLimits
 from poolproxy.proxy.output import OutputBudget
@@ -52,6 +53,7 @@ class FakeProxy:
     config: ProxyConfig = field(default_factory=ProxyConfig)
     output: OutputBudget = field(default_factory=OutputBudget)
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(100))
+    secrets: Secrets = field(default_factory=Secrets)
 
     @property
     def pools(self) -> List[BackendPool]:

@@ -10,7 +10,7 @@ from typing import Any, List
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from poolproxy.backends.pool import (
@@ -24,6 +24,7 @@ from poolproxy.backends.pool import (
     PoolExhausted,
 )
 from poolproxy.testing import FakeEndpoint
+from poolproxy.util.tlsclient import TLSHandshakeFailed
 
 
 class PoolTestCase(SynchronousTestCase):
@@ -343,6 +344,33 @@ class ConnectFailureTests(PoolTestCase):
         self.assertEqual(formats.count("backend {backend} is down: {why}"), 1)
         self.assertEqual(formats.count("backend {backend} is up"), 1)
         conn.release()
+
+    def test_tls_failure_counted_and_logged_once_per_interval(self) -> None:
+        """
+        A failed TLS handshake is a failed connect counted as tls_error, and
+        says why: one line as the backend goes down, then, while the pool's
+        probes keep failing, at most one line per TLS_LOG_INTERVAL with how
+        many failed since.
+        """
+        pool = self.make_pool(health_interval=1.0)
+        failure = TLSHandshakeFailed("TLS handshake failed: certificate verify failed")
+        with capturedLogs() as events:
+            pool.start()
+            self.endpoint.fail(1, failure)
+            for _ in range(int(pool.TLS_LOG_INTERVAL) * 2):  # two intervals of probes
+                self.clock.advance(1.0)
+                self.endpoint.fail(1, failure)
+        self.assertEqual(pool.connects["tls_error"], 1 + 2 * int(pool.TLS_LOG_INTERVAL))
+        self.assertEqual(pool.connects["failed"], 0)
+        self.assertEqual(pool.last_error, "TLS handshake failed: certificate verify failed")
+        lines = [formatEvent(e) for e in events if "down" in e.get("log_format", "")]
+        interval = int(pool.TLS_LOG_INTERVAL)
+        self.assertEqual(lines, [
+            "backend backend-a is down: TLS handshake failed: certificate verify failed",
+            "backend backend-a is still down: TLS handshake failed: certificate verify failed "
+            f"({interval} TLS handshakes failed since the last line)",
+            "backend backend-a is still down: TLS handshake failed: certificate verify failed "
+            f"({interval} TLS handshakes failed since the last line)"])
 
     def test_backend_back_without_restart(self) -> None:
         """

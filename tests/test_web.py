@@ -245,7 +245,7 @@ class MetricsTests(WebTestCase):
                                      reason=reason, **backend), 0)
         results = {s.labels["result"] for f in families for s in f.samples
                    if s.name == "poolproxy_pool_connects_total"}
-        self.assertEqual(results, {"ok", "failed", "timeout"})
+        self.assertEqual(results, {"ok", "failed", "timeout", "tls_error"})
 
     @inlineCallbacks
     def test_every_family_documented(self) -> None:

@@ -281,6 +281,38 @@ class WorkersTests(TestCase):
                   for w in proxy.status()["workers"]]
         self.assertEqual(states, ["disabled", "disabled"])
 
+    def test_admin_token_rotation_by_sighup(self) -> None:
+        """
+        admin_token_file rewritten, then SIGHUP to the supervisor: it and
+        its workers (to which it passes the request on) take the new token
+        and refuse the old.
+        """
+        token = os.path.abspath(self.mktemp())
+        with open(token, "w") as f:
+            f.write("old-token\n")
+        proxy = Supervised(self, "--admin-token-file", token)
+        backend = proxy.status()["workers"][0]["status"]["clusters"][0]["backends"][0]["name"]
+
+        def enable(secret: str) -> int:
+            request = urllib.request.Request(
+                proxy.url(f"/admin/backends/default/{backend}/enable"), method="POST",
+                headers={"Authorization": f"Bearer {secret}"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        self.assertEqual(enable("old-token"), 200)
+        with open(token, "w") as f:
+            f.write("new-token\n")
+        os.kill(proxy.proc.pid, signal.SIGHUP)
+        wait_until(lambda: all(f"[worker {n}] reload: done" in proxy.log_text() for n in (1, 2)),
+                   proxy.proc, "reload in both workers", log=proxy.process.log)
+        self.assertEqual(enable("old-token"), 401)
+        self.assertEqual(enable("new-token"), 200)
+        self.assertEqual(proxy.log_text().count(f"a new secret from {token} is in use"), 3)
+
 
 class MergeTests(TestCase):
     A = """# HELP poolproxy_requests_total Requests.

@@ -29,6 +29,7 @@ from poolproxy.util.deadlines import Deadlines
 from poolproxy.util.factories import OneProtocolFactory
 from poolproxy.util.loops import GuardedLoop
 from poolproxy.util.reactors import default_reactor
+from poolproxy.util.tlsclient import TLSHandshakeFailed
 
 if TYPE_CHECKING:
     from poolproxy.backends.cluster import Backend
@@ -204,7 +205,8 @@ class BackendPool(Generic[P]):
     @ivar state: C{"unknown"} until the first connect attempt ends, then
         C{"up"} or C{"down"} after each attempt.
     @ivar last_error: why the last connect attempt failed, for logs and /readyz.
-    @ivar connects: connect attempts by result (C{ok}, C{failed}, C{timeout}).
+    @ivar connects: connect attempts by result (C{ok}, C{failed}, C{timeout},
+        C{tls_error}: TCP connected, the TLS handshake failed).
     @ivar closes: closed connections by reason.
     @ivar acquire_failures: failed acquires by reason.
     @ivar acquire_wait: seconds from acquire to lease, for every lease.
@@ -218,6 +220,10 @@ class BackendPool(Generic[P]):
     """
 
     log = Logger()
+
+    #: Seconds between two log lines of a backend whose TLS handshakes keep
+    #: failing while it is down (the first, as it goes down, is at once).
+    TLS_LOG_INTERVAL = 60.0
 
     def __init__(
         self,
@@ -267,7 +273,10 @@ class BackendPool(Generic[P]):
         self.last_error = ""
         self.backend: Optional[Backend] = None
         self.cluster = cluster
-        self.connects = Tally("ok", "failed", "timeout")
+        self.connects = Tally("ok", "failed", "timeout", "tls_error")
+        # When TLS failures were last logged, and how many came since.
+        self._tls_logged: Optional[float] = None
+        self._tls_unlogged = 0
         self.closes = Tally()
         self.acquire_failures = Tally("timeout", "exhausted", "unavailable", "closed")
         self.acquire_wait = Histogram()
@@ -597,14 +606,23 @@ class BackendPool(Generic[P]):
         if self._closing is not None:
             self._after_close()  # cancelled by close()
             return
+        tls = False
         if timed_out:
             self.connects.add("timeout")
             why = f"connect timed out after {self.connect_timeout:g}s"
+        elif failure.check(TLSHandshakeFailed):
+            self.connects.add("tls_error")
+            why = failure.getErrorMessage()
+            tls = True
         else:
             self.connects.add("failed")
             why = failure.getErrorMessage() or failure.type.__name__
         if self.state != "down":
             self.log.warn("backend {backend} is down: {why}", backend=self.name, why=why)
+            if tls:
+                self._tls_logged, self._tls_unlogged = self._clock.seconds(), 0
+        elif tls:
+            self._log_tls_failure(why)
         self.state = "down"
         self.last_error = why
         if self.backend is not None:
@@ -616,6 +634,20 @@ class BackendPool(Generic[P]):
             self.acquire_failures.add("unavailable")
             waiter.fail(BackendUnavailable(f"backend {self.name}: {why}"))
         self._after_close()
+
+    def _log_tls_failure(self, why: str) -> None:
+        """
+        A backend already down fails TLS again (the pool probes it every
+        health_interval): one line per L{TLS_LOG_INTERVAL} at most, with the
+        count of those not logged.
+        """
+        now = self._clock.seconds()
+        self._tls_unlogged += 1
+        if self._tls_logged is not None and now - self._tls_logged < self.TLS_LOG_INTERVAL:
+            return
+        self.log.warn("backend {backend} is still down: {why} ({n} TLS handshakes failed "
+                      "since the last line)", backend=self.name, why=why, n=self._tls_unlogged)
+        self._tls_logged, self._tls_unlogged = now, 0
 
     # -- closing ------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 # are re-exported here, where the rest of poolproxy has always found them.
 from poolproxy.config.settings import (  # noqa: F401 (re-exported)
     BALANCE_POLICIES,
+    BackendTLS,
     CLUSTER_OVERRIDES,
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -30,6 +31,7 @@ from poolproxy.config.settings import (  # noqa: F401 (re-exported)
     protocol_names,
     read_secret,
 )
+from poolproxy.config.secrets import Secrets
 from poolproxy.config.topology import (  # noqa: F401 (re-exported)
     BackendConfig,
     ClusterConfig,
@@ -38,6 +40,7 @@ from poolproxy.config.topology import (  # noqa: F401 (re-exported)
     _flat_listeners,
     _flat_topology,
     _listeners_from_tables,
+    check_backend_tls,
 )
 
 if sys.version_info >= (3, 11):
@@ -92,6 +95,7 @@ class ProxyConfig:
     backend_db: int = 0
     client_password_file: Optional[str] = None
     admin_token_file: Optional[str] = None
+    backend_tls: Optional[BackendTLS] = None
     balance: Optional[str] = None
     hash_key: Optional[str] = None
     check_interval: float = 2.0
@@ -256,6 +260,9 @@ def build_config(
             if backend.name in seen:
                 raise ConfigError(f"{where('backend')}: duplicate backend name {backend.name!r}")
             seen.add(backend.name)
+    for cluster in clusters:
+        if "backend_tls" not in cluster.overrides:  # a cluster's own table is checked with it
+            check_backend_tls(top["backend_tls"], cluster.backends, where("backend_tls"))
     listeners: Tuple[ListenerConfig, ...] = ()
     if listener_tables is not None:
         listeners = _listeners_from_tables(listener_tables, clusters, file_name, checks.get("listen"))
@@ -270,13 +277,13 @@ def build_config(
 class CodecOptions:
     """
     What codecs read from the configuration (see L{poolproxy.codec.ICodec}):
-    the settings they use, with secrets read from their files.
+    the settings they use, and the passwords, read through C{secrets}, which
+    SIGHUP refreshes in place: a client connecting or a backend connection
+    being set up after it gets the new one.
     """
 
     #: Unless configured, the codec's C{default_max_request_size}, else this.
     max_request_size: int = 64 * 1024 * 1024
-    client_password: Optional[str] = None
-    backend_password: Optional[str] = None
     backend_username: Optional[str] = None
     backend_db: int = 0
     #: Command names refused (None: the codec's own list), those taken out
@@ -284,27 +291,33 @@ class CodecOptions:
     deny_commands: Optional[Tuple[str, ...]] = None
     allow_commands: Tuple[str, ...] = ()
     unknown_commands: str = "refuse"
+    #: The password files' contents (client_password_file, backend_password_file).
+    secrets: Secrets = field(default_factory=Secrets, compare=False, repr=False)
+
+    @property
+    def client_password(self) -> Optional[str]:
+        return self.secrets.client_password
+
+    @property
+    def backend_password(self) -> Optional[str]:
+        return self.secrets.backend_password
 
 
-def codec_options(config: ProxyConfig) -> CodecOptions:
+def codec_options(config: ProxyConfig, secrets: Optional[Secrets] = None) -> CodecOptions:
     """
-    Codec options for C{config}, reading the password files.
+    Codec options for C{config}, with the passwords of C{secrets} (read from
+    C{config}'s password files if not given).
 
     @raise ConfigError: if a password file cannot be read.
     """
-    def secret(key: str) -> Optional[str]:
-        path = getattr(config, key)
-        return read_secret(path, config.sources.get(key, key)) if path else None
-
     return CodecOptions(
         max_request_size=config.max_request_size or CodecOptions.max_request_size,
-        client_password=secret("client_password_file"),
-        backend_password=secret("backend_password_file"),
         backend_username=config.backend_username,
         backend_db=config.backend_db,
         deny_commands=config.deny_commands,
         allow_commands=config.allow_commands,
         unknown_commands=config.unknown_commands,
+        secrets=secrets if secrets is not None else Secrets.read(config),
     )
 
 

@@ -3,8 +3,10 @@ Endpoint strings: checking them when the configuration is read, and turning
 them into Twisted endpoints when the service starts.
 
 Listeners use Twisted server endpoint strings (C{tcp:6380:interface=127.0.0.1});
-backends use client endpoint strings (C{tcp:host=127.0.0.1:port=6379}) or the
-shorthand C{HOST:PORT} / C{[V6ADDR]:PORT}.
+an C{ssl:} one serves its certificate through a L{ServerTLS}, which SIGHUP
+reloads.  Backends use client endpoint strings (C{tcp:host=127.0.0.1:port=6379})
+or the shorthand C{HOST:PORT} / C{[V6ADDR]:PORT}; TLS to them is the
+C{backend_tls} setting's, never an C{ssl:} or C{tls:} string.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndp
 from twisted.internet.testing import MemoryReactor
 
 from poolproxy.config.settings import ConfigError
+from poolproxy.config.tls import ServerTLS, is_tls_listener
 
 _SHORTHAND = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})$")
 _ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "tls", "unix", "systemd"}
@@ -64,6 +67,20 @@ def backend_name(description: str) -> str:
     return description
 
 
+def backend_host(description: str) -> Optional[str]:
+    """
+    The host (a name, or an IP address without brackets) a backend's TCP
+    address connects to, or L{None} for any other kind (unix).
+    """
+    m = _SHORTHAND.match(description)
+    if m is not None and (m.group("host") or "").lower() not in _ENDPOINT_TYPES:
+        return m.group("v6") or m.group("host")
+    m2 = _TCP_CLIENT.match(description)
+    if m2 is not None:
+        return m2.group("host").replace(chr(92), "")
+    return None
+
+
 def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
     """
     Build the client endpoint for a backend description (shorthand allowed).
@@ -78,21 +95,27 @@ DEFAULT_BACKLOG = 1024
 
 def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     """
-    A tcp/tcp6 server endpoint description with C{backlog} (the
+    A tcp/tcp6/ssl server endpoint description with C{backlog} (the
     C{listen_backlog} setting) added unless it has one.
     """
     kind = description.split(":", 1)[0].lower()
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
         return f"{description}:backlog={backlog}"
     return description
 
 
 def server_endpoint(reactor: Any, description: str,
-                    backlog: int = DEFAULT_BACKLOG) -> IStreamServerEndpoint:
+                    backlog: int = DEFAULT_BACKLOG,
+                    tls: Optional[ServerTLS] = None) -> IStreamServerEndpoint:
     """
-    Build the server endpoint for a listener description.
+    Build the server endpoint for a listener description.  An C{ssl:} one
+    makes each connection's TLS with C{tls} (one made from the description
+    if not given: keep it to reload its certificate).
     """
-    return serverFromString(reactor, with_backlog(description, backlog))
+    description = with_backlog(description, backlog)
+    if is_tls_listener(description):
+        return (tls or ServerTLS(description, description)).endpoint(reactor, description)
+    return serverFromString(reactor, description)
 
 
 class TcpListenAddress(NamedTuple):
@@ -126,8 +149,17 @@ def check_server(description: str, where: str) -> None:
     """
     Parse a server endpoint string without listening on it.
 
-    @raise ConfigError: naming C{where} if the string is not a valid endpoint.
+    @raise ConfigError: naming C{where} if the string is not a valid endpoint,
+        or if an C{ssl:} one's certificate and key do not load.
     """
+    if description.split(":", 1)[0].strip().lower() == "tls":
+        # Twisted's directory-of-PEMs endpoint: its ALPN answer is a fatal
+        # alert for every client that offers ALPN (curl, browsers).
+        raise ConfigError(f"{where}: {description!r}: tls: listeners are not supported; use "
+                          "ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem, which SIGHUP reloads "
+                          "(docs/tls.md)")
+    if is_tls_listener(description):
+        ServerTLS(description, f"{where} {description}")  # reads the files: a bad one is named here
     try:
         endpoint = server_endpoint(MemoryReactor(), description)
     except Exception as e:
@@ -139,8 +171,16 @@ def check_client(description: str, where: str) -> None:
     """
     Parse a client endpoint string (or shorthand) without connecting.
 
-    @raise ConfigError: naming C{where} if the string is not a valid endpoint.
+    @raise ConfigError: naming C{where} if the string is not a valid endpoint,
+        or if it is an C{ssl:} or C{tls:} one: TLS to backends is set with
+        C{backend_tls}, where it is verified, counted and reloaded.
     """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("ssl", "tls"):
+        raise ConfigError(f"{where}: {description!r}: {kind}: endpoints are not used for "
+                          "backends; give the address (HOST:PORT or tcp:host=...:port=...) and "
+                          "set backend_tls, which verifies the certificate and host name "
+                          "(docs/tls.md)")
     try:
         endpoint = client_endpoint(MemoryReactor(), description)
     except Exception as e:

@@ -28,9 +28,9 @@ class Setting:
     One configuration key.
 
     @ivar name: the TOML key; the flag is the same with dashes.
-    @ivar kind: C{"int"}, C{"float"}, C{"str"}, C{"list"} (a repeatable flag) or
+    @ivar kind: C{"int"}, C{"float"}, C{"str"}, C{"list"} (a repeatable flag),
         C{"names"} (a TOML list of strings, or one flag of comma-separated names;
-        an empty one is an empty list).
+        an empty one is an empty list) or C{"tls"} (a L{BackendTLS} table).
     @ivar minimum: the smallest accepted number, for C{int} and C{float}.
     @ivar exclusive: whether C{minimum} itself is refused (durations > 0).
     @ivar maximum: the largest accepted number, for C{int} and C{float}.
@@ -74,6 +74,79 @@ def _check_names(name: str, where: str) -> None:
     if not 1 <= len(words) <= 2 or not all(w.isascii() and w.isprintable() for w in words):
         raise ConfigError(f"{where}: expected command names such as CONFIG or 'CLIENT KILL', "
                           f"got {name!r}")
+
+
+@dataclass(frozen=True)
+class BackendTLS:
+    """
+    How a cluster's backends are connected with TLS: the C{backend_tls}
+    table.  The certificate and its name are verified unless C{verify} is
+    written false.
+
+    @ivar ca_file: PEM file of the CA certificates trusted, or L{None} for
+        the system's trust store.
+    @ivar server_name: the name the backends' certificates must hold (also
+        sent as SNI), or L{None} for each backend's own host.
+    @ivar cert_file: the client certificate (PEM, chain after it) presented
+        for mutual TLS, or L{None}.
+    @ivar key_file: its private key, or L{None} when C{cert_file} holds it.
+    @ivar verify: whether certificates and names are checked.
+    """
+
+    ca_file: Optional[str] = None
+    server_name: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    verify: bool = True
+
+
+#: The keys of a backend_tls table.
+BACKEND_TLS_KEYS: Tuple[str, ...] = ("ca_file", "server_name", "cert_file", "key_file", "verify")
+
+
+def _coerce_tls(raw: Any, where: str, text_ok: bool) -> Optional[BackendTLS]:
+    """
+    A C{backend_tls} value: a table of L{BACKEND_TLS_KEYS}; C{true} (TLS
+    with every default) or C{false} (no TLS: a cluster's way out of the
+    top-level table).  A flag gives C{on}, C{off} or C{KEY=VALUE,...}.
+    """
+    if text_ok and isinstance(raw, str):
+        word = raw.strip().lower()
+        if word in ("on", "off"):
+            raw = word == "on"
+        else:
+            pairs = [part.partition("=") for part in raw.split(",") if part.strip()]
+            bad = [key for key, eq, _ in pairs if not eq]
+            if bad or not pairs:
+                raise ConfigError(f"{where}: expected on, off or KEY=VALUE,... with keys "
+                                  f"{', '.join(BACKEND_TLS_KEYS)}, got {raw!r}")
+            raw = {key.strip(): value.strip() for key, _, value in pairs}
+    if raw is True:
+        return BackendTLS()
+    if raw is False:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table (keys {', '.join(BACKEND_TLS_KEYS)}), "
+                          f"true or false, got {raw!r}")
+    values: Dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in BACKEND_TLS_KEYS:
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys are "
+                              f"{', '.join(BACKEND_TLS_KEYS)}")
+        if key == "verify":
+            if text_ok and value in ("true", "false"):
+                value = value == "true"
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: verify: expected true or false, got {value!r}")
+        elif not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: {key}: expected a non-empty string, got {value!r}")
+        else:
+            value = value.strip()
+        values[key] = value
+    if "key_file" in values and "cert_file" not in values:
+        raise ConfigError(f"{where}: key_file without cert_file: the client certificate "
+                          "is missing")
+    return BackendTLS(**values)
 
 
 #: The statuses of an http response that count as a backend failure, by
@@ -166,6 +239,10 @@ SETTINGS: Tuple[Setting, ...] = (
             "clients must AUTH with to use the proxy."),
     Setting("admin_token_file", "str", None, "File whose first line is the bearer token "
             "for the admin API; without it the API is off."),
+    Setting("backend_tls", "tls", None, "TLS to the backends, certificate and name verified: "
+            "on (the system's CAs, each backend's host), or comma-separated KEY=VALUE of "
+            "ca_file, server_name, cert_file, key_file (mutual TLS), verify=false (no check); "
+            "off for none."),
     Setting("balance", "str", None, "How the cluster picks a backend: round_robin, "
             "least_outstanding, consistent_hash or random [default: consistent_hash for "
             "redis and memcached, least_outstanding for http, round_robin for tcp]."),
@@ -259,6 +336,7 @@ CLUSTER_OVERRIDES: Tuple[str, ...] = (
     "check_timeout", "check_rise", "check_fall", "check_path", "breaker_failures",
     "breaker_reset_timeout", "breaker_max_reset_timeout", "max_ejected_percent", "hash_tag",
     "http_failures", "deny_commands", "allow_commands", "unknown_commands",
+    "backend_tls",
 )
 
 LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster", "max_connections")
@@ -307,6 +385,8 @@ def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
         return _coerce_number(setting, raw, where, text_ok)
     if setting.kind == "names":
         return _coerce_names(setting, raw, where, text_ok)
+    if setting.kind == "tls":
+        return _coerce_tls(raw, where, text_ok)
     if setting.kind == "str":
         if not isinstance(raw, str) or not raw.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")

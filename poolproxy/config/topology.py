@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from poolproxy.config.endpoints import backend_name, demo_address
+from poolproxy.config.endpoints import backend_host, backend_name, demo_address
 from poolproxy.config.settings import (
     BACKEND_KEYS,
     BALANCE_POLICIES,
@@ -28,6 +28,7 @@ from poolproxy.config.settings import (
     check_ordered,
     coerce,
 )
+from poolproxy.config.tls import ClientTLS, check_server_name
 
 if TYPE_CHECKING:
     from poolproxy.config import ProxyConfig
@@ -206,9 +207,25 @@ def _clusters_from_tables(raw: Any, top: Mapping[str, Any], file_name: str,
         # overrides, else the top-level ones); an error names a key it sets.
         check_ordered(lambda key: overrides.get(key, top[key]), overrides, table.at)
         backends = _backends_from_tables(values.get("backend"), table, name, check)
+        if "backend_tls" in overrides:
+            check_backend_tls(overrides["backend_tls"], backends, table.at("backend_tls"))
         clusters.append(ClusterConfig(name, protocol, balance, hash_key, backends,
                                       MappingProxyType(overrides)))
     return tuple(clusters)
+
+
+def check_backend_tls(tls: Any, backends: Sequence[BackendConfig], where: str) -> None:
+    """
+    A cluster's C{backend_tls} (or L{None}): its files load, and each
+    backend has a name for its certificate to match.
+
+    @raise ConfigError: naming C{where}.
+    """
+    if tls is None:
+        return
+    ClientTLS(tls, where)
+    for backend in backends:
+        check_server_name(tls, backend_host(backend.address), backend.address, where)
 
 
 def _backends_from_tables(raw: Any, cluster: _Table, cluster_name: str,

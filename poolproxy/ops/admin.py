@@ -38,7 +38,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -103,12 +103,16 @@ class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: ProxyView, token: str) -> None:
+    def __init__(self, service: ProxyView, token: Union[str, Callable[[], Optional[str]]]) -> None:
+        """
+        @param token: the bearer token, or what gives the one in use when a
+            request comes (SIGHUP re-reads C{admin_token_file}).
+        """
         super().__init__()
-        if not token:
+        self._token = token if callable(token) else (lambda: token)
+        if not self._token():
             raise ValueError("the admin API needs a non-empty token")
         self.service = service
-        self._token = token.encode("utf-8")
         #: names of the listeners paused through this API
         self.paused: Set[str] = set()
 
@@ -142,7 +146,10 @@ class AdminResource(Resource):
         return _json(dict(ok=True, **body))
 
     def _authorized(self, request: Request) -> bool:
-        return bearer_ok(request, self._token)
+        token = self._token()
+        if not token:
+            return False
+        return bearer_ok(request, token.encode("utf-8"))
 
     def _dispatch(self, request: Request, path: List[str]) -> Dict[str, Any]:
         if len(path) == 4 and path[0] == "backends":
@@ -237,9 +244,10 @@ def _json(body: Dict[str, Any]) -> bytes:
     return (json.dumps(body, sort_keys=True) + "\n").encode("utf-8")
 
 
-def build_admin(service: ProxyView, token: str) -> Resource:
+def build_admin(service: ProxyView, token: Union[str, Callable[[], Optional[str]]]) -> Resource:
     """
-    The admin API for C{service}, guarded by bearer C{token}; mount it as
-    the C{admin} child of the web root.
+    The admin API for C{service}, guarded by bearer C{token} (or the one a
+    callable gives at each request); mount it as the C{admin} child of the
+    web root.
     """
     return AdminResource(service, token)

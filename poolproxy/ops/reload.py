@@ -2,21 +2,28 @@
 Reloading the configuration (SIGHUP) without dropping client connections.
 
 What can change in place: the backends of an existing cluster (added; removed,
-after they drain; re-weighted).  What needs a restart (new or removed
-clusters, listener changes, a backend's address, and any other setting, top
-level or per cluster) is logged, by name, and left as it was.  A
-configuration that does not load is logged and the running one kept.
+after they drain; re-weighted), and what the running configuration reads
+from files: the password files, the admin token, the certificates and keys
+of ssl: listeners and the CAs and client certificates of backend_tls.  Those
+are read again from the files the running configuration names, with one
+line for each that changed (never a secret).  What needs a restart (new or
+removed clusters, listener changes, a backend's address, and any other
+setting, top level or per cluster, a file's path included) is logged, by
+name, and left as it was.  A configuration that does not load, a file it
+names that does not read included (as nginx and HAProxy refuse such a
+reload), is logged and the running one kept; a file that breaks between
+that check and its re-read keeps what was in use, with a line saying why.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from poolproxy.backends.cluster import Backend, Cluster
-from poolproxy.config import SETTINGS, BackendConfig, ClusterConfig, ProxyConfig
+from poolproxy.config import SETTINGS, BackendConfig, ClusterConfig, ConfigError, ProxyConfig
 from poolproxy.ops.view import ListenerView
 
 #: Top-level settings that reload applies or compares by itself (the flat
@@ -24,6 +31,26 @@ from poolproxy.ops.view import ListenerView
 _TOPOLOGY = ("listen", "backend")
 #: A cluster's own fields, besides its per-cluster overrides.
 _CLUSTER_FIELDS = ("protocol", "balance", "hash_key")
+
+
+class Rereadable(Protocol):
+    """
+    Something read from files that a reload reads again in place: a secret
+    (L{poolproxy.config.secrets.SecretFile}), a certificate
+    (L{poolproxy.config.tls.ServerTLS}, L{poolproxy.config.tls.ClientTLS}).
+    """
+
+    @property
+    def where(self) -> str:
+        """How logs name it: its setting, or its listener or cluster."""
+
+    def reload(self) -> Optional[str]:
+        """
+        Read the files again: what changed, never a secret itself (L{None}
+        if nothing did).
+
+        @raise ConfigError: a file does not read; what was in use is kept.
+        """
 
 
 class Reloadable(Protocol):
@@ -45,10 +72,14 @@ class Reloadable(Protocol):
     def retire_backend(self, cluster: str, backend: Backend) -> "Deferred[None]":
         """A backend leaves a cluster once its requests in flight are done."""
 
+    def rereadable(self) -> Sequence[Rereadable]:
+        """What the running configuration reads from files, to read again."""
+
 
 class Reloader:
     """
     @ivar reloads: reloads applied; C{failures}: reloads refused.
+    @ivar files_kept: files that did not read, whose contents in use were kept.
     """
 
     log = Logger()
@@ -58,6 +89,7 @@ class Reloader:
         self.load = load
         self.reloads = 0
         self.failures = 0
+        self.files_kept = 0
         # The address of every backend running, by (cluster, name): the
         # configuration's, and those of backends a reload added.
         self._addresses: Dict[Tuple[str, str], str] = {
@@ -75,6 +107,7 @@ class Reloader:
         self.reloads += 1
         target = self.target
         running = target.config
+        self._reread()
         for spec in config.clusters:
             cluster = target.clusters.get(spec.name)
             if cluster is None:
@@ -95,6 +128,18 @@ class Reloader:
                                      and getattr(running, s.name) != getattr(config, s.name)])
         self.log.info("reload: done")
         return True
+
+    def _reread(self) -> None:
+        for item in self.target.rereadable():
+            try:
+                changed = item.reload()
+            except ConfigError as e:
+                self.files_kept += 1
+                # The error names the file and its setting.
+                self.log.error("reload: {why}; keeping the one in use", why=str(e))
+                continue
+            if changed:
+                self.log.info("reload: {where}: {changed}", where=item.where, changed=changed)
 
     def _settings(self, where: str, changed: List[str]) -> None:
         if changed:
@@ -147,4 +192,4 @@ def _cluster_changes(old: ClusterConfig, new: ClusterConfig) -> List[str]:
     return changed
 
 
-__all__ = ["Reloadable", "Reloader"]
+__all__ = ["Reloadable", "Reloader", "Rereadable"]

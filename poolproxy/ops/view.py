@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IListeningPort
 from poolproxy.backends.cluster import Cluster
 from poolproxy.backends.pool import BackendPool
 from poolproxy.config import ProxyConfig
+from poolproxy.config.secrets import Secrets
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.limits import ConnectionLimits
 from poolproxy.proxy.output import OutputBudget
@@ -56,6 +57,10 @@ class ProxyView(Protocol):
 
     @property
     def config(self) -> ProxyConfig: ...
+
+    @property
+    def secrets(self) -> Secrets:
+        """The secrets read from files (the admin token), as SIGHUP left them."""
 
     @property
     def reactor(self) -> Any:

@@ -13,7 +13,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from poolproxy import __version__
-from poolproxy.config import read_secret
 from poolproxy.ops.admin import build_admin
 from poolproxy.ops.metrics import build_registry
 from poolproxy.ops.status import StatusJsonResource, StatusPageResource
@@ -95,12 +94,11 @@ def build_site(service: ProxyView) -> Site:
     root.putChild(b"readyz", ReadyzResource(service))
     root.putChild(b"status", StatusPageResource(service))
     root.putChild(b"status.json", StatusJsonResource(service))
-    config = service.config
-    if config.admin_token_file:
-        # Off unless a token is configured; the token never goes on a command line.
-        token = read_secret(config.admin_token_file,
-                            config.sources.get("admin_token_file", "--admin-token-file"))
-        root.putChild(b"admin", build_admin(service, token))
+    secrets = service.secrets
+    if secrets.admin_token:
+        # Off unless a token is configured; the token never goes on a command
+        # line.  Read at each request: SIGHUP may have replaced it.
+        root.putChild(b"admin", build_admin(service, lambda: secrets.admin_token))
     site = QuietSite(root)
     site.displayTracebacks = False
     return site

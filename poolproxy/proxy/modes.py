@@ -161,10 +161,13 @@ def _multiplexed_frontend(name: str, cluster: Cluster,
 def _multiplexed_backend(backend: Backend,
                          context: ClusterContext) -> Callable[[], BackendProtocol]:
     codec, admission, clock = context.codec, context.admission, context.reactor
-    setup = codec.setup_frames(context.options)
+    options = context.options
     timeout = context.setting("request_timeout")
     max_reply = context.config.max_reply_size or None
-    return lambda: PipelineBackend(codec, setup, admission, backend, clock, timeout, max_reply)
+    # The setup (AUTH...) is made for each connection: SIGHUP may have
+    # changed the backend password since the last one.
+    return lambda: PipelineBackend(codec, codec.setup_frames(options), admission, backend,
+                                   clock, timeout, max_reply)
 
 
 def _multiplexer(backend: Backend, context: ClusterContext) -> SharedConnections:

@@ -9,6 +9,9 @@ pipeline depth 1, that is two system calls and a pass through C{doWrite}
 per reply.  L{write_through} sends straight away when the transport has
 nothing queued, and queues only what the socket does not take.
 
+Only a socket of Twisted's own is written to directly: any other transport,
+TLS's above all, gets C{transport.write}.
+
 Writes to a shared backend connection keep Twisted's queueing on purpose:
 the requests of many clients read in one reactor iteration then go out in
 one C{send}.
@@ -18,18 +21,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.abstract import FileDescriptor
+
 
 def write_through(transport: Any, data: bytes) -> None:
     """
     Send C{data} on C{transport} now if nothing is queued before it;
-    otherwise, or for a transport without Twisted's TCP internals (TLS,
+    otherwise, or for any transport but a socket of Twisted's own (TLS,
     test transports), C{transport.write(data)}.
     """
-    try:
-        idle = (not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
-                and transport.connected and not transport._writeDisconnected)
-    except AttributeError:
-        idle = False
+    # Only a FileDescriptor is a socket this may write to directly.  A TLS
+    # transport (an ssl: listener's, TLSMemoryBIOProtocol) is not, yet looks
+    # up what it lacks on the socket beneath it: every other check would
+    # pass there, and the bytes would go out in plain text under the TLS
+    # layer.  A socket that startTLS turned to TLS says so with C{TLS}.
+    idle = False
+    if isinstance(transport, FileDescriptor):
+        socket: Any = transport
+        try:
+            idle = bool(not socket.TLS and not socket._tempDataLen
+                        and socket.offset == len(socket.dataBuffer)
+                        and socket.connected and not socket._writeDisconnected)
+        except AttributeError:
+            pass
     if idle and data:
         sent = transport.writeSomeData(data)
         if sent.__class__ is int:

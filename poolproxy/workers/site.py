@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from html import escape
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
@@ -34,7 +34,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from poolproxy import __version__
-from poolproxy.config import read_secret
 from poolproxy.ops.admin import bearer_ok
 from poolproxy.ops.web import HealthzResource, QuietSite
 from poolproxy.workers.metrics_merge import SummedMetrics
@@ -239,15 +238,21 @@ class SupervisorAdmin(_WorkersResource):
     answers with the highest status any worker gave and each one's reply.
     """
 
-    def __init__(self, supervisor: "Supervisor", client: WorkerClient, token: str) -> None:
+    def __init__(self, supervisor: "Supervisor", client: WorkerClient,
+                 token: Callable[[], Optional[str]]) -> None:
+        """
+        @param token: gives the bearer token in use when a request comes
+            (SIGHUP re-reads C{admin_token_file}).
+        """
         super().__init__(supervisor, client)
-        self._token = token.encode("utf-8")
+        self._token = token
 
     def render(self, request: Request) -> Any:
         if request.method != b"POST":
             request.setHeader(b"Allow", b"POST")
             return self._refuse(request, 405, "use POST")
-        if not bearer_ok(request, self._token):
+        token = self._token()
+        if not token or not bearer_ok(request, token.encode("utf-8")):
             request.setHeader(b"WWW-Authenticate", b"Bearer")
             return self._refuse(request, 401, "missing or wrong bearer token")
         headers = Headers({b"Authorization": [request.getHeader(b"authorization") or b""]})
@@ -288,11 +293,9 @@ def build_supervisor_site(supervisor: "Supervisor", client: WorkerClient) -> Sit
     root.putChild(b"readyz", SupervisorReadyzResource(supervisor, client))
     root.putChild(b"status", SupervisorStatusPage(supervisor, client))
     root.putChild(b"status.json", SupervisorStatusJson(supervisor, client))
-    config = supervisor.config
-    if config.admin_token_file:
-        token = read_secret(config.admin_token_file,
-                            config.sources.get("admin_token_file", "--admin-token-file"))
-        root.putChild(b"admin", SupervisorAdmin(supervisor, client, token))
+    secrets = supervisor.secrets
+    if secrets.admin_token:
+        root.putChild(b"admin", SupervisorAdmin(supervisor, client, lambda: secrets.admin_token))
     site = QuietSite(root)
     site.displayTracebacks = False
     return site

@@ -33,7 +33,9 @@ from twisted.logger import LogLevel, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from poolproxy.config import ProxyConfig
+from poolproxy.config import ConfigError
 from poolproxy.config.endpoints import TcpListenAddress, server_endpoint, tcp_listen_address
+from poolproxy.config.secrets import Secrets
 from poolproxy.demo import demo_site
 from poolproxy.listening import endpoint_service, fail_startup, listen_reason
 from poolproxy.util.reactors import default_reactor
@@ -177,6 +179,8 @@ class Supervisor(MultiService):
                  executable: str = sys.executable) -> None:
         super().__init__()
         self.config = config
+        # The admin token its web endpoint checks; SIGHUP reads it again.
+        self.secrets = Secrets.read(config)
         self.argv = list(argv)
         self.reactor: Any = default_reactor(reactor)
         self.executable = executable
@@ -290,7 +294,22 @@ class Supervisor(MultiService):
         self._pending[slot] = self.reactor.callLater(delay, self.spawn, slot)
 
     def _sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.signal_workers, "HUP")
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """
+        SIGHUP: read the secret files again (its admin token), and pass the
+        signal on to the workers, which reload their configuration.
+        """
+        for secret in self.secrets.files.values():
+            try:
+                changed = secret.reload()
+            except ConfigError as e:
+                log.error("reload: {why}; keeping the one in use", why=str(e))
+                continue
+            if changed:
+                log.info("reload: {where}: {changed}", where=secret.where, changed=changed)
+        self.signal_workers("HUP")
 
     def signal_workers(self, name: str) -> int:
         """Send signal C{name} to every running worker; how many there were."""
