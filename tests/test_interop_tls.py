@@ -96,12 +96,14 @@ class TlsListenerTests(SynchronousTestCase):
         backend = redis_server(self)
         pp = ProxyProcess(self, "redis", [backend], "--max-connections-per-source", "1",
                           listen=ssl_listener(self.cert, self.key))
+        # The port probe that waited for the listener is one connection from
+        # this source: gone before the first client, or that one is refused.
+        wait_until(lambda: pp.metric("poolproxy_client_connections_open") == 0,
+                   pp.process.proc, "the port probe gone", log=pp.process.log)
         first = redis.Redis(host="localhost", port=pp.port, ssl=True, ssl_ca_certs=self.ca.ca_file,
                             single_connection_client=True, socket_timeout=30)
         self.addCleanup(first.close)
         self.assertTrue(first.ping())
-        # The port probe that waited for the listener may have been refused
-        # too, if still open as redis-py connected (which then retried).
         before = pp.metric("poolproxy_client_connections_refused_total", reason="per_source")
         context = ssl.create_default_context(cafile=self.ca.ca_file)
         with socket.create_connection(("127.0.0.1", pp.port), timeout=10) as raw:
