@@ -523,7 +523,7 @@ class OrphanTests(HttpTestCase):
 
     @inlineCallbacks
     def test_long_response_closes_the_connection(self) -> None:
-        from poolproxy.proxy.request import ORPHAN_DRAIN_LIMIT
+        from poolproxy.proxy.exchange import ORPHAN_DRAIN_LIMIT
         request = yield self.leave_while_hanging()
         pool = self.service.pools[0]
         request.setHeader(b"content-length", b"%d" % (ORPHAN_DRAIN_LIMIT * 4))

@@ -1,0 +1,550 @@
+"""
+One HTTP request and its response (L{Exchange}), and the backend
+connection it leases (L{HttpBackend}).
+
+An exchange is admitted, leases a pooled connection, writes the request's
+re-serialised head and streams its body, relays the response, and ends its
+lease exactly once: released when the connection is reusable, discarded
+otherwise.  Each transport is the other's producer for the length of the
+exchange.  Upgrade and CONNECT turn the exchange into a raw tunnel on a
+connection that is never reused.  The client side (parsing, ordering,
+the head timer) is L{poolproxy.proxy.request}'s.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from poolproxy.backends.pool import BackendProtocol, BackendUnavailable, PooledConnection
+from poolproxy.codecs.http import HttpCodec
+from poolproxy.codecs.http_parse import (
+    CHUNKED,
+    END,
+    NONE,
+    UNTIL_CLOSE,
+    RequestHead,
+    ResponseHead,
+    serialize_request_head,
+    serialize_response_head,
+)
+from poolproxy.proxy.admission import Overloaded
+from poolproxy.util.writethrough import write_through
+
+if TYPE_CHECKING:
+    from poolproxy.proxy.request import HttpFrontend
+
+#: Body bytes read from a client before its backend connection is ready,
+#: past which reading pauses.
+EARLY_LIMIT = 64 * 1024
+#: Most response bytes read and dropped after the client left, so that the
+#: backend connection can be pooled again; a longer response closes it.
+ORPHAN_DRAIN_LIMIT = 256 * 1024
+# Module level: a Logger used as a class attribute takes the class's namespace.
+_access = Logger(namespace="poolproxy.access")
+
+#: Methods that are safe to send twice (RFC 9110 9.2.1): only these are retried.
+RETRY_SAFE_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
+
+
+@implementer(IPushProducer)
+class _PauseOnly:
+    """
+    Registers a transport as another's producer for pausing and resuming
+    only.  Registering the transport itself would let Twisted stop it
+    (close it) when the other side's connection is lost: a dead backend
+    connection would close a keep-alive client that is about to get a 502 or a
+    retry.
+    """
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class HttpBackend(BackendProtocol):
+    """
+    One backend connection in request mode.
+
+    @ivar exchange: the L{Exchange} using it, while leased.
+    """
+
+    log = Logger()
+
+    def __init__(self, codec: HttpCodec) -> None:
+        self.parser = codec.response_framer()
+        self.exchange: Optional[Exchange] = None
+        self.tunnel_to: Optional[HttpFrontend] = None
+
+    def connectionMade(self) -> None:
+        # Registered as the client's producer by every exchange it serves.
+        self.pause_only = _PauseOnly(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        tunnel = self.tunnel_to
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            return
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes on an idle connection: it is out of step; drop it.
+            self.transport.abortConnection()
+            return
+        events = self.parser.feed(data)
+        if events:
+            exchange.from_backend(events)
+        if self.parser.error is not None and self.exchange is exchange:
+            exchange.backend_failed(f"bad response from backend: {self.parser.error}")
+
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
+        BackendProtocol.connectionLost(self, reason)
+        tunnel = self.tunnel_to
+        if tunnel is not None:
+            tunnel.transport.loseConnection()  # its connectionLost ends the lease
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            events = self.parser.eof()
+            if events:
+                exchange.from_backend(events)
+            if self.exchange is exchange:
+                exchange.backend_failed("backend closed the connection")
+
+
+class Exchange:
+    """
+    One request and its response: admission, a lease, the request forwarded,
+    the response relayed, the lease ended exactly once.
+    """
+
+    # One per request: slots make it cheaper to build and to read.
+    __slots__ = ("frontend", "head", "early", "early_size", "request_done", "response",
+                 "response_started", "conn", "backend", "admitted", "finished", "tunnel",
+                 "draining", "close_client", "_waiting", "_timer", "cluster_backend",
+                 "reported", "retried", "sampled", "started", "orphaned")
+
+    def __init__(self, frontend: "HttpFrontend", head: RequestHead) -> None:
+        self.frontend = frontend
+        self.head = head
+        self.early: List[bytes] = []
+        self.early_size = 0
+        self.request_done = False
+        self.response: Optional[ResponseHead] = None
+        self.response_started = False
+        self.conn: "Optional[PooledConnection[HttpBackend]]" = None
+        self.backend: Optional[HttpBackend] = None
+        self.admitted = False
+        self.finished = False
+        self.tunnel = False
+        self.draining = False
+        self.close_client = not head.keep_alive
+        self._waiting: Any = None  # a Deferred or a pool waiter: has cancel()
+        self._timer: Any = None
+        self.cluster_backend: Any = None
+        self.reported = False  # an outcome was told to the backend's breaker
+        self.retried = False
+        self.sampled = False  # gets an access log line
+        self.started = 0.0
+        # The client left while the response was on its way: it is read and
+        # dropped (up to ORPHAN_DRAIN_LIMIT bytes) so the connection can be reused.
+        self.orphaned = 0
+
+    # -- admission and lease ---------------------------------------------------
+
+    def start(self) -> None:
+        factory = self.frontend.factory
+        factory.retry_budget.deposit()
+        if factory.access_log_sample and factory.random() < factory.access_log_sample:
+            self.sampled = True
+            self.started = factory.clock.seconds()
+        admission = self.frontend.factory.admission
+        if admission.try_acquire():
+            self._admitted(None)
+            return
+        self._waiting = d = admission.acquire()
+        d.addCallbacks(self._admitted, self._not_admitted)
+
+    def _admitted(self, _: object) -> None:
+        self._waiting = None
+        self.admitted = True
+        if self.finished:
+            self._release_admission()
+            return
+        factory = self.frontend.factory
+        key = factory.route_key(self.head) if factory.route_key is not None else None
+        backend = factory.cluster.pick(key)
+        if backend is None:
+            self.frontend.stats.requests.add("backend_unavailable")
+            self._error("unavailable", "no backend is available")
+            return
+        backend.begin()
+        self.cluster_backend = backend
+        # No Deferred per request: the lease arrives by a plain callback.
+        self._waiting = backend.pool.wait(self._leased, self._no_backend)
+
+    def _not_admitted(self, failure: Failure) -> None:
+        self._waiting = None
+        if failure.check(CancelledError):
+            return
+        failure.trap(Overloaded)
+        self.frontend.stats.requests.add("rejected")
+        self._error("overloaded", "overloaded, try again later")
+
+    def _no_backend(self, failure: Failure) -> None:
+        self._waiting = None
+        if failure.check(CancelledError):
+            return
+        outcome = "backend_unavailable" if failure.check(BackendUnavailable) else "pool_exhausted"
+        self.frontend.stats.requests.add(outcome)
+        self._error("unavailable", failure.getErrorMessage())
+
+    def _leased(self, conn: "PooledConnection[HttpBackend]") -> None:
+        self._waiting = None
+        if self.finished:
+            conn.release()  # never used
+            return
+        frontend = self.frontend
+        backend: HttpBackend = conn.protocol
+        self.conn, self.backend = conn, backend
+        backend.exchange = self
+        # An HTTP/1.0 client cannot read chunked encoding: decode it for them.
+        backend.parser.decode_chunked = self.head.version == b"HTTP/1.0"
+        backend.parser.expect(self.head.method)
+        transport = backend.transport
+        # The connection is this exchange's alone: send at once, in one piece.
+        early, self.early = self.early, []
+        head = serialize_request_head(self.head, *frontend.forwarded(self.head))
+        write_through(transport, b"".join([head, *early]) if early else head)
+        if self.early_size >= EARLY_LIMIT:
+            frontend.transport.resumeProducing()
+        self.early_size = 0
+        # Each side pauses the other while its own send buffer is full.
+        transport.registerProducer(frontend.pause_only, True)
+        frontend.transport.registerProducer(backend.pause_only, True)
+        if self.request_done:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        """The response must start within request_timeout of the request's end."""
+        factory = self.frontend.factory
+        if factory.request_timeout and self._timer is None:
+            self._timer = factory.response_deadlines.start(self)
+
+    # -- request side ------------------------------------------------------------
+
+    def request_event(self, event: Any) -> None:
+        if self.draining:
+            # The response came before the whole request body: read the rest
+            # and drop it, so the client can read its response and go on.
+            if event is END:
+                self.request_done = True
+                self.draining = False
+                self.frontend.exchange_done(self)
+            return
+        if event is END:
+            self.request_done = True
+            if self.backend is not None and self.response is None:
+                self._start_timer()
+            return
+        backend = self.backend
+        if backend is not None:
+            write_through(backend.transport, event)
+            return
+        self.early.append(event)
+        self.early_size += len(event)
+        if self.early_size >= EARLY_LIMIT:
+            self.frontend.transport.pauseProducing()
+
+    # -- response side -----------------------------------------------------------
+
+    def from_backend(self, events: List[Any]) -> None:
+        if self.orphaned:
+            self._drop(events)
+            return
+        # What this batch of events writes to the client goes out in one send.
+        out: List[bytes] = []
+        try:
+            self._relay(events, out.append, out)
+        finally:
+            if out:
+                write_through(self.frontend.transport, b"".join(out))
+
+    def _relay(self, events: List[Any], write: Any, out: List[bytes]) -> None:
+        for event in events:
+            if self.finished:
+                return
+            if self.tunnel:
+                write(event)
+                continue
+            if event.__class__ is ResponseHead:
+                self._cancel_timer()
+                if event.informational:
+                    # 100 Continue and friends: only an HTTP/1.1 client gets them.
+                    if self.head.version == b"HTTP/1.1":
+                        write(serialize_response_head(event))
+                    continue
+                self.response = event
+                self.response_started = True
+                self._report(event.status)
+                extra = []
+                if event.body == UNTIL_CLOSE or not event.keep_alive:
+                    # The client cannot tell where such a body ends but by the close.
+                    self.close_client = self.close_client or event.body == UNTIL_CLOSE
+                drop: Tuple[bytes, ...] = ()
+                if event.body == CHUNKED and self.head.version == b"HTTP/1.0":
+                    # Relayed decoded, so only the close can end it for the client.
+                    self.close_client = True
+                    drop = (b"transfer-encoding",)
+                if self.close_client and not event.upgrade:
+                    extra.append((b"Connection", b"close"))
+                write(serialize_response_head(event, extra, drop))
+                if event.upgrade or (self.head.method == b"CONNECT" and 200 <= event.status < 300):
+                    self._become_tunnel()  # what follows in events is raw tunnel bytes
+            elif event is END:
+                if self.response is None:
+                    continue  # the end of an informational response
+                if out:  # the response's last bytes before whatever completing does
+                    write_through(self.frontend.transport, b"".join(out))
+                    out.clear()
+                self._complete()
+                return
+            else:
+                write(event)
+
+    def _report(self, status: int) -> None:
+        """Tell the backend's breaker how the request went."""
+        backend = self.cluster_backend
+        if backend is not None:
+            self.reported = True
+            if status in self.frontend.factory.failure_statuses:
+                backend.failed(f"HTTP {status}")
+            else:
+                backend.succeeded()
+
+    def _become_tunnel(self) -> None:
+        # From now on both sides are raw byte pipes (their transports stay
+        # each other's producers); the lease is held until either side closes.
+        self.tunnel = True
+        frontend, backend = self.frontend, self.backend
+        backend.exchange = None  # type: ignore[union-attr]
+        backend.tunnel_to = frontend  # type: ignore[union-attr]
+        frontend.tunnel_to = backend
+        leftover = frontend.parser_leftover()
+        if leftover:
+            backend.transport.write(leftover)  # type: ignore[union-attr]
+        self._release_admission()
+        self.frontend.stats.requests_ok += 1
+
+    def end_tunnel(self) -> None:
+        """Either side of the tunnel closed: the connection is not reusable."""
+        conn, self.conn = self.conn, None
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.tunnel_to = None
+        if conn is not None:
+            conn.discard("tunnel_end")
+
+    def _access_log(self, status: int) -> None:
+        frontend = self.frontend
+        factory = frontend.factory
+        backend = self.cluster_backend
+        _access.info(
+            "{client} {method} {target} -> {status} via {backend} in {ms:.1f} ms",
+            client=frontend.peer_host.decode("ascii", "replace"),
+            method=self.head.method.decode("ascii", "replace"),
+            target=self.head.target.decode("ascii", "replace"), status=status,
+            backend=backend.name if backend is not None else "-",
+            ms=(factory.clock.seconds() - self.started) * 1000.0)
+
+    def _complete(self) -> None:
+        if self.sampled:
+            self._access_log(self.response.status if self.response is not None else 0)
+        response = self.response
+        backend = self.backend
+        reusable = (self.request_done and response is not None and response.keep_alive
+                    and backend is not None and backend.parser.error is None
+                    and backend.parser.pending() == 0 and backend.parser.expected == 0)
+        if not self.orphaned:  # an orphan was counted as client_gone
+            self.frontend.stats.requests_ok += 1
+        self.draining = not self.request_done and not self.close_client
+        self._finish(release=reusable)
+
+    # -- failure -------------------------------------------------------------------
+
+    def timed_out(self) -> None:
+        """No response started within request_timeout (from the factory's deadlines)."""
+        self._timer = None
+        if self.orphaned:
+            # Its client is gone: stop draining; the client was counted, and a
+            # slow body is not a failed request.
+            self._finish(release=False, abort=True)
+            return
+        self.frontend.stats.requests.add("timeout")
+        if self.cluster_backend is not None:
+            self.reported = True
+            self.cluster_backend.failed("request timed out")
+        self._error("timeout", f"no response within {self.frontend.factory.request_timeout:g}s")
+
+    def _may_retry(self) -> bool:
+        """
+        The keep-alive race: a reused connection the backend had closed. A
+        safe request without a body whose response has not begun may go again,
+        once, on a fresh connection, if the retry budget allows; a request that
+        may have had an effect never does.
+        """
+        conn = self.conn
+        return (not self.retried and conn is not None and conn.uses > 1
+                and self.request_done and self.head.body == NONE
+                and self.head.method in RETRY_SAFE_METHODS
+                and self.frontend.factory.retry_budget.withdraw())
+
+    def _detach(self) -> "Optional[PooledConnection[HttpBackend]]":
+        """
+        Stop using the backend connection: unhook it from this exchange and
+        from backpressure.  The caller ends the lease.
+        """
+        conn, self.conn = self.conn, None
+        backend, self.backend = self.backend, None
+        if conn is None or backend is None:
+            return None
+        backend.exchange = None
+        backend.transport.unregisterProducer()
+        if not self.tunnel:
+            self.frontend.transport.unregisterProducer()
+        return conn
+
+    def _retry(self) -> None:
+        self.retried = True
+        self._cancel_timer()
+        conn = self._detach()
+        if conn is not None:
+            conn.discard("stale", abort=True)
+        cluster_backend = self.cluster_backend
+        cluster_backend.retries += 1
+        self._waiting = d = cluster_backend.pool.acquire_fresh()
+        d.addCallbacks(self._leased, self._no_backend)
+
+    def backend_failed(self, why: str) -> None:
+        """The backend connection broke (closed, or sent garbage)."""
+        if self.orphaned:
+            self._finish(release=False)  # no one to retry for, or to answer
+            return
+        if not self.response_started and self.cluster_backend is not None and self._may_retry():
+            self._retry()
+            return
+        if self.response_started:
+            # Part of the response is already with the client: it cannot be
+            # completed or replaced, only cut.
+            self.close_client = True
+            self._finish(release=False)
+            return
+        self.frontend.stats.requests.add("backend_unavailable")
+        if self.cluster_backend is not None:
+            self.reported = True
+            self.cluster_backend.failed(why)
+        self._error("unavailable", why)
+
+    def _error(self, kind: str, message: str) -> None:
+        """Answer with the proxy's own error response, then end the exchange."""
+        if self.finished:
+            return
+        if not self.request_done:
+            self.close_client = True
+        codec: HttpCodec = self.frontend.factory.codec
+        if self.sampled:
+            self._access_log({"overloaded": 503, "timeout": 504}.get(kind, 502))
+        self.frontend.transport.write(codec.error_reply(kind, message, self.close_client))
+        self._finish(release=False)
+
+    def client_gone(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
+        backend = self.backend
+        if (backend is not None and self.request_done and not self.tunnel
+                and not self.finished and backend.parser.error is None):
+            # The request is with the backend: closing the connection now
+            # would cost a new one for the next request (clients that give up
+            # on slow responses would churn the pool).  Read the response
+            # and drop it instead; the request timeout still applies.
+            self.orphaned = 1
+            self.close_client = True
+            self._start_timer()  # bounds the drain, whatever has arrived yet
+            return
+        self._finish(release=False, abort=True)
+
+    def _drop(self, events: List[Any]) -> None:
+        """A response whose client left: read to its end, then pool the connection."""
+        for event in events:
+            if self.finished:
+                return
+            if event is END:
+                if self.response is None:
+                    continue  # the end of an informational response
+                self._complete()
+                return
+            if event.__class__ is ResponseHead:
+                if not event.informational:
+                    self.response = event
+                    self.response_started = True
+                    self._report(event.status)
+                    if event.upgrade or event.body == UNTIL_CLOSE:
+                        break  # the connection is not coming back: close it
+                continue
+            self.orphaned += len(event)
+            if self.orphaned > ORPHAN_DRAIN_LIMIT:
+                break
+        else:
+            return
+        self._finish(release=False, abort=True)
+
+    # -- ending ------------------------------------------------------------------------
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            self.frontend.factory.response_deadlines.cancel(timer)
+
+    def _release_admission(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.frontend.factory.admission.release()
+        backend, self.cluster_backend = self.cluster_backend, None
+        if backend is not None:
+            backend.end(self.reported)
+
+    def _finish(self, release: bool, abort: bool = False) -> None:
+        """End the lease (exactly once) and the exchange."""
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        frontend = self.frontend
+        conn = self._detach()
+        if conn is not None:
+            if release:
+                # Backpressure may have paused it; the next exchange must read.
+                conn.protocol.transport.resumeProducing()
+                conn.release()
+            else:
+                conn.discard("not_reusable", abort=abort)
+        if not frontend.paused_by_us() and not frontend.gone():
+            frontend.transport.resumeProducing()
+        self._release_admission()
+        if not self.draining:
+            frontend.exchange_done(self)
