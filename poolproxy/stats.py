@@ -79,6 +79,11 @@ class Tally:
 # stream, answered with the codec's error before closing).
 OUTCOMES = ("ok", "rejected", "backend_unavailable", "pool_exhausted", "client_gone")
 
+# The phases of an http exchange whose deadline can pass: a request head or
+# body too slow to come (408), a client not reading what it is sent (closed),
+# a tunnel with no traffic, a backend silent before or inside its response.
+HTTP_PHASES = ("head", "body", "send", "tunnel", "response")
+
 
 class ListenerStats:
     """
@@ -92,11 +97,13 @@ class ListenerStats:
     @ivar output_closed: clients closed for holding too many unread replies,
         by the limit they broke (C{client}: client_output_limit, C{proxy}:
         their share of proxy_output_limit).
+    @ivar timeouts: http deadlines that passed, by phase (L{HTTP_PHASES}).
     """
 
     __slots__ = ("connections_total", "connections_open", "sessions", "requests",
                  "requests_ok", "bytes_upstream", "bytes_downstream", "commands_refused",
-                 "auth_failures", "output_closed")
+                 "auth_failures", "output_closed",
+                 "timeouts")
 
     def __init__(self) -> None:
         self.connections_total = 0
@@ -111,3 +118,4 @@ class ListenerStats:
         self.commands_refused = Tally()
         self.auth_failures = 0
         self.output_closed = Tally("client", "proxy")
+        self.timeouts = Tally(*HTTP_PHASES)

@@ -675,7 +675,21 @@ class RequestParser(_Parser):
     """
     Cuts a client connection's byte stream into requests (pipelining
     allowed): C{feed(data)} returns L{RequestHead}, body pieces, L{END}, ...
+
+    Empty lines before a request line are ignored (RFC 9112 2.2), up to
+    C{max_empty_lines} of them; more are an error (400).  C{blank} counts
+    the bytes of those ignored since the last head, so that the proxy can
+    time a head from its first byte, empty lines included: a client that
+    sends a CRLF every few seconds has begun a head, not stayed idle.
     """
+
+    def __init__(self, max_line: int = 8190, max_headers_size: int = 65536,
+                 max_headers: int = 100, max_empty_lines: int = 8) -> None:
+        super().__init__(max_line, max_headers_size, max_headers)
+        #: Bytes of empty lines ignored since the last head.
+        self.blank = 0
+        # Bytes: an empty line is CRLF (a bare LF, tolerated here, is shorter).
+        self._max_blank = 2 * max_empty_lines
 
     def feed(self, data: bytes) -> List[Any]:
         """
@@ -704,8 +718,13 @@ class RequestParser(_Parser):
                 continue
             c = buf[pos]
             if c == 13 or c == 10:
-                # RFC 9112 2.2: ignore empty lines before a request line.
+                # RFC 9112 2.2: ignore empty lines before a request line, a few.
+                start = pos
                 pos = n - len(buf[pos:].lstrip(b"\r\n"))
+                self.blank += pos - start
+                if self.blank > self._max_blank:
+                    self._fail(400, "too many empty lines before the request line")
+                    return events
                 if pos == n:
                     break
             end = buf.find(b"\r\n\r\n", pos + self._scan)
@@ -715,6 +734,7 @@ class RequestParser(_Parser):
                     return events
                 break
             self._scan = 0
+            self.blank = 0
             head = self._parse_head(buf, pos, end)
             if head is None:
                 return events

@@ -176,13 +176,22 @@ SETTINGS: Tuple[Setting, ...] = (
             minimum=0, exclusive=True),
     Setting("header_timeout", "float", 10.0, "http: seconds a client may take to send a "
             "request head once it has begun (then 408); 0 for no limit.", minimum=0),
+    Setting("body_timeout", "float", 30.0, "http: seconds a client may pause while sending a "
+            "request body (then 408, or the close if the response has begun); 0 for no limit.",
+            minimum=0),
+    Setting("body_total_timeout", "float", 300.0, "http: seconds a client may take to send a "
+            "whole request body, however steadily; 0 for no limit.", minimum=0),
     Setting("client_idle_timeout", "float", 0.0, "Seconds a redis, memcached or http client "
             "connection may stay idle (nothing sent, nothing in flight) before it is "
             "closed; 0 keeps idle clients.", minimum=0),
+    Setting("send_timeout", "float", 60.0, "Seconds a client may leave what the proxy wrote to it unread (its socket full) before it is closed; 0 = no limit.", minimum=0),
     Setting("retry_budget_percent", "float", 20.0, "Retries (of safe requests on a stale "
             "connection) may add at most this share of a cluster's requests.", minimum=0),
     Setting("access_log_sample", "float", 0.0, "http: the share of requests (0 to 1) "
             "logged in an access log line; 0 logs none.", minimum=0, maximum=1),
+    Setting("tunnel_idle_timeout", "float", 300.0, "http: seconds an Upgrade or CONNECT "
+            "tunnel may carry no byte either way before both sides are closed; 0 for no limit.",
+            minimum=0),
     Setting("shutdown_timeout", "float", 10.0, "Seconds a stopping proxy (SIGTERM) lets "
             "clients finish what is in flight before closing them.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "

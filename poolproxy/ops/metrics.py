@@ -101,9 +101,15 @@ class ProxyCollector:
             "Clients closed for holding too many unread replies, by the limit broken "
             "(client: client_output_limit; proxy: proxy_output_limit).",
             labels=["listener", "limit"])
+        timeouts = CounterMetricFamily("poolproxy_timeouts",
+                                       "http deadlines that passed, by phase: head, body, "
+                                       "send, tunnel, response.",
+                                       labels=["listener", "phase"])
         for listener in self.service.listeners:
             stats = listener.stats
             opened.add_metric([listener.name], stats.connections_total)
+            for phase, n in stats.timeouts.items():
+                timeouts.add_metric([listener.name, phase], n)
             open_now.add_metric([listener.name], stats.connections_open)
             for outcome, n in stats.sessions.items():
                 sessions.add_metric([listener.name, outcome], n)
@@ -128,6 +134,7 @@ class ProxyCollector:
                                  value=output.peak)
         yield from (opened, open_now, sessions, requests, traffic, refused, auth_failures,
                     output_closed, held, peak)
+        yield timeouts
 
     def _admission(self) -> Iterator[Metric]:
         admission = self.service.admission

@@ -5,10 +5,17 @@ connection it leases (L{HttpBackend}).
 An exchange is admitted, leases a pooled connection, writes the request's
 re-serialised head and streams its body, relays the response, and ends its
 lease exactly once: released when the connection is reusable, discarded
-otherwise.  Each transport is the other's producer for the length of the
-exchange.  Upgrade and CONNECT turn the exchange into a raw tunnel on a
-connection that is never reused.  The client side (parsing, ordering,
-the head timer) is L{poolproxy.proxy.request}'s.
+otherwise.  The client is paused while the backend's send buffer is full,
+and the backend while the client's is (L{HttpFrontend} tells the exchange).
+Upgrade and CONNECT turn the exchange into a raw tunnel on a connection
+that is never reused.
+
+Its deadlines: the request body (C{body_timeout} between reads,
+C{body_total_timeout} in all: then 408), the response (C{request_timeout}
+for its first byte and between its reads: then 504, or the close once it
+has begun) and the tunnel (C{tunnel_idle_timeout} without a byte either
+way).  Each ends the lease at once.  The client side (parsing, ordering,
+the head and send timers) is L{poolproxy.proxy.request}'s.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from poolproxy.codecs.http_parse import (
     serialize_response_head,
 )
 from poolproxy.proxy.admission import Overloaded
+from poolproxy.util.inactivity import Inactivity
 from poolproxy.util.writethrough import write_through
 
 if TYPE_CHECKING:
@@ -62,15 +70,18 @@ class _PauseOnly:
     retry.
     """
 
-    __slots__ = ("transport",)
+    __slots__ = ("transport", "paused")
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
+        self.paused = False
 
     def pauseProducing(self) -> None:
+        self.paused = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self.paused = False
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -91,14 +102,10 @@ class HttpBackend(BackendProtocol):
         self.exchange: Optional[Exchange] = None
         self.tunnel_to: Optional[HttpFrontend] = None
 
-    def connectionMade(self) -> None:
-        # Registered as the client's producer by every exchange it serves.
-        self.pause_only = _PauseOnly(self.transport)
-
     def dataReceived(self, data: bytes) -> None:
         tunnel = self.tunnel_to
         if tunnel is not None:
-            tunnel.transport.write(data)
+            tunnel.tunnel_write(data)
             return
         exchange = self.exchange
         if exchange is None:
@@ -115,7 +122,7 @@ class HttpBackend(BackendProtocol):
         BackendProtocol.connectionLost(self, reason)
         tunnel = self.tunnel_to
         if tunnel is not None:
-            tunnel.transport.loseConnection()  # its connectionLost ends the lease
+            tunnel.close()  # its connectionLost ends the lease
             return
         exchange = self.exchange
         if exchange is not None:
@@ -136,7 +143,8 @@ class Exchange:
     __slots__ = ("frontend", "head", "early", "early_size", "request_done", "response",
                  "response_started", "conn", "backend", "admitted", "finished", "tunnel",
                  "draining", "close_client", "_waiting", "_timer", "cluster_backend",
-                 "reported", "retried", "sampled", "started", "orphaned")
+                 "reported", "retried", "sampled", "started", "orphaned", "early_paused",
+                 "backend_paused", "_body_timer", "_tunnel_timer")
 
     def __init__(self, frontend: "HttpFrontend", head: RequestHead) -> None:
         self.frontend = frontend
@@ -163,6 +171,25 @@ class Exchange:
         # The client left while the response was on its way: it is read and
         # dropped (up to ORPHAN_DRAIN_LIMIT bytes) so the connection can be reused.
         self.orphaned = 0
+        # Reading the client paused: EARLY_LIMIT body bytes wait for a connection.
+        self.early_paused = False
+        # Reading the backend paused: the client is not reading its response.
+        self.backend_paused = False
+        self._body_timer: Optional[Inactivity] = None
+        self._tunnel_timer: Optional[Inactivity] = None
+
+    def begin(self) -> None:
+        """
+        The head, and whatever of the body came with it, are here: time the
+        rest of the body, and go for a backend connection.
+        """
+        if not self.request_done and not self.head.upgrade:
+            limits = self.frontend.factory.limits
+            if limits.body_timeout or limits.body_total_timeout:
+                self._body_timer = Inactivity(
+                    self.frontend.factory.clock, limits.body_timeout,
+                    limits.body_total_timeout, self.frontend.reading_since, self._body_too_slow)
+        self.start()
 
     # -- admission and lease ---------------------------------------------------
 
@@ -230,20 +257,44 @@ class Exchange:
         early, self.early = self.early, []
         head = serialize_request_head(self.head, *frontend.forwarded(self.head))
         write_through(transport, b"".join([head, *early]) if early else head)
-        if self.early_size >= EARLY_LIMIT:
+        if self.early_paused:
+            self.early_paused = False
             frontend.transport.resumeProducing()
         self.early_size = 0
-        # Each side pauses the other while its own send buffer is full.
+        # The client is paused while the backend's send buffer is full (the
+        # frontend pauses the backend while the client's is: pause_backend).
         transport.registerProducer(frontend.pause_only, True)
-        frontend.transport.registerProducer(backend.pause_only, True)
+        if frontend.write_blocked:
+            self.pause_backend()
         if self.request_done:
             self._start_timer()
 
     def _start_timer(self) -> None:
-        """The response must start within request_timeout of the request's end."""
+        """
+        The response must start within request_timeout of the request's end,
+        and the backend may then be silent for as long between its reads.
+        """
         factory = self.frontend.factory
-        if factory.request_timeout and self._timer is None:
+        if factory.request_timeout and self._timer is None and not self.backend_paused:
             self._timer = factory.response_deadlines.start(self)
+
+    def pause_backend(self) -> None:
+        """The client is not reading: stop reading its response."""
+        backend = self.backend
+        if backend is not None and not self.backend_paused:
+            self.backend_paused = True
+            backend.transport.pauseProducing()
+            self._cancel_timer()  # the backend's silence is the client's doing now
+
+    def resume_backend(self) -> None:
+        """The client has read everything written to it."""
+        if self.backend_paused:
+            self.backend_paused = False
+            backend = self.backend
+            if backend is not None:
+                backend.transport.resumeProducing()
+                if self.response_started and not self.finished and not self.tunnel:
+                    self._start_timer()
 
     # -- request side ------------------------------------------------------------
 
@@ -254,10 +305,12 @@ class Exchange:
             if event is END:
                 self.request_done = True
                 self.draining = False
+                self._stop_body_timer()
                 self.frontend.exchange_done(self)
             return
         if event is END:
             self.request_done = True
+            self._stop_body_timer()
             if self.backend is not None and self.response is None:
                 self._start_timer()
             return
@@ -267,8 +320,44 @@ class Exchange:
             return
         self.early.append(event)
         self.early_size += len(event)
-        if self.early_size >= EARLY_LIMIT:
+        if self.early_size >= EARLY_LIMIT and not self.early_paused:
+            self.early_paused = True
             self.frontend.transport.pauseProducing()
+
+    def _stop_body_timer(self) -> None:
+        timer, self._body_timer = self._body_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _body_too_slow(self, why: str) -> None:
+        """
+        The client paused too long inside its request body, or took too long
+        over all of it: 408 if no response has begun, and the client closed;
+        the backend connection, which has part of a request, is closed too.
+        """
+        self._body_timer = None
+        frontend = self.frontend
+        frontend.stats.timeouts.add("body")
+        frontend.stats.requests.add("timeout")
+        self.close_client = True
+        if self.finished:
+            frontend.close()  # its response is out; the rest of its body is not coming
+            return
+        self._cancel_waiting()
+        if not self.response_started:
+            limits = frontend.factory.limits
+            message = (f"request body not complete within {limits.body_total_timeout:g}s"
+                       if why == "total" else
+                       f"no byte of the request body for {limits.body_timeout:g}s")
+            if self.sampled:
+                self._access_log(408)
+            frontend.transport.write(frontend.factory.codec.status_reply(408, message, close=True))
+        self._finish(release=False, abort=True)
+
+    def _cancel_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
 
     # -- response side -----------------------------------------------------------
 
@@ -282,7 +371,14 @@ class Exchange:
             self._relay(events, out.append, out)
         finally:
             if out:
-                write_through(self.frontend.transport, b"".join(out))
+                data = b"".join(out)
+                write_through(self.frontend.transport, data)
+                if self.frontend.write_blocked:
+                    self.frontend.wrote_blocked(len(data))
+        if self.response_started and not self.finished and not self.tunnel:
+            # A response under way: the backend's silence is timed from here.
+            self._cancel_timer()
+            self._start_timer()
 
     def _relay(self, events: List[Any], write: Any, out: List[bytes]) -> None:
         for event in events:
@@ -349,9 +445,26 @@ class Exchange:
             backend.transport.write(leftover)  # type: ignore[union-attr]
         self._release_admission()
         self.frontend.stats.requests_ok += 1
+        timeout = frontend.factory.limits.tunnel_idle_timeout
+        if timeout:
+            # Bytes either way are the frontend's activity (tunnel_write, dataReceived).
+            self._tunnel_timer = Inactivity(frontend.factory.clock, timeout, 0.0,
+                                            frontend.active_since, self._tunnel_idle)
+
+    def _tunnel_idle(self, why: str) -> None:
+        """No byte either way for tunnel_idle_timeout: close both sides."""
+        self._tunnel_timer = None
+        self.frontend.stats.timeouts.add("tunnel")
+        backend = self.backend
+        if backend is not None:
+            backend.transport.loseConnection()
+        self.frontend.close()
 
     def end_tunnel(self) -> None:
         """Either side of the tunnel closed: the connection is not reusable."""
+        timer, self._tunnel_timer = self._tunnel_timer, None
+        if timer is not None:
+            timer.cancel()
         conn, self.conn = self.conn, None
         backend, self.backend = self.backend, None
         if backend is not None:
@@ -387,17 +500,27 @@ class Exchange:
     # -- failure -------------------------------------------------------------------
 
     def timed_out(self) -> None:
-        """No response started within request_timeout (from the factory's deadlines)."""
+        """
+        The backend was silent for request_timeout: before its response (504)
+        or inside it (the client is cut off: a response begun cannot be
+        replaced).  From the factory's deadlines.
+        """
         self._timer = None
         if self.orphaned:
             # Its client is gone: stop draining; the client was counted, and a
             # slow body is not a failed request.
             self._finish(release=False, abort=True)
             return
-        self.frontend.stats.requests.add("timeout")
+        stats = self.frontend.stats
+        stats.requests.add("timeout")
+        stats.timeouts.add("response")
         if self.cluster_backend is not None:
             self.reported = True
             self.cluster_backend.failed("request timed out")
+        if self.response_started:
+            self.close_client = True
+            self._finish(release=False, abort=True)
+            return
         self._error("timeout", f"no response within {self.frontend.factory.request_timeout:g}s")
 
     def _may_retry(self) -> bool:
@@ -420,12 +543,11 @@ class Exchange:
         """
         conn, self.conn = self.conn, None
         backend, self.backend = self.backend, None
+        self.backend_paused = False  # a released connection is resumed; a discarded one closed
         if conn is None or backend is None:
             return None
         backend.exchange = None
         backend.transport.unregisterProducer()
-        if not self.tunnel:
-            self.frontend.transport.unregisterProducer()
         return conn
 
     def _retry(self) -> None:
@@ -472,18 +594,25 @@ class Exchange:
         self._finish(release=False)
 
     def client_gone(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.cancel()
+        self._cancel_waiting()
+        self._stop_body_timer()
         backend = self.backend
+        response = self.response
         if (backend is not None and self.request_done and not self.tunnel
-                and not self.finished and backend.parser.error is None):
+                and not self.finished and backend.parser.error is None
+                and (response is None or (response.length or 0) <= ORPHAN_DRAIN_LIMIT)):
             # The request is with the backend: closing the connection now
             # would cost a new one for the next request (clients that give up
             # on slow responses would churn the pool).  Read the response
-            # and drop it instead; the request timeout still applies.
+            # and drop it instead; the request timeout still applies.  (Not a
+            # response known to be longer than that: a client that stopped
+            # reading a download is not worth its connection's time.)
             self.orphaned = 1
             self.close_client = True
+            if self.backend_paused:
+                self.backend_paused = False  # paused for the client: no longer
+                backend.transport.resumeProducing()
+            self._cancel_timer()
             self._start_timer()  # bounds the drain, whatever has arrived yet
             return
         self._finish(release=False, abort=True)
@@ -534,6 +663,8 @@ class Exchange:
             return
         self.finished = True
         self._cancel_timer()
+        if not self.draining:
+            self._stop_body_timer()
         frontend = self.frontend
         conn = self._detach()
         if conn is not None:

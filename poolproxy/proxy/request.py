@@ -7,16 +7,24 @@ Split by role: L{HttpFrontend} (here) owns a client connection: requests
 are parsed as they come and served one at a time, in order (pipelined ones
 wait), each in an L{Exchange} (L{poolproxy.proxy.exchange}, with
 L{HttpBackend}, one backend connection).
+
+The client's own deadlines are kept here: a request head must be whole
+within C{header_timeout} of its first byte (empty lines before it count),
+and a client that leaves what is written to it unread for C{send_timeout}
+is closed.  L{HttpLimits} holds every phase's limit.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, Optional, Tuple
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from poolproxy.backends.retry import RetryBudget
 from poolproxy.codecs.http import HttpCodec
@@ -24,8 +32,10 @@ from poolproxy.codecs.http_parse import END, RequestHead
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.exchange import Exchange, HttpBackend, _PauseOnly
+from poolproxy.proxy.output import unsent_bytes
 from poolproxy.stats import ListenerStats
 from poolproxy.util.deadlines import Deadlines
+from poolproxy.util.inactivity import Inactivity
 
 if TYPE_CHECKING:
     from poolproxy.backends.cluster import Cluster
@@ -33,6 +43,25 @@ if TYPE_CHECKING:
 #: Pipelined events held behind the current exchange before reading pauses.
 QUEUE_LIMIT = 256
 _DROP_FORWARDED = (b"x-forwarded-for",)
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """
+    The deadlines of an http client's phases, in seconds (0: none); the
+    settings of the same names (docs/configuration.md) give the defaults.
+    """
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_total_timeout: float = 300.0
+    send_timeout: float = 60.0
+    tunnel_idle_timeout: float = 300.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> "HttpLimits":
+        """The limits a L{poolproxy.config.ProxyConfig} sets."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 def route_key(spec: Optional[str]) -> Optional[Callable[[RequestHead], Optional[bytes]]]:
@@ -48,10 +77,18 @@ def route_key(spec: Optional[str]) -> Optional[Callable[[RequestHead], Optional[
     return lambda head: head.header(name)
 
 
+@implementer(IPushProducer)
 class HttpFrontend(Protocol):
     """
     One client connection: requests are parsed as they come, served one at a
     time in order, each in its own L{Exchange}.
+
+    It is its own transport's producer, for the connection's whole life:
+    the transport pauses it when the client stops reading what is written
+    to it, which pauses the current exchange's backend and starts the send
+    timer, and resumes it once the client has read everything.
+
+    @ivar write_blocked: the client is not reading (its transport paused us).
     """
 
     #: A connected TCP transport: typed loosely, as ITransport does not
@@ -71,6 +108,15 @@ class HttpFrontend(Protocol):
         self._gone = False
         self._head_timer: Any = None
         self.last_active = 0.0
+        self.write_blocked = False
+        self._producing = False  # registered as our transport's producer
+        self._send_timer: Optional[Inactivity] = None
+        # While the client is not reading: bytes written since it stopped, the
+        # transport's backlog then, and how much of it the client has taken.
+        self._written_blocked = 0
+        self._unsent_blocked = 0
+        self._taken = 0
+        self._taken_at = 0.0
 
     def connectionMade(self) -> None:
         self.stats.connections_total += 1
@@ -81,6 +127,8 @@ class HttpFrontend(Protocol):
         self.peer_host = getattr(peer, "host", "").encode("ascii", "replace")
         # Registered as the leased backend connection's producer by each exchange.
         self.pause_only = _PauseOnly(self.transport)
+        self.transport.registerProducer(self, True)
+        self._producing = True
         # What most of this client's requests add, encoded once.
         self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http" % (self.peer_host,)
 
@@ -99,6 +147,7 @@ class HttpFrontend(Protocol):
     def dataReceived(self, data: bytes) -> None:
         tunnel = self.tunnel_to
         if tunnel is not None:
+            self.last_active = self.factory.clock.seconds()
             tunnel.transport.write(data)
             return
         if self._closing:
@@ -128,10 +177,12 @@ class HttpFrontend(Protocol):
         header_timeout (slow clients, slowloris): else 408 and close.
         """
         timer = self._head_timer
-        pending = self.parser.pending()
+        # Empty lines before a request line begin it too: a client sending a
+        # CRLF now and then must not keep a connection without a request.
+        pending = self.parser.pending() or self.parser.blank
         if timer is None and not pending:
             return  # the common case: no head begun, none timed
-        timeout = self.factory.header_timeout
+        timeout = self.factory.limits.header_timeout
         if not timeout:
             return
         reading_head = (pending > 0 and self.exchange is None and not self.queue
@@ -146,8 +197,10 @@ class HttpFrontend(Protocol):
     def _head_too_slow(self) -> None:
         self._head_timer = None
         self.stats.requests.add("timeout")
+        self.stats.timeouts.add("head")
         self.transport.write(self.factory.codec.status_reply(
-            408, f"no complete request head within {self.factory.header_timeout:g}s", close=True))
+            408, f"no complete request head within {self.factory.limits.header_timeout:g}s",
+            close=True))
         self._close()
 
     @property
@@ -157,6 +210,96 @@ class HttpFrontend(Protocol):
 
     def close_idle(self) -> None:
         self._close()
+
+    def close(self) -> None:
+        """Close the connection once what is written to it is sent."""
+        self._close()
+
+    # -- activity, as the exchange's timers read it -------------------------------
+
+    def reading_since(self) -> float:
+        """
+        When the client last sent something, or now while the proxy itself
+        keeps it from sending (reading paused: a backend's full buffer, or a
+        request body waiting for a connection): a body timer must not blame
+        the client for the proxy's pause.
+        """
+        exchange = self.exchange
+        if self.pause_only.paused or (exchange is not None and exchange.early_paused):
+            self.last_active = self.factory.clock.seconds()
+        return self.last_active
+
+    def active_since(self) -> float:
+        """When a byte last went either way (for a tunnel's idle timer)."""
+        return self.last_active
+
+    def tunnel_write(self, data: bytes) -> None:
+        """Bytes from the tunnel's backend side."""
+        self.last_active = self.factory.clock.seconds()
+        self.transport.write(data)
+        if self.write_blocked:
+            self.wrote_blocked(len(data))
+
+    # -- IPushProducer: the client is not reading what we write ---------------------
+
+    def pauseProducing(self) -> None:
+        # Called on every write while the transport's buffer is over its size.
+        if not self.write_blocked:
+            self.write_blocked = True
+            self._written_blocked = 0
+            self._start_send_timer()
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.pause_backend()
+
+    def resumeProducing(self) -> None:
+        # The transport has sent everything written to it.
+        self.write_blocked = False
+        self._stop_send_timer()
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.resume_backend()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is gone: connectionLost cleans up
+
+    def wrote_blocked(self, n: int) -> None:
+        """C{n} more bytes were written to a client that is not reading."""
+        self._written_blocked += n
+
+    def _start_send_timer(self) -> None:
+        timeout = self.factory.limits.send_timeout
+        if not timeout or self._send_timer is not None:
+            return
+        clock = self.factory.clock
+        self._unsent_blocked = unsent_bytes(self.transport) or 0
+        self._written_blocked = 0
+        self._taken = 0
+        self._taken_at = clock.seconds()
+        self._send_timer = Inactivity(clock, timeout, 0.0, self._sent_since, self._send_too_slow)
+
+    def _stop_send_timer(self) -> None:
+        timer, self._send_timer = self._send_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _sent_since(self) -> float:
+        """When the client last took bytes of what was written to it."""
+        unsent = unsent_bytes(self.transport)
+        if unsent is None:  # a transport that does not say: never seen to read
+            unsent = self._unsent_blocked + self._written_blocked
+        taken = self._unsent_blocked + self._written_blocked - unsent
+        if taken > self._taken:
+            self._taken = taken
+            self._taken_at = self.factory.clock.seconds()
+        return self._taken_at
+
+    def _send_too_slow(self, why: str) -> None:
+        """Nothing written to the client was read for send_timeout: drop it."""
+        self._send_timer = None
+        self.stats.timeouts.add("send")
+        self._closing = True
+        self.transport.abortConnection()  # it is not reading: nothing to flush
 
     def finish_up(self) -> None:
         """The proxy is stopping: close after the current response, or now."""
@@ -195,7 +338,7 @@ class HttpFrontend(Protocol):
                         exchange.request_event(queue.popleft())
                     else:
                         break
-                exchange.start()
+                exchange.begin()
         finally:
             self._starting = False
         if self._paused and len(self.queue) <= QUEUE_LIMIT // 2:
@@ -223,8 +366,17 @@ class HttpFrontend(Protocol):
         self._watch_head()
 
     def _close(self) -> None:
+        if self._gone:
+            return
         self._closing = True
         self.queue.clear()
+        if self._producing:
+            # A transport with a producer registered waits for it to go before
+            # it closes; what is unsent must then be read within send_timeout.
+            self._producing = False
+            self.transport.unregisterProducer()
+            if unsent_bytes(self.transport) != 0:
+                self._start_send_timer()
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
@@ -235,6 +387,7 @@ class HttpFrontend(Protocol):
         timer, self._head_timer = self._head_timer, None
         if timer is not None and timer.active():
             timer.cancel()
+        self._stop_send_timer()
         exchange, self.exchange = self.exchange, None
         self.tunnel_to = None
         if exchange is not None:
@@ -257,7 +410,7 @@ class HttpFactory(Factory):
                  route_key: Optional[Callable[[RequestHead], Optional[bytes]]] = None,
                  failure_statuses: FrozenSet[int] = HTTP_FAILURE_STATUSES["5xx"],
                  retry_budget: Optional[RetryBudget] = None,
-                 header_timeout: float = 0.0, access_log_sample: float = 0.0,
+                 limits: HttpLimits = HttpLimits(), access_log_sample: float = 0.0,
                  random: Callable[[], float] = random.random) -> None:
         self.name = name
         self.codec = codec
@@ -274,7 +427,7 @@ class HttpFactory(Factory):
         # The response statuses its backend's breaker counts as failures.
         self.failure_statuses = failure_statuses
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
-        self.header_timeout = header_timeout
+        self.limits = limits
         self.access_log_sample = access_log_sample
         self.random = random
 
@@ -283,4 +436,4 @@ class HttpFactory(Factory):
 
 
 # HttpBackend is the mode's backend protocol: found here with its frontend.
-__all__ = ["HttpBackend", "HttpFactory", "HttpFrontend", "route_key"]
+__all__ = ["HttpBackend", "HttpFactory", "HttpFrontend", "HttpLimits", "route_key"]
