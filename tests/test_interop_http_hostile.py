@@ -15,7 +15,7 @@ from typing import Any, List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.interop import ProxyProcess, recv_until, wait_until
+from tests.interop import ProxyProcess, nginx_server, recv_until, wait_until
 
 
 class TunnelServer:
@@ -91,3 +91,24 @@ class TunnelTests(SynchronousTestCase):
         wait_until(lambda: pp.metric("poolproxy_pool_connections") == 0, pp.process.proc,
                    "the tunnel's backend connection closed", timeout=10)
         self.assertEqual(pp.metric("poolproxy_timeouts_total", phase="tunnel"), 1)
+
+
+class RefusedUpgradeTests(SynchronousTestCase):
+    def test_nginx_answers_200_to_upgrade(self) -> None:
+        """
+        nginx answers a WebSocket upgrade on a plain location with 200: what
+        the client sent after the head is then parsed as a request, which
+        gets the proxy's X-Forwarded-For, and the connection goes on.
+        """
+        backend, _ = nginx_server(self)
+        pp = ProxyProcess(self, "http", [backend])
+        s = socket.create_connection(("127.0.0.1", pp.port), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+                  b"GET /xff HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+        reply = recv_until(s, b"127.0.0.1\n")
+        self.assertEqual(reply.count(b"HTTP/1.1 200 "), 2, reply)
+        self.assertIn(b"nginx says /ws\n", reply)
+        self.assertTrue(reply.endswith(b"\r\n\r\n127.0.0.1\n"), reply)
+        s.sendall(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(recv_until(s, b"nginx says /third\n").endswith(b"nginx says /third\n"))

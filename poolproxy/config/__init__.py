@@ -106,6 +106,7 @@ class ProxyConfig:
     retry_budget_percent: float = 20.0
     access_log_sample: float = 0.0
     tunnel_idle_timeout: float = 300.0
+    trusted_proxies: Tuple[str, ...] = ()
     shutdown_timeout: float = 10.0
     max_ejected_percent: float = 50.0
     http_failures: str = "5xx"

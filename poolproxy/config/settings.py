@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from ipaddress import ip_network
 from typing import Any, Callable, Container, Dict, List, Optional, Sequence, Tuple
 
 from twisted.python.usage import UsageError
@@ -74,6 +75,15 @@ def _check_names(name: str, where: str) -> None:
     if not 1 <= len(words) <= 2 or not all(w.isascii() and w.isprintable() for w in words):
         raise ConfigError(f"{where}: expected command names such as CONFIG or 'CLIENT KILL', "
                           f"got {name!r}")
+
+
+def _check_network(network: str, where: str) -> None:
+    """One network: an IPv4 or IPv6 address, or a CIDR block."""
+    try:
+        ip_network(network, strict=False)
+    except ValueError:
+        raise ConfigError(f"{where}: expected IP addresses or CIDR blocks such as 10.0.0.0/8, "
+                          f"got {network!r}") from None
 
 
 #: The statuses of an http response that count as a backend failure, by
@@ -192,6 +202,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("tunnel_idle_timeout", "float", 300.0, "http: seconds an Upgrade or CONNECT "
             "tunnel may carry no byte either way before both sides are closed; 0 for no limit.",
             minimum=0),
+    Setting("trusted_proxies", "names", (), "http: addresses or CIDR blocks of proxies in "
+            "front of this one, comma-separated; only their X-Forwarded-For, -Proto and -Host "
+            "are kept (the proxy's own are appended), anyone else's are replaced.",
+            check=_check_network),
     Setting("shutdown_timeout", "float", 10.0, "Seconds a stopping proxy (SIGTERM) lets "
             "clients finish what is in flight before closing them.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "

@@ -35,6 +35,7 @@ from poolproxy.codecs.http_parse import (
     END,
     NONE,
     UNTIL_CLOSE,
+    HttpError,
     RequestHead,
     ResponseHead,
     serialize_request_head,
@@ -116,7 +117,7 @@ class HttpBackend(BackendProtocol):
         if events:
             exchange.from_backend(events)
         if self.parser.error is not None and self.exchange is exchange:
-            exchange.backend_failed(f"bad response from backend: {self.parser.error}")
+            exchange.backend_failed("bad response from the backend", self.parser.error.message)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         BackendProtocol.connectionLost(self, reason)
@@ -233,12 +234,17 @@ class Exchange:
         self._error("overloaded", "overloaded, try again later")
 
     def _no_backend(self, failure: Failure) -> None:
+        # The pool's error names the backend and the OS error: the client is
+        # told only which kind it was (the pool logs a backend going down).
         self._waiting = None
         if failure.check(CancelledError):
             return
-        outcome = "backend_unavailable" if failure.check(BackendUnavailable) else "pool_exhausted"
-        self.frontend.stats.requests.add(outcome)
-        self._error("unavailable", failure.getErrorMessage())
+        if failure.check(BackendUnavailable):
+            self.frontend.stats.requests.add("backend_unavailable")
+            self._error("unavailable", "backend unavailable")
+        else:
+            self.frontend.stats.requests.add("pool_exhausted")
+            self._error("unavailable", "every backend connection is busy, try again later")
 
     def _leased(self, conn: "PooledConnection[HttpBackend]") -> None:
         self._waiting = None
@@ -255,7 +261,7 @@ class Exchange:
         transport = backend.transport
         # The connection is this exchange's alone: send at once, in one piece.
         early, self.early = self.early, []
-        head = serialize_request_head(self.head, *frontend.forwarded(self.head))
+        head = serialize_request_head(self.head, *frontend.forwarding.headers(self.head))
         write_through(transport, b"".join([head, *early]) if early else head)
         if self.early_paused:
             self.early_paused = False
@@ -323,6 +329,27 @@ class Exchange:
         if self.early_size >= EARLY_LIMIT and not self.early_paused:
             self.early_paused = True
             self.frontend.transport.pauseProducing()
+
+    def request_broken(self, error: HttpError) -> None:
+        """
+        The rest of the request cannot be framed (a bad chunk, a body past
+        max_request_size): its error at once if no response has begun, and
+        the client closed; the backend connection, holding part of it, too.
+        """
+        frontend = self.frontend
+        frontend.stats.requests.add("too_large" if error.status == 413 else "malformed")
+        self.close_client = True
+        self._stop_body_timer()
+        if self.finished:
+            frontend.close()  # its response is out; the rest of its body is not coming
+            return
+        self._cancel_waiting()
+        if not self.response_started:
+            if self.sampled:
+                self._access_log(error.status)
+            frontend.transport.write(frontend.factory.codec.status_reply(
+                error.status, error.message, close=True))
+        self._finish(release=False, abort=True)
 
     def _stop_body_timer(self) -> None:
         timer, self._body_timer = self._body_timer, None
@@ -408,6 +435,9 @@ class Exchange:
                     drop = (b"transfer-encoding",)
                 if self.close_client and not event.upgrade:
                     extra.append((b"Connection", b"close"))
+                elif self.head.version == b"HTTP/1.0":
+                    # Persistent only if told so (RFC 9112 9.3 and its appendix C.2.2).
+                    extra.append((b"Connection", b"keep-alive"))
                 write(serialize_response_head(event, extra, drop))
                 if event.upgrade or (self.head.method == b"CONNECT" and 200 <= event.status < 300):
                     self._become_tunnel()  # what follows in events is raw tunnel bytes
@@ -561,8 +591,17 @@ class Exchange:
         self._waiting = d = cluster_backend.pool.acquire_fresh()
         d.addCallbacks(self._leased, self._no_backend)
 
-    def backend_failed(self, why: str) -> None:
-        """The backend connection broke (closed, or sent garbage)."""
+    def backend_failed(self, why: str, detail: str = "") -> None:
+        """
+        The backend connection broke (closed, or sent garbage): the client is
+        told C{why}; the log, once per interval, C{detail} too.
+        """
+        backend = self.cluster_backend
+        name = backend.name if backend is not None else "-"
+        self.frontend.factory.problems.warn(
+            (why, name), "http {listener}: {why} ({backend}){detail}",
+            listener=self.frontend.factory.name, why=why, backend=name,
+            detail=f": {detail}" if detail else "")
         if self.orphaned:
             self._finish(release=False)  # no one to retry for, or to answer
             return
@@ -578,14 +617,16 @@ class Exchange:
         self.frontend.stats.requests.add("backend_unavailable")
         if self.cluster_backend is not None:
             self.reported = True
-            self.cluster_backend.failed(why)
+            self.cluster_backend.failed(f"{why}: {detail}" if detail else why)
         self._error("unavailable", why)
 
     def _error(self, kind: str, message: str) -> None:
         """Answer with the proxy's own error response, then end the exchange."""
         if self.finished:
             return
-        if not self.request_done:
+        if not self.request_done or self.head.upgrade:
+            # Part of the request is still coming, or what follows an Upgrade
+            # head was held unread: neither can be told from a next request.
             self.close_client = True
         codec: HttpCodec = self.frontend.factory.codec
         if self.sampled:

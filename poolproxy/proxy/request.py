@@ -19,30 +19,33 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, Optional
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from poolproxy.backends.retry import RetryBudget
 from poolproxy.codecs.http import HttpCodec
-from poolproxy.codecs.http_parse import END, RequestHead
+from poolproxy.codecs.http_parse import END, HttpError, RequestHead
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.proxy.admission import Admission
-from poolproxy.proxy.exchange import Exchange, HttpBackend, _PauseOnly
+from poolproxy.proxy.exchange import EARLY_LIMIT, Exchange, HttpBackend, _PauseOnly
+from poolproxy.proxy.forwarded import ClientForwarding, TrustedProxies
 from poolproxy.proxy.output import unsent_bytes
 from poolproxy.stats import ListenerStats
 from poolproxy.util.deadlines import Deadlines
 from poolproxy.util.inactivity import Inactivity
+from poolproxy.util.throttled import ThrottledLog
 
 if TYPE_CHECKING:
     from poolproxy.backends.cluster import Cluster
 
-#: Pipelined events held behind the current exchange before reading pauses.
+#: Pipelined events held behind the current exchange before reading pauses
+#: (and EARLY_LIMIT bytes of them: bodies, or what follows an Upgrade head).
 QUEUE_LIMIT = 256
-_DROP_FORWARDED = (b"x-forwarded-for",)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class HttpFrontend(Protocol):
         self._gone = False
         self._head_timer: Any = None
         self.last_active = 0.0
+        #: Bytes (body pieces, what follows an Upgrade head) in the queue.
+        self.queued_bytes = 0
         self.write_blocked = False
         self._producing = False  # registered as our transport's producer
         self._send_timer: Optional[Inactivity] = None
@@ -124,25 +129,15 @@ class HttpFrontend(Protocol):
         self.factory.clients.add(self)
         self.last_active = self.factory.clock.seconds()
         peer = self.transport.getPeer()
-        self.peer_host = getattr(peer, "host", "").encode("ascii", "replace")
+        host = getattr(peer, "host", "")
+        self.peer_host = host.encode("ascii", "replace")
         # Registered as the leased backend connection's producer by each exchange.
         self.pause_only = _PauseOnly(self.transport)
         self.transport.registerProducer(self, True)
         self._producing = True
-        # What most of this client's requests add, encoded once.
-        self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http" % (self.peer_host,)
-
-    def forwarded(self, head: RequestHead) -> Tuple[Any, Tuple[bytes, ...]]:
-        """
-        X-Forwarded-For and -Proto for a request from this client, and the
-        request's headers they replace (none when it has no X-Forwarded-For:
-        the serialiser then need not look for one again).
-        """
-        previous = head.header(b"x-forwarded-for")
-        if not previous:
-            return self._forwarded, (() if previous is None else _DROP_FORWARDED)
-        return ([(b"X-Forwarded-For", previous + b", " + self.peer_host),
-                 (b"X-Forwarded-Proto", b"http")], _DROP_FORWARDED)
+        #: The X-Forwarded-* headers of this client's requests.
+        self.forwarding = ClientForwarding(self.peer_host, ISSLTransport.providedBy(self.transport),
+                                           self.factory.trusted_proxies.trusts(host))
 
     def dataReceived(self, data: bytes) -> None:
         tunnel = self.tunnel_to
@@ -157,16 +152,24 @@ class HttpFrontend(Protocol):
         parser = self.parser
         events = parser.feed(data)
         exchange = self.exchange
+        queue = self.queue
         for event in events:
             if exchange is not None and not exchange.request_done:
                 exchange.request_event(event)
             else:
-                self.queue.append(event)
+                queue.append(event)
+                if event.__class__ is bytes:
+                    self.queued_bytes += len(event)
         if parser.error is not None:
-            self.queue.append(parser.error)
-        if self.queue and self.exchange is None:
+            exchange = self.exchange
+            if exchange is not None and not exchange.request_done:
+                # Inside the request under way (its body): it cannot go on.
+                exchange.request_broken(parser.error)
+                return
+            queue.append(parser.error)
+        if queue and self.exchange is None:
             self._start_next()
-        elif len(self.queue) > QUEUE_LIMIT and not self._paused:
+        elif not self._paused and (len(queue) > QUEUE_LIMIT or self.queued_bytes > EARLY_LIMIT):
             self._paused = True
             self.transport.pauseProducing()
         self._watch_head()
@@ -313,7 +316,19 @@ class HttpFrontend(Protocol):
         pieces = []
         while self.queue and isinstance(self.queue[0], bytes):
             pieces.append(self.queue.popleft())
+        self.queued_bytes = 0
+        self._resume_if_drained()
         return b"".join(pieces)
+
+    def _resume_http(self) -> None:
+        """
+        The backend refused the upgrade the last request asked for: what the
+        client sent after its head was held raw; it is parsed as requests.
+        """
+        held = self.parser_leftover()
+        self.queue.extend(self.parser.resume_http(held))
+        if self.parser.error is not None:
+            self.queue.append(self.parser.error)
 
     def _start_next(self) -> None:
         if self._starting:
@@ -325,23 +340,38 @@ class HttpFrontend(Protocol):
                 event = queue.popleft()
                 if event.__class__ is not RequestHead:
                     # A parse error (a request the parser refused).
-                    status = getattr(event, "status", 400)
-                    self.stats.requests.add("malformed")
-                    self.transport.write(self.factory.codec.status_reply(
-                        status, str(event), close=True))
-                    self._close()
+                    self._refuse(event)
                     return
                 exchange = Exchange(self, event)
                 self.exchange = exchange
-                while queue and queue[0].__class__ is not RequestHead and not exchange.request_done:
-                    if isinstance(queue[0], bytes) or queue[0] is END:
-                        exchange.request_event(queue.popleft())
-                    else:
+                broken = None
+                while queue and not exchange.request_done:
+                    piece = queue[0]
+                    if piece.__class__ is bytes:
+                        self.queued_bytes -= len(piece)
+                    elif piece is not END:
+                        if piece.__class__ is HttpError:
+                            broken = queue.popleft()  # inside this request's body
                         break
-                exchange.begin()
+                    exchange.request_event(queue.popleft())
+                if broken is not None:
+                    exchange.request_broken(broken)
+                else:
+                    exchange.begin()
         finally:
             self._starting = False
-        if self._paused and len(self.queue) <= QUEUE_LIMIT // 2:
+        self._resume_if_drained()
+
+    def _refuse(self, error: HttpError) -> None:
+        """A request the parser refused: its error, then the close."""
+        self.stats.requests.add("too_large" if error.status == 413 else "malformed")
+        self.transport.write(self.factory.codec.status_reply(error.status, error.message,
+                                                             close=True))
+        self._close()
+
+    def _resume_if_drained(self) -> None:
+        if (self._paused and not self._closing and len(self.queue) <= QUEUE_LIMIT // 2
+                and self.queued_bytes <= EARLY_LIMIT // 2):
             self._paused = False
             self.transport.resumeProducing()
 
@@ -361,6 +391,8 @@ class HttpFrontend(Protocol):
         if exchange.close_client:
             self._close()
             return
+        if exchange.head.upgrade:
+            self._resume_http()  # it was answered without switching protocols
         if self.queue:
             self._start_next()
         self._watch_head()
@@ -370,6 +402,7 @@ class HttpFrontend(Protocol):
             return
         self._closing = True
         self.queue.clear()
+        self.queued_bytes = 0
         if self._producing:
             # A transport with a producer registered waits for it to go before
             # it closes; what is unsent must then be read within send_timeout.
@@ -400,9 +433,16 @@ class HttpFrontend(Protocol):
 
 
 class HttpFactory(Factory):
-    """Builds an L{HttpFrontend} per client of one listener."""
+    """
+    Builds an L{HttpFrontend} per client of one listener.
+
+    @ivar problems: the log of backend failures (bad responses, lost
+        connections): their details are not for clients, and one line per
+        kind and backend per interval is enough.
+    """
 
     noisy = False
+    log = Logger()
 
     def __init__(self, name: str, codec: HttpCodec, config: Any, admission: Admission,
                  cluster: "Cluster", clock: Any, request_timeout: float,
@@ -411,7 +451,8 @@ class HttpFactory(Factory):
                  failure_statuses: FrozenSet[int] = HTTP_FAILURE_STATUSES["5xx"],
                  retry_budget: Optional[RetryBudget] = None,
                  limits: HttpLimits = HttpLimits(), access_log_sample: float = 0.0,
-                 random: Callable[[], float] = random.random) -> None:
+                 random: Callable[[], float] = random.random,
+                 trusted_proxies: TrustedProxies = TrustedProxies()) -> None:
         self.name = name
         self.codec = codec
         self.config = config
@@ -428,6 +469,8 @@ class HttpFactory(Factory):
         self.failure_statuses = failure_statuses
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
         self.limits = limits
+        self.trusted_proxies = trusted_proxies
+        self.problems = ThrottledLog(self.log, clock)
         self.access_log_sample = access_log_sample
         self.random = random
 
