@@ -98,12 +98,16 @@ class ListenerStats:
         by the limit they broke (C{client}: client_output_limit, C{proxy}:
         their share of proxy_output_limit).
     @ivar timeouts: http deadlines that passed, by phase (L{HTTP_PHASES}).
+    @ivar requests_buffered: http requests whose body was read whole,
+        while it came, before a backend connection was asked for.
+    @ivar responses_buffered: http responses whose backend connection was
+        released while their client still had some of them to read.
     """
 
     __slots__ = ("connections_total", "connections_open", "sessions", "requests",
                  "requests_ok", "bytes_upstream", "bytes_downstream", "commands_refused",
                  "auth_failures", "output_closed",
-                 "timeouts")
+                 "timeouts", "requests_buffered", "responses_buffered")
 
     def __init__(self) -> None:
         self.connections_total = 0
@@ -119,3 +123,5 @@ class ListenerStats:
         self.auth_failures = 0
         self.output_closed = Tally("client", "proxy")
         self.timeouts = Tally(*HTTP_PHASES)
+        self.requests_buffered = 0
+        self.responses_buffered = 0

@@ -169,6 +169,7 @@ http {{
         location /big {{ alias {dir}/big; }}
         location /echo {{ client_max_body_size 100m; return 200 "$content_length\\n"; }}
         location /xff {{ return 200 "$http_x_forwarded_for\\n"; }}
+        location /files/ {{ alias {dir}/; }}
     }}
 }}
 """

@@ -44,8 +44,10 @@ class SlowReader(FakeTransport):
 class Rig(SynchronousTestCase):
     """An http listener in front of one backend (pool of 4), on a Clock."""
 
+    # Small buffers, so that tests reach past them with a few bytes.
     limits = HttpLimits(header_timeout=5.0, body_timeout=10.0, body_total_timeout=60.0,
-                        send_timeout=20.0, tunnel_idle_timeout=30.0)
+                        send_timeout=20.0, tunnel_idle_timeout=30.0, request_buffer_size=8,
+                        response_buffer_size=50000)
     request_timeout = 15.0
 
     def setUp(self) -> None:
@@ -170,6 +172,7 @@ class BodyTests(Rig):
         for _ in range(11):
             self.clock.advance(5.0)
             protocol.dataReceived(b"x")
+            self.connect_waiting()  # once the buffer is full, the rest is streamed
         self.assertNotIn(b"408", transport.value())
         self.clock.advance(5.0)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
@@ -200,7 +203,8 @@ class BodyTests(Rig):
         again, the client has a whole body_timeout.
         """
         protocol, transport = self.client()
-        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                              b"more than the buffer")
         backend = self.backend()
         backend.producer.pauseProducing()  # as the backend's transport does when full
         self.assertEqual(transport.producerState, "paused")
@@ -219,7 +223,8 @@ class BodyTests(Rig):
         coming, the client is closed without another response.
         """
         protocol, transport = self.client()
-        protocol.dataReceived(POST_HEAD + b"abc")
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                              b"more than the buffer")
         backend = self.backend()
         backend.protocol.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))

@@ -106,6 +106,8 @@ class ProxyConfig:
     retry_budget_percent: float = 20.0
     access_log_sample: float = 0.0
     tunnel_idle_timeout: float = 300.0
+    request_buffer_size: int = 64 * 1024
+    response_buffer_size: int = 1024 * 1024
     trusted_proxies: Tuple[str, ...] = ()
     shutdown_timeout: float = 10.0
     max_ejected_percent: float = 50.0

@@ -202,6 +202,13 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("tunnel_idle_timeout", "float", 300.0, "http: seconds an Upgrade or CONNECT "
             "tunnel may carry no byte either way before both sides are closed; 0 for no limit.",
             minimum=0),
+    Setting("request_buffer_size", "int", 64 * 1024, "http: bytes of a request body read "
+            "before a backend connection is asked for; a body that fits is sent whole, so a "
+            "client that trickles one holds no connection meanwhile. 0 asks at the head.",
+            minimum=0),
+    Setting("response_buffer_size", "int", 1024 * 1024, "http: bytes of a response read from "
+            "the backend for a client that is not reading, so that a response that fits "
+            "frees its backend connection at once; past it the backend is paused.", minimum=0),
     Setting("trusted_proxies", "names", (), "http: addresses or CIDR blocks of proxies in "
             "front of this one, comma-separated; only their X-Forwarded-For, -Proto and -Host "
             "are kept (the proxy's own are appended), anyone else's are replaced.",

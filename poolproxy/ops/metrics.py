@@ -105,11 +105,18 @@ class ProxyCollector:
                                        "http deadlines that passed, by phase: head, body, "
                                        "send, tunnel, response.",
                                        labels=["listener", "phase"])
+        buffered = CounterMetricFamily("poolproxy_http_buffered",
+                                       "http requests whose body was read whole before a "
+                                       "backend connection was asked for, and responses whose "
+                                       "connection was released before their client had read "
+                                       "them.", labels=["listener", "direction"])
         for listener in self.service.listeners:
             stats = listener.stats
             opened.add_metric([listener.name], stats.connections_total)
             for phase, n in stats.timeouts.items():
                 timeouts.add_metric([listener.name, phase], n)
+            buffered.add_metric([listener.name, "request"], stats.requests_buffered)
+            buffered.add_metric([listener.name, "response"], stats.responses_buffered)
             open_now.add_metric([listener.name], stats.connections_open)
             for outcome, n in stats.sessions.items():
                 sessions.add_metric([listener.name, outcome], n)
@@ -135,6 +142,11 @@ class ProxyCollector:
         yield from (opened, open_now, sessions, requests, traffic, refused, auth_failures,
                     output_closed, held, peak)
         yield timeouts
+        yield buffered
+        yield GaugeMetricFamily("poolproxy_http_request_body_held_bytes",
+                                "Bytes of http request bodies held before their backend "
+                                "connection is leased, all listeners together.",
+                                value=output.bodies)
 
     def _admission(self) -> Iterator[Metric]:
         admission = self.service.admission

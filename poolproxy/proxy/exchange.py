@@ -2,13 +2,20 @@
 One HTTP request and its response (L{Exchange}), and the backend
 connection it leases (L{HttpBackend}).
 
-An exchange is admitted, leases a pooled connection, writes the request's
-re-serialised head and streams its body, relays the response, and ends its
-lease exactly once: released when the connection is reusable, discarded
-otherwise.  The client is paused while the backend's send buffer is full,
-and the backend while the client's is (L{HttpFrontend} tells the exchange).
-Upgrade and CONNECT turn the exchange into a raw tunnel on a connection
-that is never reused.
+An exchange reads its request body into a buffer of up to
+C{request_buffer_size} bytes first (as nginx's C{proxy_request_buffering}):
+only a body that is whole, or that fills the buffer, is admitted and
+leases a pooled connection, so a client that trickles its body holds no
+backend connection meanwhile.  It then writes the request's re-serialised
+head and what it holds in one piece, streams the rest of a larger body,
+relays the response, and ends its lease exactly once: released when the
+connection is reusable, discarded otherwise.  The client is paused while
+the backend's send buffer is full; the backend is paused only once the
+client, not reading, holds more than C{response_buffer_size} of what was
+written to it (L{HttpFrontend} tells the exchange), so that a response that
+fits is read whole and its connection released while the client is still
+reading it.  Upgrade and CONNECT turn the exchange into a raw tunnel on a
+connection that is never reused.
 
 Its deadlines: the request body (C{body_timeout} between reads,
 C{body_total_timeout} in all: then 408), the response (C{request_timeout}
@@ -49,8 +56,9 @@ if TYPE_CHECKING:
     from poolproxy.proxy.request import HttpFrontend
 
 #: Body bytes read from a client before its backend connection is ready,
-#: past which reading pauses.
+#: past which reading pauses (or request_buffer_size, if larger).
 EARLY_LIMIT = 64 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Most response bytes read and dropped after the client left, so that the
 #: backend connection can be pooled again; a longer response closes it.
 ORPHAN_DRAIN_LIMIT = 256 * 1024
@@ -145,7 +153,7 @@ class Exchange:
                  "response_started", "conn", "backend", "admitted", "finished", "tunnel",
                  "draining", "close_client", "_waiting", "_timer", "cluster_backend",
                  "reported", "retried", "sampled", "started", "orphaned", "early_paused",
-                 "backend_paused", "_body_timer", "_tunnel_timer")
+                 "backend_paused", "_body_timer", "_tunnel_timer", "buffering", "continued")
 
     def __init__(self, frontend: "HttpFrontend", head: RequestHead) -> None:
         self.frontend = frontend
@@ -178,18 +186,33 @@ class Exchange:
         self.backend_paused = False
         self._body_timer: Optional[Inactivity] = None
         self._tunnel_timer: Optional[Inactivity] = None
+        # The body is read into early before a connection is asked for.
+        self.buffering = False
+        # The proxy answered Expect: 100-continue itself (to read the body).
+        self.continued = False
 
     def begin(self) -> None:
         """
         The head, and whatever of the body came with it, are here: time the
-        rest of the body, and go for a backend connection.
+        rest of the body, and read it into the buffer if it may fit; else
+        (or once it is whole: the common case) go for a backend connection.
         """
         if not self.request_done and not self.head.upgrade:
-            limits = self.frontend.factory.limits
+            frontend = self.frontend
+            factory = frontend.factory
+            limits = factory.limits
             if limits.body_timeout or limits.body_total_timeout:
                 self._body_timer = Inactivity(
-                    self.frontend.factory.clock, limits.body_timeout,
-                    limits.body_total_timeout, self.frontend.reading_since, self._body_too_slow)
+                    factory.clock, limits.body_timeout, limits.body_total_timeout,
+                    frontend.reading_since, self._body_too_slow)
+            if self.early_size < limits.request_buffer_size and not factory.output.full():
+                self.buffering = True
+                if self.head.expect_continue:
+                    # The client waits for this before it sends the body; the
+                    # backend, which gets the body with the head, is not asked.
+                    self.continued = True
+                    frontend.transport.write(_CONTINUE)
+                return
         self.start()
 
     # -- admission and lease ---------------------------------------------------
@@ -261,19 +284,27 @@ class Exchange:
         transport = backend.transport
         # The connection is this exchange's alone: send at once, in one piece.
         early, self.early = self.early, []
-        head = serialize_request_head(self.head, *frontend.forwarding.headers(self.head))
+        extra, drop = frontend.forwarding.headers(self.head)
+        if self.continued:
+            drop = (*drop, b"expect")
+        head = serialize_request_head(self.head, extra, drop)
         write_through(transport, b"".join([head, *early]) if early else head)
         if self.early_paused:
             self.early_paused = False
             frontend.transport.resumeProducing()
-        self.early_size = 0
+        self._forget_early()
         # The client is paused while the backend's send buffer is full (the
-        # frontend pauses the backend while the client's is: pause_backend).
+        # frontend pauses the backend once the client holds too much unread).
         transport.registerProducer(frontend.pause_only, True)
         if frontend.write_blocked:
-            self.pause_backend()
+            frontend.check_output()
         if self.request_done:
             self._start_timer()
+
+    def _forget_early(self) -> None:
+        """The body bytes held are sent, or will never be: uncount them."""
+        self.frontend.factory.output.bodies -= self.early_size
+        self.early_size = 0
 
     def _start_timer(self) -> None:
         """
@@ -317,7 +348,11 @@ class Exchange:
         if event is END:
             self.request_done = True
             self._stop_body_timer()
-            if self.backend is not None and self.response is None:
+            if self.buffering:
+                self.buffering = False  # whole, in the buffer: now a connection
+                self.frontend.stats.requests_buffered += 1
+                self.start()
+            elif self.backend is not None and self.response is None:
                 self._start_timer()
             return
         backend = self.backend
@@ -325,8 +360,19 @@ class Exchange:
             write_through(backend.transport, event)
             return
         self.early.append(event)
-        self.early_size += len(event)
-        if self.early_size >= EARLY_LIMIT and not self.early_paused:
+        size = len(event)
+        self.early_size += size
+        factory = self.frontend.factory
+        factory.output.bodies += size
+        limit = factory.limits.request_buffer_size
+        if self.buffering:
+            if self.early_size < limit and not factory.output.full():
+                return
+            self.buffering = False  # larger than the buffer: streamed from here
+            self.start()
+            if self.backend is not None:
+                return
+        if self.early_size >= max(limit, EARLY_LIMIT) and not self.early_paused:
             self.early_paused = True
             self.frontend.transport.pauseProducing()
 
@@ -522,8 +568,13 @@ class Exchange:
         reusable = (self.request_done and response is not None and response.keep_alive
                     and backend is not None and backend.parser.error is None
                     and backend.parser.pending() == 0 and backend.parser.expected == 0)
+        frontend = self.frontend
         if not self.orphaned:  # an orphan was counted as client_gone
-            self.frontend.stats.requests_ok += 1
+            frontend.stats.requests_ok += 1
+            if reusable and frontend.write_blocked:
+                # The client has some of it still to read: the connection
+                # goes back now rather than at the client's pace.
+                frontend.stats.responses_buffered += 1
         self.draining = not self.request_done and not self.close_client
         self._finish(release=reusable)
 
@@ -706,6 +757,9 @@ class Exchange:
         self._cancel_timer()
         if not self.draining:
             self._stop_body_timer()
+        if self.early_size:
+            self.early = []
+            self._forget_early()
         frontend = self.frontend
         conn = self._detach()
         if conn is not None:

@@ -133,7 +133,8 @@ def _request_frontend(name: str, cluster: Cluster, context: ClusterContext) -> F
                        retry_budget=cluster.retry_budget,
                        limits=HttpLimits.from_config(config),
                        access_log_sample=config.access_log_sample,
-                       trusted_proxies=TrustedProxies(config.trusted_proxies))
+                       trusted_proxies=TrustedProxies(config.trusted_proxies),
+                       output=context.output)
 
 
 def _request_backend(backend: Backend, context: ClusterContext) -> Callable[[], BackendProtocol]:

@@ -11,7 +11,9 @@ L{HttpBackend}, one backend connection).
 The client's own deadlines are kept here: a request head must be whole
 within C{header_timeout} of its first byte (empty lines before it count),
 and a client that leaves what is written to it unread for C{send_timeout}
-is closed.  L{HttpLimits} holds every phase's limit.
+is closed.  So is what a client that is not reading holds: up to
+C{response_buffer_size} of it before its backend is paused.  L{HttpLimits}
+holds every phase's limit and the buffers' sizes.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.exchange import EARLY_LIMIT, Exchange, HttpBackend, _PauseOnly
 from poolproxy.proxy.forwarded import ClientForwarding, TrustedProxies
-from poolproxy.proxy.output import unsent_bytes
+from poolproxy.proxy.output import TRANSPORT_BUFFER, OutputBudget, unsent_bytes
 from poolproxy.stats import ListenerStats
 from poolproxy.util.deadlines import Deadlines
 from poolproxy.util.inactivity import Inactivity
@@ -51,8 +53,9 @@ QUEUE_LIMIT = 256
 @dataclass(frozen=True)
 class HttpLimits:
     """
-    The deadlines of an http client's phases, in seconds (0: none); the
-    settings of the same names (docs/configuration.md) give the defaults.
+    The deadlines of an http client's phases, in seconds (0: none), and
+    the sizes of its buffers, in bytes; the settings of the same names
+    (docs/configuration.md) give the defaults.
     """
 
     header_timeout: float = 10.0
@@ -60,6 +63,8 @@ class HttpLimits:
     body_total_timeout: float = 300.0
     send_timeout: float = 60.0
     tunnel_idle_timeout: float = 300.0
+    request_buffer_size: int = 64 * 1024
+    response_buffer_size: int = 1024 * 1024
 
     @classmethod
     def from_config(cls, config: Any) -> "HttpLimits":
@@ -88,8 +93,10 @@ class HttpFrontend(Protocol):
 
     It is its own transport's producer, for the connection's whole life:
     the transport pauses it when the client stops reading what is written
-    to it, which pauses the current exchange's backend and starts the send
-    timer, and resumes it once the client has read everything.
+    to it, which starts the send timer and counts what the client holds
+    (in the process's L{OutputBudget}); past C{response_buffer_size}, or
+    the budget's cap, the current exchange's backend is paused too.  The
+    transport resumes it once the client has read everything.
 
     @ivar write_blocked: the client is not reading (its transport paused us).
     """
@@ -122,6 +129,8 @@ class HttpFrontend(Protocol):
         self._unsent_blocked = 0
         self._taken = 0
         self._taken_at = 0.0
+        # This client's share of the OutputBudget's held bytes.
+        self._output_counted = 0
 
     def connectionMade(self) -> None:
         self.stats.connections_total += 1
@@ -251,14 +260,13 @@ class HttpFrontend(Protocol):
             self.write_blocked = True
             self._written_blocked = 0
             self._start_send_timer()
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.pause_backend()
+        self.check_output()
 
     def resumeProducing(self) -> None:
         # The transport has sent everything written to it.
         self.write_blocked = False
         self._stop_send_timer()
+        self._release_output()
         exchange = self.exchange
         if exchange is not None:
             exchange.resume_backend()
@@ -269,6 +277,28 @@ class HttpFrontend(Protocol):
     def wrote_blocked(self, n: int) -> None:
         """C{n} more bytes were written to a client that is not reading."""
         self._written_blocked += n
+        self.check_output()
+
+    def check_output(self) -> None:
+        """
+        The client is not reading: count what it holds, and pause the
+        current exchange's backend once that is more than
+        response_buffer_size (or the process holds all it may; or the
+        exchange is a tunnel, a raw pipe that buffers nothing).
+        """
+        held = unsent_bytes(self.transport)
+        if held is None:  # a transport that does not say: all written since it filled
+            held = TRANSPORT_BUFFER + self._written_blocked
+        budget = self.factory.output
+        self._output_counted = budget.count(held, self._output_counted)
+        exchange = self.exchange
+        if exchange is not None and (held > self.factory.limits.response_buffer_size
+                                     or exchange.tunnel or budget.full()):
+            exchange.pause_backend()
+
+    def _release_output(self) -> None:
+        counted, self._output_counted = self._output_counted, 0
+        self.factory.output.held -= counted
 
     def _start_send_timer(self) -> None:
         timeout = self.factory.limits.send_timeout
@@ -421,6 +451,7 @@ class HttpFrontend(Protocol):
         if timer is not None and timer.active():
             timer.cancel()
         self._stop_send_timer()
+        self._release_output()
         exchange, self.exchange = self.exchange, None
         self.tunnel_to = None
         if exchange is not None:
@@ -452,7 +483,13 @@ class HttpFactory(Factory):
                  retry_budget: Optional[RetryBudget] = None,
                  limits: HttpLimits = HttpLimits(), access_log_sample: float = 0.0,
                  random: Callable[[], float] = random.random,
-                 trusted_proxies: TrustedProxies = TrustedProxies()) -> None:
+                 trusted_proxies: TrustedProxies = TrustedProxies(),
+                 output: Optional[OutputBudget] = None) -> None:
+        """
+        @param output: the process's bounds on what is held for slow
+            clients (L{poolproxy.proxy.output}); http counts its response
+            and request buffers there.
+        """
         self.name = name
         self.codec = codec
         self.config = config
@@ -470,6 +507,7 @@ class HttpFactory(Factory):
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
         self.limits = limits
         self.trusted_proxies = trusted_proxies
+        self.output = output if output is not None else OutputBudget()
         self.problems = ThrottledLog(self.log, clock)
         self.access_log_sample = access_log_sample
         self.random = random
