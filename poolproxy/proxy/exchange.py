@@ -289,10 +289,12 @@ class Exchange:
             drop = (*drop, b"expect")
         head = serialize_request_head(self.head, extra, drop)
         write_through(transport, b"".join([head, *early]) if early else head)
-        if self.early_paused:
-            self.early_paused = False
-            frontend.transport.resumeProducing()
-        self._forget_early()
+        if self.early_size:
+            self._forget_early()
+            if self.early_paused:
+                self.early_paused = False
+                if not frontend.paused_by_us():
+                    frontend.transport.resumeProducing()
         # The client is paused while the backend's send buffer is full (the
         # frontend pauses the backend once the client holds too much unread).
         transport.registerProducer(frontend.pause_only, True)
@@ -479,7 +481,9 @@ class Exchange:
                     # Relayed decoded, so only the close can end it for the client.
                     self.close_client = True
                     drop = (b"transfer-encoding",)
-                if self.close_client and not event.upgrade:
+                if event.upgrade:
+                    pass  # the connection is the tunnel's now
+                elif self.close_client:
                     extra.append((b"Connection", b"close"))
                 elif self.head.version == b"HTTP/1.0":
                     # Persistent only if told so (RFC 9112 9.3 and its appendix C.2.2).
