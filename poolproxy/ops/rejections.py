@@ -2,7 +2,8 @@
 Rejections, summarized: under overload (or under attack) a log line per
 rejected request would itself be an outage, so one line per interval says
 how many were rejected and why (admission, no backend connection, a command
-the policy refuses, a failed AUTH), and nothing is logged while nothing is
+the policy refuses, a failed AUTH, a request that cannot be framed or is too
+large, an http deadline that passed), and nothing is logged while nothing is
 rejected.
 """
 
@@ -53,6 +54,12 @@ class RejectionSummary:
             for limit, n in stats.output_closed.items():
                 if n:
                     counts[f"{listener.name} clients closed over the {limit} output limit"] = n
+            for outcome in ("malformed", "too_large"):
+                if stats.requests[outcome]:
+                    counts[f"{listener.name} {outcome} requests"] = stats.requests[outcome]
+            for phase, n in stats.timeouts.items():
+                if n:
+                    counts[f"{listener.name} {phase} timeouts"] = n
         return counts
 
     def start(self) -> None:
