@@ -41,6 +41,20 @@ class SlowReader(FakeTransport):
         self._tempDataLen = n
 
 
+class FillingTransport(SlowReader):
+    """
+    A client that reads nothing: what is written stays in the transport's
+    backlog, which pauses its producer past 64 KiB, as Twisted's TCP
+    transports do.
+    """
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self._tempDataLen += len(data)
+        if self.producer is not None and self.streaming and self._tempDataLen > 65536:
+            self.producer.pauseProducing()
+
+
 class Rig(SynchronousTestCase):
     """An http listener in front of one backend (pool of 4), on a Clock."""
 
@@ -262,6 +276,23 @@ class SendTests(Rig):
         self.settle()
         self.assertEqual(self.pool.total, 0)
         self.assertNoTimers()
+
+    def test_filled_by_one_write(self) -> None:
+        """
+        A client whose socket a single write fills, and that then reads
+        nothing, is closed send_timeout later: the write that filled it is
+        not taken for progress.
+        """
+        protocol, client = self.client(FillingTransport)
+        protocol.dataReceived(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        backend = self.backend()
+        backend.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
+                                      + b"x" * 100000)
+        self.assertTrue(protocol.write_blocked)
+        self.clock.advance(19.9)
+        self.assertFalse(client.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(client.aborted)
 
     def test_slow_steady_reader_is_not_closed(self) -> None:
         """

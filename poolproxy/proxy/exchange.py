@@ -447,9 +447,13 @@ class Exchange:
         finally:
             if out:
                 data = b"".join(out)
-                write_through(self.frontend.transport, data)
-                if self.frontend.write_blocked:
-                    self.frontend.wrote_blocked(len(data))
+                frontend = self.frontend
+                # (A write that fills the client's socket is in the backlog the
+                # send timer starts from: counted once, not also as written.)
+                blocked = frontend.write_blocked
+                write_through(frontend.transport, data)
+                if blocked:
+                    frontend.wrote_blocked(len(data))
         if self.response_started and not self.finished and not self.tunnel:
             # A response under way: the backend's silence is timed from here.
             self._cancel_timer()

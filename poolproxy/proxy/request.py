@@ -248,8 +248,9 @@ class HttpFrontend(Protocol):
     def tunnel_write(self, data: bytes) -> None:
         """Bytes from the tunnel's backend side."""
         self.last_active = self.factory.clock.seconds()
+        blocked = self.write_blocked
         self.transport.write(data)
-        if self.write_blocked:
+        if blocked:
             self.wrote_blocked(len(data))
 
     # -- IPushProducer: the client is not reading what we write ---------------------
