@@ -79,6 +79,12 @@ class Tally:
 # stream, answered with the codec's error before closing).
 OUTCOMES = ("ok", "rejected", "backend_unavailable", "pool_exhausted", "client_gone")
 
+# The deadlines that can pass: a client connection (or tcp session) idle too
+# long; a request head or body too slow to come (http: 408); a client not
+# reading what it is sent (closed, every mode); a tunnel with no traffic; a
+# backend silent before or inside its response (http).
+TIMEOUT_PHASES = ("idle", "head", "body", "send", "tunnel", "response")
+
 
 class ListenerStats:
     """
@@ -98,14 +104,18 @@ class ListenerStats:
     @ivar accept_errors: connections lost to an accept error, by errno name
         (EMFILE, ENFILE...).
     @ivar limit_pauses: times a connection limit stopped the listener accepting.
-    @ivar timeouts: client connections closed by a timer (C{idle}:
-        client_idle_timeout or session_idle_timeout; C{send}: send_timeout).
+    @ivar timeouts: deadlines that passed, by phase (L{TIMEOUT_PHASES}).
+    @ivar requests_buffered: http requests whose body was read whole,
+        while it came, before a backend connection was asked for.
+    @ivar responses_buffered: http responses whose backend connection was
+        released while their client still had some of them to read.
     """
 
     __slots__ = ("connections_total", "connections_open", "sessions", "requests",
                  "requests_ok", "bytes_upstream", "bytes_downstream", "commands_refused",
                  "auth_failures", "output_closed",
-                 "refused", "accept_errors", "limit_pauses", "timeouts")
+                 "refused", "accept_errors", "limit_pauses", "timeouts",
+                 "requests_buffered", "responses_buffered")
 
     def __init__(self) -> None:
         self.connections_total = 0
@@ -123,4 +133,6 @@ class ListenerStats:
         self.refused = Tally("per_source", "limit")
         self.accept_errors = Tally()
         self.limit_pauses = 0
-        self.timeouts = Tally("idle", "send")
+        self.timeouts = Tally(*TIMEOUT_PHASES)
+        self.requests_buffered = 0
+        self.responses_buffered = 0

@@ -170,6 +170,8 @@ http {{
         location / {{ return 200 "nginx says $request_uri\\n"; }}
         location /big {{ alias {dir}/big; }}
         location /echo {{ client_max_body_size 100m; return 200 "$content_length\\n"; }}
+        location /xff {{ return 200 "$http_x_forwarded_for\\n"; }}
+        location /files/ {{ alias {dir}/; }}
     }}
 }}
 """

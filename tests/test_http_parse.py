@@ -96,8 +96,8 @@ class RequestParserTests(SynchronousTestCase):
         self.assertEqual(p.pending(), 0)
 
     def test_head_without_headers(self) -> None:
-        """A request line followed directly by the empty line is valid."""
-        head, end = RequestParser().feed(b"OPTIONS * HTTP/1.1\r\n\r\n")
+        """An HTTP/1.0 request line followed directly by the empty line is valid."""
+        head, end = RequestParser().feed(b"OPTIONS * HTTP/1.0\r\n\r\n")
         self.assertEqual((head.method, head.target, head.headers), (b"OPTIONS", b"*", []))
         self.assertIs(end, END)
 
@@ -107,7 +107,7 @@ class RequestParserTests(SynchronousTestCase):
         until complete; END comes once exactly Content-Length bytes passed.
         """
         p = RequestParser()
-        events = p.feed(b"POST /up HTTP/1.1\r\nContent-Length: 10\r\n\r\nhel")
+        events = p.feed(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhel")
         self.assertEqual(len(events), 2)
         self.assertEqual((events[0].body, events[0].length), (LENGTH, 10))
         self.assertEqual(events[1], b"hel")
@@ -122,7 +122,7 @@ class RequestParserTests(SynchronousTestCase):
         starts the next request; Content-Length: 0 ends at once.
         """
         p = RequestParser()
-        events = p.feed(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPUT / HTTP/1.1\r\n"
+        events = p.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcPUT / HTTP/1.1\r\nHost: h\r\n"
                         b"Content-Length: 0\r\n\r\n")
         self.assertEqual(messages(events)[0][1:], (b"abc", True))
         self.assertEqual(messages(events)[1][0].length, 0)
@@ -138,7 +138,7 @@ class RequestParserTests(SynchronousTestCase):
                 b"6 ; ext\r\n world\r\n"
                 b"0\r\nExpires: never\r\nX-Sum: 123\r\n\r\n")
         p = RequestParser()
-        events = p.feed(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+        events = p.feed(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
         ((head, got, ended),) = messages(events)
         self.assertEqual((head.body, head.length), (CHUNKED, None))
         self.assertEqual(got, body)
@@ -151,7 +151,7 @@ class RequestParserTests(SynchronousTestCase):
         chunk-size line is held back.
         """
         p = RequestParser()
-        p.feed(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        p.feed(b"PUT / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
         self.assertEqual(p.feed(b"10000\r\nabc"), [b"10000\r\nabc"])
         self.assertEqual(p.feed(b"x" * 1000), [b"x" * 1000])
         self.assertEqual(p.pending(), 0)
@@ -166,9 +166,9 @@ class RequestParserTests(SynchronousTestCase):
         order, each head followed by its body and END.
         """
         stream = (b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
-                  b"POST /2 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
-                  b"POST /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
-                  b"GET /4 HTTP/1.1\r\n\r\n")
+                  b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"
+                  b"POST /3 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+                  b"GET /4 HTTP/1.1\r\nHost: h\r\n\r\n")
         got = messages(RequestParser().feed(stream))
         self.assertEqual([m[0].target for m in got], [b"/1", b"/2", b"/3", b"/4"])
         self.assertEqual([m[1] for m in got], [b"", b"hi", b"1\r\nx\r\n0\r\n\r\n", b""])
@@ -181,8 +181,8 @@ class RequestParserTests(SynchronousTestCase):
         """
         p = RequestParser()
         events = p.feed(b"\r\n\r")
-        events += p.feed(b"\nGET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx\r\n")
-        events += p.feed(b"\r\nGET /z HTTP/1.1\r\n\r\n")
+        events += p.feed(b"\nGET / HTTP/1.1\r\nHost: h\r\n\r\nPOST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx\r\n")
+        events += p.feed(b"\r\nGET /z HTTP/1.1\r\nHost: h\r\n\r\n")
         self.assertEqual([m[0].target for m in messages(events)], [b"/", b"/", b"/z"])
         self.assertIsNone(p.error)
 
@@ -192,7 +192,7 @@ class RequestParserTests(SynchronousTestCase):
         any case, among other tokens).
         """
         def ka(headers: bytes) -> bool:
-            return RequestParser().feed(b"GET / HTTP/1.1\r\n" + headers + b"\r\n")[0].keep_alive
+            return RequestParser().feed(b"GET / HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n")[0].keep_alive
         self.assertTrue(ka(b""))
         self.assertTrue(ka(b"Connection: keep-alive\r\n"))
         self.assertFalse(ka(b"Connection: close\r\n"))
@@ -213,7 +213,7 @@ class RequestParserTests(SynchronousTestCase):
 
     def test_higher_minor_version(self) -> None:
         """An HTTP/1.x request with x > 1 is handled as HTTP/1.1 (RFC 9110 2.5)."""
-        self.assertEqual(RequestParser().feed(b"GET / HTTP/1.7\r\n\r\n")[0].version, b"HTTP/1.1")
+        self.assertEqual(RequestParser().feed(b"GET / HTTP/1.7\r\nHost: h\r\n\r\n")[0].version, b"HTTP/1.1")
 
     def test_expect_continue(self) -> None:
         """
@@ -223,27 +223,29 @@ class RequestParserTests(SynchronousTestCase):
         def exp(first: bytes, headers: bytes) -> bool:
             return RequestParser().feed(first + b"\r\nContent-Length: 4\r\n" + headers
                                         + b"\r\n")[0].expect_continue
-        self.assertTrue(exp(b"POST / HTTP/1.1", b"Expect: 100-Continue\r\n"))
-        self.assertFalse(exp(b"POST / HTTP/1.1", b""))
+        self.assertTrue(exp(b"POST / HTTP/1.1\r\nHost: h", b"Expect: 100-Continue\r\n"))
+        self.assertFalse(exp(b"POST / HTTP/1.1\r\nHost: h", b""))
         self.assertFalse(exp(b"POST / HTTP/1.0", b"Expect: 100-continue\r\n"))
-        self.assertFalse(exp(b"POST / HTTP/1.1", b"Expect: something-else\r\n"))
+        self.assertFalse(exp(b"POST / HTTP/1.1\r\nHost: h", b"Expect: something-else\r\n"))
 
     def test_connect_tunnel(self) -> None:
         """
-        After a CONNECT head the parser stops framing: the rest of the feed
-        is one raw bytes event, no END follows, C{tunnel} is set and every
-        later feed comes back unchanged, even bytes that look like HTTP.
+        After a CONNECT head (whole: END follows it) the parser stops
+        framing: the rest of the feed is one raw bytes event, C{tunnel} is
+        set and every later feed comes back unchanged, even bytes that look
+        like HTTP.
         """
         p = RequestParser()
         events = p.feed(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n"
                         b"\x16\x03\x01binary")
-        self.assertEqual(len(events), 2)
+        self.assertEqual(len(events), 3)
         self.assertTrue(events[0].upgrade)
         self.assertEqual(events[0].target, b"db.internal:5432")
-        self.assertEqual(events[1], b"\x16\x03\x01binary")
+        self.assertIs(events[1], END)
+        self.assertEqual(events[2], b"\x16\x03\x01binary")
         self.assertTrue(p.tunnel)
-        self.assertEqual(p.feed(b"GET / HTTP/1.1\r\nbad header\r\n\r\n"),
-                         [b"GET / HTTP/1.1\r\nbad header\r\n\r\n"])
+        self.assertEqual(p.feed(b"GET / HTTP/1.1\r\nHost: h\r\nbad header\r\n\r\n"),
+                         [b"GET / HTTP/1.1\r\nHost: h\r\nbad header\r\n\r\n"])
         self.assertEqual(p.feed(b""), [])
         self.assertIsNone(p.error)
 
@@ -255,10 +257,38 @@ class RequestParserTests(SynchronousTestCase):
         p = RequestParser()
         events = p.feed(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n"
                         b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        self.assertEqual(len(events), 1)
+        self.assertEqual(len(events), 2)
         self.assertTrue(events[0].upgrade)
+        self.assertIs(events[1], END)
         self.assertTrue(p.tunnel)
         self.assertEqual(p.feed(b"\x81\x05hello"), [b"\x81\x05hello"])
+
+    def test_refused_upgrade_resumes_http(self) -> None:
+        """
+        resume_http(held) after an upgrade the backend refused: the bytes
+        held since the head, and later feeds, are framed as requests again.
+        """
+        p = RequestParser()
+        events = p.feed(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n"
+                        b"Upgrade: websocket\r\n\r\nGET /next HTTP/1.1\r\nHo")
+        held = events[2]
+        got = messages(p.resume_http(held) + p.feed(b"st: a\r\n\r\n"))
+        self.assertEqual([(m[0].target, m[2]) for m in got], [(b"/next", True)])
+        self.assertFalse(p.tunnel)
+
+    def test_upgrade_with_a_body_is_a_plain_request(self) -> None:
+        """
+        An upgrade offer on a request with content is dropped (the request
+        is framed as usual); CONNECT with content is refused.
+        """
+        p = RequestParser()
+        events = p.feed(b"POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n"
+                        b"Upgrade: h2c\r\nContent-Length: 2\r\n\r\nhi")
+        ((head, body, ended),) = messages(events)
+        self.assertEqual((head.upgrade, body, ended, p.tunnel), (False, b"hi", True, False))
+        p = RequestParser()
+        p.feed(b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\nContent-Length: 2\r\n\r\nhi")
+        self.assertEqual(p.error.status, 400)
 
     def test_not_an_upgrade(self) -> None:
         """
@@ -266,8 +296,8 @@ class RequestParserTests(SynchronousTestCase):
         listed in Connection, or an HTTP/1.0 upgrade (RFC 9110 7.8) are
         ordinary requests.
         """
-        for raw in [b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
-                    b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+        for raw in [b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
                     b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"]:
             p = RequestParser()
             head, end = p.feed(raw)
@@ -280,7 +310,7 @@ class RequestParserTests(SynchronousTestCase):
         Repeated Content-Length headers, or a list, with identical values
         are accepted (RFC 9110 8.6).
         """
-        head = RequestParser().feed(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n"
+        head = RequestParser().feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
                                     b"Content-Length: 3, 3\r\n\r\n")[0]
         self.assertEqual((head.body, head.length), (LENGTH, 3))
 
@@ -289,7 +319,7 @@ class RequestParserTests(SynchronousTestCase):
         chunked as the final coding after another one frames the body as
         chunked (the codings are the backend's business).
         """
-        head = RequestParser().feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n"
+        head = RequestParser().feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n"
                                     b"Transfer-Encoding: Chunked\r\n\r\n")[0]
         self.assertEqual(head.body, CHUNKED)
 
@@ -317,11 +347,11 @@ class RequestParserTests(SynchronousTestCase):
         400 error.
         """
         p = RequestParser()
-        p.feed(b"GET / HTTP/1.1\r\n\r\n\r\n")
+        p.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n\r\n")
         self.assertEqual(p.eof(), [])
         self.assertIsNone(p.error)
-        for partial in [b"GET / HTTP/1.1\r\nHost", b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab",
-                        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"]:
+        for partial in [b"GET / HTTP/1.1\r\nHost: h\r\nHost", b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab",
+                        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"]:
             p = RequestParser()
             p.feed(partial)
             self.assertEqual(p.eof(), [])
@@ -344,9 +374,70 @@ class RequestRejectionTests(SynchronousTestCase):
         self.assertEqual(error.status, status, (data, error))
         if fragment is not None:
             self.assertIn(fragment, error.message)
-        self.assertEqual(p.feed(b"GET / HTTP/1.1\r\n\r\n"), [])
+        self.assertEqual(p.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), [])
         self.assertEqual(p.pending(), 0)
         return error
+
+    def test_host_required_in_http11(self) -> None:
+        """HTTP/1.1 without Host is a 400 (RFC 9112 3.2); two Hosts are, in any version."""
+        self.assertRejects(b"GET / HTTP/1.1\r\nX: y\r\n\r\n", 400, "no Host")
+        self.assertRejects(b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", 400, "more than one")
+        self.assertIsNone(RequestParser().feed(b"GET / HTTP/1.0\r\n\r\n")[0].header(b"host"))
+
+    def test_control_characters_in_values(self) -> None:
+        """
+        Any control character but HTAB in a request head is a 400 (a backend
+        could read it otherwise than the proxy); HTAB and obs-text pass.
+        """
+        for ctl in list(range(1, 9)) + list(range(11, 13)) + list(range(14, 32)) + [127]:
+            self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\nX: a%cb\r\n\r\n" % ctl, 400,
+                               "control character")
+        head = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: h\r\nX: a\tb\xe9\r\n\r\n")[0]
+        self.assertEqual(head.header(b"x"), b"a\tb\xe9")
+
+    def test_chunk_size_limit(self) -> None:
+        """A chunk size of 2^63 or more is a 400; 2^63 - 1 is framed."""
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        p = RequestParser()
+        events = p.feed(head + b"8000000000000000\r\n")
+        self.assertEqual(err(p).status, 400)
+        self.assertEqual(len(events), 1)  # the head: the error is inside its body
+        p = RequestParser()
+        p.feed(head + b"7fffffffffffffff\r\nabc")
+        self.assertIsNone(p.error)
+
+    def test_body_larger_than_max_body(self) -> None:
+        """
+        max_body: a larger Content-Length is a 413 at its head; a chunked
+        body when its chunks pass it; at the limit exactly, fine.
+        """
+        self.assertRejects(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n",
+                           413, "larger than 10", parser=RequestParser(max_body=10))
+        ((_, body, ended),) = messages(RequestParser(max_body=10).feed(
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789"))
+        self.assertEqual((body, ended), (b"0123456789", True))
+        p = RequestParser(max_body=10)
+        chunked = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"6\r\nabcdef\r\n4\r\nghij\r\n")
+        p.feed(chunked)
+        self.assertIsNone(p.error)
+        p.feed(b"1\r\n")
+        self.assertEqual(err(p).status, 413)
+        p = RequestParser(max_body=10)  # counted per request
+        p.feed(chunked + b"0\r\n\r\n" + chunked)
+        self.assertIsNone(p.error)
+
+    def test_empty_lines_bounded(self) -> None:
+        """
+        Up to 8 empty lines before a request line are skipped and counted
+        in C{blank} (reset by the head); a ninth is a 400.
+        """
+        p = RequestParser()
+        self.assertEqual(p.feed(b"\r\n" * 5), [])
+        self.assertEqual(p.blank, 10)
+        self.assertEqual(len(p.feed(b"\r\n" * 3 + b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")), 2)
+        self.assertEqual(p.blank, 0)
+        self.assertRejects(b"\r\n" * 9, 400, "empty lines")
 
     def test_bad_request_line(self) -> None:
         """A request line that is not METHOD SP target SP version is a 400."""
@@ -369,7 +460,7 @@ class RequestRejectionTests(SynchronousTestCase):
     def test_invalid_header_name(self) -> None:
         """A header name with a non-token character, or an empty one, is a 400."""
         for line in [b"Bad@Name: x", b"Bad\"Name: x", b": empty", b"X-\x01: y", b"Na\xffme: v"]:
-            self.assertRejects(b"GET / HTTP/1.1\r\n" + line + b"\r\n\r\n", 400)
+            self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\n" + line + b"\r\n\r\n", 400)
 
     def test_header_without_colon(self) -> None:
         """A header line without a colon is a 400."""
@@ -377,23 +468,23 @@ class RequestRejectionTests(SynchronousTestCase):
 
     def test_obs_fold(self) -> None:
         """A line starting with a space or tab (obsolete folding) is a 400."""
-        self.assertRejects(b"GET / HTTP/1.1\r\nX-A: 1\r\n  continued\r\n\r\n", 400, "folding")
-        self.assertRejects(b"GET / HTTP/1.1\r\nX-A: 1\r\n\tmore: 2\r\n\r\n", 400, "folding")
-        self.assertRejects(b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", 400, "folding")
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n  continued\r\n\r\n", 400, "folding")
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\tmore: 2\r\n\r\n", 400, "folding")
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\n Host: a\r\n\r\n", 400, "folding")
 
     def test_space_before_colon(self) -> None:
         """Whitespace between a header name and its colon is a 400 (RFC 9112 5.1)."""
-        self.assertRejects(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, "before colon")
-        self.assertRejects(b"POST / HTTP/1.1\r\nContent-Length\t: 5\r\n\r\nhello", 400)
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\nHost : a\r\n\r\n", 400, "before colon")
+        self.assertRejects(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length\t: 5\r\n\r\nhello", 400)
 
     def test_bare_cr_lf_nul(self) -> None:
         """
         A bare LF or CR in a head, or a NUL, is a 400 (a backend splitting
         lines differently would see other headers).
         """
-        self.assertRejects(b"GET / HTTP/1.1\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n", 400)
-        self.assertRejects(b"GET / HTTP/1.1\r\nX: a\rY: b\r\n\r\n", 400)
-        self.assertRejects(b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", 400, "NUL")
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n", 400)
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\nX: a\rY: b\r\n\r\n", 400)
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n", 400, "NUL")
         # LF-only heads are refused as soon as the bare LF is seen.
         self.assertRejects(b"GET / HTTP/1.1\nHost: a\n", 400, "bare LF")
         p = RequestParser()
@@ -405,16 +496,16 @@ class RequestRejectionTests(SynchronousTestCase):
         Content-Length together with Transfer-Encoding (the classic
         request-smuggling vector), in either order, is a 400.
         """
-        self.assertRejects(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n"
+        self.assertRejects(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
                            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "both")
-        self.assertRejects(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+        self.assertRejects(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
                            b"content-length: 0\r\n\r\n", 400, "both")
 
     def test_differing_content_lengths(self) -> None:
         """Repeated Content-Length headers (or a list) that disagree are a 400."""
-        self.assertRejects(b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+        self.assertRejects(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
                            400, "Content-Length")
-        self.assertRejects(b"POST / HTTP/1.1\r\nContent-Length: 4, 5\r\n\r\n", 400)
+        self.assertRejects(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4, 5\r\n\r\n", 400)
 
     def test_two_host_headers(self) -> None:
         """Two Host headers (in any case) are a 400: backends could disagree on which counts."""
@@ -424,7 +515,7 @@ class RequestRejectionTests(SynchronousTestCase):
     def test_bad_content_length(self) -> None:
         """A negative, signed, empty, non-decimal or absurd Content-Length is a 400."""
         for value in [b"-1", b"+5", b"", b"0x10", b"1e3", b"5 5", b"1" * 19, "\u0665".encode()]:
-            self.assertRejects(b"POST / HTTP/1.1\r\nContent-Length: " + value + b"\r\n\r\n", 400)
+            self.assertRejects(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: " + value + b"\r\n\r\n", 400)
 
     def test_bad_chunk_size(self) -> None:
         """
@@ -432,7 +523,7 @@ class RequestRejectionTests(SynchronousTestCase):
         LF, or chunk data not followed by CRLF, is a 400; the raw bytes of
         the chunks before it were emitted.
         """
-        head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
         for body in [b"zz\r\n", b"0x5\r\nhello\r\n", b" 5\r\nhello\r\n", b"-1\r\n",
                      b"\r\n", b"5\nhello\r\n", b"5;a\x01\r\nhello\r\n", b"5\r\nhelloXX",
                      b"11111111111111111\r\n", b"5\r\nhello\n0\r\n\r\n", b"5\r\nhello\r\n0\r\nX: \x00\r\n\r\n",
@@ -446,7 +537,7 @@ class RequestRejectionTests(SynchronousTestCase):
     def test_chunk_size_line_too_long(self) -> None:
         """A chunk-size line longer than max_line is refused without waiting for its end."""
         p = RequestParser(max_line=100)
-        p.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        p.feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
         p.feed(b"5;" + b"a" * 200)
         self.assertEqual(err(p).status, 400)
 
@@ -455,7 +546,7 @@ class RequestRejectionTests(SynchronousTestCase):
         A request line over max_line is a 414, whether the line is complete
         or still arriving.
         """
-        self.assertRejects(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\n\r\n", 414,
+        self.assertRejects(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414,
                            parser=RequestParser(max_line=100))
         p = RequestParser(max_line=100)
         self.assertEqual(p.feed(b"GET /" + b"a" * 50), [])
@@ -464,24 +555,24 @@ class RequestRejectionTests(SynchronousTestCase):
     def test_header_section_too_large(self) -> None:
         """A header section over max_headers_size is a 431, complete or not."""
         big = b"X-Big: " + b"b" * 2000 + b"\r\n"
-        self.assertRejects(b"GET / HTTP/1.1\r\n" + big + b"\r\n", 431,
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\n" + big + b"\r\n", 431,
                            parser=RequestParser(max_headers_size=1000))
         p = RequestParser(max_line=100, max_headers_size=1000)
-        self.assertEqual(p.feed(b"GET / HTTP/1.1\r\nX: " + b"x" * 500), [])
+        self.assertEqual(p.feed(b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"x" * 500), [])
         self.assertRejects(b"x" * 600, 431, parser=p)
 
     def test_too_many_headers(self) -> None:
         """More than max_headers header lines is a 431."""
-        headers = b"".join(b"X-%d: v\r\n" % i for i in range(11))
-        self.assertRejects(b"GET / HTTP/1.1\r\n" + headers + b"\r\n", 431, "too many",
+        headers = b"".join(b"X-%d: v\r\n" % i for i in range(10))
+        self.assertRejects(b"GET / HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n", 431, "too many",
                            parser=RequestParser(max_headers=10))
-        head = RequestParser(max_headers=11).feed(b"GET / HTTP/1.1\r\n" + headers + b"\r\n")[0]
+        head = RequestParser(max_headers=11).feed(b"GET / HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n")[0]
         self.assertEqual(len(head.headers), 11)
 
     def test_trailers_too_large(self) -> None:
         """A trailer section over max_headers_size is a 431."""
         p = RequestParser(max_headers_size=100)
-        p.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n")
+        p.feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n")
         for _ in range(10):
             p.feed(b"X-T: " + b"t" * 20 + b"\r\n")
         self.assertEqual(err(p).status, 431)
@@ -493,9 +584,9 @@ class RequestRejectionTests(SynchronousTestCase):
         400.
         """
         for te in [b"gzip", b"chunked, gzip", b"identity", b"chunked;x=1"]:
-            self.assertRejects(b"POST / HTTP/1.1\r\nTransfer-Encoding: " + te + b"\r\n\r\n", 501)
+            self.assertRejects(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + te + b"\r\n\r\n", 501)
         for te in [b"chu@nked", b"", b",", b"chunked, chunked", b"\"chunked\""]:
-            self.assertRejects(b"POST / HTTP/1.1\r\nTransfer-Encoding: " + te + b"\r\n\r\n", 400)
+            self.assertRejects(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + te + b"\r\n\r\n", 400)
 
     def test_transfer_encoding_in_http10(self) -> None:
         """Transfer-Encoding in an HTTP/1.0 request is faulty framing: 400."""
@@ -507,7 +598,7 @@ class RequestRejectionTests(SynchronousTestCase):
         request's events are returned, then the error is set.
         """
         p = RequestParser()
-        events = p.feed(b"GET /ok HTTP/1.1\r\n\r\nGET /bad HTTP/1.1\r\nA : b\r\n\r\n")
+        events = p.feed(b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\nGET /bad HTTP/1.1\r\nHost: h\r\nA : b\r\n\r\n")
         self.assertEqual(len(events), 2)
         self.assertEqual(events[0].target, b"/ok")
         self.assertEqual(err(p).status, 400)
@@ -788,10 +879,10 @@ class SerialisationTests(SynchronousTestCase):
         self.assertEqual(serialize_request_head(head),
                          b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n")
         head = RequestParser().feed(
-            b"POST / HTTP/1.1\r\nConnection: transfer-encoding\r\n"
+            b"POST / HTTP/1.1\r\nHost: h\r\nConnection: transfer-encoding\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")[0]
         self.assertEqual(serialize_request_head(head),
-                         b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+                         b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
 
     def test_drop_and_extra_headers(self) -> None:
         """
@@ -812,10 +903,10 @@ class SerialisationTests(SynchronousTestCase):
         An upgrade request keeps its Upgrade header and gets exactly
         Connection: upgrade; CONNECT gets no Connection header.
         """
-        head = RequestParser().feed(b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n"
+        head = RequestParser().feed(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\n"
                                     b"Upgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n")[0]
         self.assertEqual(serialize_request_head(head),
-                         b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n"
+                         b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n"
                          b"Connection: upgrade\r\n\r\n")
         head = RequestParser().feed(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n"
                                     b"Proxy-Authorization: x\r\n\r\n")[0]
@@ -871,7 +962,7 @@ class SerialisationTests(SynchronousTestCase):
         hop_by_hop_names gives the standard names plus the Connection-listed
         ones, lower-cased, never the framing headers or Host.
         """
-        head = RequestParser().feed(b"GET / HTTP/1.1\r\nConnection: X-A, x-b , content-length,"
+        head = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: X-A, x-b , content-length,"
                                     b" Transfer-Encoding, Host\r\n\r\n")[0]
         self.assertEqual(hop_by_hop_names(head),
                          {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -907,7 +998,7 @@ class SerialisationTests(SynchronousTestCase):
 # -- Property tests ------------------------------------------------------------
 
 _TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-!#$%&'*+.^_`|~"
-_SPECIAL = {"content-length", "transfer-encoding", "connection", "upgrade", "expect"}
+_SPECIAL = {"content-length", "transfer-encoding", "connection", "upgrade", "expect", "host"}
 
 names = st.text(_TOKEN, min_size=1, max_size=12).filter(lambda n: n.lower() not in _SPECIAL)
 values = st.text("".join(map(chr, range(0x21, 0x7F))) + " \t", max_size=20).map(
@@ -950,7 +1041,7 @@ def requests(draw: Any) -> Tuple[bytes, bytes]:
         framing = b"Transfer-Encoding: chunked\r\n"
     pos = draw(st.integers(0, len(hs)))
     lines = [n + b": " + v for n, v in hs]
-    lines.insert(pos, framing + conn)
+    lines.insert(pos, framing + conn + b"Host: h\r\n")
     head = method + b" " + target + b" " + version + b"\r\n" + b"".join(
         line if line.endswith(b"\r\n") or not line else line + b"\r\n" for line in lines)
     return head + b"\r\n" + body, body
@@ -1062,8 +1153,8 @@ class PropertyTests(SynchronousTestCase):
         non-empty bytes or END, and once an error is set nothing more comes.
         """
         prefix = data.draw(st.sampled_from([
-            b"", b"GET / HTTP/1.1\r\n", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", b"HTTP/1.1 200 OK\r\n",
+            b"", b"GET / HTTP/1.1\r\nHost: h\r\n", b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n", b"HTTP/1.1 200 OK\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]))
         stream = prefix + garbage
         cuts = cuts_for(data, len(stream))

@@ -124,8 +124,31 @@ class SummaryTests(SynchronousTestCase):
         self.assertEqual(rejected, [{
             "front connections refused (max_connections_per_source)": 40,
             "front connections lost to accept errors (EMFILE)": 158,
-            "front clients closed by send_timeout": 1,
+            "front send timeouts": 1,
             "web endpoint connections lost to accept errors (EMFILE)": 2}])
         pauses = [e["pauses"] for e in events
                   if e.get("log_format", "").startswith("connection limits")]
         self.assertEqual(pauses, [{"front": 300}])
+
+    def test_bad_requests_and_timeouts(self) -> None:
+        """
+        Requests refused as malformed or too large, and http deadlines that
+        passed (by phase), are summed per listener in the same line.
+        """
+        clock = Clock()
+        stats = ListenerStats()
+        listener = SimpleNamespace(name="web", stats=stats)
+        summary = RejectionSummary(Admission(1, 0, 1.0, clock=clock), lambda: [], clock,
+                                   interval=10.0, listeners=lambda: [listener])
+        summary.start()
+        self.addCleanup(summary.stop)
+        with capturedLogs() as events:
+            stats.requests.add("malformed", 4)
+            stats.requests.add("too_large")
+            stats.timeouts.add("body", 50)
+            stats.timeouts.add("send")
+            clock.advance(10.0)
+            clock.advance(10.0)
+        lines = [e["counts"] for e in events if e.get("log_format", "").startswith("rejected")]
+        self.assertEqual(lines, [{"web malformed requests": 4, "web too_large requests": 1,
+                                  "web body timeouts": 50, "web send timeouts": 1}])

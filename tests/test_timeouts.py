@@ -21,7 +21,7 @@ from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.idle import IdleSweeper
 from poolproxy.proxy.multiplexed.client import MultiplexFactory
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
-from poolproxy.proxy.request import HttpBackend, HttpFactory
+from poolproxy.proxy.request import HttpBackend, HttpFactory, HttpLimits
 from poolproxy.proxy.session import SessionBackend, SessionFactory
 from poolproxy.testing import FakeEndpoint
 from tests.support import line_codec
@@ -51,7 +51,7 @@ class HeaderTimeoutTests(Setup):
     def factory(self) -> HttpFactory:
         cluster = self.cluster(lambda: HttpBackend(http_codec))
         return HttpFactory("l", http_codec, None, self.admission, cluster, self.clock,
-                           request_timeout=30.0, header_timeout=5.0)
+                           request_timeout=30.0, limits=HttpLimits(header_timeout=5.0))
 
     def test_slow_head_gets_408(self) -> None:
         """
@@ -172,7 +172,7 @@ class HttpRequestTimeoutTests(Setup):
         """
         cluster = self.cluster(lambda: HttpBackend(http_codec))
         factory = HttpFactory("l", http_codec, None, self.admission, cluster, self.clock,
-                              request_timeout=3.0, header_timeout=0.0)
+                              request_timeout=3.0, limits=HttpLimits(header_timeout=0.0))
         protocol, transport = connected(factory)
         protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         [backend_transport] = self.endpoint.succeed()

@@ -25,7 +25,7 @@ from poolproxy.backends.cluster import Backend, Cluster  # noqa: E402
 from poolproxy.backends.pool import BackendPool  # noqa: E402
 from poolproxy.codecs.http import codec as http_codec  # noqa: E402
 from poolproxy.proxy.admission import Admission  # noqa: E402
-from poolproxy.proxy.request import HttpBackend, HttpFactory  # noqa: E402
+from poolproxy.proxy.request import HttpBackend, HttpFactory, HttpLimits  # noqa: E402
 from poolproxy.testing import FakeEndpoint  # noqa: E402
 
 CLIENTS, POOL = 50, 16
@@ -43,7 +43,7 @@ def setup():
     pool.backend = backend
     factory = HttpFactory("l", http_codec, None, Admission(1000, 1000, 5.0, clock=clock),
                           Cluster("c", [backend]), clock, request_timeout=30.0,
-                          header_timeout=5.0)
+                          limits=HttpLimits(header_timeout=5.0))
     clients = harness.connect_clients(factory, CLIENTS)
     for protocol, _ in clients:
         protocol.dataReceived(REQUEST)

@@ -33,7 +33,11 @@ class HttpCodec(BaseCodec):
     # Request mode's framers are event parsers (poolproxy.proxy.request reads
     # their heads, body pieces and ENDs), not ICodec's frame-per-request ones.
     def request_framer(self, config: Any) -> RequestParser:
-        return RequestParser()
+        """
+        A request parser; C{config}'s C{max_request_size}, if any, bounds a
+        request's body (413 past it).
+        """
+        return RequestParser(max_body=config.max_request_size if config is not None else None)
 
     def response_framer(self) -> ResponseParser:
         return ResponseParser()

@@ -21,21 +21,28 @@ with C{decode_chunked=True} emits the decoded payload instead (for relaying
 to an HTTP/1.0 client).
 
 After a request head that upgrades the connection (C{Connection: upgrade}
-with C{Upgrade:}, or CONNECT), and after a 101 response (or a 2xx answer to
-CONNECT), framing stops: no END follows the head, C{tunnel} becomes true and
-every byte after the head, now and in later feeds, is returned as a raw
-C{bytes} event.
+with C{Upgrade:}, or CONNECT; never one with a body), the request is whole
+(END follows the head) and framing stops: C{tunnel} becomes true and every
+byte after it, now and in later feeds, is returned as a raw C{bytes} event,
+which the proxy holds until the backend answers.  If the backend refuses
+the upgrade, C{resume_http(held)} parses those bytes (and what follows) as
+requests again.  After a 101 response (or a 2xx answer to CONNECT) the
+response parser stops framing the same way, without an END.
 
 Errors never raise: the parser sets C{error} to an L{HttpError} (whose
-C{status} is the reply the proxy should give: 400/414/431/501/505 for a
+C{status} is the reply the proxy should give: 400/413/414/431/501/505 for a
 client's request, 502 for a backend's response) and returns the events
 before the error; after that C{feed} returns nothing more.
 
 Strictness (anti request smuggling): only CRLF ends a line (a bare CR or LF
-in a head, chunk-size line or trailer is an error, so is NUL); no obs-fold;
-no whitespace before a header's colon; Content-Length and Transfer-Encoding
-together are refused; repeated Content-Length must agree; the chunk data
-must be followed by exactly CRLF; chunk sizes are plain hex.
+in a head, chunk-size line or trailer is an error, so is NUL, and in a
+request any other control character but HTAB); no obs-fold; no whitespace
+before a header's colon; Content-Length and Transfer-Encoding together are
+refused; repeated Content-Length must agree; the chunk data must be
+followed by exactly CRLF; chunk sizes are plain hex, below 2^63.  An
+HTTP/1.1 request must have exactly one Host header (RFC 9112 3.2).  A
+request body larger than C{max_body} is refused with 413: at its head when
+Content-Length says so, else when the chunks pass it.
 
 How the proxy uses it, per request: write
 C{serialize_request_head(head, extra)} to a leased backend connection, call
@@ -55,7 +62,7 @@ from __future__ import annotations
 
 from collections import deque
 from string import ascii_letters, digits, hexdigits
-from typing import Any, Deque, Iterable, List, Optional, Set, Tuple
+from typing import Any, Deque, Iterable, List, Optional, Set, Tuple, Union
 
 from poolproxy.codecs._buffer import Unparsed
 
@@ -124,6 +131,12 @@ _HEX = hexdigits.encode("ascii")
 _TARGET = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
 #: chunk extensions: anything but CTLs (HTAB allowed).
 _EXT = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+#: What may not be in a head but in its CRLFs: in a response, NUL (bare CR
+#: and LF are counted apart); in a request, every control character but HTAB.
+_RESPONSE_HEAD_CTL = b"\r\n\x00"
+_REQUEST_HEAD_CTL = bytes(range(0x00, 0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+#: Chunk sizes from here on are refused (as an int64 they would be negative).
+_CHUNK_SIZE_LIMIT = 1 << 63
 
 _METHODS = frozenset([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS",
                       b"PATCH", b"TRACE", b"CONNECT"])
@@ -381,12 +394,16 @@ class _Parser(Unparsed):
     _LONG_LINE = 414
     _TOO_LARGE = 431
     _what = "request"
+    _head_ctl = _RESPONSE_HEAD_CTL
 
     def __init__(self, max_line: int = 8190, max_headers_size: int = 65536,
                  max_headers: int = 100) -> None:
         self.max_line = max_line
         self.max_headers_size = max_headers_size
         self.max_headers = max_headers
+        #: The largest body (chunked: the sum of its chunk sizes), or None.
+        self.max_body: Optional[int] = None
+        self._body_size = 0
         #: None, or the L{HttpError} that broke the stream.
         self.error: Optional[HttpError] = None
         #: True once the connection is a tunnel: feed() returns raw bytes.
@@ -491,12 +508,16 @@ class _Parser(Unparsed):
         if len(line) > self.max_line:
             return self._fail(self._LONG_LINE, f"{self._what} line too long")
         nh = len(lines) - 1
-        # Each of CR, LF, NUL counted: exactly nh CRs and nh LFs (all in the
-        # CRLFs split on) and no NUL.  (bytes.find/count, never "in": on
+        # Each of CR, LF, NUL (and for a request every other control
+        # character but HTAB) counted: exactly nh CRs and nh LFs (all in the
+        # CRLFs split on) and nothing else.  (bytes.find/count, never "in": on
         # CPython "sub in bytes" first tries sub as an int, raising inside.)
-        if len(head) - len(head.translate(None, b"\r\n\x00")) != nh + nh:
-            return self._fail(self._BAD, "NUL in head" if head.find(b"\x00") >= 0
-                              else "bare CR or LF in head")
+        if len(head) - len(head.translate(None, self._head_ctl)) != nh + nh:
+            if head.find(b"\x00") >= 0:
+                return self._fail(self._BAD, "NUL in head")
+            if head.count(b"\r") + head.count(b"\n") != nh + nh:
+                return self._fail(self._BAD, "bare CR or LF in head")
+            return self._fail(self._BAD, "control character in head")
         if not nh:
             self._raw = head
             self._hop = 0
@@ -595,8 +616,16 @@ class _Parser(Unparsed):
                 if not size or len(size) > 16 or size.translate(None, _HEX):
                     err = "invalid chunk size"
                     break
-                pos = le + 2
                 r = int(size, 16)
+                if r >= _CHUNK_SIZE_LIMIT:
+                    err = "invalid chunk size (2^63 or more)"
+                    break
+                if self.max_body is not None:
+                    self._body_size += r
+                    if self._body_size > self.max_body:
+                        err = f"request body larger than {self.max_body} bytes"
+                        break
+                pos = le + 2
                 if r:
                     self._remaining = r
                     state = _CHUNK_DATA
@@ -640,7 +669,8 @@ class _Parser(Unparsed):
         elif pos > start:
             events.append(buf[start:pos])
         if err is not None:
-            self._fail(self._TOO_LARGE if "too large" in err else self._BAD, err)
+            self._fail(413 if err.startswith("request body") else
+                       self._TOO_LARGE if "too large" in err else self._BAD, err)
             return -1
         return pos
 
@@ -675,7 +705,25 @@ class RequestParser(_Parser):
     """
     Cuts a client connection's byte stream into requests (pipelining
     allowed): C{feed(data)} returns L{RequestHead}, body pieces, L{END}, ...
+
+    Empty lines before a request line are ignored (RFC 9112 2.2), up to
+    C{max_empty_lines} of them; more are an error (400).  C{blank} counts
+    the bytes of those ignored since the last head, so that the proxy can
+    time a head from its first byte, empty lines included: a client that
+    sends a CRLF every few seconds has begun a head, not stayed idle.
     """
+
+    _head_ctl = _REQUEST_HEAD_CTL
+
+    def __init__(self, max_line: int = 8190, max_headers_size: int = 65536,
+                 max_headers: int = 100, max_empty_lines: int = 8,
+                 max_body: Optional[int] = None) -> None:
+        super().__init__(max_line, max_headers_size, max_headers)
+        self.max_body = max_body
+        #: Bytes of empty lines ignored since the last head.
+        self.blank = 0
+        # Bytes: an empty line is CRLF (a bare LF, tolerated here, is shorter).
+        self._max_blank = 2 * max_empty_lines
 
     def feed(self, data: bytes) -> List[Any]:
         """
@@ -704,8 +752,13 @@ class RequestParser(_Parser):
                 continue
             c = buf[pos]
             if c == 13 or c == 10:
-                # RFC 9112 2.2: ignore empty lines before a request line.
+                # RFC 9112 2.2: ignore empty lines before a request line, a few.
+                start = pos
                 pos = n - len(buf[pos:].lstrip(b"\r\n"))
+                self.blank += pos - start
+                if self.blank > self._max_blank:
+                    self._fail(400, "too many empty lines before the request line")
+                    return events
                 if pos == n:
                     break
             end = buf.find(b"\r\n\r\n", pos + self._scan)
@@ -715,6 +768,7 @@ class RequestParser(_Parser):
                     return events
                 break
             self._scan = 0
+            self.blank = 0
             head = self._parse_head(buf, pos, end)
             if head is None:
                 return events
@@ -724,6 +778,8 @@ class RequestParser(_Parser):
             events.append(head)
             pos = end + 4
             if head.upgrade:
+                # Whole (it has no body); what follows waits for the answer.
+                events.append(END)
                 self.tunnel = True
                 self._state = _TUNNEL
                 if pos < n:
@@ -740,9 +796,21 @@ class RequestParser(_Parser):
                     events.append(END)
             else:
                 self._state = _CHUNK_SIZE
+                self._body_size = 0
         if pos < n:
             self._keep(buf, pos, self._head_need(buf, pos) if self._state == _HEAD else 0)
         return events
+
+    def resume_http(self, held: bytes) -> List[Any]:
+        """
+        The backend refused the upgrade the last head asked for: the bytes
+        that followed it (C{held}, returned raw since) are requests after
+        all.  Frame them, and what comes next, as usual.
+        """
+        if self._state == _TUNNEL:
+            self.tunnel = False
+            self._state = _HEAD
+        return self.feed(held) if held else []
 
     def eof(self) -> List[Any]:
         """
@@ -773,11 +841,11 @@ class RequestParser(_Parser):
             return self._fail(400, "bad request target")
         http11 = version == b"HTTP/1.1"
         # RFC 9112 3.2: no request may have two Host headers (a backend and a
-        # cache or a router in front of it could disagree on which one counts).
-        # A missing Host is let through, as many test and health-check
-        # clients send none: the backend decides.
-        if lnames.count(b"host") > 1:
-            return self._fail(400, "more than one Host header")
+        # cache or a router in front of it could disagree on which one
+        # counts), and an HTTP/1.1 request must have one.
+        hosts = lnames.count(b"host")
+        if hosts != 1 and (hosts or http11):
+            return self._fail(400, "more than one Host header" if hosts else "no Host header")
         keep_alive = http11
         upgrade = method == b"CONNECT"
         expect = False
@@ -816,6 +884,15 @@ class RequestParser(_Parser):
             # RFC 9110 10.1.1: only a request with content may expect 100.
             if http11 and body is not NONE and b"expect" in lnames:
                 expect = b"100-continue" in _tokens(_values(headers, lnames, b"expect"))
+            if body is not NONE and upgrade:
+                if method == b"CONNECT":
+                    return self._fail(400, "CONNECT with content")
+                # RFC 9110 7.8 lets a server switch after such a request's
+                # content; simpler and safe: the offer is dropped (the Upgrade
+                # header is hop-by-hop) and the request goes as a plain one.
+                upgrade = False
+            if length and self.max_body is not None and length > self.max_body:
+                return self._fail(413, f"request body larger than {self.max_body} bytes")
         return RequestHead(method, target, version, headers, body, length,
                            keep_alive, upgrade, expect, tokens)
 
@@ -1066,8 +1143,13 @@ _PLAIN_TOKENS = _HOP_BY_HOP | {b"close"}
 _HOP_BY_HOP_UPGRADE = _HOP_BY_HOP - {b"upgrade"}
 
 
+#: Headers to add: (name, value) pairs (bytes or str), or header lines
+#: already encoded, as one C{bytes} of CRLF-separated lines without the last CRLF.
+ExtraHeaders = Union[bytes, Iterable[Tuple[Any, Any]]]
+
+
 def _serialize(first: bytes, head: Any, upgrade: bool,
-               extra_headers: Iterable[Tuple[Any, Any]], drop: Iterable[Any]) -> bytes:
+               extra_headers: ExtraHeaders, drop: Iterable[Any]) -> bytes:
     raw = head.raw
     hop = head.hop
     if (raw is not None and not upgrade and (hop == 0 or (
@@ -1124,7 +1206,7 @@ def _encode_extra(extra_headers: Any) -> List[bytes]:
     return out
 
 
-def serialize_request_head(head: RequestHead, extra_headers: Iterable[Tuple[Any, Any]] = (),
+def serialize_request_head(head: RequestHead, extra_headers: ExtraHeaders = (),
                            drop: Iterable[Any] = ()) -> bytes:
     """
     The head to send to a backend: C{METHOD target HTTP/1.1}, C{head}'s
@@ -1140,7 +1222,7 @@ def serialize_request_head(head: RequestHead, extra_headers: Iterable[Tuple[Any,
                       head.upgrade and head.method != b"CONNECT", extra_headers, drop)
 
 
-def serialize_response_head(head: ResponseHead, extra_headers: Iterable[Tuple[Any, Any]] = (),
+def serialize_response_head(head: ResponseHead, extra_headers: ExtraHeaders = (),
                             drop: Iterable[Any] = ()) -> bytes:
     """
     The head to send to a client: C{HTTP/1.1 status reason} (the proxy

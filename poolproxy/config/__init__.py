@@ -107,10 +107,16 @@ class ProxyConfig:
     breaker_reset_timeout: float = 5.0
     breaker_max_reset_timeout: float = 60.0
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_total_timeout: float = 300.0
     client_idle_timeout: float = 600.0
     send_timeout: float = 60.0
     retry_budget_percent: float = 20.0
     access_log_sample: float = 0.0
+    tunnel_idle_timeout: float = 300.0
+    request_buffer_size: int = 64 * 1024
+    response_buffer_size: int = 1024 * 1024
+    trusted_proxies: Tuple[str, ...] = ()
     shutdown_timeout: float = 10.0
     max_ejected_percent: float = 50.0
     http_failures: str = "5xx"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from ipaddress import ip_network
 from typing import Any, Callable, Container, Dict, List, Optional, Sequence, Tuple
 
 from twisted.python.usage import UsageError
@@ -149,6 +150,15 @@ def _coerce_tls(raw: Any, where: str, text_ok: bool) -> Optional[BackendTLS]:
     return BackendTLS(**values)
 
 
+def _check_network(network: str, where: str) -> None:
+    """One network: an IPv4 or IPv6 address, or a CIDR block."""
+    try:
+        ip_network(network, strict=False)
+    except ValueError:
+        raise ConfigError(f"{where}: expected IP addresses or CIDR blocks such as 10.0.0.0/8, "
+                          f"got {network!r}") from None
+
+
 #: The statuses of an http response that count as a backend failure, by
 #: the http_failures setting (gateway: as Envoy's consecutive_gateway_failure).
 HTTP_FAILURE_STATUSES: Dict[str, "frozenset[int]"] = {
@@ -267,6 +277,11 @@ SETTINGS: Tuple[Setting, ...] = (
             minimum=0, exclusive=True),
     Setting("header_timeout", "float", 10.0, "http: seconds a client may take to send a "
             "request head once it has begun (then 408); 0 for no limit.", minimum=0),
+    Setting("body_timeout", "float", 30.0, "http: seconds a client may pause while sending a "
+            "request body (then 408, or the close if the response has begun); 0 for no limit.",
+            minimum=0),
+    Setting("body_total_timeout", "float", 300.0, "http: seconds a client may take to send a "
+            "whole request body, however steadily; 0 for no limit.", minimum=0),
     Setting("client_idle_timeout", "float", 600.0, "Seconds a redis, memcached or http client "
             "connection may stay idle (nothing sent, nothing in flight) before it is "
             "closed; 0 keeps idle clients.", minimum=0),
@@ -275,6 +290,20 @@ SETTINGS: Tuple[Setting, ...] = (
             "connection) may add at most this share of a cluster's requests.", minimum=0),
     Setting("access_log_sample", "float", 0.0, "http: the share of requests (0 to 1) "
             "logged in an access log line; 0 logs none.", minimum=0, maximum=1),
+    Setting("tunnel_idle_timeout", "float", 300.0, "http: seconds an Upgrade or CONNECT "
+            "tunnel may carry no byte either way before both sides are closed; 0 for no limit.",
+            minimum=0),
+    Setting("request_buffer_size", "int", 64 * 1024, "http: bytes of a request body read "
+            "before a backend connection is asked for; a body that fits is sent whole, so a "
+            "client that trickles one holds no connection meanwhile. 0 asks at the head.",
+            minimum=0),
+    Setting("response_buffer_size", "int", 1024 * 1024, "http: bytes of a response read from "
+            "the backend for a client that is not reading, so that a response that fits "
+            "frees its backend connection at once; past it the backend is paused.", minimum=0),
+    Setting("trusted_proxies", "names", (), "http: addresses or CIDR blocks of proxies in "
+            "front of this one, comma-separated; only their X-Forwarded-For, -Proto and -Host "
+            "are kept (the proxy's own are appended), anyone else's are replaced.",
+            check=_check_network),
     Setting("shutdown_timeout", "float", 10.0, "Seconds a stopping proxy (SIGTERM) lets "
             "clients finish what is in flight before closing them.", minimum=0),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "

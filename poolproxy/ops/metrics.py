@@ -106,9 +106,22 @@ class ProxyCollector:
             "Clients closed for holding too many unread replies, by the limit broken "
             "(client: client_output_limit; proxy: proxy_output_limit).",
             labels=["listener", "limit"])
+        timeouts = CounterMetricFamily("poolproxy_timeouts",
+                                       "Deadlines that passed, by phase: idle, head, body, "
+                                       "send, tunnel, response.",
+                                       labels=["listener", "phase"])
+        buffered = CounterMetricFamily("poolproxy_http_buffered",
+                                       "http requests whose body was read whole before a "
+                                       "backend connection was asked for, and responses whose "
+                                       "connection was released before their client had read "
+                                       "them.", labels=["listener", "direction"])
         for listener in self.service.listeners:
             stats = listener.stats
             opened.add_metric([listener.name], stats.connections_total)
+            for phase, n in stats.timeouts.items():
+                timeouts.add_metric([listener.name, phase], n)
+            buffered.add_metric([listener.name, "request"], stats.requests_buffered)
+            buffered.add_metric([listener.name, "response"], stats.responses_buffered)
             open_now.add_metric([listener.name], stats.connections_open)
             for outcome, n in stats.sessions.items():
                 sessions.add_metric([listener.name, outcome], n)
@@ -133,9 +146,15 @@ class ProxyCollector:
                                  value=output.peak)
         yield from (opened, open_now, sessions, requests, traffic, refused, auth_failures,
                     output_closed, held, peak)
+        yield timeouts
+        yield buffered
+        yield GaugeMetricFamily("poolproxy_http_request_body_held_bytes",
+                                "Bytes of http request bodies held before their backend "
+                                "connection is leased, all listeners together.",
+                                value=output.bodies)
 
     def _limits(self) -> Iterator[Metric]:
-        """Connection limits, the listeners' accepting, and clients closed by timers."""
+        """Connection limits and the listeners' accepting."""
         limit = GaugeMetricFamily("poolproxy_client_connections_limit",
                                   "The most client connections the listener may have open: "
                                   "its max_connections or max_client_connections.",
@@ -153,9 +172,6 @@ class ProxyCollector:
         accept_errors = CounterMetricFamily("poolproxy_accept_errors",
                                             "Connections lost to an accept error, by error "
                                             "(EMFILE, ENFILE...).", labels=["listener", "error"])
-        timeouts = CounterMetricFamily("poolproxy_client_timeouts",
-                                       "Client connections closed by a timeout (idle, send).",
-                                       labels=["listener", "timeout"])
         for listener in self.service.listeners:
             name = [listener.name]
             limit.add_metric(name, listener.connection_limit)
@@ -168,9 +184,7 @@ class ProxyCollector:
                 refused.add_metric(name + [reason], n)
             for error, n in stats.accept_errors.items():
                 accept_errors.add_metric(name + [error], n)
-            for timeout, n in stats.timeouts.items():
-                timeouts.add_metric(name + [timeout], n)
-        yield from (limit, paused, pauses, refused, accept_errors, timeouts)
+        yield from (limit, paused, pauses, refused, accept_errors)
         yield GaugeMetricFamily("poolproxy_max_client_connections",
                                 "The most client connections open at once, all listeners "
                                 "together.", value=self.service.limits.cap)

@@ -2,11 +2,12 @@
 Rejections, summarized: under overload (or under attack) a log line per
 rejected request would itself be an outage, so one line per interval says
 how many were rejected and why (admission, no backend connection, a command
-the policy refuses, a failed AUTH, a client over its source's connection
-limit or past send_timeout, an accept error such as EMFILE), and nothing is
-logged while nothing is rejected.  Likewise one line per interval says which
-listeners a connection limit stopped accepting (new clients wait in the
-listen backlog), never one per connection.
+the policy refuses, a failed AUTH, a request that cannot be framed or is too
+large, a client over its source's connection limit, a deadline that passed
+(idle ones excepted: they are routine), an accept error such as EMFILE), and
+nothing is logged while nothing is rejected.  Likewise one line per interval
+says which listeners a connection limit stopped accepting (new clients wait
+in the listen backlog), never one per connection.
 """
 
 from __future__ import annotations
@@ -65,8 +66,12 @@ class RejectionSummary:
                     counts[f"{listener.name} connections refused ({_REFUSED.get(reason, reason)})"] = n
             for error, n in stats.accept_errors.items():
                 counts[f"{listener.name} connections lost to accept errors ({error})"] = n
-            if stats.timeouts["send"]:
-                counts[f"{listener.name} clients closed by send_timeout"] = stats.timeouts["send"]
+            for outcome in ("malformed", "too_large"):
+                if stats.requests[outcome]:
+                    counts[f"{listener.name} {outcome} requests"] = stats.requests[outcome]
+            for phase, n in stats.timeouts.items():
+                if n and phase != "idle":
+                    counts[f"{listener.name} {phase} timeouts"] = n
         if self.web_accept_errors is not None:
             for error, n in self.web_accept_errors().items():
                 counts[f"web endpoint connections lost to accept errors ({error})"] = n

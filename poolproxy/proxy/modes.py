@@ -34,7 +34,8 @@ from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.multiplexed.client import MultiplexFactory
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
 from poolproxy.proxy.output import OutputBudget
-from poolproxy.proxy.request import HttpBackend, HttpFactory, route_key
+from poolproxy.proxy.forwarded import TrustedProxies
+from poolproxy.proxy.request import HttpBackend, HttpFactory, HttpLimits, route_key
 from poolproxy.proxy.session import SessionBackend, SessionFactory
 from poolproxy.stats import ListenerStats
 
@@ -135,8 +136,10 @@ def _request_frontend(name: str, cluster: Cluster, context: ClusterContext) -> F
                        route_key=route_key(setting("hash_key")),
                        failure_statuses=HTTP_FAILURE_STATUSES[setting("http_failures")],
                        retry_budget=cluster.retry_budget,
-                       header_timeout=config.header_timeout,
-                       access_log_sample=config.access_log_sample)
+                       limits=HttpLimits.from_config(config),
+                       access_log_sample=config.access_log_sample,
+                       trusted_proxies=TrustedProxies(config.trusted_proxies),
+                       output=context.output)
 
 
 def _request_backend(backend: Backend, context: ClusterContext) -> Callable[[], BackendProtocol]:

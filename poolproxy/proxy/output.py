@@ -21,6 +21,14 @@ Redis's C{client-output-buffer-limit} is the model; its pub/sub class
 (32 MiB hard, 8 MiB soft) gives the defaults.  The accounting runs only
 while a client is not reading (Twisted has paused the frontend as a
 producer): the hot path, a client that reads, pays nothing.
+
+http mode holds bytes for slow clients too, each bounded by its own
+buffer size: responses for a client that is not reading (counted in
+C{held} with the rest: an http client past its own C{response_buffer_size}
+pauses its backend rather than being closed), and request bodies read
+before a backend connection is leased (C{bodies}).  Past C{cap}, all of
+them together, http stops buffering more: request bodies go to a backend
+connection as they come, responses pause their backend.
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ class OutputBudget:
         refreshed when a reply comes for it, and released when it reads
         its backlog or goes).
     @ivar peak: the largest C{held} seen.
+    @ivar bodies: bytes of http request bodies held now before their
+        backend connection is leased.
     """
 
-    __slots__ = ("client_limit", "client_soft", "cap", "held", "peak")
+    __slots__ = ("client_limit", "client_soft", "cap", "held", "peak", "bodies")
 
     def __init__(self, client_limit: int = 32 * 1024 * 1024,
                  cap: int = 512 * 1024 * 1024) -> None:
@@ -51,6 +61,7 @@ class OutputBudget:
         self.cap = cap
         self.held = 0
         self.peak = 0
+        self.bodies = 0
 
     def verdict(self, held: int, before: int) -> Optional[str]:
         """
@@ -65,6 +76,17 @@ class OutputBudget:
         if self.held > self.cap:
             return "proxy"
         return None
+
+    def full(self) -> bool:
+        """Whether the proxy holds all it may for slow clients (http buffers no more)."""
+        return self.held + self.bodies > self.cap
+
+    def count(self, held: int, counted: int) -> int:
+        """A client that counted C{counted} bytes now holds C{held}: returns C{held}."""
+        self.held += held - counted
+        if self.held > self.peak:
+            self.peak = self.held
+        return held
 
 
 def unsent_bytes(transport: Any) -> Optional[int]:

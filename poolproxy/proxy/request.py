@@ -3,63 +3,73 @@ Request mode for HTTP/1.1: each request leases a pooled backend connection,
 which goes back to the pool when the response has ended, the backend will
 keep it alive and no byte is left over; otherwise it is closed.
 
-Split by role: L{HttpFrontend} owns a client connection (requests are served
-one at a time, in order; pipelined ones wait), L{HttpBackend} a backend
-connection, and an L{Exchange} one request and its response.  Bodies are
-streamed both ways with backpressure (each transport is the other's producer
-for the length of an exchange); nothing buffers a whole body.  Upgrade and
-CONNECT turn the exchange into a raw tunnel on a connection that is never
-reused.
+Split by role: L{HttpFrontend} (here) owns a client connection: requests
+are parsed as they come and served one at a time, in order (pipelined ones
+wait), each in an L{Exchange} (L{poolproxy.proxy.exchange}, with
+L{HttpBackend}, one backend connection).
+
+The client's own deadlines are kept here: a request head must be whole
+within C{header_timeout} of its first byte (empty lines before it count),
+and a client that leaves what is written to it unread for C{send_timeout}
+is closed.  So is what a client that is not reading holds: up to
+C{response_buffer_size} of it before its backend is paused.  L{HttpLimits}
+holds every phase's limit and the buffers' sizes.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, List, Optional, Tuple
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, Optional
 
-from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from poolproxy.backends.pool import BackendProtocol, BackendUnavailable, PooledConnection
 from poolproxy.backends.retry import RetryBudget
 from poolproxy.codecs.http import HttpCodec
-from poolproxy.codecs.http_parse import (
-    CHUNKED,
-    END,
-    NONE,
-    UNTIL_CLOSE,
-    RequestHead,
-    ResponseHead,
-    serialize_request_head,
-    serialize_response_head,
-)
+from poolproxy.codecs.http_parse import END, HttpError, RequestHead
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
-from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.proxy.admission import Admission
+from poolproxy.proxy.exchange import EARLY_LIMIT, Exchange, HttpBackend, _PauseOnly
+from poolproxy.proxy.forwarded import ClientForwarding, TrustedProxies
+from poolproxy.proxy.output import TRANSPORT_BUFFER, OutputBudget, unsent_bytes
 from poolproxy.stats import ListenerStats
 from poolproxy.util.deadlines import Deadlines
-from poolproxy.util.writethrough import write_through
+from poolproxy.util.inactivity import Inactivity
+from poolproxy.util.throttled import ThrottledLog
 
 if TYPE_CHECKING:
     from poolproxy.backends.cluster import Cluster
 
-#: Body bytes read from a client before its backend connection is ready, and
-#: pipelined events held behind the current exchange, before reading pauses.
-EARLY_LIMIT = 64 * 1024
-#: Most response bytes read and dropped after the client left, so that the
-#: backend connection can be pooled again; a longer response closes it.
-ORPHAN_DRAIN_LIMIT = 256 * 1024
+#: Pipelined events held behind the current exchange before reading pauses
+#: (and EARLY_LIMIT bytes of them: bodies, or what follows an Upgrade head).
 QUEUE_LIMIT = 256
-_DROP_FORWARDED = (b"x-forwarded-for",)
-# Module level: a Logger used as a class attribute takes the class's namespace.
-_access = Logger(namespace="poolproxy.access")
 
-#: Methods that are safe to send twice (RFC 9110 9.2.1): only these are retried.
-RETRY_SAFE_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """
+    The deadlines of an http client's phases, in seconds (0: none), and
+    the sizes of its buffers, in bytes; the settings of the same names
+    (docs/configuration.md) give the defaults.
+    """
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_total_timeout: float = 300.0
+    send_timeout: float = 60.0
+    tunnel_idle_timeout: float = 300.0
+    request_buffer_size: int = 64 * 1024
+    response_buffer_size: int = 1024 * 1024
+
+    @classmethod
+    def from_config(cls, config: Any) -> "HttpLimits":
+        """The limits a L{poolproxy.config.ProxyConfig} sets."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 def route_key(spec: Optional[str]) -> Optional[Callable[[RequestHead], Optional[bytes]]]:
@@ -76,508 +86,19 @@ def route_key(spec: Optional[str]) -> Optional[Callable[[RequestHead], Optional[
 
 
 @implementer(IPushProducer)
-class _PauseOnly:
-    """
-    Registers a transport as another's producer for pausing and resuming
-    only.  Registering the transport itself would let Twisted stop it
-    (close it) when the other side's connection is lost: a dead backend
-    connection would close a keep-alive client that is about to get a 502 or a
-    retry.
-    """
-
-    __slots__ = ("transport",)
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class HttpBackend(BackendProtocol):
-    """
-    One backend connection in request mode.
-
-    @ivar exchange: the L{Exchange} using it, while leased.
-    """
-
-    log = Logger()
-
-    def __init__(self, codec: HttpCodec) -> None:
-        self.parser = codec.response_framer()
-        self.exchange: Optional[Exchange] = None
-        self.tunnel_to: Optional[HttpFrontend] = None
-
-    def connectionMade(self) -> None:
-        # Registered as the client's producer by every exchange it serves.
-        self.pause_only = _PauseOnly(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        tunnel = self.tunnel_to
-        if tunnel is not None:
-            tunnel.transport.write(data)
-            return
-        exchange = self.exchange
-        if exchange is None:
-            # Bytes on an idle connection: it is out of step; drop it.
-            self.transport.abortConnection()
-            return
-        events = self.parser.feed(data)
-        if events:
-            exchange.from_backend(events)
-        if self.parser.error is not None and self.exchange is exchange:
-            exchange.backend_failed(f"bad response from backend: {self.parser.error}")
-
-    def connectionLost(self, reason: Optional[Failure] = None) -> None:
-        BackendProtocol.connectionLost(self, reason)
-        tunnel = self.tunnel_to
-        if tunnel is not None:
-            tunnel.transport.loseConnection()  # its connectionLost ends the lease
-            return
-        exchange = self.exchange
-        if exchange is not None:
-            events = self.parser.eof()
-            if events:
-                exchange.from_backend(events)
-            if self.exchange is exchange:
-                exchange.backend_failed("backend closed the connection")
-
-
-class Exchange:
-    """
-    One request and its response: admission, a lease, the request forwarded,
-    the response relayed, the lease ended exactly once.
-    """
-
-    # One per request: slots make it cheaper to build and to read.
-    __slots__ = ("frontend", "head", "early", "early_size", "request_done", "response",
-                 "response_started", "conn", "backend", "admitted", "finished", "tunnel",
-                 "draining", "close_client", "_waiting", "_timer", "cluster_backend",
-                 "reported", "retried", "sampled", "started", "orphaned")
-
-    def __init__(self, frontend: "HttpFrontend", head: RequestHead) -> None:
-        self.frontend = frontend
-        self.head = head
-        self.early: List[bytes] = []
-        self.early_size = 0
-        self.request_done = False
-        self.response: Optional[ResponseHead] = None
-        self.response_started = False
-        self.conn: "Optional[PooledConnection[HttpBackend]]" = None
-        self.backend: Optional[HttpBackend] = None
-        self.admitted = False
-        self.finished = False
-        self.tunnel = False
-        self.draining = False
-        self.close_client = not head.keep_alive
-        self._waiting: Any = None  # a Deferred or a pool waiter: has cancel()
-        self._timer: Any = None
-        self.cluster_backend: Any = None
-        self.reported = False  # an outcome was told to the backend's breaker
-        self.retried = False
-        self.sampled = False  # gets an access log line
-        self.started = 0.0
-        # The client left while the response was on its way: it is read and
-        # dropped (up to ORPHAN_DRAIN_LIMIT bytes) so the connection can be reused.
-        self.orphaned = 0
-
-    # -- admission and lease ---------------------------------------------------
-
-    def start(self) -> None:
-        factory = self.frontend.factory
-        factory.retry_budget.deposit()
-        if factory.access_log_sample and factory.random() < factory.access_log_sample:
-            self.sampled = True
-            self.started = factory.clock.seconds()
-        admission = self.frontend.factory.admission
-        if admission.try_acquire():
-            self._admitted(None)
-            return
-        self._waiting = d = admission.acquire()
-        d.addCallbacks(self._admitted, self._not_admitted)
-
-    def _admitted(self, _: object) -> None:
-        self._waiting = None
-        self.admitted = True
-        if self.finished:
-            self._release_admission()
-            return
-        factory = self.frontend.factory
-        key = factory.route_key(self.head) if factory.route_key is not None else None
-        backend = factory.cluster.pick(key)
-        if backend is None:
-            self.frontend.stats.requests.add("backend_unavailable")
-            self._error("unavailable", "no backend is available")
-            return
-        backend.begin()
-        self.cluster_backend = backend
-        # No Deferred per request: the lease arrives by a plain callback.
-        self._waiting = backend.pool.wait(self._leased, self._no_backend)
-
-    def _not_admitted(self, failure: Failure) -> None:
-        self._waiting = None
-        if failure.check(CancelledError):
-            return
-        failure.trap(Overloaded)
-        self.frontend.stats.requests.add("rejected")
-        self._error("overloaded", "overloaded, try again later")
-
-    def _no_backend(self, failure: Failure) -> None:
-        self._waiting = None
-        if failure.check(CancelledError):
-            return
-        outcome = "backend_unavailable" if failure.check(BackendUnavailable) else "pool_exhausted"
-        self.frontend.stats.requests.add(outcome)
-        self._error("unavailable", failure.getErrorMessage())
-
-    def _leased(self, conn: "PooledConnection[HttpBackend]") -> None:
-        self._waiting = None
-        if self.finished:
-            conn.release()  # never used
-            return
-        frontend = self.frontend
-        backend: HttpBackend = conn.protocol
-        self.conn, self.backend = conn, backend
-        backend.exchange = self
-        # An HTTP/1.0 client cannot read chunked encoding: decode it for them.
-        backend.parser.decode_chunked = self.head.version == b"HTTP/1.0"
-        backend.parser.expect(self.head.method)
-        transport = backend.transport
-        # The connection is this exchange's alone: send at once, in one piece.
-        early, self.early = self.early, []
-        head = serialize_request_head(self.head, *frontend.forwarded(self.head))
-        write_through(transport, b"".join([head, *early]) if early else head)
-        if self.early_size >= EARLY_LIMIT:
-            frontend.transport.resumeProducing()
-        self.early_size = 0
-        # Each side pauses the other while its own send buffer is full.
-        transport.registerProducer(frontend.pause_only, True)
-        frontend.transport.registerProducer(backend.pause_only, True)
-        if self.request_done:
-            self._start_timer()
-
-    def _start_timer(self) -> None:
-        """The response must start within request_timeout of the request's end."""
-        factory = self.frontend.factory
-        if factory.request_timeout and self._timer is None:
-            self._timer = factory.response_deadlines.start(self)
-
-    # -- request side ------------------------------------------------------------
-
-    def request_event(self, event: Any) -> None:
-        if self.draining:
-            # The response came before the whole request body: read the rest
-            # and drop it, so the client can read its response and go on.
-            if event is END:
-                self.request_done = True
-                self.draining = False
-                self.frontend.exchange_done(self)
-            return
-        if event is END:
-            self.request_done = True
-            if self.backend is not None and self.response is None:
-                self._start_timer()
-            return
-        backend = self.backend
-        if backend is not None:
-            write_through(backend.transport, event)
-            return
-        self.early.append(event)
-        self.early_size += len(event)
-        if self.early_size >= EARLY_LIMIT:
-            self.frontend.transport.pauseProducing()
-
-    # -- response side -----------------------------------------------------------
-
-    def from_backend(self, events: List[Any]) -> None:
-        if self.orphaned:
-            self._drop(events)
-            return
-        # What this batch of events writes to the client goes out in one send.
-        out: List[bytes] = []
-        try:
-            self._relay(events, out.append, out)
-        finally:
-            if out:
-                write_through(self.frontend.transport, b"".join(out))
-
-    def _relay(self, events: List[Any], write: Any, out: List[bytes]) -> None:
-        for event in events:
-            if self.finished:
-                return
-            if self.tunnel:
-                write(event)
-                continue
-            if event.__class__ is ResponseHead:
-                self._cancel_timer()
-                if event.informational:
-                    # 100 Continue and friends: only an HTTP/1.1 client gets them.
-                    if self.head.version == b"HTTP/1.1":
-                        write(serialize_response_head(event))
-                    continue
-                self.response = event
-                self.response_started = True
-                self._report(event.status)
-                extra = []
-                if event.body == UNTIL_CLOSE or not event.keep_alive:
-                    # The client cannot tell where such a body ends but by the close.
-                    self.close_client = self.close_client or event.body == UNTIL_CLOSE
-                drop: Tuple[bytes, ...] = ()
-                if event.body == CHUNKED and self.head.version == b"HTTP/1.0":
-                    # Relayed decoded, so only the close can end it for the client.
-                    self.close_client = True
-                    drop = (b"transfer-encoding",)
-                if self.close_client and not event.upgrade:
-                    extra.append((b"Connection", b"close"))
-                write(serialize_response_head(event, extra, drop))
-                if event.upgrade or (self.head.method == b"CONNECT" and 200 <= event.status < 300):
-                    self._become_tunnel()  # what follows in events is raw tunnel bytes
-            elif event is END:
-                if self.response is None:
-                    continue  # the end of an informational response
-                if out:  # the response's last bytes before whatever completing does
-                    write_through(self.frontend.transport, b"".join(out))
-                    out.clear()
-                self._complete()
-                return
-            else:
-                write(event)
-
-    def _report(self, status: int) -> None:
-        """Tell the backend's breaker how the request went."""
-        backend = self.cluster_backend
-        if backend is not None:
-            self.reported = True
-            if status in self.frontend.factory.failure_statuses:
-                backend.failed(f"HTTP {status}")
-            else:
-                backend.succeeded()
-
-    def _become_tunnel(self) -> None:
-        # From now on both sides are raw byte pipes (their transports stay
-        # each other's producers); the lease is held until either side closes.
-        self.tunnel = True
-        frontend, backend = self.frontend, self.backend
-        backend.exchange = None  # type: ignore[union-attr]
-        backend.tunnel_to = frontend  # type: ignore[union-attr]
-        frontend.tunnel_to = backend
-        leftover = frontend.parser_leftover()
-        if leftover:
-            backend.transport.write(leftover)  # type: ignore[union-attr]
-        self._release_admission()
-        self.frontend.stats.requests_ok += 1
-
-    def end_tunnel(self) -> None:
-        """Either side of the tunnel closed: the connection is not reusable."""
-        conn, self.conn = self.conn, None
-        backend, self.backend = self.backend, None
-        if backend is not None:
-            backend.tunnel_to = None
-        if conn is not None:
-            conn.discard("tunnel_end")
-
-    def _access_log(self, status: int) -> None:
-        frontend = self.frontend
-        factory = frontend.factory
-        backend = self.cluster_backend
-        _access.info(
-            "{client} {method} {target} -> {status} via {backend} in {ms:.1f} ms",
-            client=frontend.peer_host.decode("ascii", "replace"),
-            method=self.head.method.decode("ascii", "replace"),
-            target=self.head.target.decode("ascii", "replace"), status=status,
-            backend=backend.name if backend is not None else "-",
-            ms=(factory.clock.seconds() - self.started) * 1000.0)
-
-    def _complete(self) -> None:
-        if self.sampled:
-            self._access_log(self.response.status if self.response is not None else 0)
-        response = self.response
-        backend = self.backend
-        reusable = (self.request_done and response is not None and response.keep_alive
-                    and backend is not None and backend.parser.error is None
-                    and backend.parser.pending() == 0 and backend.parser.expected == 0)
-        if not self.orphaned:  # an orphan was counted as client_gone
-            self.frontend.stats.requests_ok += 1
-        self.draining = not self.request_done and not self.close_client
-        self._finish(release=reusable)
-
-    # -- failure -------------------------------------------------------------------
-
-    def timed_out(self) -> None:
-        """No response started within request_timeout (from the factory's deadlines)."""
-        self._timer = None
-        if self.orphaned:
-            # Its client is gone: stop draining; the client was counted, and a
-            # slow body is not a failed request.
-            self._finish(release=False, abort=True)
-            return
-        self.frontend.stats.requests.add("timeout")
-        if self.cluster_backend is not None:
-            self.reported = True
-            self.cluster_backend.failed("request timed out")
-        self._error("timeout", f"no response within {self.frontend.factory.request_timeout:g}s")
-
-    def _may_retry(self) -> bool:
-        """
-        The keep-alive race: a reused connection the backend had closed. A
-        safe request without a body whose response has not begun may go again,
-        once, on a fresh connection, if the retry budget allows; a request that
-        may have had an effect never does.
-        """
-        conn = self.conn
-        return (not self.retried and conn is not None and conn.uses > 1
-                and self.request_done and self.head.body == NONE
-                and self.head.method in RETRY_SAFE_METHODS
-                and self.frontend.factory.retry_budget.withdraw())
-
-    def _detach(self) -> "Optional[PooledConnection[HttpBackend]]":
-        """
-        Stop using the backend connection: unhook it from this exchange and
-        from backpressure.  The caller ends the lease.
-        """
-        conn, self.conn = self.conn, None
-        backend, self.backend = self.backend, None
-        if conn is None or backend is None:
-            return None
-        backend.exchange = None
-        backend.transport.unregisterProducer()
-        if not self.tunnel:
-            self.frontend.transport.unregisterProducer()
-        return conn
-
-    def _retry(self) -> None:
-        self.retried = True
-        self._cancel_timer()
-        conn = self._detach()
-        if conn is not None:
-            conn.discard("stale", abort=True)
-        cluster_backend = self.cluster_backend
-        cluster_backend.retries += 1
-        self._waiting = d = cluster_backend.pool.acquire_fresh()
-        d.addCallbacks(self._leased, self._no_backend)
-
-    def backend_failed(self, why: str) -> None:
-        """The backend connection broke (closed, or sent garbage)."""
-        if self.orphaned:
-            self._finish(release=False)  # no one to retry for, or to answer
-            return
-        if not self.response_started and self.cluster_backend is not None and self._may_retry():
-            self._retry()
-            return
-        if self.response_started:
-            # Part of the response is already with the client: it cannot be
-            # completed or replaced, only cut.
-            self.close_client = True
-            self._finish(release=False)
-            return
-        self.frontend.stats.requests.add("backend_unavailable")
-        if self.cluster_backend is not None:
-            self.reported = True
-            self.cluster_backend.failed(why)
-        self._error("unavailable", why)
-
-    def _error(self, kind: str, message: str) -> None:
-        """Answer with the proxy's own error response, then end the exchange."""
-        if self.finished:
-            return
-        if not self.request_done:
-            self.close_client = True
-        codec: HttpCodec = self.frontend.factory.codec
-        if self.sampled:
-            self._access_log({"overloaded": 503, "timeout": 504}.get(kind, 502))
-        self.frontend.transport.write(codec.error_reply(kind, message, self.close_client))
-        self._finish(release=False)
-
-    def client_gone(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.cancel()
-        backend = self.backend
-        if (backend is not None and self.request_done and not self.tunnel
-                and not self.finished and backend.parser.error is None):
-            # The request is with the backend: closing the connection now
-            # would cost a new one for the next request (clients that give up
-            # on slow responses would churn the pool).  Read the response
-            # and drop it instead; the request timeout still applies.
-            self.orphaned = 1
-            self.close_client = True
-            self._start_timer()  # bounds the drain, whatever has arrived yet
-            return
-        self._finish(release=False, abort=True)
-
-    def _drop(self, events: List[Any]) -> None:
-        """A response whose client left: read to its end, then pool the connection."""
-        for event in events:
-            if self.finished:
-                return
-            if event is END:
-                if self.response is None:
-                    continue  # the end of an informational response
-                self._complete()
-                return
-            if event.__class__ is ResponseHead:
-                if not event.informational:
-                    self.response = event
-                    self.response_started = True
-                    self._report(event.status)
-                    if event.upgrade or event.body == UNTIL_CLOSE:
-                        break  # the connection is not coming back: close it
-                continue
-            self.orphaned += len(event)
-            if self.orphaned > ORPHAN_DRAIN_LIMIT:
-                break
-        else:
-            return
-        self._finish(release=False, abort=True)
-
-    # -- ending ------------------------------------------------------------------------
-
-    def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            self.frontend.factory.response_deadlines.cancel(timer)
-
-    def _release_admission(self) -> None:
-        if self.admitted:
-            self.admitted = False
-            self.frontend.factory.admission.release()
-        backend, self.cluster_backend = self.cluster_backend, None
-        if backend is not None:
-            backend.end(self.reported)
-
-    def _finish(self, release: bool, abort: bool = False) -> None:
-        """End the lease (exactly once) and the exchange."""
-        if self.finished:
-            return
-        self.finished = True
-        self._cancel_timer()
-        frontend = self.frontend
-        conn = self._detach()
-        if conn is not None:
-            if release:
-                # Backpressure may have paused it; the next exchange must read.
-                conn.protocol.transport.resumeProducing()
-                conn.release()
-            else:
-                conn.discard("not_reusable", abort=abort)
-        if not frontend.paused_by_us() and not frontend.gone():
-            frontend.transport.resumeProducing()
-        self._release_admission()
-        if not self.draining:
-            frontend.exchange_done(self)
-
-
-
 class HttpFrontend(Protocol):
     """
     One client connection: requests are parsed as they come, served one at a
     time in order, each in its own L{Exchange}.
+
+    It is its own transport's producer, for the connection's whole life:
+    the transport pauses it when the client stops reading what is written
+    to it, which starts the send timer and counts what the client holds
+    (in the process's L{OutputBudget}); past C{response_buffer_size}, or
+    the budget's cap, the current exchange's backend is paused too.  The
+    transport resumes it once the client has read everything.
+
+    @ivar write_blocked: the client is not reading (its transport paused us).
     """
 
     #: A connected TCP transport: typed loosely, as ITransport does not
@@ -597,6 +118,19 @@ class HttpFrontend(Protocol):
         self._gone = False
         self._head_timer: Any = None
         self.last_active = 0.0
+        #: Bytes (body pieces, what follows an Upgrade head) in the queue.
+        self.queued_bytes = 0
+        self.write_blocked = False
+        self._producing = False  # registered as our transport's producer
+        self._send_timer: Optional[Inactivity] = None
+        # While the client is not reading: bytes written since it stopped, the
+        # transport's backlog then, and how much of it the client has taken.
+        self._written_blocked = 0
+        self._unsent_blocked = 0
+        self._taken = 0
+        self._taken_at = 0.0
+        # This client's share of the OutputBudget's held bytes.
+        self._output_counted = 0
 
     def connectionMade(self) -> None:
         self.stats.connections_total += 1
@@ -604,27 +138,20 @@ class HttpFrontend(Protocol):
         self.factory.clients.add(self)
         self.last_active = self.factory.clock.seconds()
         peer = self.transport.getPeer()
-        self.peer_host = getattr(peer, "host", "").encode("ascii", "replace")
+        host = getattr(peer, "host", "")
+        self.peer_host = host.encode("ascii", "replace")
         # Registered as the leased backend connection's producer by each exchange.
         self.pause_only = _PauseOnly(self.transport)
-        # What most of this client's requests add, encoded once.
-        self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http" % (self.peer_host,)
-
-    def forwarded(self, head: RequestHead) -> Tuple[Any, Tuple[bytes, ...]]:
-        """
-        X-Forwarded-For and -Proto for a request from this client, and the
-        request's headers they replace (none when it has no X-Forwarded-For:
-        the serialiser then need not look for one again).
-        """
-        previous = head.header(b"x-forwarded-for")
-        if not previous:
-            return self._forwarded, (() if previous is None else _DROP_FORWARDED)
-        return ([(b"X-Forwarded-For", previous + b", " + self.peer_host),
-                 (b"X-Forwarded-Proto", b"http")], _DROP_FORWARDED)
+        self.transport.registerProducer(self, True)
+        self._producing = True
+        #: The X-Forwarded-* headers of this client's requests.
+        self.forwarding = ClientForwarding(self.peer_host, ISSLTransport.providedBy(self.transport),
+                                           self.factory.trusted_proxies.trusts(host))
 
     def dataReceived(self, data: bytes) -> None:
         tunnel = self.tunnel_to
         if tunnel is not None:
+            self.last_active = self.factory.clock.seconds()
             tunnel.transport.write(data)
             return
         if self._closing:
@@ -634,16 +161,24 @@ class HttpFrontend(Protocol):
         parser = self.parser
         events = parser.feed(data)
         exchange = self.exchange
+        queue = self.queue
         for event in events:
             if exchange is not None and not exchange.request_done:
                 exchange.request_event(event)
             else:
-                self.queue.append(event)
+                queue.append(event)
+                if event.__class__ is bytes:
+                    self.queued_bytes += len(event)
         if parser.error is not None:
-            self.queue.append(parser.error)
-        if self.queue and self.exchange is None:
+            exchange = self.exchange
+            if exchange is not None and not exchange.request_done:
+                # Inside the request under way (its body): it cannot go on.
+                exchange.request_broken(parser.error)
+                return
+            queue.append(parser.error)
+        if queue and self.exchange is None:
             self._start_next()
-        elif len(self.queue) > QUEUE_LIMIT and not self._paused:
+        elif not self._paused and (len(queue) > QUEUE_LIMIT or self.queued_bytes > EARLY_LIMIT):
             self._paused = True
             self.transport.pauseProducing()
         self._watch_head()
@@ -654,10 +189,12 @@ class HttpFrontend(Protocol):
         header_timeout (slow clients, slowloris): else 408 and close.
         """
         timer = self._head_timer
-        pending = self.parser.pending()
+        # Empty lines before a request line begin it too: a client sending a
+        # CRLF now and then must not keep a connection without a request.
+        pending = self.parser.pending() or self.parser.blank
         if timer is None and not pending:
             return  # the common case: no head begun, none timed
-        timeout = self.factory.header_timeout
+        timeout = self.factory.limits.header_timeout
         if not timeout:
             return
         reading_head = (pending > 0 and self.exchange is None and not self.queue
@@ -672,8 +209,10 @@ class HttpFrontend(Protocol):
     def _head_too_slow(self) -> None:
         self._head_timer = None
         self.stats.requests.add("timeout")
+        self.stats.timeouts.add("head")
         self.transport.write(self.factory.codec.status_reply(
-            408, f"no complete request head within {self.factory.header_timeout:g}s", close=True))
+            408, f"no complete request head within {self.factory.limits.header_timeout:g}s",
+            close=True))
         self._close()
 
     @property
@@ -683,6 +222,118 @@ class HttpFrontend(Protocol):
 
     def close_idle(self) -> None:
         self._close()
+
+    def close(self) -> None:
+        """Close the connection once what is written to it is sent."""
+        self._close()
+
+    # -- activity, as the exchange's timers read it -------------------------------
+
+    def reading_since(self) -> float:
+        """
+        When the client last sent something, or now while the proxy itself
+        keeps it from sending (reading paused: a backend's full buffer, or a
+        request body waiting for a connection): a body timer must not blame
+        the client for the proxy's pause.
+        """
+        exchange = self.exchange
+        if self.pause_only.paused or (exchange is not None and exchange.early_paused):
+            self.last_active = self.factory.clock.seconds()
+        return self.last_active
+
+    def active_since(self) -> float:
+        """When a byte last went either way (for a tunnel's idle timer)."""
+        return self.last_active
+
+    def tunnel_write(self, data: bytes) -> None:
+        """Bytes from the tunnel's backend side."""
+        self.last_active = self.factory.clock.seconds()
+        blocked = self.write_blocked
+        self.transport.write(data)
+        if blocked:
+            self.wrote_blocked(len(data))
+
+    # -- IPushProducer: the client is not reading what we write ---------------------
+
+    def pauseProducing(self) -> None:
+        # Called on every write while the transport's buffer is over its size.
+        if not self.write_blocked:
+            self.write_blocked = True
+            self._written_blocked = 0
+            self._start_send_timer()
+        self.check_output()
+
+    def resumeProducing(self) -> None:
+        # The transport has sent everything written to it.
+        self.write_blocked = False
+        self._stop_send_timer()
+        self._release_output()
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.resume_backend()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is gone: connectionLost cleans up
+
+    def wrote_blocked(self, n: int) -> None:
+        """C{n} more bytes were written to a client that is not reading."""
+        self._written_blocked += n
+        self.check_output()
+
+    def check_output(self) -> None:
+        """
+        The client is not reading: count what it holds, and pause the
+        current exchange's backend once that is more than
+        response_buffer_size (or the process holds all it may; or the
+        exchange is a tunnel, a raw pipe that buffers nothing).
+        """
+        held = unsent_bytes(self.transport)
+        if held is None:  # a transport that does not say: all written since it filled
+            held = TRANSPORT_BUFFER + self._written_blocked
+        budget = self.factory.output
+        self._output_counted = budget.count(held, self._output_counted)
+        exchange = self.exchange
+        if exchange is not None and (held > self.factory.limits.response_buffer_size
+                                     or exchange.tunnel or budget.full()):
+            exchange.pause_backend()
+
+    def _release_output(self) -> None:
+        counted, self._output_counted = self._output_counted, 0
+        self.factory.output.held -= counted
+
+    def _start_send_timer(self) -> None:
+        timeout = self.factory.limits.send_timeout
+        if not timeout or self._send_timer is not None:
+            return
+        clock = self.factory.clock
+        self._unsent_blocked = unsent_bytes(self.transport) or 0
+        self._written_blocked = 0
+        self._taken = 0
+        self._taken_at = clock.seconds()
+        self._send_timer = Inactivity(clock, timeout, 0.0, self._sent_since, self._send_too_slow)
+
+    def _stop_send_timer(self) -> None:
+        timer, self._send_timer = self._send_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _sent_since(self) -> float:
+        """When the client last took bytes of what was written to it."""
+        unsent = unsent_bytes(self.transport)
+        if unsent is None:  # a transport that does not say: never seen to read
+            unsent = self._unsent_blocked + self._written_blocked
+        taken = self._unsent_blocked + self._written_blocked - unsent
+        if taken > self._taken:
+            self._taken = taken
+            self._taken_at = self.factory.clock.seconds()
+        return self._taken_at
+
+    def _send_too_slow(self, why: str) -> None:
+        """Nothing written to the client was read for send_timeout: drop it."""
+        self._send_timer = None
+        self.stats.timeouts.add("send")
+        self._closing = True
+        self.transport.abortConnection()  # it is not reading: nothing to flush
 
     def finish_up(self) -> None:
         """The proxy is stopping: close after the current response, or now."""
@@ -696,7 +347,19 @@ class HttpFrontend(Protocol):
         pieces = []
         while self.queue and isinstance(self.queue[0], bytes):
             pieces.append(self.queue.popleft())
+        self.queued_bytes = 0
+        self._resume_if_drained()
         return b"".join(pieces)
+
+    def _resume_http(self) -> None:
+        """
+        The backend refused the upgrade the last request asked for: what the
+        client sent after its head was held raw; it is parsed as requests.
+        """
+        held = self.parser_leftover()
+        self.queue.extend(self.parser.resume_http(held))
+        if self.parser.error is not None:
+            self.queue.append(self.parser.error)
 
     def _start_next(self) -> None:
         if self._starting:
@@ -708,23 +371,38 @@ class HttpFrontend(Protocol):
                 event = queue.popleft()
                 if event.__class__ is not RequestHead:
                     # A parse error (a request the parser refused).
-                    status = getattr(event, "status", 400)
-                    self.stats.requests.add("malformed")
-                    self.transport.write(self.factory.codec.status_reply(
-                        status, str(event), close=True))
-                    self._close()
+                    self._refuse(event)
                     return
                 exchange = Exchange(self, event)
                 self.exchange = exchange
-                while queue and queue[0].__class__ is not RequestHead and not exchange.request_done:
-                    if isinstance(queue[0], bytes) or queue[0] is END:
-                        exchange.request_event(queue.popleft())
-                    else:
+                broken = None
+                while queue and not exchange.request_done:
+                    piece = queue[0]
+                    if piece.__class__ is bytes:
+                        self.queued_bytes -= len(piece)
+                    elif piece is not END:
+                        if piece.__class__ is HttpError:
+                            broken = queue.popleft()  # inside this request's body
                         break
-                exchange.start()
+                    exchange.request_event(queue.popleft())
+                if broken is not None:
+                    exchange.request_broken(broken)
+                else:
+                    exchange.begin()
         finally:
             self._starting = False
-        if self._paused and len(self.queue) <= QUEUE_LIMIT // 2:
+        self._resume_if_drained()
+
+    def _refuse(self, error: HttpError) -> None:
+        """A request the parser refused: its error, then the close."""
+        self.stats.requests.add("too_large" if error.status == 413 else "malformed")
+        self.transport.write(self.factory.codec.status_reply(error.status, error.message,
+                                                             close=True))
+        self._close()
+
+    def _resume_if_drained(self) -> None:
+        if (self._paused and not self._closing and len(self.queue) <= QUEUE_LIMIT // 2
+                and self.queued_bytes <= EARLY_LIMIT // 2):
             self._paused = False
             self.transport.resumeProducing()
 
@@ -744,13 +422,25 @@ class HttpFrontend(Protocol):
         if exchange.close_client:
             self._close()
             return
+        if exchange.head.upgrade:
+            self._resume_http()  # it was answered without switching protocols
         if self.queue:
             self._start_next()
         self._watch_head()
 
     def _close(self) -> None:
+        if self._gone:
+            return
         self._closing = True
         self.queue.clear()
+        self.queued_bytes = 0
+        if self._producing:
+            # A transport with a producer registered waits for it to go before
+            # it closes; what is unsent must then be read within send_timeout.
+            self._producing = False
+            self.transport.unregisterProducer()
+            if unsent_bytes(self.transport) != 0:
+                self._start_send_timer()
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
@@ -761,6 +451,8 @@ class HttpFrontend(Protocol):
         timer, self._head_timer = self._head_timer, None
         if timer is not None and timer.active():
             timer.cancel()
+        self._stop_send_timer()
+        self._release_output()
         exchange, self.exchange = self.exchange, None
         self.tunnel_to = None
         if exchange is not None:
@@ -773,9 +465,16 @@ class HttpFrontend(Protocol):
 
 
 class HttpFactory(Factory):
-    """Builds an L{HttpFrontend} per client of one listener."""
+    """
+    Builds an L{HttpFrontend} per client of one listener.
+
+    @ivar problems: the log of backend failures (bad responses, lost
+        connections): their details are not for clients, and one line per
+        kind and backend per interval is enough.
+    """
 
     noisy = False
+    log = Logger()
 
     def __init__(self, name: str, codec: HttpCodec, config: Any, admission: Admission,
                  cluster: "Cluster", clock: Any, request_timeout: float,
@@ -783,8 +482,15 @@ class HttpFactory(Factory):
                  route_key: Optional[Callable[[RequestHead], Optional[bytes]]] = None,
                  failure_statuses: FrozenSet[int] = HTTP_FAILURE_STATUSES["5xx"],
                  retry_budget: Optional[RetryBudget] = None,
-                 header_timeout: float = 0.0, access_log_sample: float = 0.0,
-                 random: Callable[[], float] = random.random) -> None:
+                 limits: HttpLimits = HttpLimits(), access_log_sample: float = 0.0,
+                 random: Callable[[], float] = random.random,
+                 trusted_proxies: TrustedProxies = TrustedProxies(),
+                 output: Optional[OutputBudget] = None) -> None:
+        """
+        @param output: the process's bounds on what is held for slow
+            clients (L{poolproxy.proxy.output}); http counts its response
+            and request buffers there.
+        """
         self.name = name
         self.codec = codec
         self.config = config
@@ -800,9 +506,16 @@ class HttpFactory(Factory):
         # The response statuses its backend's breaker counts as failures.
         self.failure_statuses = failure_statuses
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
-        self.header_timeout = header_timeout
+        self.limits = limits
+        self.trusted_proxies = trusted_proxies
+        self.output = output if output is not None else OutputBudget()
+        self.problems = ThrottledLog(self.log, clock)
         self.access_log_sample = access_log_sample
         self.random = random
 
     def buildProtocol(self, addr: Any) -> HttpFrontend:
         return HttpFrontend(self)
+
+
+# HttpBackend is the mode's backend protocol: found here with its frontend.
+__all__ = ["HttpBackend", "HttpFactory", "HttpFrontend", "HttpLimits", "route_key"]
