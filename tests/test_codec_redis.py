@@ -1248,6 +1248,19 @@ class UnsubscribeTests(SynchronousTestCase):
         f.feed(cmd("MULTI"))
         self.assertEqual(f.feed(cmd("UNSUBSCRIBE"))[0].flags, PIN)
 
+    def test_several_channels_in_a_transaction(self) -> None:
+        """
+        Queued, UNSUBSCRIBE a b is answered at EXEC by an element of EXEC's
+        array and a reply of its own per channel past the first: the
+        client's connection becomes a raw pipe, with no count to get wrong.
+        """
+        f = framer()
+        f.feed(cmd("MULTI"))
+        self.assertEqual(f.feed(cmd("UNSUBSCRIBE", "a"))[0].flags, PIN)
+        [frame] = f.feed(cmd("PUNSUBSCRIBE", "a", "b"))
+        self.assertEqual(frame.flags, PIN | PASSTHROUGH)
+        self.assertTrue(f.pinned)
+
 
 class WaitTimeTests(SynchronousTestCase):
     """How long each blocking command may wait by its own arguments."""

@@ -96,6 +96,21 @@ class SharingTests(SynchronousTestCase):
         other.send(b"PING")
         self.assertEqual(other.until(b"\r\n"), b"+PONG\r\n")
 
+    def test_unsubscribe_of_several_channels_in_a_transaction(self) -> None:
+        """
+        Queued in MULTI, UNSUBSCRIBE a b makes redis answer EXEC with its
+        array and one reply beside it: the client gets exactly what redis
+        sends, and its connection is not closed for the extra reply.
+        """
+        self.proxy()
+        c = RawClient(self, self.pp.port)
+        c.sock.sendall(resp(b"MULTI") + resp(b"ECHO", b"x") + resp(b"UNSUBSCRIBE", b"a", b"b")
+                       + resp(b"EXEC") + resp(b"PING"))
+        self.assertEqual(c.until(b"+PONG\r\n"),
+                         b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\nx\r\n"
+                         b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+                         b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n+PONG\r\n")
+
     def test_two_subscribes_and_commands_after(self) -> None:
         """
         SUBSCRIBE a then SUBSCRIBE b gets two confirmations, PING in

@@ -47,6 +47,25 @@ class Setup(SynchronousTestCase):
 
 
 class PubSubTests(Setup):
+    def test_unsubscribe_of_several_channels_in_a_transaction(self) -> None:
+        """
+        MULTI, ECHO, UNSUBSCRIBE a b, EXEC: redis answers EXEC with its array
+        and one more reply beside it, all of which reach the client (found
+        by SharingMachine: the extra reply used to close the connection).
+        """
+        h = self.harness()
+        c = h.client()
+        c.send(cmd("MULTI") + cmd("ECHO", "x") + cmd("UNSUBSCRIBE", "a", "b"))
+        self.serve(h)
+        c.send(cmd("EXEC") + cmd("PING"))
+        self.serve(h)
+        got = c.received()
+        # The model answers queued commands at once (no QUEUED), as many
+        # replies as redis would: all of them are the client's.
+        self.assertIn(b"$1\r\na\r\n:0\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n", got)
+        self.assertTrue(got.endswith(b"+PONG\r\n"), got)
+        self.assertNotIn(b"disagree", c.received())
+
     def test_two_subscribes(self) -> None:
         """SUBSCRIBE a then SUBSCRIBE b: both reach redis, both confirmations come back."""
         h = self.harness()

@@ -948,12 +948,20 @@ class RespRequestFramer(Unparsed):
             channel = key if upper == b"SUBSCRIBE" or upper == b"SSUBSCRIBE" else None
             return self._stick(data, channel, passthrough=True)
         if upper in (b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE"):
-            if self._passthrough or self._multi:
+            if self._passthrough:
                 return Frame(data, 1, None, PIN)  # the client's own connection answers
-            # Not subscribed to anything: redis would answer one reply per
-            # channel named (or one), which no shared connection must see.
             if args is None:
                 args = _resp_args(data)
+            if self._multi:
+                if len(args) > 2:
+                    # Queued, it is answered at EXEC by one element of EXEC's
+                    # array and, for each channel past the first, a reply of
+                    # its own beside the array: no reply count holds, so the
+                    # client's own connection becomes a raw pipe.
+                    return self._stick(data, None, passthrough=True)
+                return Frame(data, 1, None, PIN)
+            # Not subscribed to anything: redis would answer one reply per
+            # channel named (or one), which no shared connection must see.
             return Frame(data, 1, None, LOCAL,
                          reply=_unsubscribed(upper.lower(), args[1:], self._resp3))
         if upper in (b"SELECT", b"READONLY", b"READWRITE", b"ASKING"):
