@@ -11,7 +11,7 @@ L{HttpBackend}, one backend connection).
 The client's own deadlines are kept here: a request head must be whole
 within C{header_timeout} of its first byte (empty lines before it count),
 and a client that leaves what is written to it unread for C{send_timeout}
-is closed.  So is what a client that is not reading holds: up to
+is closed (by the listener's L{SendTimeouts}, as in the other modes).  So is what a client that is not reading holds: up to
 C{response_buffer_size} of it before its backend is paused.  L{HttpLimits}
 holds every phase's limit and the buffers' sizes.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, List, Optional
 
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -37,9 +37,9 @@ from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.exchange import EARLY_LIMIT, Exchange, HttpBackend, _PauseOnly
 from poolproxy.proxy.forwarded import ClientForwarding, TrustedProxies
 from poolproxy.proxy.output import TRANSPORT_BUFFER, OutputBudget, unsent_bytes
+from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.stats import ListenerStats
 from poolproxy.util.deadlines import Deadlines
-from poolproxy.util.inactivity import Inactivity
 from poolproxy.util.throttled import ThrottledLog
 
 if TYPE_CHECKING:
@@ -122,13 +122,11 @@ class HttpFrontend(Protocol):
         self.queued_bytes = 0
         self.write_blocked = False
         self._producing = False  # registered as our transport's producer
-        self._send_timer: Optional[Inactivity] = None
+        # While it is not reading: its send_timeout (poolproxy.proxy.sending).
+        self.send_deadline: Optional[List[Any]] = None
         # While the client is not reading: bytes written since it stopped, the
         # transport's backlog then, and how much of it the client has taken.
         self._written_blocked = 0
-        self._unsent_blocked = 0
-        self._taken = 0
-        self._taken_at = 0.0
         # This client's share of the OutputBudget's held bytes.
         self._output_counted = 0
 
@@ -260,13 +258,13 @@ class HttpFrontend(Protocol):
         if not self.write_blocked:
             self.write_blocked = True
             self._written_blocked = 0
-            self._start_send_timer()
+            self.factory.sends.paused(self)
         self.check_output()
 
     def resumeProducing(self) -> None:
         # The transport has sent everything written to it.
         self.write_blocked = False
-        self._stop_send_timer()
+        self.factory.sends.resumed(self)
         self._release_output()
         exchange = self.exchange
         if exchange is not None:
@@ -301,37 +299,13 @@ class HttpFrontend(Protocol):
         counted, self._output_counted = self._output_counted, 0
         self.factory.output.held -= counted
 
-    def _start_send_timer(self) -> None:
-        timeout = self.factory.limits.send_timeout
-        if not timeout or self._send_timer is not None:
-            return
-        clock = self.factory.clock
-        self._unsent_blocked = unsent_bytes(self.transport) or 0
-        self._written_blocked = 0
-        self._taken = 0
-        self._taken_at = clock.seconds()
-        self._send_timer = Inactivity(clock, timeout, 0.0, self._sent_since, self._send_too_slow)
-
-    def _stop_send_timer(self) -> None:
-        timer, self._send_timer = self._send_timer, None
-        if timer is not None:
-            timer.cancel()
-
-    def _sent_since(self) -> float:
-        """When the client last took bytes of what was written to it."""
+    def sent_mark(self) -> Optional[int]:
+        """Grows as the client's socket takes bytes (see L{poolproxy.proxy.sending})."""
         unsent = unsent_bytes(self.transport)
-        if unsent is None:  # a transport that does not say: never seen to read
-            unsent = self._unsent_blocked + self._written_blocked
-        taken = self._unsent_blocked + self._written_blocked - unsent
-        if taken > self._taken:
-            self._taken = taken
-            self._taken_at = self.factory.clock.seconds()
-        return self._taken_at
+        return None if unsent is None else self._written_blocked - unsent
 
-    def _send_too_slow(self, why: str) -> None:
+    def send_timed_out(self) -> None:
         """Nothing written to the client was read for send_timeout: drop it."""
-        self._send_timer = None
-        self.stats.timeouts.add("send")
         self._closing = True
         self.transport.abortConnection()  # it is not reading: nothing to flush
 
@@ -440,7 +414,7 @@ class HttpFrontend(Protocol):
             self._producing = False
             self.transport.unregisterProducer()
             if unsent_bytes(self.transport) != 0:
-                self._start_send_timer()
+                self.factory.sends.paused(self)
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
@@ -451,7 +425,7 @@ class HttpFrontend(Protocol):
         timer, self._head_timer = self._head_timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        self._stop_send_timer()
+        self.factory.sends.resumed(self)
         self._release_output()
         exchange, self.exchange = self.exchange, None
         self.tunnel_to = None
@@ -507,6 +481,8 @@ class HttpFactory(Factory):
         self.failure_statuses = failure_statuses
         self.retry_budget = retry_budget if retry_budget is not None else RetryBudget()
         self.limits = limits
+        # send_timeout, as the other modes keep it: one timer for the listener.
+        self.sends = SendTimeouts(clock, limits.send_timeout, self.stats)
         self.trusted_proxies = trusted_proxies
         self.output = output if output is not None else OutputBudget()
         self.problems = ThrottledLog(self.log, clock)
