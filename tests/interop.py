@@ -177,8 +177,13 @@ http {{
 """
 
 
-def nginx_server(testcase: Any) -> Any:
-    """Start nginx; return (port, directory) - access.log records $connection."""
+def nginx_server(testcase: Any, template: str = NGINX_CONF, name: str = "nginx",
+                 **fields: str) -> Any:
+    """
+    Start nginx with C{template} (formatted with C{dir}, C{port}, C{user}
+    and C{fields}); return (port, directory).  The default configuration's
+    access.log records $connection.
+    """
     nginx = binary("nginx")
     port = free_port()
     directory = os.path.abspath(testcase.mktemp())
@@ -190,9 +195,9 @@ def nginx_server(testcase: Any) -> Any:
         # As root, nginx's workers would run as nobody, who cannot read the
         # test's temporary directory.
         user = "user root;" if os.geteuid() == 0 else ""
-        f.write(NGINX_CONF.format(dir=directory, port=port, user=user))
+        f.write(template.format(dir=directory, port=port, user=user, **fields))
     p = Process(testcase, [nginx, "-c", conf, "-p", directory, "-e", os.path.join(directory, "error.log")],
-                "nginx")
+                name)
     wait_port(port, p.proc, log=os.path.join(directory, "error.log"))
     return port, directory
 

@@ -159,17 +159,7 @@ http {{
 
 def tls_nginx(testcase: Any, cert_file: str, key_file: str) -> int:
     """nginx serving https on a free port (returned)."""
-    nginx = binary("nginx")
-    port = free_port()
-    directory = os.path.abspath(testcase.mktemp())
-    os.makedirs(directory)
-    conf = os.path.join(directory, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(TLS_NGINX_CONF.format(dir=directory, port=port, cert=cert_file, key=key_file,
-                                      user="user root;" if os.geteuid() == 0 else ""))
-    p = Process(testcase, [nginx, "-c", conf, "-p", directory, "-e",
-                           os.path.join(directory, "error.log")], "nginx-tls")
-    wait_port(port, p.proc, log=os.path.join(directory, "error.log"))
+    port, _ = nginx_server(testcase, TLS_NGINX_CONF, "nginx-tls", cert=cert_file, key=key_file)
     return port
 
 
