@@ -383,6 +383,7 @@ class HostileInputTests(SynchronousTestCase):
                         b"n,,n=,r=a,b", b"n,,n=,x=abc", b"n,,n=,r=ab\x7f", b"n,,n=,r=\xff",
                         b"x,,n=,r=abc", b"p=tls-server-end-point,,n=,r=abc", b"p,,n=,r=abc",
                         b"n,a=admin,n=,r=abc", b"n,junk,n=,r=abc", b"n,,m=ext,n=,r=abc",
+                        b"n,,n,r=abc", b"n,,nx,r=abc", b"n,,n=,rxabc", b"n,,n=,r",
                         b"n,,n=,r=abc\0", b"n,,n=,r=abc,", b"n,,n=,r=abc,=x", b"n,,n=,r=abc,1=x",
                         b"n,,n=,r=" + b"a" * MAX_MESSAGE, b"n,,n=,r=" + b"a" * 10 ** 6]:
             with self.assertRaises(AuthProtocolViolation, msg=repr(message[:40])) as raised:
@@ -420,6 +421,24 @@ class HostileInputTests(SynchronousTestCase):
             server = ScramServerExchange(self.secret)
             with self.assertRaises(AuthFailed):
                 server.final(make(valid_first(server)))
+            self.assertIsNone(server.client_key)
+
+    def test_nonce_checked_with_a_right_proof(self) -> None:
+        """
+        A client-final-message whose nonce is not this exchange's is refused
+        even when its proof is right for what it says (a client that
+        confuses two exchanges).
+        """
+        for nonce in (b"CX", b"C", b"XS"):
+            server = ScramServerExchange(self.secret, nonce="S")
+            server_first = server.first(b"n,,n=,r=C")
+            without_proof = b"c=biws,r=" + nonce
+            signature = hmac.new(self.secret.stored_key, b"n=,r=C," + server_first + b"," +
+                                 without_proof, hashlib.sha256).digest()
+            key = client_key_of(b"pencil", self.secret)
+            proof = bytes(a ^ b for a, b in zip(key, signature))
+            with self.assertRaises(AuthProtocolViolation):
+                server.final(without_proof + b",p=" + base64.b64encode(proof))
             self.assertIsNone(server.client_key)
 
     def test_order(self) -> None:
@@ -572,6 +591,18 @@ class UserlistTests(SynchronousTestCase):
         self.assertTrue(blank.disabled)
         self.assertEqual((blank.scram(), blank.md5(), blank.password()), (None, None, None))
         self.assertFalse(parse_userlist(USERLIST)["plain"].disabled)
+
+    def test_check_password(self) -> None:
+        """A cleartext password checks against every kind; an empty one, or any against a
+        disabled user, never passes."""
+        users = parse_userlist(USERLIST)
+        for name, right in [("plain", "secret"), ("hashed", "secret"), ("scrammed", "s"),
+                            ("quo\"ted", "pass\"word")]:
+            self.assertTrue(users[name].check_password(right), name)
+            self.assertFalse(users[name].check_password(right + "x"), name)
+            self.assertFalse(users[name].check_password(""), name)
+        self.assertFalse(users["blank"].check_password(""))
+        self.assertFalse(users["blank"].check_password("x"))
 
     def test_not_md5(self) -> None:
         """Upper-case hex or a wrong length is not an md5 hash (as in PostgreSQL): plaintext."""
