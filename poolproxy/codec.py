@@ -315,6 +315,66 @@ class IProbingCodec(ICodec):
         """Whether C{response}, the one answer to L{ICodec.probe}, is healthy."""
 
 
+class ISetupConversation(Interface):
+    """
+    Setting up a new backend connection when it takes several round trips
+    (PostgreSQL's login: md5 needs the server's salt, SCRAM two exchanges),
+    which L{ICodec.setup_frames} cannot express.  The proxy writes
+    L{start}'s bytes, then feeds everything the backend sends to
+    L{receive} and writes what it returns, until C{done} or C{error}.
+    """
+
+    done = Attribute("Whether the connection is set up and ready for requests.")
+    error = Attribute("None, or why setup failed (the connection is then closed).")
+
+    def start() -> bytes:
+        """The first bytes to send."""
+
+    def receive(data: bytes) -> bytes:
+        """Bytes from the backend; the bytes to send it now (maybe none)."""
+
+    def leftover() -> bytes:
+        """Bytes the backend sent after setup ended."""
+
+
+class ITransactionReplies(Interface):
+    """
+    One backend connection's replies in transaction pooling: the response
+    framer of a connection leased per transaction.  Told what was sent, fed
+    what came back, it reports the trailing transaction state, which is
+    what gives the connection back to the pool: the response says the
+    transaction is over, not the request.
+    """
+
+    error = Attribute("None, or the FramingError that broke the stream.")
+    status = Attribute("The transaction state the last reply left the connection in "
+                       "(PostgreSQL: b'I' idle, b'T' in a transaction, b'E' failed).")
+    idle = Attribute("Whether the connection is between transactions: the state is "
+                     "idle and every request sent on it has been answered.")
+
+    def sent(kind: int) -> None:
+        """A request of C{kind} (the codec's own numbering) was sent."""
+
+    def local(reply: bytes) -> None:
+        """The proxy answered a request itself: C{reply} goes out in its turn."""
+
+    def feed(data: bytes) -> bytes:
+        """Bytes from the backend; what the client gets of them, in order."""
+
+
+class ITransactionCodec(ICodec):
+    """
+    A codec pooled by transaction (mode C{"transaction"}): a client holds a
+    backend connection from the first message of a transaction until its
+    L{ITransactionReplies} says the transaction is over.  Setup is a
+    conversation (L{ISetupConversation}), and pools are kept per (database,
+    user) inside each backend.
+    """
+
+    def fatal_reply(kind: str, message: str) -> bytes:
+        """The error that ends a client connection, for C{kind} in L{ERROR_KINDS}."""
+
+
 @implementer(ICodec)
 class BaseCodec:
     """

@@ -400,7 +400,7 @@ class FlagErrorTests(ConfigTestCase):
         """
         An unknown --protocol is refused, listing the available ones.
         """
-        self.assertFlagError("--protocol", "gopher", "unknown protocol 'gopher'", "available: http, memcached, redis, tcp")
+        self.assertFlagError("--protocol", "gopher", "unknown protocol 'gopher'", "available: http, memcached, postgres, redis, tcp")
 
     def test_missing_listen(self) -> None:
         """

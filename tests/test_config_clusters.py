@@ -430,7 +430,8 @@ class OverrideTests(ClusterConfigTestCase):
                  "breaker_max_reset_timeout": "2", "max_ejected_percent": "100",
                  "hash_tag": '"{}"', "http_failures": '"gateway"',
                  "deny_commands": '["KEYS", "CLIENT KILL"]', "allow_commands": '["CONFIG"]',
-                 "unknown_commands": '"pin"', "backend_tls": "{ verify = false }"}
+                 "unknown_commands": '"pin"', "backend_tls": "{ verify = false }",
+                 "pool_mode": '"session"', "max_prepared_statements": "50"}
         self.assertEqual(sorted(valid), sorted(CLUSTER_OVERRIDES))
         config = self.parse_file(cluster_file("".join(f"{k} = {v}\n" for k, v in valid.items())))
         self.assertEqual(sorted(config.clusters[0].overrides), sorted(CLUSTER_OVERRIDES))
@@ -652,7 +653,7 @@ class ClusterErrorTests(ClusterConfigTestCase):
         top-level keys.
         """
         self.assertFileError(cluster_file('protocol = "gopher"\n'), "cluster[0].protocol",
-                             "unknown protocol 'gopher'; available: http, memcached, redis, tcp")
+                             "unknown protocol 'gopher'; available: http, memcached, postgres, redis, tcp")
         self.assertFileError(cluster_file('balance = "fastest"\n'), "cluster[0].balance",
                              "unknown policy 'fastest'; available: round_robin")
         self.assertFileError(cluster_file('hash_key = "cookie"\n'), "cluster[0].hash_key",

@@ -20,6 +20,9 @@ from poolproxy.codecs.redis import codec as redis_codec
 from poolproxy.codecs.tcp import codec as tcp_codec
 from poolproxy.config import ProxyConfig, codec_options
 from poolproxy.proxy.admission import Admission
+from poolproxy.codecs.postgres import codec as postgres_codec
+from poolproxy.proxy.transaction.client import TransactionFactory
+from poolproxy.proxy.transaction.server import KeyedPools
 from poolproxy.proxy.modes import MODES, mode_of
 from poolproxy.proxy.multiplexed.client import MultiplexFactory
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
@@ -39,9 +42,10 @@ def assemble(codec: Any, **settings: Any) -> ClusterAssembly:
 
 class ModeTableTests(SynchronousTestCase):
     def test_every_shipped_codec_has_a_mode(self) -> None:
-        """The three modes, and each shipped codec (and the example) finds its own."""
-        self.assertEqual(sorted(MODES), ["multiplexed", "request", "session"])
-        for codec in (tcp_codec, http_codec, redis_codec, memcached_codec, line_codec()):
+        """The four modes, and each shipped codec (and the example) finds its own."""
+        self.assertEqual(sorted(MODES), ["multiplexed", "request", "session", "transaction"])
+        for codec in (tcp_codec, http_codec, redis_codec, memcached_codec, postgres_codec,
+                      line_codec()):
             self.assertIs(mode_of(codec), MODES[codec.mode])
 
     def test_unknown_mode(self) -> None:
@@ -51,7 +55,19 @@ class ModeTableTests(SynchronousTestCase):
 
         error = self.assertRaises(ValueError, mode_of, Odd())
         self.assertIn("'telepathic'", str(error))
-        self.assertIn("modes are session, request, multiplexed", str(error))
+        self.assertIn("modes are session, request, multiplexed, transaction", str(error))
+
+    def test_transaction(self) -> None:
+        """postgres: TransactionFactory, a pool per (database, user) beside each backend."""
+        assembly = assemble(postgres_codec, auth_type="trust")
+        self.assertIsInstance(assembly.frontend("l"), TransactionFactory)
+        for backend in assembly.cluster.backends:
+            self.assertIsInstance(backend.shared, KeyedPools)
+            keyed = backend.shared.get((b"db", b"user"))
+            self.assertIs(backend.shared.get((b"db", b"user")), keyed)
+            self.assertIsNot(backend.shared.get((b"db", b"other")), keyed)
+            self.assertEqual(keyed.pool.size, backend.pool.size)
+        self.assertEqual(assembly.cluster.policy_name, "round_robin")
 
     def test_session(self) -> None:
         """tcp: SessionFactory, SessionBackend, nothing shared, round robin, its own idle timeout."""

@@ -242,6 +242,7 @@ class BackendPool(Generic[P]):
         health_interval: float = 2.0,
         clock: Optional[IReactorTime] = None,
         cluster: str = "",
+        probe_when_down: bool = True,
     ) -> None:
         self._clock: Any = default_reactor(clock)
         self.name = name
@@ -256,6 +257,10 @@ class BackendPool(Generic[P]):
         self.max_lifetime = max_lifetime
         self.max_uses = max_uses
         self.health_interval = health_interval
+        # Whether maintenance connects to a backend that is down, to notice
+        # when it is back; a pool of PostgreSQL logins for one (database,
+        # user) does not (a failed login is not a backend to watch).
+        self.probe_when_down = probe_when_down
 
         self._idle: List[PooledConnection[P]] = []  # a stack: the most recently used is reused first
         self._leased: Set[PooledConnection[P]] = set()
@@ -716,7 +721,7 @@ class BackendPool(Generic[P]):
 
     def _refill(self) -> None:
         wanted = self.min_idle
-        if wanted == 0 and self.state != "up" and not self._connecting:
+        if wanted == 0 and self.state != "up" and self.probe_when_down and not self._connecting:
             # Probe a backend that is down (or not tried yet) so that it is
             # noticed when it comes back, even with no traffic.
             wanted = 1

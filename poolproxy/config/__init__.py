@@ -94,6 +94,11 @@ class ProxyConfig:
     backend_username: Optional[str] = None
     backend_db: int = 0
     client_password_file: Optional[str] = None
+    pool_mode: str = "transaction"
+    auth_type: str = "scram-sha-256"
+    auth_file: Optional[str] = None
+    max_prepared_statements: int = 200
+    server_reset_timeout: float = 10.0
     admin_token_file: Optional[str] = None
     backend_tls: Optional[BackendTLS] = None
     balance: Optional[str] = None

@@ -247,6 +247,21 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("backend_db", "int", 0, "Redis database pooled connections SELECT.", minimum=0),
     Setting("client_password_file", "str", None, "File holding the password redis "
             "clients must AUTH with to use the proxy."),
+    Setting("pool_mode", "str", "transaction", "postgres: when a client gives its server "
+            "connection back: at the end of each transaction, or when it leaves (session).",
+            choices=("transaction", "session")),
+    Setting("auth_type", "str", "scram-sha-256", "postgres: how clients authenticate to the "
+            "proxy, against auth_file: scram-sha-256, md5 or trust.",
+            choices=("scram-sha-256", "md5", "trust")),
+    Setting("auth_file", "str", None, "postgres: the users file, PgBouncer's userlist.txt "
+            "format (\"user\" \"SCRAM secret, md5 hash or password\" per line); SIGHUP "
+            "re-reads it."),
+    Setting("max_prepared_statements", "int", 200, "postgres: protocol-level prepared "
+            "statements kept per server connection (least recently used closed first).",
+            minimum=1),
+    Setting("server_reset_timeout", "float", 10.0, "postgres: seconds a server connection may "
+            "take to reset (ROLLBACK, DISCARD ALL) before it is closed instead.", minimum=0,
+            exclusive=True),
     Setting("admin_token_file", "str", None, "File whose first line is the bearer token "
             "for the admin API; without it the API is off."),
     Setting("backend_tls", "tls", None, "TLS to the backends, certificate and name verified: "
@@ -365,7 +380,7 @@ CLUSTER_OVERRIDES: Tuple[str, ...] = (
     "check_timeout", "check_rise", "check_fall", "check_path", "breaker_failures",
     "breaker_reset_timeout", "breaker_max_reset_timeout", "max_ejected_percent", "hash_tag",
     "http_failures", "deny_commands", "allow_commands", "unknown_commands",
-    "backend_tls",
+    "backend_tls", "pool_mode", "max_prepared_statements",
 )
 
 LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster", "max_connections")

@@ -17,7 +17,7 @@ mode is adding a record to L{MODES}.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Collection, Dict, Optional, Protocol, cast
 
@@ -37,6 +37,9 @@ from poolproxy.proxy.output import OutputBudget
 from poolproxy.proxy.forwarded import TrustedProxies
 from poolproxy.proxy.request import HttpBackend, HttpFactory, HttpLimits, route_key
 from poolproxy.proxy.session import SessionBackend, SessionFactory
+from poolproxy.proxy.transaction.auth import Users
+from poolproxy.proxy.transaction.client import TransactionFactory
+from poolproxy.proxy.transaction.server import KeyedPools
 from poolproxy.stats import ListenerStats
 
 
@@ -57,6 +60,9 @@ class ClusterContext:
     reactor: Any
     setting: Callable[[str], Any]
     output: OutputBudget
+    #: What a mode keeps for the whole cluster, by name (transaction mode:
+    #: its users file and statement names), made on first use.
+    kept: Dict[str, Any] = field(default_factory=dict)
 
 
 class FrontendFactory(Protocol):
@@ -192,6 +198,42 @@ def _codec_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> he
     return health.codec_probe(endpoint, codec)
 
 
+# -- transaction (postgres) ---------------------------------------------------
+
+def _users(context: ClusterContext) -> Users:
+    users = context.kept.get("users")
+    if users is None:
+        config, options = context.config, context.options
+        users = context.kept["users"] = Users(
+            config.auth_type, config.auth_file, config.backend_username,
+            lambda: options.backend_password)
+    return cast(Users, users)
+
+
+def _transaction_frontend(name: str, cluster: Cluster,
+                          context: ClusterContext) -> FrontendFactory:
+    config = context.config
+    return TransactionFactory(name, context.codec, context.admission, cluster, _users(context),
+                              clock=context.reactor,
+                              session_pooling=context.setting("pool_mode") == "session",
+                              max_message=context.options.max_request_size,
+                              send_timeout=config.send_timeout)
+
+
+def _transaction_backend(backend: Backend,
+                         context: ClusterContext) -> Callable[[], BackendProtocol]:
+    # The backend's own pool only carries the settings its (database, user)
+    # pools are made with (KeyedPools): it never connects.
+    return BackendProtocol
+
+
+def _keyed_pools(backend: Backend, context: ClusterContext) -> SharedConnections:
+    users = _users(context)
+    return KeyedPools(backend, lambda key: users.credentials(key[1]), context.reactor,
+                      context.config.server_reset_timeout,
+                      context.setting("max_prepared_statements"))
+
+
 MODES: Dict[str, Mode] = {mode.name: mode for mode in (
     Mode("session", _session_frontend, _session_backend, _tcp_probe,
          balance="round_robin", idle_timeout="session_idle_timeout"),
@@ -200,6 +242,8 @@ MODES: Dict[str, Mode] = {mode.name: mode for mode in (
     Mode("multiplexed", _multiplexed_frontend, _multiplexed_backend, _codec_probe,
          balance="consistent_hash", idle_timeout="client_idle_timeout",
          shared=_multiplexer),
+    Mode("transaction", _transaction_frontend, _transaction_backend, _tcp_probe,
+         balance="round_robin", idle_timeout="client_idle_timeout", shared=_keyed_pools),
 )}
 
 

@@ -1,0 +1,842 @@
+"""
+The client side of transaction pooling (PostgreSQL): a client holds a
+server connection only while it has a transaction under way.
+
+A L{TransactionFrontend} answers the client's start-up itself (TLS refused
+or offered, authentication against the users file, the server's parameters
+and a cancel key of the proxy's own), then reads the client's messages.
+The first message of a transaction asks for admission and a server
+connection of the client's (database, user) pool; messages are sent on it
+as they come.  The connection goes back when its L{Replies} says the
+transaction is over (ReadyForQuery C{I}, nothing owed, no COPY) and the
+client has no partial batch (messages after its last Sync) -- never on a
+Flush.  In session pool mode, and once a client has run a statement whose
+effect outlives its transaction (see L{session_effect}), it keeps its
+connection until it leaves; the connection is reset before anyone else
+gets it.
+
+Prepared statements are renamed per server connection
+(L{poolproxy.codecs.postgres_statements}): a client's statements follow it
+from connection to connection.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from poolproxy.backends.pool import (AcquireTimeout, BackendUnavailable, PoolClosed,
+                                     PooledConnection, PoolExhausted)
+from poolproxy.codec import FramingError
+from poolproxy.codecs import postgres as pg
+from poolproxy.codecs.postgres_replies import (BIND, DESCRIBE, EXECUTE, FUNCTION, PARSE, QUERY,
+                                               SWALLOW, SYNC, CLOSE, ParseSent)
+from poolproxy.codecs.postgres_sql import deallocates_all, session_effect
+from poolproxy.codecs.postgres_statements import (ClientStatements, StatementNames,
+                                                  bind_statement, make_close, make_parse,
+                                                  named_target, parse_fields, parse_query,
+                                                  rename_bind)
+from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.proxy.sending import SendTimeouts
+from poolproxy.proxy.transaction.auth import ClientAuth, Users
+from poolproxy.proxy.transaction.server import KeyedPool, KeyedPools, LoginFailed, ServerConnection
+from poolproxy.stats import ListenerStats
+from poolproxy.util.reactors import default_reactor
+
+if TYPE_CHECKING:
+    from poolproxy.backends.cluster import Backend, Cluster
+
+_INT32 = struct.Struct("!I")
+
+#: Start-up parameters a client may set that the proxy applies with SET on
+#: every server connection it gets (PgBouncer's track_extra_parameters and
+#: its defaults), so that one client's settings never reach another.
+TRACKED_PARAMETERS = (b"application_name", b"client_encoding", b"DateStyle", b"TimeZone",
+                      b"IntervalStyle", b"search_path", b"standard_conforming_strings")
+#: Parameters the server reports (ParameterStatus), whose value on a server
+#: connection is known without asking.
+_REPORTED = frozenset(TRACKED_PARAMETERS) - {b"search_path"}
+
+# Client states.
+STARTUP, AUTH, WELCOME, READY, CLOSED = range(5)
+_EXTENDED = frozenset(b"PBDECH")
+
+
+def no_delay(transport: Any) -> None:
+    """
+    Small replies go out at once: a request-reply protocol waits on every
+    one (Nagle's algorithm would hold a reply back behind the peer's
+    delayed ACK, 40 ms).  PostgreSQL and libpq set it on their sockets too.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not TCP (a unix socket)
+
+
+def _set_statement(name: bytes, value: bytes) -> bytes:
+    return b"SET " + name + b" TO '" + value.replace(b"'", b"''") + b"'"
+
+
+@implementer(IPushProducer)
+class TransactionFrontend(Protocol):
+    """
+    One PostgreSQL client.
+
+    @ivar pinned: why the client keeps its server connection for the rest
+        of its session (a L{session_effect} label, or C{"session"} in
+        session pool mode), or L{None}.
+    """
+
+    transport: Any
+    log = Logger()
+
+    def __init__(self, factory: "TransactionFactory") -> None:
+        self.factory = factory
+        self.stats = factory.stats
+        self.state = STARTUP
+        self._buffer = b""
+        self.user = b""
+        self.database = b""
+        self.params: Dict[bytes, bytes] = {}
+        self.wanted: Dict[bytes, bytes] = {}
+        self.auth: Optional[ClientAuth] = None
+        self.key: Tuple[int, bytes] = (0, b"")
+        self.statements = ClientStatements()
+        # The lease, and how it is being had.
+        self._conn: "Optional[PooledConnection[ServerConnection]]" = None
+        self._server: Optional[ServerConnection] = None
+        self._backend: "Optional[Backend]" = None
+        self._admitted = False
+        self._waiting: Any = None  # admission Deferred or pool waiter
+        self._held: List[Tuple[int, bytes]] = []  # messages waiting for a connection
+        self._out: List[bytes] = []  # bytes for the server, written once per read
+        self.partial = False  # extended-query messages sent since the last Sync
+        self.pinned: Optional[str] = None
+        self._discarding = False  # after a local error: drop messages until Sync
+        self._copy_streaming = 0  # bytes of a CopyData still to pass on
+        self._paused = False
+        self._gone = False
+        self.last_active = 0.0
+        self.send_deadline: Optional[List[Any]] = None
+
+    # -- connection ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.last_active = self.factory.clock.seconds()
+        self.stats.connections_total += 1
+        self.stats.connections_open += 1
+        self.factory.clients.add(self)
+        self.transport.registerProducer(self, True)
+        no_delay(self.transport)
+
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
+        self._gone = True
+        self.state = CLOSED
+        self.stats.connections_open -= 1
+        self.factory.clients.discard(self)
+        self.factory.sends.resumed(self)
+        self.factory.cancel_keys.pop(self.key, None)
+        self._stop_waiting()
+        self._give_back(abandoned=True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_active = self.factory.clock.seconds()
+        if self.state == READY:
+            self._messages(data)
+        elif self.state == STARTUP:
+            self._startup(data)
+        elif self.state in (AUTH, WELCOME):
+            self._buffer += data
+            if self.state == AUTH:
+                self._auth_messages()
+
+    # -- start-up and authentication ----------------------------------------------------
+
+    def _startup(self, data: bytes) -> None:
+        buffer = self._buffer + data
+        while True:
+            try:
+                startup, used = pg.read_startup(buffer)
+            except FramingError as e:
+                self._fatal("malformed", e.message)
+                return
+            if startup is None:
+                self._buffer = buffer
+                return
+            buffer = buffer[used:]
+            if startup.code in (pg.SSL_REQUEST, pg.GSSENC_REQUEST):
+                # No TLS configured: "N", and the client goes on in plain text.
+                self.transport.write(b"N")
+                continue
+            if startup.code == pg.CANCEL_REQUEST:
+                self.factory.cancel(startup.pid, startup.key)
+                self.transport.loseConnection()
+                self.state = CLOSED
+                return
+            self._buffer = buffer
+            self._started(startup)
+            return
+
+    def _started(self, startup: pg.Startup) -> None:
+        self.user, self.database = startup.user, startup.database
+        self.params = startup.params
+        self.wanted = {k: v for k, v in startup.params.items() if k in TRACKED_PARAMETERS}
+        minor = startup.code & 0xffff
+        options = [k for k in startup.params if k.startswith(b"_pq_.")]
+        self.minor = min(minor, 2)
+        if minor > 2 or options:
+            # Newer than we speak, or protocol options we do not know: say
+            # which version we take and which options we ignore.
+            body = _INT32.pack(self.minor) + _INT32.pack(len(options)) + b"".join(
+                o + b"\0" for o in options)
+            self.transport.write(pg.message(b"v", body))
+        self.state = AUTH
+        self.auth = self.factory.users.authenticator(self.user)
+        first = self.auth.start()
+        if first:
+            self.transport.write(first)
+        self._auth_messages()
+
+    def _auth_messages(self) -> None:
+        auth = self.auth
+        assert auth is not None
+        while self.state == AUTH and not auth.done and auth.error is None:
+            if len(self._buffer) < 5:
+                return
+            length = _INT32.unpack_from(self._buffer, 1)[0]
+            if length < 4 or length > 64 * 1024:
+                self._fatal("malformed", "invalid authentication message length")
+                return
+            if len(self._buffer) < 1 + length:
+                return
+            kind, body = self._buffer[:1], self._buffer[5:1 + length]
+            self._buffer = self._buffer[1 + length:]
+            if kind != b"p":
+                self._fatal("malformed", f"expected a password message, got {kind!r}")
+                return
+            reply = auth.receive(body)
+            if reply:
+                self.transport.write(reply)
+        if auth.error is not None:
+            self.stats.auth_failures += 1
+            self.factory.auth_failed(self.user, auth.error)
+            self.transport.write(pg.error_response(
+                pg.INVALID_PASSWORD, "password authentication failed for user "
+                f"\"{self.user.decode('utf-8', 'replace')}\"", b"FATAL"))
+            self.transport.loseConnection()
+            self.state = CLOSED
+        elif auth.done:
+            self.factory.users.remember(self.user, auth)
+            self.state = WELCOME
+            keyed = self._keyed()
+            if keyed is None:
+                return
+            if keyed.parameters is not None:
+                self._welcome(keyed.parameters)
+            else:
+                # The first client of this (database, user): a server login
+                # tells what to say (and whether the database exists).
+                self._need_connection()
+
+    def _welcome(self, parameters: Dict[bytes, bytes]) -> None:
+        if self.state != WELCOME:
+            return
+        out = [pg.authentication(pg.AUTH_OK)]
+        shown = dict(parameters)
+        shown.update(self.wanted)
+        for name, value in shown.items():
+            out.append(pg.parameter_status(name, value))
+        pid = self.factory.new_pid()
+        key = secrets.token_bytes(32 if self.minor >= 2 else 4)
+        self.key = (pid, key)
+        self.factory.cancel_keys[self.key] = self
+        out.append(pg.backend_key_data(pid, key))
+        out.append(pg.ready_for_query())
+        self.transport.write(b"".join(out))
+        self.state = READY
+        if self.factory.session_pooling:
+            self.pinned = "session"
+        if self._buffer:
+            data, self._buffer = self._buffer, b""
+            self._messages(data)
+
+    # -- the client's messages ----------------------------------------------------------
+
+    def _messages(self, data: bytes) -> None:
+        if self._copy_streaming:
+            data = self._stream_copy(data)
+            if not data:
+                return
+        buffer = self._buffer + data if self._buffer else data
+        pos, end = 0, len(buffer)
+        limit = self.factory.max_message
+        while end - pos >= 5 and self.state == READY:
+            kind = buffer[pos]
+            length = _INT32.unpack_from(buffer, pos + 1)[0]
+            if length < 4 or length > limit:
+                self._buffer = b""
+                self._fatal("too_large" if length > limit else "malformed",
+                            f"message length {length} out of bounds")
+                return
+            stop = pos + 1 + length
+            if stop > end:
+                if kind == 0x64 and self._server is not None:  # CopyData: pass it on
+                    self._out.append(buffer[pos:end])
+                    self._copy_streaming = stop - end
+                    pos = end
+                break
+            self._message(kind, buffer[pos:stop])
+            pos = stop
+        self._buffer = buffer[pos:] if pos < end else b""
+        self._flush()
+
+    def _stream_copy(self, data: bytes) -> bytes:
+        n = self._copy_streaming
+        if n >= len(data):
+            self._copy_streaming = n - len(data)
+            self._out.append(data)
+            self._flush()
+            return b""
+        self._copy_streaming = 0
+        self._out.append(data[:n])
+        return data[n:]
+
+    def _message(self, kind: int, msg: bytes) -> None:
+        if self._discarding:
+            # A local error earlier in this batch: as the server does, skip
+            # to the Sync, which gets the error's ReadyForQuery.
+            if kind != SYNC:
+                return
+            self._discarding = False
+        if kind == 0x58:  # Terminate
+            self._give_back(abandoned=False)
+            self.transport.loseConnection()
+            self.state = CLOSED
+            return
+        server = self._server
+        if server is None:
+            if not self._held and self._answer_alone(kind, msg):
+                return
+            self._held.append((kind, msg))
+            self._need_connection()
+            return
+        self._send(server, kind, msg)
+
+    def _answer_alone(self, kind: int, msg: bytes) -> bool:
+        """
+        Answer a message that needs no server (nothing held, nothing open):
+        a Sync with nothing before it, a Flush, a Close of a statement, a
+        Parse of a statement some server has parsed already.  A client
+        preparing statements holds no connection for it (pgbench -M
+        prepared prepares synchronously, one client of a thread after
+        another: with every connection held by its thread's clients in
+        their transactions, a Parse that waited for one would wait forever).
+        """
+        if kind == SYNC and not self.partial:
+            self.transport.write(pg.ready_for_query())
+            return True
+        if kind == 0x48:  # Flush
+            return True
+        if kind == CLOSE and msg[5:6] == b"S" and msg[6:7] != b"\0":
+            try:
+                target, name = named_target(msg[5:])
+            except ValueError:
+                return False
+            self.statements.named.pop(name, None)
+            self.transport.write(pg.CLOSE_COMPLETE)
+            return True
+        if kind == PARSE and msg[5:6] != b"\0" and self.pinned is None:
+            try:
+                name, definition = parse_fields(msg[5:])
+            except ValueError:
+                return False
+            names = self.factory.statement_names
+            global_name = names.known(definition)
+            if global_name is None or name in self.statements.named:
+                return False
+            self._check_session_effect(parse_query(definition))
+            if self.pinned is not None:
+                return False  # a statement that pins goes to the server
+            self.statements.named[name] = (global_name, definition)
+            self.transport.write(pg.PARSE_COMPLETE)
+            return True
+        return False
+
+    def _send(self, server: ServerConnection, kind: int, msg: bytes) -> None:
+        """Send one message on the held connection, rewritten as it must be."""
+        replies = server.replies
+        out = self._out
+        if kind == QUERY:
+            self._check_session_effect(msg[5:-1])
+            server.statements.unnamed_owner = None
+            out.append(msg)
+            replies.sent(QUERY)
+        elif kind == PARSE:
+            self._parse(server, msg)
+            self.partial = True
+        elif kind == BIND:
+            self._bind(server, msg)
+            self.partial = True
+        elif kind == DESCRIBE or kind == CLOSE:
+            self._describe_or_close(server, kind, msg)
+            self.partial = True
+        elif kind == EXECUTE:
+            out.append(msg)
+            replies.sent(EXECUTE)
+            self.partial = True
+        elif kind == SYNC:
+            out.append(msg)
+            replies.sent(SYNC)
+            self.partial = False
+        elif kind == 0x48:  # Flush
+            out.append(msg)
+            self.partial = True
+        elif kind == 0x64:  # CopyData
+            out.append(msg)
+        elif kind == 0x63 or kind == 0x66:  # CopyDone, CopyFail
+            out.append(msg)
+            replies.copy_ended()
+        elif kind == FUNCTION:
+            out.append(msg)
+            replies.sent(FUNCTION)
+        else:
+            self._fatal("malformed", f"unexpected message type {chr(kind)!r}")
+            return
+        local = replies.take_locals()
+        if local:
+            self._flush()
+            self.transport.write(local)
+
+    def _parse(self, server: ServerConnection, msg: bytes) -> None:
+        replies = server.replies
+        try:
+            name, definition = parse_fields(msg[5:])
+        except ValueError:
+            self._fatal("malformed", "invalid Parse message")
+            return
+        self._check_session_effect(parse_query(definition))
+        if not name:
+            self.statements.unnamed = msg
+            server.statements.unnamed_owner = self
+            self._out.append(msg)
+            replies.sent(PARSE)
+            return
+        if name in self.statements.named:
+            self._local_error(server, pg.DUPLICATE_STATEMENT,
+                              f"prepared statement \"{name.decode('utf-8', 'replace')}\" "
+                              "already exists")
+            return
+        global_name = self.factory.statement_names.name_for(definition)
+        self.statements.named[name] = (global_name, definition)
+        if global_name in server.statements:
+            server.statements.use(global_name)
+            replies.local(pg.PARSE_COMPLETE)
+            return
+        self._prepare(server, global_name, definition, swallow=False, client_name=name)
+
+    def _prepare(self, server: ServerConnection, global_name: bytes, definition: bytes,
+                 swallow: bool, client_name: Optional[bytes] = None) -> None:
+        """Parse C{global_name} on C{server} (closing what falls out of its bound)."""
+        for old in server.statements.add(global_name):
+            self._out.append(make_close(old))
+            server.replies.sent(CLOSE | SWALLOW)
+        self._out.append(make_parse(global_name, definition))
+        statements = self.statements
+
+        def failed(name: bytes) -> None:
+            server.statements.discard(name)
+            if client_name is not None and statements.named.get(client_name, (None,))[0] == name:
+                del statements.named[client_name]
+        server.replies.sent_parse(ParseSent(global_name, swallow, failed,
+                                            self.factory.statement_names.parsed))
+
+    def _ensure(self, server: ServerConnection, name: bytes) -> Optional[bytes]:
+        """The server name of the client's statement C{name}, prepared on C{server}."""
+        if not name:
+            unnamed = self.statements.unnamed
+            if unnamed is not None and server.statements.unnamed_owner is not self:
+                # Its unnamed statement is on another connection (or was
+                # replaced): parse it again here, silently.
+                self._out.append(unnamed)
+                server.replies.sent(PARSE | SWALLOW)
+                server.statements.unnamed_owner = self
+            return None
+        entry = self.statements.named.get(name)
+        if entry is None:
+            return None  # the server says 26000 itself
+        global_name, definition = entry
+        if global_name in server.statements:
+            server.statements.use(global_name)
+        else:
+            self._prepare(server, global_name, definition, swallow=True)
+        return global_name
+
+    def _bind(self, server: ServerConnection, msg: bytes) -> None:
+        body = msg[5:]
+        try:
+            start, end = bind_statement(body)
+        except ValueError:
+            self._fatal("malformed", "invalid Bind message")
+            return
+        global_name = self._ensure(server, body[start:end])
+        if global_name is not None:
+            msg = rename_bind(body, start, end, global_name)
+        self._out.append(msg)
+        server.replies.sent(BIND)
+
+    def _describe_or_close(self, server: ServerConnection, kind: int, msg: bytes) -> None:
+        try:
+            target, name = named_target(msg[5:])
+        except ValueError:
+            self._fatal("malformed", "invalid Describe or Close message")
+            return
+        if target == b"S":
+            if kind == CLOSE and name:
+                self.statements.named.pop(name, None)
+                server.replies.local(pg.CLOSE_COMPLETE)
+                return
+            global_name = self._ensure(server, name)
+            if global_name is not None:
+                msg = pg.message(msg[:1], b"S" + global_name + b"\0")
+        self._out.append(msg)
+        server.replies.sent(kind)
+
+    def _local_error(self, server: ServerConnection, sqlstate: bytes, text: str) -> None:
+        """An error the proxy finds in an extended-query batch: skip to its Sync."""
+        server.replies.local(pg.error_response(sqlstate, text))
+        self._discarding = True
+
+    def _check_session_effect(self, sql: bytes) -> None:
+        if deallocates_all(sql):
+            self.statements.clear()
+            server = self._server
+            if server is not None:
+                server.statements.clear()
+        if self.pinned is None:
+            effect = session_effect(sql)
+            if effect is not None:
+                self.pinned = effect
+                self.factory.pinned(self, effect)
+
+    def _flush(self) -> None:
+        out = self._out
+        if out and self._server is not None:
+            transport = self._server.transport
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.write(b"".join(out))
+            self.stats.bytes_upstream += sum(len(b) for b in out) if len(out) > 1 else len(out[0])
+            out.clear()
+
+    # -- getting a server connection -------------------------------------------------
+
+    def _keyed(self) -> Optional[KeyedPool]:
+        backend = self.factory.cluster.pick(None)
+        if backend is None or not isinstance(backend.shared, KeyedPools):
+            self._fatal("unavailable", "no server is available")
+            return None
+        return backend.shared.get((self.database, self.user))
+
+    def _need_connection(self) -> None:
+        if self._waiting is not None or self._server is not None:
+            return
+        if self._admitted or self.factory.admission.try_acquire():
+            self._admitted = True
+            self._lease()
+            return
+        d = self.factory.admission.acquire()
+        self._waiting = d
+        d.addCallbacks(self._on_admitted, self._on_not_admitted)
+
+    def _on_admitted(self, _: object) -> None:
+        self._waiting = None
+        self._admitted = True
+        self._lease()
+
+    def _on_not_admitted(self, failure: Failure) -> None:
+        self._waiting = None
+        if failure.check(CancelledError):
+            return
+        failure.trap(Overloaded)
+        self.stats.requests.add("rejected")
+        self._refuse("overloaded", "too many clients are waiting: try again later")
+
+    def _lease(self) -> None:
+        backend = self.factory.cluster.pick(None)
+        if backend is None or not isinstance(backend.shared, KeyedPools):
+            self._refuse("unavailable", "no server is available")
+            return
+        backend.begin()
+        self._backend = backend
+        keyed = backend.shared.get((self.database, self.user))
+        self._waiting = keyed.pool.wait(self._on_leased, lambda f: self._on_no_lease(f, keyed))
+
+    def _on_leased(self, conn: "PooledConnection[ServerConnection]") -> None:
+        self._waiting = None
+        if self._gone or self.state == CLOSED:
+            conn.release()
+            return
+        if self._backend is not None:
+            self._backend.succeeded()
+        server = conn.protocol
+        self._conn, self._server = conn, server
+        server.peer = self
+        server.transport.registerProducer(self.transport, True)
+        if self._paused:
+            server.transport.pauseProducing()
+        if self.state == WELCOME:
+            self._welcome(server.replies.parameters)
+        self._apply_parameters(server)
+        held, self._held = self._held, []
+        for kind, msg in held:
+            if self._server is None:
+                break
+            self._message(kind, msg)
+        self._flush()
+        if self._server is server and server.replies.idle:
+            self.transaction_over(server)
+
+    def _apply_parameters(self, server: ServerConnection) -> None:
+        """SET what the client's start-up asked for and the connection has otherwise."""
+        have = server.replies.parameters
+        sets = [_set_statement(name, value) for name, value in self.wanted.items()
+                if (have.get(name) if name in _REPORTED else server.applied.get(name)) != value]
+        if sets:
+            for name, value in self.wanted.items():
+                if name not in _REPORTED:
+                    server.applied[name] = value
+            self._out.append(pg.query(b"; ".join(sets)))
+            server.replies.sent(QUERY | SWALLOW)
+
+    def _on_no_lease(self, failure: Failure, keyed: KeyedPool) -> None:
+        self._waiting = None
+        self._end_admission(reported=True)
+        if failure.check(CancelledError):
+            return
+        if self._gone:
+            return
+        login = keyed.last_failure
+        if login is not None and login.failure is not None:
+            # The server's own word: unknown database, wrong password...
+            self.transport.write(login.failure)
+            self.transport.loseConnection()
+            self.state = CLOSED
+            return
+        if failure.check(AcquireTimeout):
+            self.stats.requests.add("pool_exhausted")
+            self._refuse("timeout", "no server connection became free in time "
+                         "(query_wait_timeout)")
+        elif failure.check(PoolExhausted):
+            self.stats.requests.add("pool_exhausted")
+            self._refuse("overloaded", "too many clients are waiting for a server connection")
+        elif failure.check(BackendUnavailable, PoolClosed, LoginFailed):
+            self.stats.requests.add("backend_unavailable")
+            self._refuse("unavailable", f"server unavailable: {failure.getErrorMessage()}")
+        else:
+            failure.raiseException()
+
+    def _refuse(self, kind: str, text: str) -> None:
+        """
+        No connection for what the client sent: an error in place of its
+        answer, its held messages dropped; at start-up, the connection ends.
+        """
+        held, self._held = self._held, []
+        if self.state != READY:
+            self._fatal(kind, text)
+            return
+        codec = self.factory.codec
+        # Each Query and Sync held is owed a ReadyForQuery; the error answers
+        # the first, and what follows the last Sync is skipped to the next.
+        syncs = sum(1 for kind_, _ in held if kind_ in (SYNC, QUERY, FUNCTION))
+        self.partial = False
+        out = codec.error_reply(kind, text) + pg.ready_for_query() * syncs
+        self._discarding = bool(held) and held[-1][0] in _EXTENDED
+        self.transport.write(out)
+
+    def _stop_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
+
+    # -- the server's side ----------------------------------------------------------------
+
+    def from_server(self, data: bytes) -> None:
+        self.stats.bytes_downstream += len(data)
+        self.transport.write(data)
+
+    def transaction_over(self, server: ServerConnection) -> None:
+        """The server says the transaction is over: give the connection back if we may."""
+        if server is not self._server or self.partial or self._held or self.pinned:
+            return
+        self.stats.requests_ok += 1
+        self._give_back(abandoned=False)
+
+    def server_lost(self, server: ServerConnection) -> None:
+        if server is not self._server:
+            return
+        conn = self._conn
+        self._conn = self._server = None
+        if conn is not None and conn.leased:
+            conn.discard("backend_closed")
+        self._end_admission(reported=False)
+        if self._backend is not None:
+            self._backend.failed("server connection lost")
+        self._fatal("unavailable", "the server connection was lost")
+
+    def _give_back(self, abandoned: bool) -> None:
+        conn, server = self._conn, self._server
+        self._conn = self._server = None
+        if conn is not None and server is not None:
+            if server.transport is not None:
+                server.transport.unregisterProducer()
+                if self._paused:
+                    server.transport.resumeProducing()
+            # A session pooled or pinned client may have changed anything.
+            server.give_back(conn, client_changed_session=self.pinned is not None)
+        self._end_admission(reported=True)
+
+    def _end_admission(self, reported: bool) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.factory.admission.release()
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.end(reported=reported)
+
+    def _fatal(self, kind: str, text: str) -> None:
+        if self.state == CLOSED:
+            return
+        self.transport.write(self.factory.codec.fatal_reply(kind, text))
+        self.state = CLOSED
+        self._give_back(abandoned=True)
+        self.transport.loseConnection()
+
+    # -- a client that does not read ----------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._server is not None:
+            self._server.transport.pauseProducing()
+        self.factory.sends.paused(self)
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self.factory.sends.resumed(self)
+        if self._server is not None:
+            self._server.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def sent_mark(self) -> Optional[int]:
+        from poolproxy.proxy.output import unsent_bytes
+        unsent = unsent_bytes(self.transport)
+        return None if unsent is None else -unsent
+
+    def send_timed_out(self) -> None:
+        self.transport.abortConnection()
+
+    # -- cancel -----------------------------------------------------------------------
+
+    def cancel_requested(self) -> None:
+        """
+        A CancelRequest with this client's key: cancel its query if one
+        runs on its server connection now; if it waits for a connection,
+        it waits no more (57014); otherwise there is nothing to cancel.
+        """
+        server = self._server
+        if server is not None:
+            if server.replies.running:
+                server.cancel()
+            return
+        if self._waiting is not None and self._held:
+            self._stop_waiting()
+            self._end_admission(reported=False)
+            self._refuse("timeout", "canceling statement due to user request")
+
+    # -- the idle sweep -----------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._server is not None or self._waiting is not None
+
+    def close_idle(self) -> None:
+        self._fatal("timeout", "closing an idle client connection (client_idle_timeout)")
+
+    def finish_up(self) -> None:
+        if self._server is None:
+            if self.state == READY:
+                self.transport.write(pg.error_response(
+                    pg.ADMIN_SHUTDOWN, "the proxy is shutting down", b"FATAL"))
+            self.transport.loseConnection()
+
+
+class TransactionFactory(Factory):
+    """
+    Builds a L{TransactionFrontend} per client of one listener.
+
+    @ivar cancel_keys: the clients, by the (pid, key) the proxy gave them.
+    """
+
+    noisy = False
+    log = Logger()
+
+    def __init__(self, name: str, codec: Any, admission: Admission, cluster: "Cluster",
+                 users: Users, clock: Any = None, session_pooling: bool = False,
+                 max_message: int = 64 * 1024 * 1024, send_timeout: float = 0.0,
+                 statement_names: Optional[StatementNames] = None,
+                 stats: Optional[ListenerStats] = None) -> None:
+        self.name = name
+        self.codec = codec
+        self.admission = admission
+        self.cluster = cluster
+        self.users = users
+        self.clock = default_reactor(clock)
+        self.session_pooling = session_pooling
+        self.max_message = max_message
+        self.stats = stats if stats is not None else ListenerStats()
+        self.clients: "set[TransactionFrontend]" = set()
+        self.sends = SendTimeouts(self.clock, send_timeout, self.stats)
+        self.statement_names = statement_names or StatementNames()
+        self.cancel_keys: Dict[Tuple[int, bytes], TransactionFrontend] = {}
+        self.pins: Dict[str, int] = {}
+        self._worker = int(os.environ.get("POOLPROXY_WORKER", "0") or 0)
+
+    def buildProtocol(self, addr: Any) -> TransactionFrontend:
+        return TransactionFrontend(self)
+
+    def new_pid(self) -> int:
+        """
+        A process id to show a client: random, never a server's; its low
+        byte is the worker's number, so that a cancel can find its worker.
+        """
+        return ((secrets.randbits(23) or 1) << 8) | (self._worker & 0xff)
+
+    def pinned(self, client: TransactionFrontend, effect: str) -> None:
+        self.pins[effect] = self.pins.get(effect, 0) + 1
+        self.log.info("client {user}@{database} ran a statement whose effect outlives its "
+                      "transaction ({effect}): it keeps its server connection until it leaves",
+                      user=client.user.decode("utf-8", "replace"),
+                      database=client.database.decode("utf-8", "replace"), effect=effect)
+
+    def auth_failed(self, user: bytes, why: str) -> None:
+        self.log.info("authentication failed for user {user}: {why}",
+                      user=user.decode("utf-8", "replace"), why=why)
+
+    def cancel(self, pid: int, key: bytes) -> None:
+        client = self.cancel_keys.get((pid, key))
+        if client is not None:
+            client.cancel_requested()
