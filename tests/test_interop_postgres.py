@@ -236,11 +236,17 @@ class PoolingTests(TestCase):
         conns = [psycopg.connect(self.server.dsn(user="app", database="app",
                                                  port=self.proxy.port),
                                  autocommit=True, prepare_threshold=0) for _ in range(6)]
+        for conn in conns:
+            # A small statement cache: psycopg evicts with DEALLOCATE name,
+            # a name only the proxy knows.
+            conn.prepared_max = 2
         try:
             for round_ in range(20):
                 for i, conn in enumerate(conns):
                     row = conn.execute("select %s::int + %s::int", (round_, i)).fetchone()
                     self.assertEqual(row, (round_ + i,))
+                    other = conn.execute(f"select %s::int * {round_ % 4}", (i,)).fetchone()
+                    self.assertEqual(other, (i * (round_ % 4),))
         finally:
             for conn in conns:
                 conn.close()
@@ -382,6 +388,41 @@ class StatementTests(TestCase):
         self.assertEqual(got[-1][1], b"E")
         b.send(pg.query(b"rollback"))
         b.until(b"Z")
+
+
+    def test_stale_cached_plan_retried(self) -> None:
+        """
+        DDL changes what a prepared statement returns: PostgreSQL says
+        "cached plan must not change result type" (0A000); outside a
+        transaction the proxy parses the statement again and runs the batch
+        again, so the client sees the new result, not the error.
+        """
+        self.server.psql("create table plan_t (a int); insert into plan_t values (1)",
+                         user="app", database="app")
+        a = self.client()
+        a.send(parse(b"s1", b"select * from plan_t"), pg.SYNC)
+        a.until(b"Z")
+        a.send(bind(b"s1"), execute(), pg.SYNC)
+        self.assertEqual(data_values(a.until(b"Z")), [b"1"])
+        self.server.psql("alter table plan_t add column b int default 2",
+                         user="app", database="app")
+        a.send(bind(b"s1"), execute(), pg.SYNC)
+        got = a.until(b"Z")
+        self.assertEqual(kinds(got), b"2DCZ", got)
+        self.assertEqual(data_values(got), [b"1", b"2"])
+        # In a transaction it cannot be run again: the client gets the error.
+        self.server.psql("alter table plan_t add column c int default 3",
+                         user="app", database="app")
+        a.send(pg.query(b"begin"))
+        a.until(b"Z")
+        a.send(bind(b"s1"), execute(), pg.SYNC)
+        got = a.until(b"Z")
+        self.assertEqual(kinds(got), b"EZ")
+        self.assertEqual(pg.error_fields(got[0][1])["C"], "0A000")
+        a.send(pg.query(b"rollback"))
+        a.until(b"Z")
+        a.send(bind(b"s1"), execute(), pg.SYNC)
+        self.assertEqual(data_values(a.until(b"Z")), [b"1", b"2", b"3"])
 
 
 class SessionStateTests(TestCase):

@@ -556,3 +556,20 @@ class PropertyTests(SynchronousTestCase):
         identifiers or comments: the first label is found."""
         sql, expected = script
         self.assertEqual(session_effect(sql), expected, sql)
+
+
+class ResettingTests(SynchronousTestCase):
+    def test_ignore(self) -> None:
+        """asyncpg's reset query takes state away; a SET after it still counts."""
+        reset = b"SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;"
+        self.assertEqual(session_effect(reset), "reset")
+        self.assertIsNone(session_effect(reset, ignore=("reset",)))
+        self.assertEqual(session_effect(b"RESET ALL; SET x = 1", ignore=("reset",)), "set")
+
+    def test_deallocated(self) -> None:
+        from poolproxy.codecs.postgres_sql import deallocated
+        self.assertEqual(deallocated(b"DEALLOCATE _pg3_0"), b"_pg3_0")
+        self.assertEqual(deallocated(b"deallocate prepare \"A\"\"b\";"), b'A"b')
+        for sql in (b"DEALLOCATE ALL", b"DEALLOCATE a; SELECT 1", b"SELECT 'DEALLOCATE a'",
+                    b"DEALLOCATE", b"-- DEALLOCATE a"):
+            self.assertIsNone(deallocated(sql), sql)

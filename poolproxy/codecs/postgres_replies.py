@@ -95,7 +95,9 @@ class Replies:
     @ivar error: L{None}, or the L{FramingError} that broke the stream.
     @ivar errors: ErrorResponses passed on since the counter was reset.
     @ivar on_error: L{None}, or called with the SQLSTATE and the body of
-        each ErrorResponse that answers a client's message.
+        each ErrorResponse that answers a client's extended-query message;
+        if it returns true, the error and the rest of its batch, up to and
+        with its ReadyForQuery, are not passed on (the proxy retries it).
     """
 
     def __init__(self, max_message: int = 64 * 1024 * 1024) -> None:
@@ -113,7 +115,9 @@ class Replies:
         # Bytes still to come of a streamed message, and whether to pass them.
         self._streaming = 0
         self._stream_out = True
-        self.on_error: Optional[Callable[[bytes, bytes], None]] = None
+        self.on_error: Optional[Callable[[bytes, bytes], bool]] = None
+        # An error the proxy takes back: drop what comes up to its ReadyForQuery.
+        self._hiding = False
 
     # -- what was sent -----------------------------------------------------------
 
@@ -235,6 +239,10 @@ class Replies:
                     owed.popleft()
                     if type(head) is ParseSent and head.on_parsed is not None:
                         head.on_parsed(head.name)
+            if self._hiding:
+                swallow = SWALLOW
+                if kind == _READY:
+                    self._hiding = False
             if swallow:
                 if pos > start:
                     out.append(buffer[start:pos])
@@ -265,8 +273,6 @@ class Replies:
         swallow = head_kind & SWALLOW
         if base in _SYNCS:
             # Simple Query, FunctionCall: its ReadyForQuery still follows.
-            if not swallow and self.on_error is not None:
-                self.on_error(_sqlstate(body), body)
             return swallow
         # An extended-query message failed: the server skips to the Sync.
         if isinstance(head, ParseSent):
@@ -282,8 +288,9 @@ class Replies:
                 entry.on_failed(entry.name)
         else:
             self._discarding = True
-        if self.on_error is not None:
-            self.on_error(_sqlstate(body), body)
+        if self.on_error is not None and self.on_error(_sqlstate(body), body):
+            self._hiding = True
+            return SWALLOW
         # A Parse the proxy added for a statement the client uses fails as
         # the client's own would have: it sees the error.
         return 0

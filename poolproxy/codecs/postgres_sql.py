@@ -63,7 +63,7 @@ Pure: bytes in, a label out; never raises.
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Container, Dict, Iterator, List, Optional, Sequence, Tuple
 
 SET = "set"
 RESET = "reset"
@@ -440,11 +440,11 @@ def _statement_effect(tokens: List[bytes]) -> Optional[str]:
     return _anywhere(tokens)
 
 
-def session_effect(sql: bytes) -> Optional[str]:
+def session_effect(sql: bytes, ignore: Container[str] = ()) -> Optional[str]:
     """
     The first statement of C{sql} (a simple-Query string: may hold several
     statements separated by C{;}) whose effect outlives its transaction, as
-    a short label from L{LABELS}, or C{None}.
+    a short label from L{LABELS} not in C{ignore}, or C{None}.
     """
     text = (b";" + sql).translate(_FOLD)
     # The common case first, inline: a call would cost a tenth of it.
@@ -452,8 +452,29 @@ def session_effect(sql: bytes) -> Optional[str]:
         return None
     for tokens in _statements(sql):
         label = _statement_effect(tokens)
-        if label is not None:
+        if label is not None and label not in ignore:
             return label
+    return None
+
+
+def deallocated(sql: bytes) -> Optional[bytes]:
+    """
+    The name C{sql} deallocates, if it is one statement C{DEALLOCATE
+    [PREPARE] name} (drivers deallocate their protocol-level statements
+    so: psycopg), else L{None}.
+    """
+    if b";" in sql.rstrip().rstrip(b";") or not _may_outlive(_fold(sql)):
+        return None
+    for tokens in _statements(sql):
+        if tokens[0] != b"deallocate":
+            return None
+        rest = tokens[2:] if tokens[1:2] == [b"prepare"] else tokens[1:]
+        if len(rest) != 1 or rest[0] == b"all":
+            return None
+        name = rest[0]
+        if name[:1] == b'"':
+            return name[1:-1].replace(b'""', b'"')
+        return name if name[:1].isalpha() or name[:1] == b"_" else None
     return None
 
 

@@ -32,10 +32,20 @@ class StatementNames:
     def __init__(self, prefix: bytes = b"poolproxy_") -> None:
         self.prefix = prefix
         self._names: Dict[bytes, bytes] = {}
+        self._count = 0
         # Names whose Parse a server has accepted: a client's Parse of one
         # is answered by the proxy without a server connection (the server
         # that lacks it gets the Parse when the client first uses it).
         self._parsed: Set[bytes] = set()
+
+    def renew(self, definition: bytes) -> bytes:
+        """
+        A new server name for C{definition}: its plans went stale (DDL
+        changed what it returns), so every connection parses it afresh.
+        """
+        self._count += 1
+        name = self._names[definition] = self.prefix + str(self._count).encode()
+        return name
 
     def parsed(self, name: bytes) -> None:
         self._parsed.add(name)
@@ -48,7 +58,8 @@ class StatementNames:
     def name_for(self, definition: bytes) -> bytes:
         name = self._names.get(definition)
         if name is None:
-            name = self._names[definition] = self.prefix + str(len(self._names) + 1).encode()
+            self._count += 1
+            name = self._names[definition] = self.prefix + str(self._count).encode()
         return name
 
     def __len__(self) -> int:
@@ -57,11 +68,12 @@ class StatementNames:
 
 class ClientStatements:
     """
-    One client's named statements: its name -> (server name, definition).
+    One client's named statements: its name -> definition (whose server
+    name L{StatementNames} keeps).
     """
 
     def __init__(self) -> None:
-        self.named: Dict[bytes, Tuple[bytes, bytes]] = {}
+        self.named: Dict[bytes, bytes] = {}
         #: The client's last Parse of the unnamed statement, whole: sent again
         #: on a connection that has another unnamed statement (lib/pq sends
         #: Parse+Describe+Sync, then Bind+Execute+Sync).

@@ -40,7 +40,7 @@ from poolproxy.codec import FramingError
 from poolproxy.codecs import postgres as pg
 from poolproxy.codecs.postgres_replies import (BIND, DESCRIBE, EXECUTE, FUNCTION, PARSE, QUERY,
                                                SWALLOW, SYNC, CLOSE, ParseSent)
-from poolproxy.codecs.postgres_sql import deallocates_all, session_effect
+from poolproxy.codecs.postgres_sql import deallocated, deallocates_all, session_effect
 from poolproxy.codecs.postgres_statements import (ClientStatements, StatementNames,
                                                   bind_statement, make_close, make_parse,
                                                   named_target, parse_fields, parse_query,
@@ -65,6 +65,14 @@ TRACKED_PARAMETERS = (b"application_name", b"client_encoding", b"DateStyle", b"T
 #: Parameters the server reports (ParameterStatus), whose value on a server
 #: connection is known without asking.
 _REPORTED = frozenset(TRACKED_PARAMETERS) - {b"search_path"}
+
+#: The most bytes of a batch kept to run again after a stale cached plan.
+_RETRY_BATCH_LIMIT = 256 * 1024
+#: Messages after which a batch is not run again: it changed something.
+_NO_RETRY = frozenset((QUERY, FUNCTION, PARSE, 0x64, 0x63, 0x66, 0x48))
+
+#: Effects that take session state away rather than leave it: they pin nobody.
+_RESETTING = frozenset(("reset", "discard", "deallocate"))
 
 # Client states.
 STARTUP, AUTH, WELCOME, READY, CLOSED = range(5)
@@ -125,6 +133,12 @@ class TransactionFrontend(Protocol):
         self.partial = False  # extended-query messages sent since the last Sync
         self.pinned: Optional[str] = None
         self._discarding = False  # after a local error: drop messages until Sync
+        # The batch being answered, as [kind, message, kind, message...], if
+        # it may be run again; the error taken back from it, while it is.
+        self._batch: Optional[List[Any]] = None
+        self._batch_size = 0
+        self._retry_error: Optional[bytes] = None
+        self._retried = False
         self._copy_streaming = 0  # bytes of a CopyData still to pass on
         self._paused = False
         self._gone = False
@@ -347,6 +361,8 @@ class TransactionFrontend(Protocol):
         if kind == SYNC and not self.partial:
             self.transport.write(pg.ready_for_query())
             return True
+        if kind == QUERY:
+            return self._deallocate(msg[5:-1])
         if kind == 0x48:  # Flush
             return True
         if kind == CLOSE and msg[5:6] == b"S" and msg[6:7] != b"\0":
@@ -369,7 +385,7 @@ class TransactionFrontend(Protocol):
             self._check_session_effect(parse_query(definition))
             if self.pinned is not None:
                 return False  # a statement that pins goes to the server
-            self.statements.named[name] = (global_name, definition)
+            self.statements.named[name] = definition
             self.transport.write(pg.PARSE_COMPLETE)
             return True
         return False
@@ -378,7 +394,27 @@ class TransactionFrontend(Protocol):
         """Send one message on the held connection, rewritten as it must be."""
         replies = server.replies
         out = self._out
+        batch = self._batch
+        if batch is None:
+            if kind not in _NO_RETRY and not replies.owed and replies.status == b"I":
+                # A batch that starts outside a transaction: kept (whole, as
+                # the client sent it) until its ReadyForQuery, to run again
+                # if a cached plan went stale (see _server_error).
+                self._batch = batch = [kind, msg]
+                self._batch_size = len(msg)
+        else:
+            if self._batch_size >= _RETRY_BATCH_LIMIT or batch[-2] == SYNC or kind in _NO_RETRY:
+                self._batch = None  # pipelined, too big, or not to be run twice
+            else:
+                batch += (kind, msg)
+                self._batch_size += len(msg)
         if kind == QUERY:
+            if self._deallocate(msg[5:-1]):
+                local = replies.take_locals()
+                if local:
+                    self._flush()
+                    self.transport.write(local)
+                return
             self._check_session_effect(msg[5:-1])
             server.statements.unnamed_owner = None
             out.append(msg)
@@ -439,7 +475,7 @@ class TransactionFrontend(Protocol):
                               "already exists")
             return
         global_name = self.factory.statement_names.name_for(definition)
-        self.statements.named[name] = (global_name, definition)
+        self.statements.named[name] = definition
         if global_name in server.statements:
             server.statements.use(global_name)
             replies.local(pg.PARSE_COMPLETE)
@@ -457,7 +493,7 @@ class TransactionFrontend(Protocol):
 
         def failed(name: bytes) -> None:
             server.statements.discard(name)
-            if client_name is not None and statements.named.get(client_name, (None,))[0] == name:
+            if client_name is not None and statements.named.get(client_name) == definition:
                 del statements.named[client_name]
         server.replies.sent_parse(ParseSent(global_name, swallow, failed,
                                             self.factory.statement_names.parsed))
@@ -473,10 +509,11 @@ class TransactionFrontend(Protocol):
                 server.replies.sent(PARSE | SWALLOW)
                 server.statements.unnamed_owner = self
             return None
-        entry = self.statements.named.get(name)
-        if entry is None:
+        definition = self.statements.named.get(name)
+        if definition is None:
             return None  # the server says 26000 itself
-        global_name, definition = entry
+        # Looked up each time: a stale plan renews a definition's name.
+        global_name = self.factory.statement_names.name_for(definition)
         if global_name in server.statements:
             server.statements.use(global_name)
         else:
@@ -519,16 +556,40 @@ class TransactionFrontend(Protocol):
         self._discarding = True
 
     def _check_session_effect(self, sql: bytes) -> None:
-        if deallocates_all(sql):
-            self.statements.clear()
-            server = self._server
-            if server is not None:
-                server.statements.clear()
-        if self.pinned is None:
-            effect = session_effect(sql)
-            if effect is not None:
-                self.pinned = effect
-                self.factory.pinned(self, effect)
+        effect = session_effect(sql)
+        if effect is None:
+            return
+        if effect in _RESETTING:
+            # Statements that take state away pin nobody (asyncpg resets each
+            # connection it releases with RESET ALL, UNLISTEN *...); but the
+            # statements they drop are gone from the server connection.
+            if deallocates_all(sql):
+                self.statements.clear()
+                server = self._server
+                if server is not None:
+                    server.statements.clear()
+            effect = session_effect(sql, ignore=_RESETTING)
+        if effect is not None and self.pinned is None:
+            self.pinned = effect
+            self.factory.pinned(self, effect)
+
+    def _deallocate(self, sql: bytes) -> bool:
+        """
+        C{DEALLOCATE name} of one of the client's protocol-level statements
+        (psycopg evicts its statement cache so): the server knows it by
+        another name, so the proxy forgets it and answers.
+        """
+        name = deallocated(sql) if b"llocate" in sql or b"LLOCATE" in sql else None
+        if name is None or name not in self.statements.named:
+            return False
+        del self.statements.named[name]
+        server = self._server
+        done = pg.message(b"C", b"DEALLOCATE\0")
+        if server is None:
+            self.transport.write(done + pg.ready_for_query())
+        else:
+            server.replies.local(done + pg.ready_for_query(server.replies.status))
+        return True
 
     def _flush(self) -> None:
         out = self._out
@@ -594,6 +655,7 @@ class TransactionFrontend(Protocol):
         server = conn.protocol
         self._conn, self._server = conn, server
         server.peer = self
+        server.replies.on_error = self._server_error
         server.transport.registerProducer(self.transport, True)
         if self._paused:
             server.transport.pauseProducing()
@@ -608,6 +670,46 @@ class TransactionFrontend(Protocol):
         self._flush()
         if self._server is server and server.replies.idle:
             self.transaction_over(server)
+
+    def _server_error(self, sqlstate: bytes, body: bytes) -> bool:
+        """
+        An error answers the client's batch.  If it is a cached plan that
+        went stale (DDL changed a prepared statement's result type) in a
+        batch begun outside a transaction, take it back: the statements get
+        new server names and the batch runs again (once).
+        """
+        batch = self._batch
+        if (sqlstate != b"0A000" or batch is None or batch[-2] != SYNC or self._retried
+                or b"cached plan must not change result type" not in body):
+            return False
+        self._retry_error = pg.message(b"E", body)
+        return True
+
+    def _retry(self, server: ServerConnection) -> None:
+        error, self._retry_error = self._retry_error, None
+        batch, self._batch = self._batch, None
+        status = server.replies.status
+        if status != b"I" or batch is None:
+            assert error is not None
+            self.transport.write(error + pg.ready_for_query(status))
+            return
+        names = self.factory.statement_names
+        for kind, msg in zip(batch[::2], batch[1::2]):
+            name = None
+            if kind == BIND:
+                start, end = bind_statement(msg[5:])
+                name = msg[5 + start:5 + end]
+            elif kind == DESCRIBE and msg[5:6] == b"S":
+                name = named_target(msg[5:])[1]
+            definition = self.statements.named.get(name) if name else None
+            if definition is not None:
+                names.renew(definition)
+        self.factory.retries += 1
+        self._retried = True
+        for kind, msg in zip(batch[::2], batch[1::2]):
+            self._send(server, kind, msg)
+        self._retried = False
+        self._flush()
 
     def _apply_parameters(self, server: ServerConnection) -> None:
         """SET what the client's start-up asked for and the connection has otherwise."""
@@ -677,8 +779,17 @@ class TransactionFrontend(Protocol):
         self.stats.bytes_downstream += len(data)
         self.transport.write(data)
 
+    def replied(self, server: ServerConnection) -> None:
+        """The server's replies so far are passed on."""
+        replies = server.replies
+        if self._retry_error is not None and not replies.owed:
+            self._retry(server)
+        if replies.idle:
+            self.transaction_over(server)
+
     def transaction_over(self, server: ServerConnection) -> None:
         """The server says the transaction is over: give the connection back if we may."""
+        self._batch = None
         if server is not self._server or self.partial or self._held or self.pinned:
             return
         self.stats.requests_ok += 1
@@ -699,7 +810,9 @@ class TransactionFrontend(Protocol):
     def _give_back(self, abandoned: bool) -> None:
         conn, server = self._conn, self._server
         self._conn = self._server = None
+        self._batch = None
         if conn is not None and server is not None:
+            server.replies.on_error = None
             if server.transport is not None:
                 server.transport.unregisterProducer()
                 if self._paused:
@@ -813,6 +926,8 @@ class TransactionFactory(Factory):
         self.statement_names = statement_names or StatementNames()
         self.cancel_keys: Dict[Tuple[int, bytes], TransactionFrontend] = {}
         self.pins: Dict[str, int] = {}
+        #: Batches run again after a stale cached plan.
+        self.retries = 0
         self._worker = int(os.environ.get("POOLPROXY_WORKER", "0") or 0)
 
     def buildProtocol(self, addr: Any) -> TransactionFrontend:

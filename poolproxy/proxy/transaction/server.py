@@ -146,8 +146,7 @@ class ServerConnection(BackendProtocol):
         if peer is not None:
             if out:
                 peer.from_server(out)
-            if replies.idle:
-                peer.transaction_over(self)
+            peer.replied(self)
         elif self._resetting is not None and replies.idle:
             self._reset_done()
 
