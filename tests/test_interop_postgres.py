@@ -37,14 +37,21 @@ class RawClient:
     a Describe on a fresh connection).  Logs in with SCRAM via scramp.
     """
 
-    def __init__(self, port: int, user: str, password: str, database: str) -> None:
+    def __init__(self, port: int, user: str, password: str, database: str,
+                 version: int = pg.PROTOCOL_3_0, extra: Optional[Dict[bytes, bytes]] = None
+                 ) -> None:
         from scramp import ScramClient
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
         self.reader = pg.MessageReader()
         self.queue: List[Tuple[bytes, bytes]] = []
-        self.sock.sendall(pg.startup_message({b"user": user.encode(),
-                                              b"database": database.encode()}))
+        params = {b"user": user.encode(), b"database": database.encode()}
+        params.update(extra or {})
+        self.sock.sendall(pg.startup_message(params, version))
         kind, body = self.read()
+        self.negotiated = None
+        if kind == b"v":
+            self.negotiated = body
+            kind, body = self.read()
         assert kind == b"R" and pg.int32(body) == pg.AUTH_SASL, (kind, body)
         client = ScramClient(["SCRAM-SHA-256"], user, password)
         first = client.get_client_first().encode()
@@ -54,7 +61,7 @@ class RawClient:
         self.sock.sendall(pg.password_message(client.get_client_final().encode()))
         kind, body = self.read()
         assert pg.int32(body) == pg.AUTH_SASL_FINAL, (kind, body)
-        self.until(b"Z")
+        self.welcome = self.until(b"Z")
 
     def read(self) -> Tuple[bytes, bytes]:
         while not self.queue:
@@ -146,6 +153,26 @@ class AuthenticationTests(TestCase):
             self.connect(**kwargs)
         self.assertIn(sqlstate, str(caught.exception) + repr(getattr(caught.exception, "sqlstate", "")),
                       str(caught.exception))
+
+    def test_protocol_versions(self) -> None:
+        """
+        3.0 gets a 4-byte cancel key and 3.2 a 32-byte one, neither a
+        NegotiateProtocolVersion; a newer minor (libpq greases with 3.9999)
+        and unknown _pq_ options get one naming 3.2 and the options.
+        """
+        password = self.server.users["app"]
+        for version, key_length in ((pg.PROTOCOL_3_0, 4), (pg.PROTOCOL_3_2, 32)):
+            client = RawClient(self.proxy.port, "app", password, "app", version=version)
+            self.assertIsNone(client.negotiated)
+            [key] = [body for kind, body in client.welcome if kind == b"K"]
+            self.assertEqual(len(key) - 4, key_length)
+            client.close()
+        client = RawClient(self.proxy.port, "app", password, "app", version=(3 << 16) | 9999,
+                           extra={b"_pq_.test_grease": b"x"})
+        self.assertEqual(client.negotiated, struct.pack("!II", 2, 1) + b"_pq_.test_grease\0")
+        client.send(pg.query(b"select 1"))
+        self.assertEqual(data_values(client.until(b"Z")), [b"1"])
+        client.close()
 
     def test_wrong_password(self) -> None:
         with self.assertRaises(self.psycopg.OperationalError) as caught:

@@ -22,6 +22,7 @@ from connection to connection.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import struct
@@ -77,6 +78,20 @@ _RESETTING = frozenset(("reset", "discard", "deallocate"))
 # Client states.
 STARTUP, AUTH, WELCOME, READY, CLOSED = range(5)
 _EXTENDED = frozenset(b"PBDECH")
+
+
+def _worker_number() -> int:
+    """
+    This process's worker number under C{--workers N} (the supervisor's
+    handoff, poolproxy.workers.worker.HANDOFF_ENV), else 0.
+    """
+    raw = os.environ.get("POOLPROXY_WORKER")
+    if not raw:
+        return 0
+    try:
+        return int(json.loads(raw)["worker"])
+    except (ValueError, KeyError, TypeError):
+        return 0
 
 
 def no_delay(transport: Any) -> None:
@@ -928,7 +943,7 @@ class TransactionFactory(Factory):
         self.pins: Dict[str, int] = {}
         #: Batches run again after a stale cached plan.
         self.retries = 0
-        self._worker = int(os.environ.get("POOLPROXY_WORKER", "0") or 0)
+        self._worker = _worker_number()
 
     def buildProtocol(self, addr: Any) -> TransactionFrontend:
         return TransactionFrontend(self)
