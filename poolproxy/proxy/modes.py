@@ -217,7 +217,8 @@ def _transaction_frontend(name: str, cluster: Cluster,
                               clock=context.reactor,
                               session_pooling=context.setting("pool_mode") == "session",
                               max_message=context.options.max_request_size,
-                              send_timeout=config.send_timeout)
+                              send_timeout=config.send_timeout,
+                              login_timeout=config.header_timeout)
 
 
 def _transaction_backend(backend: Backend,

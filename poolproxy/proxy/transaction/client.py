@@ -169,8 +169,32 @@ class TransactionFrontend(Protocol):
         self.factory.clients.add(self)
         self.transport.registerProducer(self, True)
         no_delay(self.transport)
+        # Start-up and authentication are the request head of this protocol:
+        # a client that never finishes them is closed (PgBouncer's
+        # client_login_timeout), not kept for client_idle_timeout.
+        if self.factory.login_timeout > 0:
+            self._login_timer: Any = self.factory.clock.callLater(
+                self.factory.login_timeout, self._login_timed_out)
+        else:
+            self._login_timer = None
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        if self.state in (STARTUP, AUTH):
+            self.stats.timeouts.add("head")
+            if self.state == STARTUP:
+                self.transport.abortConnection()  # no protocol spoken yet
+                self.state = CLOSED
+            else:
+                self._fatal("timeout", "authentication took too long (header_timeout)")
+
+    def _cancel_login_timer(self) -> None:
+        timer, self._login_timer = self._login_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
+        self._cancel_login_timer()
         self._gone = True
         self.state = CLOSED
         self.stats.connections_open -= 1
@@ -295,6 +319,7 @@ class TransactionFrontend(Protocol):
         out.append(pg.ready_for_query())
         self.transport.write(b"".join(out))
         self.state = READY
+        self._cancel_login_timer()
         if self.factory.session_pooling:
             self.pinned = "session"
         if self._buffer:
@@ -926,7 +951,11 @@ class TransactionFactory(Factory):
                  users: Users, clock: Any = None, session_pooling: bool = False,
                  max_message: int = 64 * 1024 * 1024, send_timeout: float = 0.0,
                  statement_names: Optional[StatementNames] = None,
-                 stats: Optional[ListenerStats] = None) -> None:
+                 stats: Optional[ListenerStats] = None, login_timeout: float = 10.0) -> None:
+        """
+        @param login_timeout: seconds a client may take over its start-up
+            and authentication (0: no limit).
+        """
         self.name = name
         self.codec = codec
         self.admission = admission
@@ -934,6 +963,7 @@ class TransactionFactory(Factory):
         self.users = users
         self.clock = default_reactor(clock)
         self.session_pooling = session_pooling
+        self.login_timeout = login_timeout
         self.max_message = max_message
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[TransactionFrontend]" = set()
