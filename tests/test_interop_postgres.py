@@ -631,3 +631,30 @@ class CancelTests(TestCase):
             h.close()
         self.assertEqual(waiting.execute("select 2").fetchone(), (2,))
         waiting.close()
+
+
+class WorkersCancelTests(TestCase):
+    def test_cancel_reaches_the_right_worker(self) -> None:
+        """
+        Under --workers 2 a cancel's connection lands on either worker
+        (SO_REUSEPORT); the key names the client's worker, which gets it.
+        """
+        import time
+        server = postgres_server(self)
+        proxy = _proxy(self, server, "--workers", "2")
+        psycopg = module("psycopg")
+        dsn = server.dsn(user="app", database="app", port=proxy.port)
+        workers = set()
+        for _ in range(12):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                pid = conn.info.backend_pid
+                workers.add(pid & 0xff)
+                timer = threading.Timer(0.1, conn.cancel)
+                timer.start()
+                started = time.monotonic()
+                with self.assertRaises(psycopg.errors.QueryCanceled):
+                    conn.execute("select pg_sleep(30)")
+                timer.join()
+                # Cancelled at once, not after the 30 s a lost cancel would take.
+                self.assertLess(time.monotonic() - started, 20)
+        self.assertEqual(workers, {1, 2})

@@ -49,6 +49,7 @@ from poolproxy.codecs.postgres_statements import (ClientStatements, StatementNam
 from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.proxy.transaction.auth import ClientAuth, Users
+from poolproxy.proxy.transaction.cancel import CancelRelay
 from poolproxy.proxy.transaction.server import KeyedPool, KeyedPools, LoginFailed, ServerConnection
 from poolproxy.stats import ListenerStats
 from poolproxy.util.reactors import default_reactor
@@ -974,6 +975,11 @@ class TransactionFactory(Factory):
         #: Batches run again after a stale cached plan.
         self.retries = 0
         self._worker = _worker_number()
+        #: Under --workers N: cancels for other workers' clients go there.
+        self.relay: Optional[CancelRelay] = None
+        if self._worker:
+            self.relay = CancelRelay(self.clock, name, self._worker, self._cancel_here)
+            self.relay.start()
 
     def buildProtocol(self, addr: Any) -> TransactionFrontend:
         return TransactionFrontend(self)
@@ -997,6 +1003,13 @@ class TransactionFactory(Factory):
                       user=user.decode("utf-8", "replace"), why=why)
 
     def cancel(self, pid: int, key: bytes) -> None:
+        """A CancelRequest came: for a client here, or another worker's."""
+        if not self._cancel_here(pid, key) and self.relay is not None:
+            self.relay.forward(pid, key)
+
+    def _cancel_here(self, pid: int, key: bytes) -> bool:
         client = self.cancel_keys.get((pid, key))
-        if client is not None:
-            client.cancel_requested()
+        if client is None:
+            return False
+        client.cancel_requested()
+        return True
