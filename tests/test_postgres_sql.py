@@ -60,6 +60,10 @@ class SetTests(EffectCase):
             (b'SET "search_path" TO x', SET),
             (b'SET "local" TO x', SET),
             (b"SET", SET),
+            # Parameters whose names begin like the keywords.
+            (b"SET local.x = 1", SET),
+            (b"SET transaction.x = 1", SET),
+            (b"SET constraints . x = 1", SET),
         ])
 
     def test_transaction_scoped_set(self) -> None:
@@ -163,6 +167,9 @@ class SetTests(EffectCase):
             (b"SELECT set_config('a.b', 'c', true)", None),
             (b"select set_config('a.b', 'c', TRUE), set_config('d.e', 'f', 't')", None),
             (b"SELECT set_config('a.b', lower('X'), true)", None),
+            (b"SELECT set_config('a.b', concat('x', 'y'), true)", None),
+            (b"SELECT set_config('a.b', concat('x', 'y'), false)", SET),
+            (b"SELECT set_config('a.b', 'c', true::boolean)", SET),
             (b"SELECT set_config('a.b', 'c', true), set_config('d.e', 'f', false)", SET),
             (b"SELECT 'set_config(1, 2, false)'", None),
             (b"SELECT current_setting('a.b')", None),
@@ -249,6 +256,9 @@ class OtherLabelTests(EffectCase):
             (b"SELECT * INTO LOCAL TEMP t FROM s", TEMP_TABLE),
             (b"WITH q AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM q", TEMP_TABLE),
             (b"SELECT * INTO pg_temp.t FROM s", TEMP_TABLE),
+            (b"SELECT * INTO TEMP _t FROM s", TEMP_TABLE),
+            (b'SELECT * INTO TEMP "T" FROM s', TEMP_TABLE),
+            (b"SELECT * INTO TEMP TABLE t FROM s", TEMP_TABLE),
             (b"EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1", TEMP_TABLE),
             (b"EXPLAIN (ANALYZE, BUFFERS) CREATE TEMP TABLE t AS SELECT 1", TEMP_TABLE),
         ])
@@ -263,6 +273,8 @@ class OtherLabelTests(EffectCase):
             (b"CREATE TABLE temp (a int)", None),
             (b"CREATE UNLOGGED TABLE t (a int)", None),
             (b"SELECT 1 INTO temp FROM t", None),
+            (b"SELECT 1 INTO temp", None),
+            (b"SELECT 1 INTO temp UNION SELECT 2", None),
             (b"SELECT 1 INTO t FROM temp", None),
             (b"INSERT INTO temp VALUES (1)", None),
             (b"MERGE INTO temp USING s ON true WHEN MATCHED THEN DO NOTHING", None),
@@ -371,6 +383,8 @@ class LexingTests(EffectCase):
             (b"/*/ */ SET x = 1", SET),
             (b"SELECT 1 /*/ ; SET x = 1 */ SELECT 2", None),
             (b"SELECT 1 /*/ ; SET x = 1 */ ; SET y = 2", SET),
+            (b"SELECT 1 /* a /*/ ; SET x = 1 */ ; SET y = 2 */ SELECT 3", None),
+            (b"SELECT 1 /* a /*/ ; SET x = 1 */ */ ; SET y = 2", SET),
             (b"/* /* */ */ SET x = 1", SET),
             (b"/* /* */ SET x = 1", None),
             (b"SELECT 1 +/* x */ 2; SET x = 1", SET),

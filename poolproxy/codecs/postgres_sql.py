@@ -121,7 +121,8 @@ assert b"\0" not in _OPENING_WORD  # no anchor in an opening word: they are read
 
 # What follows the "\0" of (b";" + sql).translate(_FOLD) where a label can
 # start.  The ";" put before the text makes its own start one more ";".
-# Each branch begins with a literal byte or a set, which re tries at once.
+# Each branch begins with a literal byte or a set, which re checks before it
+# tries the branch.
 _FILTER = re.compile(rb"\0(?:" + b"|".join([
     # An opening word right after ";" (or, rarely, after another anchor).
     *(_folded(word) + _NOT_IDENT for word in _OPENING_WORDS),
@@ -259,7 +260,8 @@ def _at(tokens: Sequence[bytes], index: int) -> bytes:
 
 
 def _set(tokens: List[bytes]) -> Optional[str]:
-    if _at(tokens, 1) in (b"local", b"transaction", b"constraints"):
+    # SET local.x = 1 sets the session's "local.x", a parameter of that name.
+    if _at(tokens, 1) in (b"local", b"transaction", b"constraints") and _at(tokens, 2) != b".":
         return None
     return SET
 
@@ -343,7 +345,7 @@ def _label(label: str) -> Callable[[List[bytes]], Optional[str]]:
 
 
 #: What a statement's first word decides.
-_OPENING: Dict[bytes, Callable[[List[bytes]], Optional[str]]] = {
+_BY_FIRST_WORD: Dict[bytes, Callable[[List[bytes]], Optional[str]]] = {
     b"set": _set,
     b"reset": _label(RESET),
     b"prepare": _prepare,
@@ -366,9 +368,15 @@ _SET_CONFIG = frozenset((b"set_config", b'"set_config"'))
 #: Tokens that, anywhere in a statement, may make it outlive its transaction.
 _ANYWHERE = _SESSION_LOCKS | _SET_CONFIG | {b"into"}
 
-#: set_config's is_local, when it is true: the word, or a string the server reads as true.
-_TRUE = frozenset([b"true"] + [b"'" + b"'" + word + b"'"
+#: set_config's is_local, when it is true: the word, or a string the server
+#: reads as true (a string token is "'" and the literal: b"''t'").
+_TRUE = frozenset([b"true"] + [b"''" + word + b"'"
                                for word in (b"t", b"true", b"on", b"yes", b"y", b"1")])
+
+#: How a word or a quoted identifier begins.
+_NAME_STARTS = frozenset(bytes([byte]) for byte in
+                         b'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"'
+                         + bytes(range(0x80, 0x100)))
 
 #: Words after SELECT ... INTO TEMP that say TEMP was a table's name, not a keyword.
 _CLAUSES = frozenset((b"from", b"where", b"group", b"having", b"window", b"order", b"limit",
@@ -407,7 +415,7 @@ def _into_temp(tokens: List[bytes], index: int) -> bool:
             index += 1
         # "SELECT 1 INTO temp FROM t" makes a table named temp.
         name = _at(tokens, index)
-        return name[:1] == b'"' or (name[:1].isalpha() and name not in _CLAUSES)
+        return name[:1] in _NAME_STARTS and name not in _CLAUSES
     if _at(tokens, index) == b"table":
         index += 1
     return _is_temp_schema(_at(tokens, index)) and _at(tokens, index + 1) == b"."
@@ -430,7 +438,7 @@ def _anywhere(tokens: List[bytes]) -> Optional[str]:
 
 
 def _statement_effect(tokens: List[bytes]) -> Optional[str]:
-    opening = _OPENING.get(tokens[0])
+    opening = _BY_FIRST_WORD.get(tokens[0])
     if opening is not None:
         label = opening(tokens)
         if label is not None:
