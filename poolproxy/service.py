@@ -209,10 +209,12 @@ class ProxyService(MultiService):
         return server_endpoint(ports, description, backlog, tls)
 
     def rereadable(self) -> List[Rereadable]:
-        """What SIGHUP reads again from its files: secrets, certificates, CAs."""
+        """What SIGHUP reads again from its files: secrets, certificates, CAs, users files."""
         items: List[Rereadable] = list(self.secrets.files.values())
         items += self.server_tls.values()
         items += [assembly.tls for assembly in self.assemblies.values() if assembly.tls is not None]
+        items += [item for assembly in self.assemblies.values()
+                  for item in assembly.context.rereadable]
         return items
 
     # -- backends ------------------------------------------------------------

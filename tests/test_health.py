@@ -29,9 +29,13 @@ from poolproxy.backends.health import (
     ProbeFailed,
     codec_probe,
     http_probe,
+    postgres_probe,
     tcp_probe,
 )
+from poolproxy.codecs import postgres as pg
 from poolproxy.codecs.memcached import codec as memcached_codec
+from poolproxy.codecs.postgres_auth import md5_hash, md5_response
+from poolproxy.codecs.postgres_login import LoginCredentials, ServerLogin
 from poolproxy.codecs.redis import codec as redis_codec
 from poolproxy.codecs.tcp import codec as tcp_codec
 from poolproxy.testing import FakeEndpoint
@@ -604,6 +608,111 @@ class ProbeUnitTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(transport.value(), b"")
         transport.lose()
+
+
+class PostgresProbeTests(SynchronousTestCase):
+    """
+    L{postgres_probe} over L{FakeEndpoint}, the server scripted: a login
+    (a real L{ServerLogin}), SELECT 1, Terminate.
+    """
+
+    WELCOME = (pg.authentication(pg.AUTH_OK) + pg.parameter_status(b"server_version", b"15")
+               + pg.backend_key_data(1, b"key1") + pg.ready_for_query())
+    ANSWER = (pg.message(b"T", b"\0\x01?column?\0" + b"\0" * 18)
+              + pg.message(b"D", b"\0\x01\0\0\0\x011") + pg.message(b"C", b"SELECT 1\0")
+              + pg.ready_for_query())
+
+    def setUp(self) -> None:
+        self.endpoint = FakeEndpoint()
+
+    def probe(self) -> "Deferred[None]":
+        return postgres_probe(self.endpoint, lambda: ServerLogin(
+            b"checker", b"postgres", LoginCredentials(password="pw")))()
+
+    def logged_in(self) -> Tuple["Deferred[None]", Any]:
+        d = self.probe()
+        [transport] = self.endpoint.succeed()
+        startup, _ = pg.read_startup(transport.value())
+        assert startup is not None
+        self.assertEqual((startup.user, startup.database), (b"checker", b"postgres"))
+        transport.clear()
+        transport.protocol.dataReceived(pg.authentication(pg.AUTH_MD5, b"salt"))
+        self.assertEqual(transport.value(), pg.password_message(
+            md5_response(md5_hash("pw", "checker"), b"salt") + b"\0"))
+        transport.clear()
+        transport.protocol.dataReceived(self.WELCOME)
+        self.assertEqual(transport.value(), pg.query(b"SELECT 1"))
+        transport.clear()
+        return d, transport
+
+    def test_login_select_terminate(self) -> None:
+        """
+        The probe logs in (md5 with the password), sends SELECT 1, passes on
+        its row, CommandComplete and ReadyForQuery, then says Terminate and
+        closes gracefully.
+        """
+        d, transport = self.logged_in()
+        self.assertNoResult(d)
+        transport.protocol.dataReceived(self.ANSWER)
+        self.successResultOf(d)
+        self.assertEqual(transport.value(), pg.TERMINATE)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.aborted)
+        transport.lose()
+
+    def test_any_chunking(self) -> None:
+        """The login and the answer one byte at a time pass too."""
+        d = self.probe()
+        [transport] = self.endpoint.succeed()
+        for byte in (self.WELCOME + self.ANSWER):
+            transport.protocol.dataReceived(bytes([byte]))
+        self.successResultOf(d)
+        transport.lose()
+
+    def test_login_refused(self) -> None:
+        """A refused login fails the probe with the server's SQLSTATE and message."""
+        d = self.probe()
+        [transport] = self.endpoint.succeed()
+        transport.protocol.dataReceived(pg.error_response(
+            b"28P01", 'password authentication failed for user "checker"', b"FATAL"))
+        failure = self.failureResultOf(d, ProbeFailed)
+        self.assertEqual(failure.getErrorMessage(), 'login failed: 28P01: password '
+                         'authentication failed for user "checker"')
+        self.assertTrue(transport.aborted)
+        transport.lose()
+
+    def test_query_error(self) -> None:
+        """An ErrorResponse to SELECT 1 fails the probe with it."""
+        d, transport = self.logged_in()
+        transport.protocol.dataReceived(
+            pg.error_response(b"57P01", "terminating connection due to administrator command",
+                              b"FATAL"))
+        failure = self.failureResultOf(d, ProbeFailed)
+        self.assertEqual(failure.getErrorMessage(), "SELECT 1 failed: 57P01: terminating "
+                         "connection due to administrator command")
+        self.assertTrue(transport.aborted)
+        transport.lose()
+
+    def test_no_row(self) -> None:
+        """ReadyForQuery without a row fails the probe."""
+        d, transport = self.logged_in()
+        transport.protocol.dataReceived(pg.message(b"C", b"SELECT 0\0") + pg.ready_for_query())
+        self.assertIn("returned no row", self.failureResultOf(d, ProbeFailed).getErrorMessage())
+
+    def test_garbage(self) -> None:
+        """A server that answers the query with what PostgreSQL never sends fails it."""
+        d, transport = self.logged_in()
+        transport.protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        self.assertIsNotNone(self.failureResultOf(d, ProbeFailed))
+        self.assertTrue(transport.aborted)
+
+    def test_closed_during_login(self) -> None:
+        """The server closes during the login: the probe fails, saying so."""
+        d = self.probe()
+        [transport] = self.endpoint.succeed()
+        transport.lose()
+        self.assertIn("connection closed before the answer",
+                      self.failureResultOf(d, ProbeFailed).getErrorMessage())
 
 
 # -- real sockets ----------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from poolproxy.assemble import ClusterAssembly
@@ -20,6 +21,7 @@ from poolproxy.codecs.redis import codec as redis_codec
 from poolproxy.codecs.tcp import codec as tcp_codec
 from poolproxy.config import ProxyConfig, codec_options
 from poolproxy.proxy.admission import Admission
+from poolproxy.codecs import postgres as pg
 from poolproxy.codecs.postgres import codec as postgres_codec
 from poolproxy.proxy.transaction.client import TransactionFactory
 from poolproxy.proxy.transaction.server import KeyedPools
@@ -28,6 +30,7 @@ from poolproxy.proxy.multiplexed.client import MultiplexFactory
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
 from poolproxy.proxy.request import HttpBackend, HttpFactory
 from poolproxy.proxy.session import SessionBackend, SessionFactory
+from poolproxy.testing import FakeEndpoint
 from tests.support import line_codec
 
 
@@ -68,6 +71,33 @@ class ModeTableTests(SynchronousTestCase):
             self.assertIsNot(backend.shared.get((b"db", b"other")), keyed)
             self.assertEqual(keyed.pool.size, backend.pool.size)
         self.assertEqual(assembly.cluster.policy_name, "round_robin")
+
+    def test_transaction_probe_logs_in(self) -> None:
+        """
+        postgres health checks log in as auth_user (else backend_username)
+        to check_database; with neither, they connect, and one line per
+        cluster says why.
+        """
+        for settings, user in (({"auth_user": "authq", "backend_username": "pooled"}, b"authq"),
+                               ({"backend_username": "pooled"}, b"pooled")):
+            assembly = assemble(postgres_codec, auth_type="trust", check_database="health",
+                                **settings)
+            endpoint = FakeEndpoint()
+            assembly.mode.probe(endpoint, assembly.context)()
+            [transport] = endpoint.succeed()
+            startup, _ = pg.read_startup(transport.value())
+            assert startup is not None
+            self.assertEqual((startup.user, startup.database), (user, b"health"))
+
+        with capturedLogs() as events:
+            assembly = assemble(postgres_codec, auth_type="trust")
+        said = [formatEvent(e) for e in events if "health checks" in formatEvent(e)]
+        self.assertEqual(len(said), 1, said)  # two backends, one line
+        self.assertIn("neither is set", said[0])
+        endpoint = FakeEndpoint()
+        assembly.mode.probe(endpoint, assembly.context)()
+        [transport] = endpoint.succeed()
+        self.assertEqual(transport.value(), b"")  # a TCP connect
 
     def test_session(self) -> None:
         """tcp: SessionFactory, SessionBackend, nothing shared, round robin, its own idle timeout."""

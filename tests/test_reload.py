@@ -210,3 +210,50 @@ class ReloadTests(TestCase):
         self.assertIn("reload: listener changes need a restart",
                       [formatEvent(e) for e in events])
         self.assertEqual(service.listeners[0].connection_limit, 100)
+
+
+class UsersFileReloadTests(TestCase):
+    """postgres: SIGHUP reads the users file (auth_file) again, as it does secrets."""
+
+    def write(self, path: str, text: str) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+
+    def test_users_file_reread(self) -> None:
+        """
+        A line added to the users file is in use after a reload, with one
+        line saying so (never a secret); a file that then does not read
+        keeps the users in use, with a line saying why, and the rest of the
+        reload goes on.
+        """
+        users_file = os.path.abspath(self.mktemp())
+        self.write(users_file, '"app" "app-secret"\n')
+        config = os.path.abspath(self.mktemp())
+        self.write(config, "\n".join([
+            'metrics = "tcp:0:interface=127.0.0.1"', "check_interval = 0",
+            'listen = "tcp:0:interface=127.0.0.1"', 'protocol = "postgres"',
+            'backend = "127.0.0.1:1"', f'auth_file = "{users_file}"']) + "\n")
+        options = ProxyOptions()
+        options.parseOptions(["--config", config])
+        service = ProxyService(options.config, reload_config=options.reload)
+        service.startService()
+        self.addCleanup(service.stopService)
+        users = service.assemblies["default"].context.kept["users"]
+
+        self.write(users_file, '"app" "app-secret"\n"other" "other-secret"\n')
+        with capturedLogs() as events:
+            self.assertTrue(service.reload())
+        said = [formatEvent(e) for e in events]
+        self.assertIn(f"reload: auth_file: 2 users from {users_file}", said)
+        self.assertNotIn("secret", " ".join(said))
+        self.assertEqual(sorted(users.entries), ["app", "other"])
+
+        self.write(users_file, '"app" "app-secret"\nnot a users file line\n')
+        with capturedLogs() as events:
+            self.assertTrue(service.reload())
+        said = [formatEvent(e) for e in events]
+        self.assertIn(f"reload: auth_file {users_file}: users file line 2: expected \"user\" "
+                      "\"password\"; keeping the one in use", said)
+        self.assertIn("reload: done", said)
+        self.assertEqual(sorted(users.entries), ["app", "other"])
+        self.assertEqual(service.reloader.files_kept, 1)

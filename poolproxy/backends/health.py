@@ -5,12 +5,13 @@ A probe is a callable C{probe() -> Deferred[None]} made for one backend's
 client endpoint.  Its L{Deferred} succeeds, or fails with an exception whose
 message says why (L{ProbeFailed} for a wrong, malformed or missing answer;
 the endpoint's own error, such as C{ConnectionRefusedError}, when the connect
-fails).  Three kinds are built here:
+fails).  Four kinds are built here:
 
   - L{tcp_probe}: connect, then close at once;
   - L{codec_probe}: send the codec's C{probe()} frame (redis PING, memcached
     C{version}), read exactly one response and ask the codec's C{probe_ok};
-  - L{http_probe}: C{GET path}, any 2xx passes.
+  - L{http_probe}: C{GET path}, any 2xx passes;
+  - L{postgres_probe}: log in, C{SELECT 1}, its row and ReadyForQuery pass.
 
 Every probe uses a connection of its own and closes it whatever happens:
 gracefully after a good answer, aborted after a bad one, on an error or when
@@ -45,7 +46,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from poolproxy.codec import IProbingCodec
+from poolproxy.codec import IProbingCodec, ISetupConversation
+from poolproxy.codecs import postgres as pg
 from poolproxy.codecs.http_parse import ResponseHead, ResponseParser
 from poolproxy.util.factories import OneProtocolFactory
 from poolproxy.util.loops import GuardedLoop
@@ -54,7 +56,7 @@ from poolproxy.util.reactors import default_reactor
 __all__ = [
     "UNKNOWN", "HEALTHY", "UNHEALTHY",
     "Probe", "ProbeFailed", "HealthCheck",
-    "tcp_probe", "codec_probe", "http_probe",
+    "tcp_probe", "codec_probe", "http_probe", "postgres_probe",
 ]
 
 UNKNOWN = "unknown"
@@ -162,6 +164,63 @@ class _HttpProbeProtocol(_ProbeProtocol):
                 return
         if self._parser.error is not None:
             self.failed(f"malformed answer: {self._parser.error.message}")
+
+
+class _PostgresProbeProtocol(_ProbeProtocol):
+    """
+    Logs in (a L{ISetupConversation}), sends one simple Query, and passes
+    on its DataRow, CommandComplete and ReadyForQuery; then says Terminate.
+    """
+
+    def __init__(self, login: ISetupConversation, query: bytes) -> None:
+        self._login = login
+        self._query = query
+        self._reader = pg.MessageReader(64 * 1024)
+        self._rows = 0
+        self._complete = False
+
+    def start(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self._login.start())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished():
+            return
+        assert self.transport is not None
+        login = self._login
+        if not login.done:
+            reply = login.receive(data)
+            if reply:
+                self.transport.write(reply)
+            if login.error is not None:
+                self.failed(f"login failed: {login.error}")
+                return
+            if not login.done:
+                return
+            self.transport.write(pg.query(self._query))
+            data = login.leftover()
+        for kind, body in self._reader.feed(data):
+            if kind == b"E":
+                fields = pg.error_fields(body)
+                self.failed(f"{self._query.decode('ascii', 'replace')} failed: "
+                            f"{fields.get('C', '?')}: {fields.get('M', '')[:_QUOTE]}")
+                return
+            if kind == b"D":
+                self._rows += 1
+            elif kind == b"C":
+                self._complete = True
+            elif kind == b"Z":
+                if not (self._rows and self._complete):
+                    self.failed(f"{self._query.decode('ascii', 'replace')} returned no row")
+                    return
+                self.transport.write(pg.TERMINATE)
+                self.succeeded()
+                return
+            elif kind not in (b"T", b"N", b"S"):
+                self.failed(f"unexpected message {kind!r} after the query")
+                return
+        if self._reader.error is not None:
+            self.failed(f"malformed answer: {self._reader.error.message}")
 
 
 class _ProbeRun:
@@ -304,6 +363,24 @@ def http_probe(endpoint: IStreamClientEndpoint, path: bytes = b"/",
 
     def probe() -> "Deferred[None]":
         return _ProbeRun(endpoint, _HttpProbeProtocol(request)).result
+
+    return probe
+
+
+def postgres_probe(endpoint: IStreamClientEndpoint, login: Callable[[], ISetupConversation],
+                   query: bytes = b"SELECT 1") -> Probe:
+    """
+    A probe that logs in with the conversation C{login()} makes (a
+    PostgreSQL L{poolproxy.codecs.postgres_login.ServerLogin}, made anew
+    for each probe so that it uses the credentials of the moment), sends
+    C{query} as a simple Query, and passes on a DataRow, CommandComplete
+    and ReadyForQuery; then it sends Terminate and closes.  A failed login
+    (its reason: the server's SQLSTATE and message) or an ErrorResponse
+    fails it.
+    """
+
+    def probe() -> "Deferred[None]":
+        return _ProbeRun(endpoint, _PostgresProbeProtocol(login(), query)).result
 
     return probe
 

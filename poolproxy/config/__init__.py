@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 # The settings table and the topology live in their own modules; their names
 # are re-exported here, where the rest of poolproxy has always found them.
 from poolproxy.config.settings import (  # noqa: F401 (re-exported)
+    AUTH_QUERY,
     BALANCE_POLICIES,
     BackendTLS,
     CLUSTER_OVERRIDES,
@@ -99,6 +100,10 @@ class ProxyConfig:
     auth_file: Optional[str] = None
     max_prepared_statements: int = 200
     server_reset_timeout: float = 10.0
+    auth_user: Optional[str] = None
+    auth_query: str = AUTH_QUERY
+    auth_query_timeout: float = 5.0
+    check_database: str = "postgres"
     admin_token_file: Optional[str] = None
     backend_tls: Optional[BackendTLS] = None
     balance: Optional[str] = None

@@ -77,6 +77,18 @@ def _check_names(name: str, where: str) -> None:
                           f"got {name!r}")
 
 
+#: PgBouncer's default auth_query (its doc/config.md): no row for a role
+#: that does not exist or may not log in, a NULL password for one whose
+#: password has expired.
+AUTH_QUERY = ("SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
+              "FROM pg_authid WHERE rolname=$1 AND rolcanlogin")
+
+
+def _check_auth_query(query: Optional[str], where: str) -> None:
+    if query is not None and "$1" not in query:
+        raise ConfigError(f"{where}: the query must take the user name as $1, got {query!r}")
+
+
 @dataclass(frozen=True)
 class BackendTLS:
     """
@@ -262,6 +274,17 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("server_reset_timeout", "float", 10.0, "postgres: seconds a server connection may "
             "take to reset (ROLLBACK, DISCARD ALL) before it is closed instead.", minimum=0,
             exclusive=True),
+    Setting("auth_user", "str", None, "postgres: the user that runs auth_query for clients "
+            "not in auth_file (its password in auth_file, or it logs in by trust); also the "
+            "user health checks log in as."),
+    Setting("auth_query", "str", AUTH_QUERY, "postgres: the query that finds a user's SCRAM "
+            "secret or md5 hash: two columns (user name, password), the user name as $1.",
+            check=_check_auth_query),
+    Setting("auth_query_timeout", "float", 5.0, "postgres: seconds an auth_query lookup may "
+            "take (a connection, its login and the query); then the client's authentication "
+            "fails.", minimum=0, exclusive=True),
+    Setting("check_database", "str", "postgres", "postgres: the database health checks log "
+            "into to run SELECT 1."),
     Setting("admin_token_file", "str", None, "File whose first line is the bearer token "
             "for the admin API; without it the API is off."),
     Setting("backend_tls", "tls", None, "TLS to the backends, certificate and name verified: "

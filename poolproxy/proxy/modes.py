@@ -19,15 +19,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Collection, Dict, Optional, Protocol, cast
+from typing import Any, Callable, Collection, Dict, List, Optional, Protocol, cast
 
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
 
 from poolproxy.backends import health
 from poolproxy.backends.cluster import Backend, Cluster, SharedConnections
 from poolproxy.backends.pool import BackendProtocol
 from poolproxy.codec import ICodec, IProbingCodec, IVariantCodec
 from poolproxy.codecs.http import HttpCodec
+from poolproxy.codecs.postgres_login import ServerLogin
 from poolproxy.config import CodecOptions, ProxyConfig
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.proxy.admission import Admission
@@ -39,8 +41,11 @@ from poolproxy.proxy.request import HttpBackend, HttpFactory, HttpLimits, route_
 from poolproxy.proxy.session import SessionBackend, SessionFactory
 from poolproxy.proxy.transaction.auth import Users
 from poolproxy.proxy.transaction.client import TransactionFactory
+from poolproxy.proxy.transaction.lookup import AuthQuery
 from poolproxy.proxy.transaction.server import KeyedPools
 from poolproxy.stats import ListenerStats
+
+_log = Logger(namespace="poolproxy.cluster")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class ClusterContext:
     #: What a mode keeps for the whole cluster, by name (transaction mode:
     #: its users file and statement names), made on first use.
     kept: Dict[str, Any] = field(default_factory=dict)
+    #: What the mode reads from files (transaction mode: its users file),
+    #: for SIGHUP to read again (L{poolproxy.ops.reload.Rereadable}).
+    rereadable: List[Any] = field(default_factory=list)
 
 
 class FrontendFactory(Protocol):
@@ -204,9 +212,12 @@ def _users(context: ClusterContext) -> Users:
     users = context.kept.get("users")
     if users is None:
         config, options = context.config, context.options
+        auth_query = (AuthQuery(config.auth_user, config.auth_query, config.auth_query_timeout,
+                                context.reactor) if config.auth_user else None)
         users = context.kept["users"] = Users(
             config.auth_type, config.auth_file, config.backend_username,
-            lambda: options.backend_password)
+            lambda: options.backend_password, auth_query)
+        context.rereadable.append(users)
     return cast(Users, users)
 
 
@@ -235,6 +246,31 @@ def _keyed_pools(backend: Backend, context: ClusterContext) -> SharedConnections
                       context.setting("max_prepared_statements"))
 
 
+def _transaction_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> health.Probe:
+    """
+    Log in as the check user (auth_user, else backend_username) to
+    check_database and run SELECT 1; with neither user, a TCP connect,
+    and one line per cluster saying why.
+    """
+    config = context.config
+    user = config.auth_user or config.backend_username
+    if user is None:
+        if not context.kept.get("probe_said"):
+            context.kept["probe_said"] = True
+            _log.info("postgres health checks only connect (TCP): they log in and run "
+                      "SELECT 1 as auth_user, else backend_username, and neither is set")
+        return health.tcp_probe(endpoint)
+    users = _users(context)
+    name, database = user.encode("utf-8"), config.check_database.encode("utf-8")
+
+    def login() -> ServerLogin:
+        # Made for each probe: SIGHUP may have changed a password since.
+        credentials = users.credentials(name)
+        return ServerLogin(credentials.user or name, database, credentials)
+
+    return health.postgres_probe(endpoint, login)
+
+
 MODES: Dict[str, Mode] = {mode.name: mode for mode in (
     Mode("session", _session_frontend, _session_backend, _tcp_probe,
          balance="round_robin", idle_timeout="session_idle_timeout"),
@@ -243,7 +279,7 @@ MODES: Dict[str, Mode] = {mode.name: mode for mode in (
     Mode("multiplexed", _multiplexed_frontend, _multiplexed_backend, _codec_probe,
          balance="consistent_hash", idle_timeout="client_idle_timeout",
          shared=_multiplexer),
-    Mode("transaction", _transaction_frontend, _transaction_backend, _tcp_probe,
+    Mode("transaction", _transaction_frontend, _transaction_backend, _transaction_probe,
          balance="round_robin", idle_timeout="client_idle_timeout", shared=_keyed_pools),
 )}
 

@@ -39,6 +39,7 @@ from poolproxy.backends.pool import (AcquireTimeout, BackendUnavailable, PoolClo
                                      PooledConnection, PoolExhausted)
 from poolproxy.codec import FramingError
 from poolproxy.codecs import postgres as pg
+from poolproxy.codecs.postgres_auth import Credential
 from poolproxy.codecs.postgres_replies import (BIND, DESCRIBE, EXECUTE, FUNCTION, PARSE, QUERY,
                                                SWALLOW, SYNC, CLOSE, ParseSent)
 from poolproxy.codecs.postgres_sql import deallocated, deallocates_all, session_effect
@@ -257,20 +258,65 @@ class TransactionFrontend(Protocol):
                 o + b"\0" for o in options)
             self.transport.write(pg.message(b"v", body))
         self.state = AUTH
-        self.auth = self.factory.users.authenticator(self.user)
-        first = self.auth.start()
+        users = self.factory.users
+        if users.needs_lookup(self.user):
+            self._look_up(users)
+        else:
+            self._authenticate(users.authenticator(self.user))
+
+    def _look_up(self, users: Users) -> None:
+        """
+        A user not in the users file: auth_query tells its credential, and
+        authentication starts then (L{_looked_up}); what the client sends
+        meanwhile waits in the buffer.
+        """
+        backend = self.factory.cluster.pick(None)
+        pools = backend.shared if backend is not None else None
+        users.look_up(pools if isinstance(pools, KeyedPools) else None, self.database,
+                      self.user, self._looked_up)
+
+    def _looked_up(self, credential: Optional[Credential], why: Optional[str]) -> None:
+        if self.state != AUTH:
+            return  # the client left meanwhile
+        if why is not None:
+            # AuthQuery logged it, once per interval: not a line per client.
+            self._auth_failed(why, log=False)
+            return
+        self._authenticate(self.factory.users.looked_up(self.user, credential))
+
+    def _authenticate(self, auth: ClientAuth) -> None:
+        self.auth = auth
+        first = auth.start()
         if first:
             self.transport.write(first)
         self._auth_messages()
 
+    def _auth_failed(self, why: str, log: bool = True) -> None:
+        self.stats.auth_failures += 1
+        if log:
+            self.factory.auth_failed(self.user, why)
+        self.transport.write(pg.error_response(
+            pg.INVALID_PASSWORD, "password authentication failed for user "
+            f"\"{self.user.decode('utf-8', 'replace')}\"", b"FATAL"))
+        self.transport.loseConnection()
+        self.state = CLOSED
+
+    #: The largest authentication message (PasswordMessage, SASL) a client may send.
+    AUTH_MESSAGE_MAX = 64 * 1024
+
     def _auth_messages(self) -> None:
         auth = self.auth
-        assert auth is not None
+        if auth is None:
+            # Its credential is being looked up: nothing is asked of the
+            # client yet, so what it sends waits, within a message's bound.
+            if len(self._buffer) > self.AUTH_MESSAGE_MAX:
+                self._fatal("malformed", "unexpected messages during authentication")
+            return
         while self.state == AUTH and not auth.done and auth.error is None:
             if len(self._buffer) < 5:
                 return
             length = _INT32.unpack_from(self._buffer, 1)[0]
-            if length < 4 or length > 64 * 1024:
+            if length < 4 or length > self.AUTH_MESSAGE_MAX:
                 self._fatal("malformed", "invalid authentication message length")
                 return
             if len(self._buffer) < 1 + length:
@@ -284,13 +330,7 @@ class TransactionFrontend(Protocol):
             if reply:
                 self.transport.write(reply)
         if auth.error is not None:
-            self.stats.auth_failures += 1
-            self.factory.auth_failed(self.user, auth.error)
-            self.transport.write(pg.error_response(
-                pg.INVALID_PASSWORD, "password authentication failed for user "
-                f"\"{self.user.decode('utf-8', 'replace')}\"", b"FATAL"))
-            self.transport.loseConnection()
-            self.state = CLOSED
+            self._auth_failed(auth.error)
         elif auth.done:
             self.factory.users.remember(self.user, auth)
             self.state = WELCOME
