@@ -4,15 +4,17 @@ Reloading the configuration (SIGHUP) without dropping client connections.
 What can change in place: the backends of an existing cluster (added; removed,
 after they drain; re-weighted), and what the running configuration reads
 from files: the password files, the admin token, the certificates and keys
-of ssl: listeners and the CAs and client certificates of backend_tls.  Those
-are read again from the files the running configuration names, with one
-line for each that changed (never a secret).  What needs a restart (new or
-removed clusters, listener changes, a backend's address, and any other
-setting, top level or per cluster, a file's path included) is logged, by
-name, and left as it was.  A configuration that does not load, a file it
-names that does not read included (as nginx and HAProxy refuse such a
-reload), is logged and the running one kept; a file that breaks between
-that check and its re-read keeps what was in use, with a line saying why.
+of ssl: listeners, the CAs and client certificates of backend_tls, and the
+postgres users file (auth_file).  Those are read again from the files the
+running configuration names, with one line for each that changed (never a
+secret).  What needs a restart (new or removed clusters, listener changes,
+a backend's address, and any other setting, top level or per cluster, a
+file's path included) is logged, by name, and left as it was.  A
+configuration that does not load, a file it names that does not read
+included (as nginx and HAProxy refuse such a reload), is logged and the
+running one kept; a file that breaks between that check and its re-read
+(or one the check does not read: the users file) keeps what was in use,
+with a line saying why.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class Rereadable(Protocol):
     """
     Something read from files that a reload reads again in place: a secret
     (L{poolproxy.config.secrets.SecretFile}), a certificate
-    (L{poolproxy.config.tls.ServerTLS}, L{poolproxy.config.tls.ClientTLS}).
+    (L{poolproxy.config.tls.ServerTLS}, L{poolproxy.config.tls.ClientTLS}),
+    a users file (L{poolproxy.proxy.transaction.auth.Users}).
     """
 
     @property

@@ -244,8 +244,8 @@ class _Lookup:
         if self._reader.error is not None and self._error is None:
             self._error = f"malformed reply: {self._reader.error.message}"
 
-    def transaction_over(self, server: ServerConnection) -> None:
-        if server is not self._server:
+    def replied(self, server: ServerConnection) -> None:
+        if server is not self._server or not server.replies.idle:
             return
         conn, self._conn, self._server = self._conn, None, None
         server.give_back(conn, client_changed_session=False)
