@@ -489,6 +489,27 @@ class UsersTests(SynchronousTestCase):
         self.assertEqual(pg.int32(auth.start()[5:]), pg.AUTH_SASL)
 
 
+class SettingsTests(SynchronousTestCase):
+    def test_settings(self) -> None:
+        """
+        The defaults (PgBouncer's query, 5 s, the postgres database); a
+        query that does not take the user as $1 is refused, naming the flag.
+        """
+        from poolproxy.tap import ProxyOptions
+        base = ["--listen", "tcp:6432", "--backend", "127.0.0.1:5432", "--protocol", "postgres"]
+        options = ProxyOptions()
+        options.parseOptions(base + ["--auth-user", "authq"])
+        config = options.config
+        self.assertEqual((config.auth_user, config.auth_query, config.auth_query_timeout,
+                          config.check_database), ("authq", AUTH_QUERY, 5.0, "postgres"))
+        self.assertIn("WHERE rolname=$1 AND rolcanlogin", AUTH_QUERY)
+        e = self.assertRaises(ConfigError, ProxyOptions().parseOptions,
+                              base + ["--auth-query", "SELECT usename, passwd FROM pg_shadow"])
+        self.assertIn("--auth-query: the query must take the user name as $1", str(e))
+        self.assertRaises(ConfigError, ProxyOptions().parseOptions,
+                          base + ["--auth-query-timeout", "0"])
+
+
 class PureTests(SynchronousTestCase):
     def test_lookup_messages(self) -> None:
         """Parse, Bind with the user as the one text parameter, Execute, Sync."""

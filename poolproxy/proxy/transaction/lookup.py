@@ -169,7 +169,11 @@ class AuthQuery:
         if why is not None:
             self._failed(lookup.key, why)
         for done in lookup.waiting:
-            done(credential, why)
+            try:
+                done(credential, why)
+            except Exception:
+                # One client's trouble must not keep the others waiting.
+                self.log.failure("auth_query: telling a client its lookup's outcome failed")
 
     def _failed(self, key: PoolKey, why: str) -> None:
         self.failures += 1
