@@ -17,6 +17,7 @@ The handshakes themselves are real in tests/test_interop_postgres_tls.py.
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
 from typing import Any, List, Tuple
 
 from OpenSSL import SSL
@@ -24,6 +25,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides, implementer
@@ -34,6 +36,7 @@ from poolproxy.codecs import postgres as pg
 from poolproxy.config import ProxyConfig, codec_options
 from poolproxy.config.settings import BackendTLS
 from poolproxy.config.tls import UpgradeTLS
+from poolproxy.ops.rejections import RejectionSummary
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.transaction.server import KeyedPools
 from poolproxy.util.tlsclient import TLSClientEndpoint
@@ -180,6 +183,31 @@ class ClientSideTests(SynchronousTestCase):
         self.assertIsNone(transport.tls)
         self.assertEqual(error_of(transport.value())[1], "08P01")
         self.assertTrue(transport.disconnecting)
+
+    def test_refusals_logged_once_per_interval(self) -> None:
+        """
+        A hundred such clients (an attack, a broken driver) log nothing
+        each: the rejection summary says, in one line per interval, how
+        many were refused and why.
+        """
+        with capturedLogs() as events:
+            client, transport = self.client()
+            summary = RejectionSummary(Admission(1, 0, 1.0, clock=self.reactor), lambda: [],
+                                       self.reactor, interval=10.0,
+                                       listeners=lambda: [SimpleNamespace(name="pg",
+                                                                          stats=self.factory.stats)])
+            summary.start()
+            self.addCleanup(summary.stop)
+            for _ in range(100):
+                client = self.factory.buildProtocol(None)
+                client.makeConnection(StartTLSTransport())
+                client.dataReceived(pg.ssl_request() + STARTUP)
+            self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
+            self.reactor.advance(10.0)
+            self.reactor.advance(10.0)
+        lines = [e["counts"] for e in events if e.get("log_format", "").startswith("rejected")]
+        self.assertEqual(lines, [{"pg connections refused (bytes sent after SSLRequest before "
+                                  "its answer)": 100}])
 
     def test_bytes_after_ssl_request_refused_without_certificate(self) -> None:
         """Without a certificate too (as PostgreSQL and PgBouncer): no N, closed."""
