@@ -16,6 +16,7 @@ The handshakes themselves are real in tests/test_interop_postgres_tls.py.
 
 from __future__ import annotations
 
+import os
 import struct
 from types import SimpleNamespace
 from typing import Any, List, Tuple
@@ -24,6 +25,7 @@ from OpenSSL import SSL
 from twisted.internet.address import UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
@@ -33,14 +35,16 @@ from zope.interface import alsoProvides, implementer
 from poolproxy.assemble import ClusterAssembly
 from poolproxy.backends.pool import BackendUnavailable
 from poolproxy.codecs import postgres as pg
-from poolproxy.config import ProxyConfig, codec_options
+from poolproxy.config import ConfigError, ProxyConfig, codec_options
 from poolproxy.config.settings import BackendTLS
 from poolproxy.config.tls import UpgradeTLS
 from poolproxy.ops.rejections import RejectionSummary
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.transaction.server import KeyedPools
 from poolproxy.util.tlsclient import TLSClientEndpoint
-from tests.certs import TestCA
+from tests.certs import TestCA, serial
+from tests.test_config import BASE, ConfigTestCase, parse
+from tests.test_tls_material import handshake, peer_serial
 
 STARTUP = pg.startup_message({b"user": b"app", b"database": b"app"})
 GSSENC_REQUEST = struct.pack("!II", 8, pg.GSSENC_REQUEST)
@@ -191,11 +195,10 @@ class ClientSideTests(SynchronousTestCase):
         many were refused and why.
         """
         with capturedLogs() as events:
-            client, transport = self.client()
+            self.client()
+            listener = SimpleNamespace(name="pg", stats=self.factory.stats)
             summary = RejectionSummary(Admission(1, 0, 1.0, clock=self.reactor), lambda: [],
-                                       self.reactor, interval=10.0,
-                                       listeners=lambda: [SimpleNamespace(name="pg",
-                                                                          stats=self.factory.stats)])
+                                       self.reactor, interval=10.0, listeners=lambda: [listener])
             summary.start()
             self.addCleanup(summary.stop)
             for _ in range(100):
@@ -217,6 +220,7 @@ class ClientSideTests(SynchronousTestCase):
         self.assertFalse(self.started())
 
     def test_bytes_after_gssenc_request_refused(self) -> None:
+        """The same for a GSSENCRequest (PgBouncer's rule too)."""
         client, transport = self.client()
         client.dataReceived(GSSENC_REQUEST + pg.ssl_request())
         self.assertEqual(error_of(transport.value()),
@@ -258,6 +262,7 @@ class ClientSideTests(SynchronousTestCase):
         self.assertEqual(error_of(transport.value()[1:])[:2], ("FATAL", "28000"))
 
     def test_require_takes_tls(self) -> None:
+        """require: a client that asked for TLS goes on."""
         client, transport = self.client(mode="require")
         client.dataReceived(pg.ssl_request())
         client.dataReceived(STARTUP)
@@ -288,6 +293,108 @@ class ClientSideTests(SynchronousTestCase):
         client, transport = self.client(tls=False, mode="require")
         client.dataReceived(STARTUP)
         self.assertTrue(self.started())
+
+
+class SettingsTests(ConfigTestCase):
+    """client_tls_* as flags and TOML keys: checked, files loaded, before anything starts."""
+
+    def setUp(self) -> None:
+        self.ca = TestCA(self)
+        self.cert, self.key = self.ca.issue("localhost")
+        self.argv = BASE + ["--protocol", "postgres", "--auth-type", "trust"]
+
+    def test_default(self) -> None:
+        """No certificate, allow: TLS off until configured."""
+        config = parse(self.argv)
+        self.assertEqual((config.client_tls_cert_file, config.client_tls_key_file,
+                          config.client_tls_mode), (None, None, "allow"))
+
+    def test_flags_and_file(self) -> None:
+        """Flags and TOML keys, PgBouncer's names."""
+        config = parse(self.argv + ["--client-tls-cert-file", self.cert,
+                                    "--client-tls-key-file", self.key,
+                                    "--client-tls-mode", "require"])
+        self.assertEqual((config.client_tls_cert_file, config.client_tls_key_file,
+                          config.client_tls_mode), (self.cert, self.key, "require"))
+        path = self.write_toml(f'client_tls_cert_file = "{self.cert}"\n'
+                               f'client_tls_key_file = "{self.key}"\n')
+        config = parse(["--config", path] + self.argv)
+        self.assertEqual(config.client_tls_key_file, self.key)
+
+    def test_both_or_neither(self) -> None:
+        """A certificate without its key, or a key alone, is refused, naming what is missing."""
+        self.assertConfigError(self.argv + ["--client-tls-cert-file", self.cert],
+                               "--client-tls-cert-file: needs client_tls_key_file too")
+        self.assertConfigError(self.argv + ["--client-tls-key-file", self.key],
+                               "--client-tls-key-file: needs client_tls_cert_file too")
+
+    def test_require_needs_a_certificate(self) -> None:
+        """require without a certificate would refuse every client: refused at startup."""
+        self.assertConfigError(self.argv + ["--client-tls-mode", "require"],
+                               "--client-tls-mode: require needs a certificate")
+
+    def test_unknown_mode(self) -> None:
+        """Only allow and require (PgBouncer's prefer, verify-ca... are not taken)."""
+        self.assertFlagError("--client-tls-mode", "prefer", "allow", "require")
+
+    def test_files_that_do_not_load(self) -> None:
+        """Missing, not PEM, a key not the certificate's: one line naming the file, at startup."""
+        missing = os.path.abspath(self.mktemp())
+        _, other_key = self.ca.issue("other")
+        for cert, key, fragment in [
+                (missing, self.key, f"client_tls_cert_file: cannot read {missing}"),
+                (self.cert, missing, f"client_tls_key_file: cannot read {missing}"),
+                (self.key, self.key, "holds no PEM certificate"),
+                (self.cert, self.cert, "no private key"),
+                (self.cert, other_key, f"{self.cert} with client_tls_key_file {other_key}")]:
+            self.assertConfigError(self.argv + ["--client-tls-cert-file", cert,
+                                                "--client-tls-key-file", key],
+                                   "--client-tls-cert-file: ", fragment)
+
+
+class UpgradeTLSTests(SynchronousTestCase):
+    """The certificate served after an SSLRequest: real handshakes in memory, reloads."""
+
+    def setUp(self) -> None:
+        self.ca = TestCA(self)
+        self.cert, self.key = self.ca.issue("localhost")
+        self.tls = UpgradeTLS(self.cert, self.key, "--client-tls-cert-file")
+        self.trust = Certificate.loadPEM(self.ca.ca.cert_pem.bytes())
+
+    def served(self, **kwargs: Any) -> Any:
+        d, _ = handshake(self.tls, optionsForClientTLS("localhost", self.trust, **kwargs))
+        return self.successResultOf(d)
+
+    def test_serves_its_certificate(self) -> None:
+        """The handshake after an SSLRequest serves client_tls_cert_file."""
+        self.assertEqual(peer_serial(self.served()), serial(self.cert))
+
+    def test_alpn_postgresql_chosen(self) -> None:
+        """A client offering postgresql (libpq 17+) gets it; one offering others gets none."""
+        chosen = self.served(acceptableProtocols=[b"h2", b"postgresql"])
+        self.assertEqual(chosen.transport.negotiatedProtocol, b"postgresql")
+        other = self.served(acceptableProtocols=[b"h2", b"http/1.1"])
+        self.assertIsNone(other.transport.negotiatedProtocol)
+
+    def test_reload(self) -> None:
+        """
+        New files, then reload: later handshakes get the new certificate,
+        and what changed is said; the same files again: nothing changed;
+        files that do not load: the certificate in use is kept.
+        """
+        self.assertIsNone(self.tls.reload())
+        old = serial(self.cert)
+        self.ca.issue("localhost", cert_file=self.cert, key_file=self.key)
+        changed = self.tls.reload()
+        assert changed is not None
+        self.assertIn("serving certificate O=", changed)
+        self.assertIn(f"serial {serial(self.cert):x}", changed)
+        self.assertIn(f"serial {old:x}", changed)
+        self.assertEqual(peer_serial(self.served()), serial(self.cert))
+        with open(self.key, "w") as f:
+            f.write("not a key\n")
+        self.assertRaises(ConfigError, self.tls.reload)
+        self.assertEqual(peer_serial(self.served()), serial(self.cert))
 
 
 def login_messages() -> bytes:
@@ -418,6 +525,7 @@ class ServerSideTests(SynchronousTestCase):
         self.assertEqual(self.pool.connects["timeout"], 1)
 
     def test_timeout_during_handshake(self) -> None:
+        """The same once S was answered and the handshake does not finish."""
         d, protocol, transport = self.connect()
         protocol.dataReceived(b"S")
         self.reactor.advance(self.pool.connect_timeout)
@@ -470,6 +578,7 @@ class PlainServerTests(SynchronousTestCase):
     """Without backend_tls nothing changes: the StartupMessage is the first thing sent."""
 
     def test_startup_first(self) -> None:
+        """No SSLRequest: the StartupMessage goes first, as before."""
         reactor = MemoryReactorClock()
         config = ProxyConfig(protocol="postgres", listen=("tcp:0",), backend=("127.0.0.1:5432",),
                              auth_type="trust")
