@@ -24,7 +24,8 @@ from poolproxy.assemble import ClusterAssembly
 from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.backends.pool import BackendPool
 from poolproxy.codec import ICodec
-from poolproxy.config import BackendConfig, ListenerConfig, ProxyConfig, codec_options
+from poolproxy.config import (SETTINGS_BY_NAME, BackendConfig, ListenerConfig, ProxyConfig,
+                              codec_options)
 from poolproxy.config.budget import WEB_CONNECTIONS, client_cap, descriptor_budget
 from poolproxy.config.endpoints import DEFAULT_BACKLOG, server_endpoint
 from poolproxy.config.secrets import Secrets
@@ -134,7 +135,7 @@ class ProxyService(MultiService):
         self.server_tls: Dict[str, ServerTLS] = {}
         self.client_tls: Optional[UpgradeTLS] = client_tls(
             config.client_tls_cert_file, config.client_tls_key_file, config.client_tls_mode,
-            lambda key: config.sources.get(key, "--" + key.replace("_", "-")))
+            lambda key: config.sources.get(key, SETTINGS_BY_NAME[key].flag))
         # Bytes held for clients that do not read: bounded per client and in all.
         self.output = OutputBudget(config.client_output_limit, config.proxy_output_limit)
         # One cluster per [[cluster]] (or the "default" one built from

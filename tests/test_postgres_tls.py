@@ -40,6 +40,7 @@ from poolproxy.config.settings import BackendTLS
 from poolproxy.config.tls import UpgradeTLS
 from poolproxy.ops.rejections import RejectionSummary
 from poolproxy.proxy.admission import Admission
+from poolproxy.service import ProxyService
 from poolproxy.proxy.transaction.server import KeyedPools
 from poolproxy.util.tlsclient import TLSClientEndpoint
 from tests.certs import TestCA, serial
@@ -350,6 +351,33 @@ class SettingsTests(ConfigTestCase):
             self.assertConfigError(self.argv + ["--client-tls-cert-file", cert,
                                                 "--client-tls-key-file", key],
                                    "--client-tls-cert-file: ", fragment)
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_one_certificate_for_every_listener_reread_by_sighup(self) -> None:
+        """
+        The service reads the certificate once; every postgres listener's
+        clients get that one, and SIGHUP re-reads it (it is rereadable).
+        """
+        ca = TestCA(self)
+        cert, key = ca.issue("localhost")
+        config = ProxyConfig(protocol="postgres", listen=("tcp:0", "tcp:0:interface=127.0.0.2"),
+                             backend=("127.0.0.1:5432",), auth_type="trust",
+                             client_tls_cert_file=cert, client_tls_key_file=key)
+        service = ProxyService(config, reactor=MemoryReactorClock(), open_files=1024)
+        self.assertIsInstance(service.client_tls, UpgradeTLS)
+        self.assertEqual([listener.factory.tls for listener in service.listeners],
+                         [service.client_tls] * 2)
+        self.assertIn(service.client_tls, service.rereadable())
+        self.assertEqual(service.client_tls.where, "--client-tls-cert-file")  # type: ignore
+
+    def test_none_without_a_certificate(self) -> None:
+        """No certificate: nothing to serve, nothing to re-read."""
+        config = ProxyConfig(protocol="postgres", listen=("tcp:0",),
+                             backend=("127.0.0.1:5432",), auth_type="trust")
+        service = ProxyService(config, reactor=MemoryReactorClock(), open_files=1024)
+        self.assertIsNone(service.client_tls)
+        self.assertIsNone(service.listeners[0].factory.tls)
 
 
 class UpgradeTLSTests(SynchronousTestCase):
