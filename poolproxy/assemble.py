@@ -23,7 +23,7 @@ from poolproxy.backends.retry import RetryBudget
 from poolproxy.codec import ICodec
 from poolproxy.config import BackendConfig, ClusterConfig, CodecOptions, ProxyConfig
 from poolproxy.config.endpoints import backend_host, client_endpoint
-from poolproxy.config.tls import ClientTLS, check_server_name
+from poolproxy.config.tls import ClientTLS, UpgradeTLS, check_server_name
 from poolproxy.plugins import load_codec
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.modes import ClusterContext, FrontendFactory, Mode, mode_of
@@ -47,7 +47,8 @@ class ClusterAssembly:
                  admission: Admission, options: CodecOptions,
                  codec: Optional[ICodec] = None,
                  endpoint: Optional[Callable[[str], IStreamClientEndpoint]] = None,
-                 output: Optional[OutputBudget] = None) -> None:
+                 output: Optional[OutputBudget] = None,
+                 client_tls: Optional[UpgradeTLS] = None) -> None:
         """
         @param codec: the cluster's codec, if not its protocol plugin's.
         @param output: the process's output limits, shared by every cluster
@@ -55,6 +56,8 @@ class ClusterAssembly:
         @param endpoint: makes the client endpoint of a backend's address,
             if not Twisted's (L{poolproxy.testing.MultiplexHarness} gives
             fakes).
+        @param client_tls: the certificate served to clients that ask for
+            TLS on their plain connection (postgres), if any.
         """
         self.spec = spec
         self.config = config
@@ -73,7 +76,7 @@ class ClusterAssembly:
         if output is None:
             output = OutputBudget(config.client_output_limit, config.proxy_output_limit)
         self.context = ClusterContext(self.codec, config, options, admission, reactor,
-                                      self.setting, output)
+                                      self.setting, output, client_tls=client_tls)
         tls = self.setting("backend_tls")
         self.tls = ClientTLS(tls, f"cluster {spec.name}: backend_tls") if tls else None
         if tls is not None and not tls.verify:
@@ -103,11 +106,15 @@ class ClusterAssembly:
         """A backend: its pool, and its breaker and health check if they are on."""
         s, config = self.setting, self.config
         endpoint = self._endpoint(spec.address)
+        tls = None
         if self.tls is not None:
-            # The pool and the health checks both connect through it.
             name = check_server_name(self.tls.spec, backend_host(spec.address), spec.address,
                                      self.tls.where)
-            endpoint = TLSClientEndpoint(endpoint, self.tls.creator(name), self.reactor)
+            tls = self.tls.creator(name)
+            if not self.mode.starts_tls:
+                # The pool and the health checks both connect through it.
+                endpoint = TLSClientEndpoint(endpoint, tls, self.reactor)
+                tls = None
         pool = BackendPool(
             spec.name, endpoint, BackendProtocol,  # the mode's protocol, set below
             size=s("pool_size"), min_idle=s("pool_min_idle"),
@@ -116,6 +123,7 @@ class ClusterAssembly:
             max_lifetime=config.max_lifetime, max_uses=config.max_uses,
             health_interval=config.health_interval, clock=self.reactor, cluster=self.spec.name)
         backend = Backend(spec.name, pool, spec.weight)
+        backend.tls = tls
         # The mode's backend protocol and shared connections name the backend.
         pool.protocol_factory = self.mode.backend_protocol(backend, self.context)
         if self.mode.shared is not None:

@@ -24,11 +24,12 @@ from poolproxy.assemble import ClusterAssembly
 from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.backends.pool import BackendPool
 from poolproxy.codec import ICodec
-from poolproxy.config import BackendConfig, ListenerConfig, ProxyConfig, codec_options
+from poolproxy.config import (SETTINGS_BY_NAME, BackendConfig, ListenerConfig, ProxyConfig,
+                              codec_options)
 from poolproxy.config.budget import WEB_CONNECTIONS, client_cap, descriptor_budget
 from poolproxy.config.endpoints import DEFAULT_BACKLOG, server_endpoint
 from poolproxy.config.secrets import Secrets
-from poolproxy.config.tls import ServerTLS, is_tls_listener
+from poolproxy.config.tls import ServerTLS, UpgradeTLS, client_tls, is_tls_listener
 from poolproxy.demo import demo_site
 from poolproxy.listening import endpoint_service, fail_startup, listen_reason
 from poolproxy.ops.rejections import RejectionSummary
@@ -96,6 +97,8 @@ class ProxyService(MultiService):
     @ivar secrets: the passwords and the admin token, as read from their files.
     @ivar server_tls: the certificate and key of each C{ssl:} endpoint
         (listeners, metrics), by endpoint string.
+    @ivar client_tls: the certificate and key served to clients that ask
+        for TLS on a plain connection (postgres), or L{None}.
     """
 
     log = Logger()
@@ -130,6 +133,9 @@ class ProxyService(MultiService):
         self.secrets = Secrets.read(config)
         self.codec_options = codec_options(config, self.secrets)
         self.server_tls: Dict[str, ServerTLS] = {}
+        self.client_tls: Optional[UpgradeTLS] = client_tls(
+            config.client_tls_cert_file, config.client_tls_key_file, config.client_tls_mode,
+            lambda key: config.sources.get(key, SETTINGS_BY_NAME[key].flag))
         # Bytes held for clients that do not read: bounded per client and in all.
         self.output = OutputBudget(config.client_output_limit, config.proxy_output_limit)
         # One cluster per [[cluster]] (or the "default" one built from
@@ -137,7 +143,8 @@ class ProxyService(MultiService):
         # tests); else each cluster's protocol plugin is loaded.
         self.assemblies: Dict[str, ClusterAssembly] = {
             spec.name: ClusterAssembly(spec, config, reactor, self.admission,
-                                       self.codec_options, codec, output=self.output)
+                                       self.codec_options, codec, output=self.output,
+                                       client_tls=self.client_tls)
             for spec in config.clusters}
         self.clusters: Dict[str, Cluster] = {
             name: assembly.cluster for name, assembly in self.assemblies.items()}
@@ -212,6 +219,8 @@ class ProxyService(MultiService):
         """What SIGHUP reads again from its files: secrets, certificates, CAs, users files."""
         items: List[Rereadable] = list(self.secrets.files.values())
         items += self.server_tls.values()
+        if self.client_tls is not None:
+            items.append(self.client_tls)
         items += [assembly.tls for assembly in self.assemblies.values() if assembly.tls is not None]
         items += [item for assembly in self.assemblies.values()
                   for item in assembly.context.rereadable]

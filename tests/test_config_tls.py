@@ -217,7 +217,7 @@ class TlsDocTests(ConfigTestCase):
         cert, key = ca.issue("localhost")
         client_cert, client_key = ca.issue("poolproxy.client")
         files = {"key.pem": key, "cert.pem": cert, "poolproxy-client.pem": client_cert,
-                 "poolproxy-client.key": client_key}
+                 "poolproxy-client.key": client_key, "pg-proxy.pem": cert, "pg-proxy.key": key}
         with open(os.path.join(ROOT, "docs", "tls.md")) as f:
             blocks = re.findall(r"```toml\n(.*?)```", f.read(), re.DOTALL)
         self.assertGreaterEqual(len(blocks), 4)
@@ -226,11 +226,12 @@ class TlsDocTests(ConfigTestCase):
                           lambda m: files.get(m.group(1), ca.ca_file), block)
             if text.startswith("[cluster.backend_tls]"):
                 text = 'listen = "tcp:6380"\n[[cluster]]\nname = "cache"\n' + text
-            if "[[cluster]]" not in text:
+            flat = re.search(r"^backend = ", text, re.M) is not None
+            if "[[cluster]]" not in text and not flat:
                 text += '[[cluster]]\nname = "cache"\n'
-            if "[[cluster.backend]]" not in text:
+            if "[[cluster.backend]]" not in text and not flat:
                 text += '[[cluster.backend]]\naddress = "10.0.0.1:6379"\n'
             config = parse(["--config", self.write_toml(text)])
             tls = [c.setting("backend_tls", config) for c in config.clusters]
-            self.assertTrue(any(tls) or any(l.endpoint.startswith("ssl:")
-                                            for l in config.listeners), block)
+            self.assertTrue(any(tls) or config.client_tls_cert_file
+                            or any(l.endpoint.startswith("ssl:") for l in config.listeners), block)

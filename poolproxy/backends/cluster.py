@@ -15,6 +15,7 @@ import random
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Sequence
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
 from poolproxy.backends.pool import BackendPool
 from poolproxy.backends.retry import RetryBudget
@@ -53,6 +54,9 @@ class Backend:
     @ivar breaker: its L{CircuitBreaker} (passive health), if on.
     @ivar shared: the connections to it that clients share, in a mode that
         shares them (multiplexed); else L{None}.
+    @ivar tls: what makes the TLS of its connections in a mode whose
+        connections ask for TLS themselves (postgres: SSLRequest), with
+        C{backend_tls}; else L{None} (other modes' TLS is in the endpoint).
     """
 
     def __init__(self, name: str, pool: BackendPool, weight: int = 1) -> None:
@@ -68,6 +72,7 @@ class Backend:
         self.health: Optional[HealthCheck] = None
         self.breaker: Optional[CircuitBreaker] = None
         self.shared: Optional[SharedConnections] = None
+        self.tls: Optional[IOpenSSLClientConnectionCreator] = None
         self.requests = 0
         self.failures = 0
         self.retries = 0

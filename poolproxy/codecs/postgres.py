@@ -117,6 +117,11 @@ def query(sql: bytes) -> bytes:
     return message(b"Q", sql + b"\0")
 
 
+def ssl_request() -> bytes:
+    """An SSLRequest: asks the server for TLS, answered with one byte, S or N."""
+    return _INT32_PAIR.pack(8, SSL_REQUEST)
+
+
 def password_message(data: bytes) -> bytes:
     return message(b"p", data)
 
@@ -311,4 +316,5 @@ __all__ = [
     "ready_for_query", "authentication", "auth_sasl", "parameter_status", "backend_key_data",
     "query", "password_message", "sasl_initial_response", "startup_message", "cancel_request",
     "error_fields", "error_sqlstate", "SQLSTATES",
+    "ssl_request",
 ]

@@ -33,6 +33,7 @@ from poolproxy.config.settings import (  # noqa: F401 (re-exported)
     read_secret,
 )
 from poolproxy.config.secrets import Secrets
+from poolproxy.config.tls import client_tls
 from poolproxy.config.topology import (  # noqa: F401 (re-exported)
     BackendConfig,
     ClusterConfig,
@@ -106,6 +107,9 @@ class ProxyConfig:
     check_database: str = "postgres"
     admin_token_file: Optional[str] = None
     backend_tls: Optional[BackendTLS] = None
+    client_tls_cert_file: Optional[str] = None
+    client_tls_key_file: Optional[str] = None
+    client_tls_mode: str = "allow"
     balance: Optional[str] = None
     hash_key: Optional[str] = None
     check_interval: float = 2.0
@@ -279,6 +283,8 @@ def build_config(
     for cluster in clusters:
         if "backend_tls" not in cluster.overrides:  # a cluster's own table is checked with it
             check_backend_tls(top["backend_tls"], cluster.backends, where("backend_tls"))
+    client_tls(top["client_tls_cert_file"], top["client_tls_key_file"], top["client_tls_mode"],
+               where)  # its files load
     listeners: Tuple[ListenerConfig, ...] = ()
     if listener_tables is not None:
         listeners = _listeners_from_tables(listener_tables, clusters, file_name, checks.get("listen"))

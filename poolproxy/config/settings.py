@@ -291,6 +291,15 @@ SETTINGS: Tuple[Setting, ...] = (
             "on (the system's CAs, each backend's host), or comma-separated KEY=VALUE of "
             "ca_file, server_name, cert_file, key_file (mutual TLS), verify=false (no check); "
             "off for none."),
+    Setting("client_tls_cert_file", "str", None, "postgres: PEM certificate (intermediates "
+            "after it) served to clients that ask for TLS (SSLRequest); with "
+            "client_tls_key_file. Without it clients are told TLS is off. SIGHUP re-reads it."),
+    Setting("client_tls_key_file", "str", None, "postgres: the private key (PEM) of "
+            "client_tls_cert_file."),
+    Setting("client_tls_mode", "str", "allow", "postgres, with a certificate: allow (TLS for "
+            "clients that ask, plain text for the others) or require (a client that does not "
+            "ask is refused: FATAL 28000; unix sockets and cancel requests excepted).",
+            choices=("allow", "require")),
     Setting("balance", "str", None, "How the cluster picks a backend: round_robin, "
             "least_outstanding, consistent_hash or random [default: consistent_hash for "
             "redis and memcached, least_outstanding for http, round_robin for tcp]."),

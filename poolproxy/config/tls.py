@@ -3,11 +3,14 @@ TLS material read from files, and what makes each connection's TLS from it:
 
   - L{ServerTLS}: an C{ssl:} listener's certificate and key (Twisted's
     C{ssl:} endpoint string, parsed by Twisted);
+  - L{UpgradeTLS}: the certificate and key served to PostgreSQL clients
+    that ask for TLS on their plain connection (C{client_tls_cert_file},
+    C{client_tls_key_file});
   - L{ClientTLS}: a cluster's C{backend_tls}, the CAs its backends'
     certificates are checked against and the client certificate it
     presents, with one connection creator per backend (its server name).
 
-Both read their files when made (a bad file is a L{ConfigError} at startup)
+All read their files when made (a bad file is a L{ConfigError} at startup)
 and again on L{reload} (SIGHUP): handshakes after it use what it read,
 connections already made keep theirs, and a file that does not load leaves
 the material in use as it was.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from OpenSSL import SSL, crypto
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -69,12 +72,52 @@ def _no_alpn(connection: SSL.Connection, offered: List[bytes]) -> Any:
     return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
-@implementer(IOpenSSLServerConnectionCreator)
-class ServerTLS:
+class _ServingTLS:
     """
-    The certificate and key of one C{ssl:} listener, and its endpoint.
+    A certificate and key that connections are served with, read from
+    files: each connection's TLS is made from what the last read gave.
+    Subclasses say how the files are read (L{_load}).
 
     @ivar certificate: the certificate served (OpenSSL's X509).
+    """
+
+    def __init__(self, where: str) -> None:
+        """
+        @param where: how logs and errors name it (its setting, its endpoint).
+        @raise ConfigError: the certificate or key does not load.
+        """
+        self.where = where
+        self._context, self.certificate = self._load()
+
+    def _load(self) -> Tuple[SSL.Context, Any]:
+        """
+        A context and the certificate it serves, from the files.
+
+        @raise ConfigError: they do not load.
+        """
+        raise NotImplementedError
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self._context, None)
+
+    def reload(self) -> Optional[str]:
+        """
+        Load the certificate and key again; new connections get them.
+
+        @return: what changed, or L{None} for the same certificate.
+        @raise ConfigError: they do not load; the ones in use are kept.
+        """
+        context, certificate = self._load()
+        if _fingerprint(certificate) == _fingerprint(self.certificate):
+            return None
+        old, self._context, self.certificate = self.certificate, context, certificate
+        return f"serving certificate {describe(certificate)} (was {describe(old)})"
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS(_ServingTLS):
+    """
+    The certificate and key of one C{ssl:} listener, and its endpoint.
     """
 
     def __init__(self, description: str, where: str) -> None:
@@ -84,10 +127,10 @@ class ServerTLS:
         @raise ConfigError: the certificate or key does not load.
         """
         self.description = description
-        self.where = where
-        self._endpoint, self._context, self.certificate = self._load()
+        self._endpoint: Any = None
+        super().__init__(where)
 
-    def _load(self) -> Tuple[Any, SSL.Context, Any]:
+    def _load(self) -> Tuple[SSL.Context, Any]:
         try:
             # Twisted's parser reads privateKey, certKey, extraCertChain,
             # dhParameters... from the files the string names.
@@ -98,10 +141,9 @@ class ServerTLS:
             raise ConfigError(f"{self.where}: cannot load its certificate and key: "
                               f"{_reason(e)}") from None
         context.set_alpn_select_callback(_no_alpn)
-        return endpoint, context, options.certificate
-
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self._context, None)
+        if self._endpoint is None:
+            self._endpoint = endpoint
+        return context, options.certificate
 
     def endpoint(self, reactor: Any, description: Optional[str] = None) -> "TLSServerEndpoint":
         """
@@ -115,18 +157,73 @@ class ServerTLS:
         tcp = TCP4ServerEndpoint(reactor, parsed._port, parsed._backlog, parsed._interface)
         return TLSServerEndpoint(tcp, self, reactor)
 
-    def reload(self) -> Optional[str]:
-        """
-        Load the certificate and key again; new connections get them.
 
-        @return: what changed, or L{None} for the same certificate.
-        @raise ConfigError: they do not load; the ones in use are kept.
-        """
-        _, context, certificate = self._load()
-        if _fingerprint(certificate) == _fingerprint(self.certificate):
-            return None
-        old, self._context, self.certificate = self.certificate, context, certificate
-        return f"serving certificate {describe(certificate)} (was {describe(old)})"
+@implementer(IOpenSSLServerConnectionCreator)
+class UpgradeTLS(_ServingTLS):
+    """
+    The certificate and key served to clients that ask for TLS on their
+    plain connection (PostgreSQL's SSLRequest): C{client_tls_cert_file}
+    (the certificate, intermediates after it) and C{client_tls_key_file}.
+    A client offering ALPN C{postgresql} (libpq 17 and later) gets it
+    chosen, as PostgreSQL chooses it.
+    """
+
+    def __init__(self, cert_file: str, key_file: str, where: str,
+                 alpn: bytes = b"postgresql") -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.alpn = alpn
+        super().__init__(where)
+
+    def _load(self) -> Tuple[SSL.Context, Any]:
+        data = _read(self.cert_file, self.where, "client_tls_cert_file")
+        blocks = _PEM_CERTIFICATE.findall(data)
+        if not blocks:
+            raise ConfigError(f"{self.where}: {self.cert_file} holds no PEM certificate")
+        key_data = _read(self.key_file, self.where, "client_tls_key_file")
+        try:
+            key = KeyPair.load(key_data, crypto.FILETYPE_PEM)
+        except Exception as e:
+            raise ConfigError(f"{self.where}: client_tls_key_file {self.key_file}: no private "
+                              f"key: {_reason(e)}") from None
+        try:
+            certificate = Certificate.loadPEM(blocks[0]).original
+            options = CertificateOptions(
+                privateKey=key.original, certificate=certificate,
+                extraCertChain=[Certificate.loadPEM(b).original for b in blocks[1:]] or None)
+            context = options.getContext()  # refuses a key that is not the certificate's
+        except Exception as e:
+            raise ConfigError(f"{self.where}: {self.cert_file} with client_tls_key_file "
+                              f"{self.key_file}: {_reason(e)}") from None
+        alpn = self.alpn
+
+        def select(connection: SSL.Connection, offered: List[bytes]) -> Any:
+            return alpn if alpn in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+        context.set_alpn_select_callback(select)
+        return context, certificate
+
+
+def client_tls(cert_file: Optional[str], key_file: Optional[str], mode: str,
+               where: Callable[[str], str]) -> Optional[UpgradeTLS]:
+    """
+    The L{UpgradeTLS} of the C{client_tls_*} settings, or L{None} without a
+    certificate.
+
+    @param where: how errors name a setting (its flag, or key and file).
+    @raise ConfigError: one of the two files is named without the other,
+        C{require} without a certificate, or the files do not load.
+    """
+    if (cert_file is None) != (key_file is None):
+        missing = "client_tls_key_file" if key_file is None else "client_tls_cert_file"
+        given = "client_tls_cert_file" if key_file is None else "client_tls_key_file"
+        raise ConfigError(f"{where(given)}: needs {missing} too (a certificate and its key)")
+    if cert_file is None or key_file is None:
+        if mode == "require":
+            raise ConfigError(f"{where('client_tls_mode')}: require needs a certificate: "
+                              "client_tls_cert_file and client_tls_key_file")
+        return None
+    return UpgradeTLS(cert_file, key_file, where("client_tls_cert_file"))
 
 
 @implementer(IStreamServerEndpoint)
@@ -367,5 +464,5 @@ def _reason(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
-__all__ = ["ServerTLS", "ClientTLS", "TLSServerEndpoint", "describe", "is_tls_listener",
-           "check_server_name"]
+__all__ = ["ServerTLS", "UpgradeTLS", "client_tls", "ClientTLS", "TLSServerEndpoint", "describe",
+           "is_tls_listener", "check_server_name"]

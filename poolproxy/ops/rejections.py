@@ -115,4 +115,6 @@ class RejectionSummary:
 
 #: How the log names each reason a connection was refused as soon as accepted.
 _REFUSED = {"per_source": "max_connections_per_source",
-            "limit": "past the connection limit"}
+            "limit": "past the connection limit",
+            "tls_required": "no TLS, client_tls_mode = require",
+            "unencrypted_after_request": "bytes sent after SSLRequest before its answer"}

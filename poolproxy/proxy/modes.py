@@ -32,6 +32,7 @@ from poolproxy.codecs.http import HttpCodec
 from poolproxy.codecs.postgres_login import ServerLogin
 from poolproxy.config import CodecOptions, ProxyConfig
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
+from poolproxy.config.tls import UpgradeTLS
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.multiplexed.client import MultiplexFactory
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
@@ -71,6 +72,9 @@ class ClusterContext:
     #: What the mode reads from files (transaction mode: its users file),
     #: for SIGHUP to read again (L{poolproxy.ops.reload.Rereadable}).
     rereadable: List[Any] = field(default_factory=list)
+    #: The certificate served to clients that ask for TLS on their plain
+    #: connection (transaction mode's SSLRequest), if one is configured.
+    client_tls: Optional[UpgradeTLS] = None
 
 
 class FrontendFactory(Protocol):
@@ -114,6 +118,10 @@ class Mode:
         or for tcp C{session_idle_timeout} (no byte either way: a tcp
         session has no "between requests" to be idle in).
     @ivar shared: what the mode keeps beside each backend's pool, or L{None}.
+    @ivar starts_tls: its backend connections ask for TLS themselves
+        (PostgreSQL's SSLRequest): C{backend_tls} is given to them
+        (L{Backend.tls}) rather than wrapped around the backend's endpoint,
+        and the health probe's connect is plain.
     """
 
     name: str
@@ -123,6 +131,7 @@ class Mode:
     balance: str
     idle_timeout: str
     shared: Optional[Shared] = None
+    starts_tls: bool = False
 
 
 # -- session (tcp) -------------------------------------------------------------
@@ -229,7 +238,9 @@ def _transaction_frontend(name: str, cluster: Cluster,
                               session_pooling=context.setting("pool_mode") == "session",
                               max_message=context.options.max_request_size,
                               send_timeout=config.send_timeout,
-                              login_timeout=config.header_timeout)
+                              login_timeout=config.header_timeout,
+                              tls=context.client_tls,
+                              tls_required=config.client_tls_mode == "require")
 
 
 def _transaction_backend(backend: Backend,
@@ -280,7 +291,8 @@ MODES: Dict[str, Mode] = {mode.name: mode for mode in (
          balance="consistent_hash", idle_timeout="client_idle_timeout",
          shared=_multiplexer),
     Mode("transaction", _transaction_frontend, _transaction_backend, _transaction_probe,
-         balance="round_robin", idle_timeout="client_idle_timeout", shared=_keyed_pools),
+         balance="round_robin", idle_timeout="client_idle_timeout", shared=_keyed_pools,
+         starts_tls=True),
 )}
 
 

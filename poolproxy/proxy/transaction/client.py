@@ -29,7 +29,9 @@ import struct
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.address import UNIXAddress
+from twisted.internet.interfaces import (IOpenSSLServerConnectionCreator, IPushProducer,
+                                         ISSLTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -138,6 +140,7 @@ class TransactionFrontend(Protocol):
         self.wanted: Dict[bytes, bytes] = {}
         self.auth: Optional[ClientAuth] = None
         self.key: Tuple[int, bytes] = (0, b"")
+        self._negotiated: List[int] = []  # SSLRequest, GSSENCRequest answered
         self.statements = ClientStatements()
         # The lease, and how it is being had.
         self._conn: "Optional[PooledConnection[ServerConnection]]" = None
@@ -232,17 +235,69 @@ class TransactionFrontend(Protocol):
                 return
             buffer = buffer[used:]
             if startup.code in (pg.SSL_REQUEST, pg.GSSENC_REQUEST):
-                # No TLS configured: "N", and the client goes on in plain text.
-                self.transport.write(b"N")
+                if not self._negotiate(startup.code, buffer):
+                    return
                 continue
             if startup.code == pg.CANCEL_REQUEST:
+                # Allowed in plain text even when TLS is required: libpq
+                # before 17 sends its cancels unencrypted, as PostgreSQL
+                # and PgBouncer take them.
                 self.factory.cancel(startup.pid, startup.key)
                 self.transport.loseConnection()
                 self.state = CLOSED
                 return
+            if self.factory.tls_required and not self._encrypted() and not self._on_unix():
+                self.stats.refused.add("tls_required")
+                self._fatal_as(pg.INVALID_AUTHORIZATION, "SSL required")
+                return
             self._buffer = buffer
             self._started(startup)
             return
+
+    def _negotiate(self, code: int, rest: bytes) -> bool:
+        """
+        Answer an SSLRequest (C{S} and TLS with a certificate configured,
+        else C{N}) or a GSSENCRequest (always C{N}), as PostgreSQL does:
+        each once, and neither once TLS is on.
+
+        @param rest: what the client sent after the request.
+        @return: whether the connection goes on.
+        """
+        if rest:
+            # Sent before our answer: not under the TLS the client asked
+            # for; perhaps a man in the middle's (CVE-2021-23214), and
+            # never read as part of the session.
+            self.stats.refused.add("unencrypted_after_request")
+            what = "SSL request" if code == pg.SSL_REQUEST else "GSSAPI encryption request"
+            self._fatal_as(pg.PROTOCOL_VIOLATION, f"received unencrypted data after {what}",
+                           detail="This could be either a client-software bug or evidence "
+                                  "of an attempted man-in-the-middle attack.")
+            return False
+        if self._encrypted() or code in self._negotiated:
+            self._fatal_as(pg.PROTOCOL_VIOLATION, "encryption was negotiated already on this "
+                                                  "connection")
+            return False
+        self._negotiated.append(code)
+        tls = self.factory.tls
+        if code == pg.SSL_REQUEST and tls is not None and not self._on_unix():
+            self.transport.write(b"S")
+            self.transport.startTLS(tls)
+        else:
+            self.transport.write(b"N")
+        return True
+
+    def _encrypted(self) -> bool:
+        return ISSLTransport.providedBy(self.transport)
+
+    def _on_unix(self) -> bool:
+        # As PostgreSQL: a unix socket is neither offered TLS nor required to use it.
+        return isinstance(self.transport.getHost(), UNIXAddress)
+
+    def _fatal_as(self, sqlstate: bytes, text: str, detail: Optional[str] = None) -> None:
+        """A FATAL error with its own SQLSTATE at start-up, and the connection closed."""
+        self.transport.write(pg.error_response(sqlstate, text, b"FATAL", detail=detail))
+        self.transport.loseConnection()
+        self.state = CLOSED
 
     def _started(self, startup: pg.Startup) -> None:
         self.user, self.database = startup.user, startup.database
@@ -992,10 +1047,15 @@ class TransactionFactory(Factory):
                  users: Users, clock: Any = None, session_pooling: bool = False,
                  max_message: int = 64 * 1024 * 1024, send_timeout: float = 0.0,
                  statement_names: Optional[StatementNames] = None,
-                 stats: Optional[ListenerStats] = None, login_timeout: float = 10.0) -> None:
+                 stats: Optional[ListenerStats] = None, login_timeout: float = 10.0,
+                 tls: Optional[IOpenSSLServerConnectionCreator] = None,
+                 tls_required: bool = False) -> None:
         """
         @param login_timeout: seconds a client may take over its start-up
             and authentication (0: no limit).
+        @param tls: what makes the TLS of clients that ask for it
+            (SSLRequest); without it they are answered C{N}.
+        @param tls_required: refuse clients that do not ask (with C{tls}).
         """
         self.name = name
         self.codec = codec
@@ -1006,6 +1066,8 @@ class TransactionFactory(Factory):
         self.session_pooling = session_pooling
         self.login_timeout = login_timeout
         self.max_message = max_message
+        self.tls = tls
+        self.tls_required = tls_required and tls is not None
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[TransactionFrontend]" = set()
         self.sends = SendTimeouts(self.clock, send_timeout, self.stats)

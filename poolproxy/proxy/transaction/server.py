@@ -22,9 +22,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from poolproxy.backends.pool import BackendPool, BackendProtocol
 from poolproxy.codecs import postgres as pg
@@ -32,12 +35,16 @@ from poolproxy.codecs.postgres_login import LoginCredentials, ServerLogin
 from poolproxy.codecs.postgres_replies import QUERY, SWALLOW, Replies
 from poolproxy.codecs.postgres_statements import ServerStatements
 from poolproxy.util.factories import OneProtocolFactory
+from poolproxy.util.tlsclient import TLSHandshakeFailed, handshake_error
 
 if TYPE_CHECKING:
     from poolproxy.backends.cluster import Backend
 
 #: (database, user), as bytes from the client's start-up packet.
 PoolKey = Tuple[bytes, bytes]
+
+# The steps of a server connection's TLS (ServerConnection._tls_step).
+ASKED, HANDSHAKE = "asked", "handshake"
 
 
 class LoginFailed(Exception):
@@ -52,6 +59,7 @@ class LoginFailed(Exception):
         self.sqlstate = sqlstate
 
 
+@implementer(IHandshakeListener)
 class ServerConnection(BackendProtocol):
     """
     One server connection.
@@ -66,8 +74,17 @@ class ServerConnection(BackendProtocol):
     peer: Any = None
 
     def __init__(self, keyed: "KeyedPool", login: ServerLogin, clock: Any,
-                 reset_timeout: float, max_statements: int) -> None:
+                 reset_timeout: float, max_statements: int,
+                 tls: Optional[IOpenSSLClientConnectionCreator] = None) -> None:
+        """
+        @param tls: what makes the connection's TLS (backend_tls), which it
+            asks the server for before it logs in; L{None} for none.
+        """
         self.keyed = keyed
+        self.tls = tls
+        # With TLS: ASKED once the SSLRequest is sent, HANDSHAKE once the
+        # server said S, None once the handshake is done (or without TLS).
+        self._tls_step: Optional[str] = None
         self._login: Optional[ServerLogin] = login
         self._ready: "Optional[Deferred[Any]]" = Deferred(self._cancel_login)
         self.clock = clock
@@ -95,15 +112,63 @@ class ServerConnection(BackendProtocol):
                 set_no_delay(True)  # as TransactionFrontend's: replies go out at once
             except OSError:
                 pass
+        if self.tls is not None:
+            # TLS first, and the StartupMessage only once it is up.
+            self._tls_step = ASKED
+            self.transport.write(pg.ssl_request())
+            return
         self.transport.write(self._login.start())
+
+    def _tls_answer(self, data: bytes) -> None:
+        """
+        The server's answer to the SSLRequest: C{S}, then TLS; anything
+        else fails the connection, which never goes on in plain text.
+        """
+        if data == b"S":
+            self._tls_step = HANDSHAKE
+            self.transport.startTLS(self.tls)
+            return
+        if data[:1] == b"S":
+            # Bytes the server sent before the handshake are not under TLS:
+            # perhaps a man in the middle's (CVE-2021-23222).
+            self._login_failed(LoginFailed("the server sent unencrypted data after its TLS "
+                                           "answer", None, pg.PROTOCOL_VIOLATION))
+        elif data[:1] == b"N":
+            self._login_failed(TLSHandshakeFailed("the server does not accept TLS (it answered "
+                                                  "SSLRequest with N); backend_tls is set"))
+        else:
+            self._login_failed(LoginFailed(f"protocol error: the server answered SSLRequest with "
+                                           f"{data[:1]!r}, neither S nor N", None,
+                                           pg.PROTOCOL_VIOLATION))
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is done, the server's certificate verified: log in."""
+        if self._tls_step != HANDSHAKE or self._login is None:
+            return
+        self._tls_step = None
+        self.transport.write(self._login.start())
+
+    def _login_failed(self, error: Exception) -> None:
+        """Fail the connection before its login began, with C{error}."""
+        self._login = None
+        ready, self._ready = self._ready, None
+        self.transport.abortConnection()
+        if ready is not None:
+            ready.errback(error)
 
     def when_ready(self) -> "Optional[Deferred[Any]]":
         return self._ready
 
     def _cancel_login(self, d: "Deferred[Any]") -> None:
+        # Cancelled (the connect timed out): the loss that follows has no
+        # one left to tell, and must not fire the Deferred a second time.
+        self._ready = None
         self.transport.abortConnection()
 
     def _login_data(self, data: bytes) -> None:
+        if self._tls_step == ASKED:
+            self._tls_answer(data)
+            return
         login = self._login
         assert login is not None
         reply = login.receive(data)
@@ -154,9 +219,15 @@ class ServerConnection(BackendProtocol):
         BackendProtocol.connectionLost(self, reason)
         ready, self._ready = self._ready, None
         if ready is not None:
-            why = self._login.error if self._login is not None else None
-            ready.errback(LoginFailed(why or "the server closed the connection during login",
-                                      None, pg.SQLSTATES["unavailable"]))
+            if self._tls_step is not None:
+                # The TLS asked for never came up: a certificate not trusted
+                # or not for the server's name, a server that closed.
+                tls_why = handshake_error(reason or Failure(ConnectionDone()))
+                ready.errback(TLSHandshakeFailed(f"TLS handshake failed: {tls_why}"))
+            else:
+                why = self._login.error if self._login is not None else None
+                ready.errback(LoginFailed(why or "the server closed the connection during login",
+                                          None, pg.SQLSTATES["unavailable"]))
         if self._resetting is not None:
             if self._resetting.active():
                 self._resetting.cancel()
@@ -180,7 +251,7 @@ class ServerConnection(BackendProtocol):
         request = pg.cancel_request(self.pid, self.key)
         self.cancelling += 1
         d = self.keyed.pool.endpoint.connect(
-            OneProtocolFactory(CancelSender(request, self._cancel_done)))
+            OneProtocolFactory(CancelSender(request, self._cancel_done, self.tls)))
         d.addErrback(lambda f: self._cancel_done())
 
     def _cancel_done(self) -> None:
@@ -239,16 +310,38 @@ class ServerConnection(BackendProtocol):
             entry.discard("reset_timeout", abort=True)
 
 
+@implementer(IHandshakeListener)
 class CancelSender(Protocol):
-    """Sends one CancelRequest; the server closes the connection when done."""
+    """
+    Sends one CancelRequest; the server closes the connection when done.
+    With TLS (backend_tls) the request goes under it, as libpq 17 sends
+    it: the server's cancel key is never sent in plain text.
+    """
 
     transport: Any
 
-    def __init__(self, request: bytes, done: Callable[[], None]) -> None:
+    def __init__(self, request: bytes, done: Callable[[], None],
+                 tls: Optional[IOpenSSLClientConnectionCreator] = None) -> None:
         self.request = request
         self.done = done
+        self.tls = tls
 
     def connectionMade(self) -> None:
+        if self.tls is not None:
+            self.transport.write(pg.ssl_request())
+            return
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tls is None:
+            return  # the server says nothing to a cancel
+        if data == b"S":
+            self.transport.startTLS(self.tls)
+        else:
+            self.transport.abortConnection()  # no TLS: no cancel
+        self.tls = None
+
+    def handshakeCompleted(self) -> None:
         self.transport.write(self.request)
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
@@ -337,7 +430,7 @@ class KeyedPools:
         credentials = self.credentials(keyed.key)
         login = ServerLogin(credentials.user or user, database, credentials)
         return ServerConnection(keyed, login, self.clock, self.reset_timeout,
-                                self.max_statements)
+                                self.max_statements, tls=self.backend.tls)
 
     def close(self) -> None:
         for keyed in self.pools.values():
