@@ -49,7 +49,7 @@ from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.proxy.transaction.auth import ClientAuth, Users
 from poolproxy.proxy.transaction.server import KeyedPool, KeyedPools, LoginFailed, ServerConnection
-from poolproxy.stats import ListenerStats
+from poolproxy.proxy.transaction.stats import KeyCounts, TransactionStats
 from poolproxy.util.reactors import default_reactor
 
 if TYPE_CHECKING:
@@ -119,6 +119,12 @@ class TransactionFrontend(Protocol):
         self._server: Optional[ServerConnection] = None
         self._backend: "Optional[Backend]" = None
         self._admitted = False
+        # Counting: this client's (database, user) counts (from its first
+        # lease), when it began to wait or its lease began, and the Query
+        # and Execute messages sent since its last transaction ended.
+        self._counts: Optional[KeyCounts] = None
+        self._since = 0.0
+        self._queries = 0
         self._waiting: Any = None  # admission Deferred or pool waiter
         self._held: List[Tuple[int, bytes]] = []  # messages waiting for a connection
         self._out: List[bytes] = []  # bytes for the server, written once per read
@@ -268,6 +274,7 @@ class TransactionFrontend(Protocol):
         self.state = READY
         if self.factory.session_pooling:
             self.pinned = "session"
+            self.stats.pinned.add("session")
         if self._buffer:
             data, self._buffer = self._buffer, b""
             self._messages(data)
@@ -383,6 +390,7 @@ class TransactionFrontend(Protocol):
             server.statements.unnamed_owner = None
             out.append(msg)
             replies.sent(QUERY)
+            self._queries += 1
         elif kind == PARSE:
             self._parse(server, msg)
             self.partial = True
@@ -396,6 +404,7 @@ class TransactionFrontend(Protocol):
             out.append(msg)
             replies.sent(EXECUTE)
             self.partial = True
+            self._queries += 1
         elif kind == SYNC:
             out.append(msg)
             replies.sent(SYNC)
@@ -553,6 +562,7 @@ class TransactionFrontend(Protocol):
     def _need_connection(self) -> None:
         if self._waiting is not None or self._server is not None:
             return
+        self._since = self.last_active  # the read that brought the message
         if self._admitted or self.factory.admission.try_acquire():
             self._admitted = True
             self._lease()
@@ -591,6 +601,12 @@ class TransactionFrontend(Protocol):
             return
         if self._backend is not None:
             self._backend.succeeded()
+        now = self.factory.clock.seconds()
+        counts = self._counts
+        if counts is None:
+            counts = self._counts = self.stats.key(self.database, self.user)
+        counts.wait.observe(now - self._since)
+        self._since = now
         server = conn.protocol
         self._conn, self._server = conn, server
         server.peer = self
@@ -679,7 +695,15 @@ class TransactionFrontend(Protocol):
 
     def transaction_over(self, server: ServerConnection) -> None:
         """The server says the transaction is over: give the connection back if we may."""
-        if server is not self._server or self.partial or self._held or self.pinned:
+        if server is not self._server or self.partial or self._held:
+            return
+        counts = self._counts
+        if self._queries and counts is not None:
+            # (No query: a notification to an idle pinned client, a login.)
+            counts.transactions += 1
+            counts.queries += self._queries
+            self._queries = 0
+        if self.pinned:
             return
         self.stats.requests_ok += 1
         self._give_back(abandoned=False)
@@ -689,6 +713,7 @@ class TransactionFrontend(Protocol):
             return
         conn = self._conn
         self._conn = self._server = None
+        self._lease_over()
         if conn is not None and conn.leased:
             conn.discard("backend_closed")
         self._end_admission(reported=False)
@@ -700,6 +725,7 @@ class TransactionFrontend(Protocol):
         conn, server = self._conn, self._server
         self._conn = self._server = None
         if conn is not None and server is not None:
+            self._lease_over()
             if server.transport is not None:
                 server.transport.unregisterProducer()
                 if self._paused:
@@ -707,6 +733,14 @@ class TransactionFrontend(Protocol):
             # A session pooled or pinned client may have changed anything.
             server.give_back(conn, client_changed_session=self.pinned is not None)
         self._end_admission(reported=True)
+
+    def _lease_over(self) -> None:
+        """Count a lease that ends: how long it was held, the queries it ran."""
+        counts = self._counts
+        if counts is not None:
+            counts.held.observe(self.factory.clock.seconds() - self._since)
+            counts.queries += self._queries
+            self._queries = 0
 
     def _end_admission(self, reported: bool) -> None:
         if self._admitted:
@@ -751,21 +785,26 @@ class TransactionFrontend(Protocol):
 
     # -- cancel -----------------------------------------------------------------------
 
-    def cancel_requested(self) -> None:
+    def cancel_requested(self) -> str:
         """
         A CancelRequest with this client's key: cancel its query if one
         runs on its server connection now; if it waits for a connection,
         it waits no more (57014); otherwise there is nothing to cancel.
+
+        @return: what it did, a L{CANCEL_OUTCOMES} value.
         """
         server = self._server
         if server is not None:
             if server.replies.running:
                 server.cancel()
-            return
+                return "forwarded"
+            return "nothing_running"
         if self._waiting is not None and self._held:
             self._stop_waiting()
             self._end_admission(reported=False)
             self._refuse("timeout", "canceling statement due to user request")
+            return "dequeued"
+        return "nothing_running"
 
     # -- the idle sweep -----------------------------------------------------------------
 
@@ -798,7 +837,7 @@ class TransactionFactory(Factory):
                  users: Users, clock: Any = None, session_pooling: bool = False,
                  max_message: int = 64 * 1024 * 1024, send_timeout: float = 0.0,
                  statement_names: Optional[StatementNames] = None,
-                 stats: Optional[ListenerStats] = None) -> None:
+                 stats: Optional[TransactionStats] = None) -> None:
         self.name = name
         self.codec = codec
         self.admission = admission
@@ -807,12 +846,11 @@ class TransactionFactory(Factory):
         self.clock = default_reactor(clock)
         self.session_pooling = session_pooling
         self.max_message = max_message
-        self.stats = stats if stats is not None else ListenerStats()
+        self.stats = stats if stats is not None else TransactionStats()
         self.clients: "set[TransactionFrontend]" = set()
         self.sends = SendTimeouts(self.clock, send_timeout, self.stats)
         self.statement_names = statement_names or StatementNames()
         self.cancel_keys: Dict[Tuple[int, bytes], TransactionFrontend] = {}
-        self.pins: Dict[str, int] = {}
         self._worker = int(os.environ.get("POOLPROXY_WORKER", "0") or 0)
 
     def buildProtocol(self, addr: Any) -> TransactionFrontend:
@@ -826,7 +864,7 @@ class TransactionFactory(Factory):
         return ((secrets.randbits(23) or 1) << 8) | (self._worker & 0xff)
 
     def pinned(self, client: TransactionFrontend, effect: str) -> None:
-        self.pins[effect] = self.pins.get(effect, 0) + 1
+        self.stats.pinned.add(effect)
         self.log.info("client {user}@{database} ran a statement whose effect outlives its "
                       "transaction ({effect}): it keeps its server connection until it leaves",
                       user=client.user.decode("utf-8", "replace"),
@@ -838,5 +876,4 @@ class TransactionFactory(Factory):
 
     def cancel(self, pid: int, key: bytes) -> None:
         client = self.cancel_keys.get((pid, key))
-        if client is not None:
-            client.cancel_requested()
+        self.stats.cancels.add(client.cancel_requested() if client is not None else "unknown_key")
