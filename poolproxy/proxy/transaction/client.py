@@ -49,7 +49,7 @@ from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.proxy.transaction.auth import ClientAuth, Users
 from poolproxy.proxy.transaction.server import KeyedPool, KeyedPools, LoginFailed, ServerConnection
-from poolproxy.proxy.transaction.stats import KeyCounts, TransactionStats
+from poolproxy.proxy.transaction.stats import ClientCounts, TransactionStats
 from poolproxy.util.reactors import default_reactor
 
 if TYPE_CHECKING:
@@ -119,12 +119,7 @@ class TransactionFrontend(Protocol):
         self._server: Optional[ServerConnection] = None
         self._backend: "Optional[Backend]" = None
         self._admitted = False
-        # Counting: this client's (database, user) counts (from its first
-        # lease), when it began to wait or its lease began, and the Query
-        # and Execute messages sent since its last transaction ended.
-        self._counts: Optional[KeyCounts] = None
-        self._since = 0.0
-        self._queries = 0
+        self._tally = ClientCounts()
         self._waiting: Any = None  # admission Deferred or pool waiter
         self._held: List[Tuple[int, bytes]] = []  # messages waiting for a connection
         self._out: List[bytes] = []  # bytes for the server, written once per read
@@ -390,7 +385,7 @@ class TransactionFrontend(Protocol):
             server.statements.unnamed_owner = None
             out.append(msg)
             replies.sent(QUERY)
-            self._queries += 1
+            self._tally.queries += 1
         elif kind == PARSE:
             self._parse(server, msg)
             self.partial = True
@@ -404,7 +399,7 @@ class TransactionFrontend(Protocol):
             out.append(msg)
             replies.sent(EXECUTE)
             self.partial = True
-            self._queries += 1
+            self._tally.queries += 1
         elif kind == SYNC:
             out.append(msg)
             replies.sent(SYNC)
@@ -562,7 +557,7 @@ class TransactionFrontend(Protocol):
     def _need_connection(self) -> None:
         if self._waiting is not None or self._server is not None:
             return
-        self._since = self.last_active  # the read that brought the message
+        self._tally.since = self.last_active  # the read that brought the message
         if self._admitted or self.factory.admission.try_acquire():
             self._admitted = True
             self._lease()
@@ -601,12 +596,7 @@ class TransactionFrontend(Protocol):
             return
         if self._backend is not None:
             self._backend.succeeded()
-        now = self.factory.clock.seconds()
-        counts = self._counts
-        if counts is None:
-            counts = self._counts = self.stats.key(self.database, self.user)
-        counts.wait.observe(now - self._since)
-        self._since = now
+        self._tally.leased(self.factory.clock.seconds(), self.stats, self.database, self.user)
         server = conn.protocol
         self._conn, self._server = conn, server
         server.peer = self
@@ -697,12 +687,7 @@ class TransactionFrontend(Protocol):
         """The server says the transaction is over: give the connection back if we may."""
         if server is not self._server or self.partial or self._held:
             return
-        counts = self._counts
-        if self._queries and counts is not None:
-            # (No query: a notification to an idle pinned client, a login.)
-            counts.transactions += 1
-            counts.queries += self._queries
-            self._queries = 0
+        self._tally.transaction_over()
         if self.pinned:
             return
         self.stats.requests_ok += 1
@@ -713,7 +698,7 @@ class TransactionFrontend(Protocol):
             return
         conn = self._conn
         self._conn = self._server = None
-        self._lease_over()
+        self._tally.lease_over(self.factory.clock.seconds())
         if conn is not None and conn.leased:
             conn.discard("backend_closed")
         self._end_admission(reported=False)
@@ -725,7 +710,7 @@ class TransactionFrontend(Protocol):
         conn, server = self._conn, self._server
         self._conn = self._server = None
         if conn is not None and server is not None:
-            self._lease_over()
+            self._tally.lease_over(self.factory.clock.seconds())
             if server.transport is not None:
                 server.transport.unregisterProducer()
                 if self._paused:
@@ -733,14 +718,6 @@ class TransactionFrontend(Protocol):
             # A session pooled or pinned client may have changed anything.
             server.give_back(conn, client_changed_session=self.pinned is not None)
         self._end_admission(reported=True)
-
-    def _lease_over(self) -> None:
-        """Count a lease that ends: how long it was held, the queries it ran."""
-        counts = self._counts
-        if counts is not None:
-            counts.held.observe(self.factory.clock.seconds() - self._since)
-            counts.queries += self._queries
-            self._queries = 0
 
     def _end_admission(self, reported: bool) -> None:
         if self._admitted:

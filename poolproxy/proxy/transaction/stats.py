@@ -4,8 +4,9 @@ keeps them, read by L{poolproxy.ops.metrics} when /metrics is scraped.
 
 A listener's L{TransactionStats} is its L{ListenerStats} plus, per
 (database, user) that has logged in through it, a L{KeyCounts}: a client
-finds its own once, at its first lease, and from then on counts with
-attribute increments and one clock read at each end of a lease.  Keys
+(its L{ClientCounts}) finds its own once, at its first lease, and from then
+on counts with attribute increments and one clock read at each end of a
+lease.  Keys
 come only from server logins that worked (a client is leased a connection
 only once its (database, user) has logged in), so names that clients make
 up never become series.
@@ -13,7 +14,7 @@ up never become series.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from poolproxy.codecs.postgres_sql import LABELS
 from poolproxy.stats import Histogram, ListenerStats, Tally
@@ -60,6 +61,54 @@ class KeyCounts:
         self.held = Histogram()
 
 
+class ClientCounts:
+    """
+    One client's part in its L{KeyCounts}: what it keeps between the two
+    ends of a lease, in one attribute of the client.
+
+    @ivar key: its (database, user)'s L{KeyCounts}, from its first lease.
+    @ivar since: when it began to wait for a server connection, then when
+        its lease began.
+    @ivar queries: Query and Execute messages sent since its last
+        transaction ended.
+    """
+
+    __slots__ = ("key", "since", "queries")
+
+    def __init__(self) -> None:
+        self.key: Optional[KeyCounts] = None
+        self.since = 0.0
+        self.queries = 0
+
+    def leased(self, now: float, stats: "TransactionStats", database: bytes,
+               user: bytes) -> None:
+        """A lease begins at C{now}: the wait for it is over."""
+        counts = self.key
+        if counts is None:
+            counts = self.key = stats.key(database, user)
+        counts.wait.observe(now - self.since)
+        self.since = now
+
+    def transaction_over(self) -> None:
+        """
+        The server is idle again: a transaction, if the client ran a query
+        since the last (else a login, or a notification to an idle client).
+        """
+        counts = self.key
+        if self.queries and counts is not None:
+            counts.transactions += 1
+            counts.queries += self.queries
+            self.queries = 0
+
+    def lease_over(self, now: float) -> None:
+        """The lease ends at C{now}: how long it was held, the queries it ran."""
+        counts = self.key
+        if counts is not None:
+            counts.held.observe(now - self.since)
+            counts.queries += self.queries
+            self.queries = 0
+
+
 class TransactionStats(ListenerStats):
     """
     A transaction-mode listener's counters.
@@ -87,4 +136,4 @@ class TransactionStats(ListenerStats):
         return counts
 
 
-__all__ = ["CANCEL_OUTCOMES", "KeyCounts", "PIN_REASONS", "RESET_KINDS", "TransactionStats"]
+__all__ = ["CANCEL_OUTCOMES", "ClientCounts", "KeyCounts", "PIN_REASONS", "RESET_KINDS", "TransactionStats"]
