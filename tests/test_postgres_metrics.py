@@ -511,3 +511,16 @@ class RejectionLineTests(SynchronousTestCase):
         self.assertIn(b"E", second.kinds())
         h.clock.advance(10)
         self.assertEqual(lines, ["db1:5432 timeout: 1"])
+
+
+class CostTests(SynchronousTestCase):
+    def test_client_attributes_in_slots(self) -> None:
+        """
+        A client's attributes are all in TransactionFrontend's __slots__
+        (but the transport's, BaseProtocol's): past 30 in its instance dict,
+        CPython makes every attribute of every client dearer.
+        """
+        h = Harness(session_pooling=True)
+        client = h.logged_in()
+        client.send(parse(b"select 1"), BIND, EXECUTE, pg.SYNC)
+        self.assertEqual(sorted(vars(client.protocol)), ["connected", "transport"])
