@@ -453,10 +453,10 @@ class PoolViewTests(SynchronousTestCase):
         self.assertEqual(cluster["pools"], [
             {"backend": "db1:5432", "database": hostile.decode(), "user": "app",
              "clients_active": 0, "clients_waiting": 0, "longest_wait": 0.0, "pinned": 0,
-             "idle": 1, "connecting": 0, "total": 1, "size": 3},
+             "idle": 1, "connecting": 0, "total": 1, "size": 3, "last_error": None},
             {"backend": "db1:5432", "database": "app", "user": "app",
              "clients_active": 1, "clients_waiting": 0, "longest_wait": 0.0, "pinned": 0,
-             "idle": 0, "connecting": 0, "total": 1, "size": 3},
+             "idle": 0, "connecting": 0, "total": 1, "size": 3, "last_error": None},
         ])
         self.assertEqual(cluster["backends"][0]["pool"],
                          {"idle": 1, "active": 1, "connecting": 0, "waiters": 0, "size": 6})
@@ -464,6 +464,22 @@ class PoolViewTests(SynchronousTestCase):
         self.assertNotIn("<script>", page)
         self.assertIn("<h3>Pools of cluster pg", page)
         self.assertEqual(page.count("<tr><td>db1:5432</td>"), 2)
+
+    def test_status_says_why_a_login_failed(self) -> None:
+        """A pool whose new login fails (a password changed) shows the server's reason."""
+        h = Harness()
+        first = h.logged_in()
+        first.send(pg.query(b"begin"))
+        second = h.client()
+        second.send(pg.query(b"select 1"))
+        [server] = h.endpoint.succeed()
+        answer(server, pg.error_response(pg.INVALID_PASSWORD,
+                                         'password authentication failed for user "app"',
+                                         b"FATAL"))
+        self.assertIn(b"E", second.kinds())
+        [pool] = h.snapshot()["clusters"][0]["pools"]
+        self.assertIn("password authentication failed", pool["last_error"])
+        self.assertIn("password authentication failed", render_html(h.snapshot()))
 
     def test_other_modes_unchanged(self) -> None:
         """A backend that keeps no keyed pools is its own pool, with empty labels."""

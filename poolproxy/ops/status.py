@@ -124,6 +124,8 @@ def _keyed_status(serving: ServingPool) -> Dict[str, Any]:
         "connecting": pool.connecting,
         "total": pool.total,
         "size": pool.size,
+        # A login that failed since one worked (a password changed...).
+        "last_error": pool.last_error or None,
     }
 
 
@@ -269,7 +271,7 @@ def _backend_row(b: Dict[str, Any]) -> str:
 
 
 _POOL_HEADERS = ["Backend", "Database", "User", "Active", "Waiting", "Longest wait (s)",
-                 "Pinned", "Idle", "Connecting", "Total", "Size"]
+                 "Pinned", "Idle", "Connecting", "Total", "Size", "Last error"]
 
 
 def _pool_row(p: Dict[str, Any]) -> str:
@@ -278,7 +280,7 @@ def _pool_row(p: Dict[str, Any]) -> str:
         _cell(p["clients_active"], True), _cell(p["clients_waiting"], True),
         _cell(f"{p['longest_wait']:.3f}", True), _cell(p["pinned"], True),
         _cell(p["idle"], True), _cell(p["connecting"], True), _cell(p["total"], True),
-        _cell(p["size"], True),
+        _cell(p["size"], True), _cell(p.get("last_error"), css="err"),
     ]
     return f"<tr>{''.join(cells)}</tr>"
 
