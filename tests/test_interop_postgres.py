@@ -232,6 +232,7 @@ class PoolingTests(TestCase):
         transaction, and never more than 4 server connections.
         """
         seconds = os.environ.get("POOLPROXY_PGBENCH_SECONDS", "3")
+        transactions = 0
         for mode in ("simple", "extended", "prepared"):
             for script in (["-S"], []):
                 result = interop.pgbench(self.server, "-M", mode, "-c", "50", "-j", "2",
@@ -239,8 +240,16 @@ class PoolingTests(TestCase):
                                          user="app", database="app")
                 self.assertEqual(result.failed, 0, result.output)
                 self.assertGreater(result.tps, 0, result.output)
+                transactions += result.transactions
         self.assertLessEqual(self.server.backend_connections(user="app"), 4)
         self.assertLessEqual(self.proxy.metric("poolproxy_pool_connections", state="active"), 4)
+        # Each of pgbench's transactions ended with the server idle: one each at least.
+        key = {"database": "app", "user": "app"}
+        self.assertGreaterEqual(self.proxy.metric("poolproxy_postgres_transactions_total", **key),
+                                transactions)
+        self.assertGreaterEqual(self.proxy.metric("poolproxy_postgres_queries_total", **key),
+                                transactions)
+        self.assertGreater(self.proxy.metric("poolproxy_pool_connections", **key), 0)
 
     def test_pgbench_new_connection_per_transaction(self) -> None:
         result = interop.pgbench(self.server, "-S", "-C", "-c", "10", "-j", "2", "-T", "2",

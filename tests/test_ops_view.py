@@ -110,7 +110,8 @@ class FakeViewTests(SynchronousTestCase):
         self.assertEqual(registry.get_sample_value(
             "poolproxy_backend_weight", {"cluster": "cache", "backend": "b"}), 3.0)
         self.assertEqual(registry.get_sample_value(
-            "poolproxy_pool_size", {"cluster": "cache", "backend": "a"}), 10.0)
+            "poolproxy_pool_size", {"cluster": "cache", "backend": "a", "database": "",
+                                    "user": ""}), 10.0)
         proxy.listeners[0].gate.hold("admin")
         self.assertEqual(registry.get_sample_value(
             "poolproxy_listener_paused", {"listener": "front", "reason": "admin"}), 1.0)

@@ -365,6 +365,14 @@ only_b 7.0
         self.assertNotIn("poolproxy_requests_created", {name for name, _ in samples})
         self.assertEqual([f.type for f in families][:2], ["counter", "histogram"])
 
+    def test_longest_wait_is_the_longest(self) -> None:
+        """A pool's longest wait over the workers is the longest, not a sum."""
+        text = ("# HELP poolproxy_pool_longest_wait_seconds W.\n"
+                "# TYPE poolproxy_pool_longest_wait_seconds gauge\n"
+                'poolproxy_pool_longest_wait_seconds{backend="b"} %s\n')
+        [family] = sum_expositions([text % "0.5", text % "2.0", text % "0.0"])
+        self.assertEqual([s.value for s in family.samples], [2.0])
+
     def test_unparseable_text_raises_value_error(self) -> None:
         with self.assertRaises(ValueError):
             sum_expositions(["this is { not metrics"])

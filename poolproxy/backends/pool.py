@@ -310,6 +310,16 @@ class BackendPool(Generic[P]):
         return len(self._idle) + len(self._leased) + len(self._connecting)
 
     @property
+    def longest_wait(self) -> float:
+        """Seconds the oldest waiter has waited so far; 0 with none waiting."""
+        waiters = self._waiters
+        return self._clock.seconds() - waiters[0].since if waiters else 0.0
+
+    def leases(self) -> List[PooledConnection[P]]:
+        """The connections leased now (for the operator's views, never the request path)."""
+        return list(self._leased)
+
+    @property
     def available(self) -> bool:
         """Whether a connection can be had: one is idle, or the backend is up."""
         return self._closing is None and (bool(self._idle) or self.state == "up")

@@ -21,7 +21,9 @@ from prometheus_client.process_collector import ProcessCollector
 
 from poolproxy.backends.breaker import STATES as BREAKER_STATES
 from poolproxy.backends.cluster import BACKEND_STATES
+from poolproxy.ops.pools import pinned_clients, serving_pools
 from poolproxy.ops.view import ProxyView
+from poolproxy.proxy.transaction.stats import TransactionStats
 from poolproxy.stats import Histogram
 
 
@@ -78,6 +80,7 @@ class ProxyCollector:
         yield from self._limits()
         yield from self._admission()
         yield from self._pools()
+        yield from self._postgres()
         yield from self._backends()
 
     def _listeners(self) -> Iterator[Metric]:
@@ -216,37 +219,47 @@ class ProxyCollector:
         yield wait
 
     def _pools(self) -> Iterator[Metric]:
+        # database and user: a transaction-mode (postgres) pool's; empty for
+        # the other modes' (Prometheus reads an empty label as no label).
+        per_pool = ["cluster", "backend", "database", "user"]
         connections = GaugeMetricFamily("poolproxy_pool_connections",
                                         "Backend connections by state.",
-                                        labels=["cluster", "backend", "state"])
+                                        labels=per_pool + ["state"])
         size = GaugeMetricFamily("poolproxy_pool_size",
-                                 "Configured most connections per backend.", labels=["cluster", "backend"])
+                                 "Configured most connections per backend.", labels=per_pool)
         waiters = GaugeMetricFamily("poolproxy_pool_waiters",
                                     "Requests waiting for a backend connection.",
-                                    labels=["cluster", "backend"])
+                                    labels=per_pool)
+        longest = GaugeMetricFamily("poolproxy_pool_longest_wait_seconds",
+                                    "How long the request waiting longest for a backend "
+                                    "connection has waited so far (0 with none waiting).",
+                                    labels=per_pool)
         up = GaugeMetricFamily("poolproxy_backend_up",
                                "1 if the last connect to the backend succeeded.",
                                labels=["cluster", "backend"])
         connects = CounterMetricFamily("poolproxy_pool_connects",
                                        "Backend connect attempts, by result.",
-                                       labels=["cluster", "backend", "result"])
+                                       labels=per_pool + ["result"])
         closes = CounterMetricFamily("poolproxy_pool_closes",
                                      "Backend connections closed, by reason.",
-                                     labels=["cluster", "backend", "reason"])
+                                     labels=per_pool + ["reason"])
         failures = CounterMetricFamily("poolproxy_pool_acquire_failures",
                                        "Requests that got no backend connection, by reason.",
-                                       labels=["cluster", "backend", "reason"])
+                                       labels=per_pool + ["reason"])
         wait = _histogram("poolproxy_pool_acquire_wait_seconds",
                           "Time from asking for a backend connection to getting one.",
-                          ["cluster", "backend"])
+                          per_pool)
         for pool in self.service.pools:
-            name = [pool.cluster, pool.name]
+            # The backend's own pool, whichever pools serve its clients.
+            up.add_metric([pool.cluster, pool.name], 1 if pool.state == "up" else 0)
+        for serving in serving_pools(self.service.pools):
+            pool, name = serving.pool, serving.labels
             for state, n in (("idle", pool.idle), ("active", pool.leased),
                              ("connecting", pool.connecting)):
                 connections.add_metric(name + [state], n)
             size.add_metric(name, pool.size)
             waiters.add_metric(name, pool.waiters)
-            up.add_metric(name, 1 if pool.state == "up" else 0)
+            longest.add_metric(name, pool.longest_wait)
             for result, n in pool.connects.items():
                 connects.add_metric(name + [result], n)
             for reason in CLOSE_REASONS:
@@ -257,7 +270,67 @@ class ProxyCollector:
             for reason, n in pool.acquire_failures.items():
                 failures.add_metric(name + [reason], n)
             _add_histogram(wait, name, pool.acquire_wait)
-        yield from (connections, size, waiters, up, connects, closes, failures, wait)
+        yield from (connections, size, waiters, longest, up, connects, closes, failures, wait)
+
+    def _postgres(self) -> Iterator[Metric]:
+        """Transaction pooling (postgres): only when a listener or a backend uses it."""
+        per_key = ["listener", "database", "user"]
+        transactions = CounterMetricFamily("poolproxy_postgres_transactions",
+                                           "Transactions completed (the server idle again "
+                                           "after the client's queries).", labels=per_key)
+        queries = CounterMetricFamily("poolproxy_postgres_queries",
+                                      "Query and Execute messages sent to servers.",
+                                      labels=per_key)
+        wait = _histogram("poolproxy_postgres_wait_seconds",
+                          "Time from a transaction needing a server connection to getting "
+                          "one, admission included.", per_key)
+        held = _histogram("poolproxy_postgres_transaction_seconds",
+                          "Time a client held a server connection (a lease: a transaction, "
+                          "or a pinned client's session).", per_key)
+        pinned = CounterMetricFamily("poolproxy_postgres_pinned",
+                                     "Clients that keep their server connection until they "
+                                     "leave, by reason.", labels=["listener", "reason"])
+        cancels = CounterMetricFamily("poolproxy_postgres_cancels",
+                                      "CancelRequests received, by outcome.",
+                                      labels=["listener", "outcome"])
+        any_listener = False
+        for listener in self.service.listeners:
+            stats = listener.stats
+            if not isinstance(stats, TransactionStats):
+                continue
+            any_listener = True
+            for (database, user), counts in stats.keys.items():
+                labels = [listener.name, database.decode("utf-8", "replace"),
+                          user.decode("utf-8", "replace")]
+                transactions.add_metric(labels, counts.transactions)
+                queries.add_metric(labels, counts.queries)
+                _add_histogram(wait, labels, counts.wait)
+                _add_histogram(held, labels, counts.held)
+            for reason, n in stats.pinned.items():
+                pinned.add_metric([listener.name, reason], n)
+            for outcome, n in stats.cancels.items():
+                cancels.add_metric([listener.name, outcome], n)
+        per_pool = ["cluster", "backend", "database", "user"]
+        resets = CounterMetricFamily("poolproxy_postgres_server_resets",
+                                     "Server connections reset before another client got "
+                                     "them, by kind (rollback, discard, failed).",
+                                     labels=per_pool + ["kind"])
+        pinned_now = GaugeMetricFamily("poolproxy_postgres_pinned_clients",
+                                       "Clients holding a server connection of the pool for "
+                                       "the rest of their session.", labels=per_pool)
+        any_pool = False
+        for serving in serving_pools(self.service.pools):
+            keyed = serving.keyed
+            if keyed is None:
+                continue
+            any_pool = True
+            for kind, n in keyed.resets.items():
+                resets.add_metric(serving.labels + [kind], n)
+            pinned_now.add_metric(serving.labels, pinned_clients(keyed))
+        if any_listener:
+            yield from (transactions, queries, wait, held, pinned, cancels)
+        if any_listener or any_pool:
+            yield from (resets, pinned_now)
 
     def _backends(self) -> Iterator[Metric]:
         per_backend = ["cluster", "backend"]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterable, Optional
 
 from twisted.logger import Logger
 
+from poolproxy.ops.pools import serving_pools
 from poolproxy.util.loops import GuardedLoop
 
 
@@ -49,9 +50,11 @@ class RejectionSummary:
 
     def _counts(self) -> Dict[str, int]:
         counts = {f"admission {k}": n for k, n in self.admission.rejected.items()}
-        for pool in self.pools():
-            for reason, n in pool.acquire_failures.items():
-                counts[f"{pool.name} {reason}"] = n
+        # A transaction-mode backend's failures are its (database, user) pools'.
+        for serving in serving_pools(self.pools()):
+            for reason, n in serving.pool.acquire_failures.items():
+                key = f"{serving.pool.name} {reason}"
+                counts[key] = counts.get(key, 0) + n
         for listener in self.listeners():
             stats = listener.stats
             if stats.auth_failures:

@@ -21,6 +21,7 @@ from twisted.web.server import Request
 
 from poolproxy import __version__
 from poolproxy.backends.cluster import BACKEND_STATES, Backend, Cluster
+from poolproxy.ops.pools import ServingPool, keyed_pools, pinned_clients
 from poolproxy.ops.view import ProxyView
 
 #: Seconds between two reloads of the HTML page (its meta refresh).
@@ -93,7 +94,43 @@ class RateSampler:
         return rates
 
 
-def _backend_status(backend: Backend, cluster: Cluster, sampler: RateSampler) -> Dict[str, Any]:
+def _pool_counts(backend: Backend, keyed: Optional[List[ServingPool]]) -> Dict[str, int]:
+    """
+    A backend's connections: its pool's, or in transaction mode the sums
+    over its (database, user) pools (size: the most they may open together).
+    """
+    pools = [backend.pool] if keyed is None else [serving.pool for serving in keyed]
+    return {
+        "idle": sum(pool.idle for pool in pools),
+        "active": sum(pool.leased for pool in pools),
+        "connecting": sum(pool.connecting for pool in pools),
+        "waiters": sum(pool.waiters for pool in pools),
+        "size": sum(pool.size for pool in pools),
+    }
+
+
+def _keyed_status(serving: ServingPool) -> Dict[str, Any]:
+    """One (database, user) pool of a transaction-mode backend."""
+    pool, keyed = serving.pool, serving.keyed
+    return {
+        "backend": pool.name,
+        "database": serving.database,
+        "user": serving.user,
+        "clients_active": pool.leased,
+        "clients_waiting": pool.waiters,
+        "longest_wait": round(pool.longest_wait, 3),
+        "pinned": pinned_clients(keyed) if keyed is not None else 0,
+        "idle": pool.idle,
+        "connecting": pool.connecting,
+        "total": pool.total,
+        "size": pool.size,
+        # A login that failed since one worked (a password changed...).
+        "last_error": pool.last_error or None,
+    }
+
+
+def _backend_status(backend: Backend, cluster: Cluster, sampler: RateSampler,
+                    keyed: Optional[List[ServingPool]] = None) -> Dict[str, Any]:
     pool = backend.pool
     health = backend.health
     breaker = backend.breaker
@@ -109,13 +146,7 @@ def _backend_status(backend: Backend, cluster: Cluster, sampler: RateSampler) ->
         "health": health.state if health is not None else None,
         "breaker": breaker.state if breaker is not None else None,
         "in_flight": backend.outstanding,
-        "pool": {
-            "idle": pool.idle,
-            "active": pool.leased,
-            "connecting": pool.connecting,
-            "waiters": pool.waiters,
-            "size": pool.size,
-        },
+        "pool": _pool_counts(backend, keyed),
         "requests": backend.requests,
         "failures": backend.failures,
         "retries": backend.retries,
@@ -147,11 +178,20 @@ def status_snapshot(service: ProxyView, sampler: RateSampler) -> Dict[str, Any]:
             "requests": requests,
         })
     admission = service.admission
-    clusters = [{
-        "name": cluster.name,
-        "policy": cluster.policy_name,
-        "backends": [_backend_status(b, cluster, sampler) for b in cluster.backends],
-    } for cluster in service.clusters.values()]
+    clusters = []
+    for cluster in service.clusters.values():
+        backends, pools = [], []
+        for backend in cluster.backends:
+            keyed = keyed_pools(backend.pool)
+            backends.append(_backend_status(backend, cluster, sampler, keyed))
+            pools += [_keyed_status(serving) for serving in keyed or ()]
+        clusters.append({
+            "name": cluster.name,
+            "policy": cluster.policy_name,
+            "backends": backends,
+            # Transaction mode (postgres): the pool of each (database, user).
+            "pools": pools,
+        })
     return {
         "version": __version__,
         "runtime": {
@@ -182,7 +222,7 @@ th{background:#e4e4ec}td.n{text-align:right;font-variant-numeric:tabular-nums}
 td.err{white-space:normal;max-width:30em;color:#900}
 .s-up{background:#c8f0c0}.s-down{background:#f4a8a8}.s-draining{background:#f8e08c}
 .s-disabled{background:#d0d0d0}.s-ejected{background:#f8c090}
-p.meta{color:#666}
+p.meta{color:#666}h3{font-size:13px;margin:.6em 0 .2em}
 """
 
 
@@ -228,6 +268,21 @@ def _backend_row(b: Dict[str, Any]) -> str:
         _cell(b["last_error"], css="err"),
     ]
     return f'<tr class="{h(state_class)}">{"".join(cells)}</tr>'
+
+
+_POOL_HEADERS = ["Backend", "Database", "User", "Active", "Waiting", "Longest wait (s)",
+                 "Pinned", "Idle", "Connecting", "Total", "Size", "Last error"]
+
+
+def _pool_row(p: Dict[str, Any]) -> str:
+    cells = [
+        _cell(p["backend"]), _cell(p["database"]), _cell(p["user"]),
+        _cell(p["clients_active"], True), _cell(p["clients_waiting"], True),
+        _cell(f"{p['longest_wait']:.3f}", True), _cell(p["pinned"], True),
+        _cell(p["idle"], True), _cell(p["connecting"], True), _cell(p["total"], True),
+        _cell(p["size"], True), _cell(p.get("last_error"), css="err"),
+    ]
+    return f"<tr>{''.join(cells)}</tr>"
 
 
 def render_html(snapshot: Dict[str, Any]) -> str:
@@ -278,6 +333,10 @@ def render_html(snapshot: Dict[str, Any]) -> str:
         parts.append(f"<h2>Cluster {h(cluster['name'])} <small>({h(cluster['policy'])}, "
                      f"{up}/{len(cluster['backends'])} up)</small></h2>")
         parts.append(_table(_BACKEND_HEADERS, [_backend_row(b) for b in cluster["backends"]]))
+        if cluster.get("pools"):
+            parts.append(f"<h3>Pools of cluster {h(cluster['name'])} <small>(one per database "
+                         "and user)</small></h3>")
+            parts.append(_table(_POOL_HEADERS, [_pool_row(p) for p in cluster["pools"]]))
 
     parts.append("</body></html>\n")
     return "".join(parts)

@@ -18,10 +18,11 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 #: Samples that would mean nothing summed: the oldest worker's start time,
-#: and the smallest file descriptor limit.
+#: and the smallest file descriptor limit; the longest wait of any worker.
 _MERGE: Dict[str, Callable[[float, float], float]] = {
     "process_start_time_seconds": min,
     "process_max_fds": min,
+    "poolproxy_pool_longest_wait_seconds": max,
 }
 
 _SampleKey = Tuple[str, Tuple[Tuple[str, str], ...]]

@@ -34,6 +34,8 @@ from poolproxy.codecs import postgres as pg
 from poolproxy.codecs.postgres_login import LoginCredentials, ServerLogin
 from poolproxy.codecs.postgres_replies import QUERY, SWALLOW, Replies
 from poolproxy.codecs.postgres_statements import ServerStatements
+from poolproxy.proxy.transaction.stats import RESET_KINDS
+from poolproxy.stats import Tally
 from poolproxy.util.factories import OneProtocolFactory
 from poolproxy.util.tlsclient import TLSHandshakeFailed, handshake_error
 
@@ -229,6 +231,7 @@ class ServerConnection(BackendProtocol):
                 ready.errback(LoginFailed(why or "the server closed the connection during login",
                                           None, pg.SQLSTATES["unavailable"]))
         if self._resetting is not None:
+            self.keyed.resets.add("failed")
             if self._resetting.active():
                 self._resetting.cancel()
             self._resetting = None
@@ -286,7 +289,9 @@ class ServerConnection(BackendProtocol):
         if not replies.idle:
             reset += pg.query(b"ROLLBACK")
             replies.sent(QUERY | SWALLOW)
+            self.keyed.resets.add("rollback")
         if self.dirty:
+            self.keyed.resets.add("discard")
             reset += pg.query(b"DISCARD ALL")
             replies.sent(QUERY | SWALLOW)
             self.statements.clear()
@@ -305,6 +310,7 @@ class ServerConnection(BackendProtocol):
 
     def _reset_timed_out(self) -> None:
         self._resetting = None
+        self.keyed.resets.add("failed")
         entry = self.pool_entry
         if entry is not None and entry.leased:
             entry.discard("reset_timeout", abort=True)
@@ -355,6 +361,7 @@ class KeyedPool:
     @ivar parameters: the server's ParameterStatus values at the last
         login: what a new client of this key is told.
     @ivar last_failure: the last failed login, or L{None} since one worked.
+    @ivar resets: its connections' resets before reuse, by kind (L{RESET_KINDS}).
     """
 
     def __init__(self, backend: "Backend", key: PoolKey, pool: BackendPool,
@@ -366,6 +373,7 @@ class KeyedPool:
         self.name = pool.name
         self.parameters: Optional[Dict[bytes, bytes]] = None
         self.last_failure: Optional[LoginFailed] = None
+        self.resets = Tally(*RESET_KINDS)
 
     def logged_in(self, login: ServerLogin) -> None:
         self.parameters = dict(login.parameters)
