@@ -361,7 +361,8 @@ class CancelTests(SynchronousTestCase):
         self.cancel(h, waiting.protocol.key)
         self.assertEqual(waiting.kinds(), b"EZ")
         self.assertEqual(dict(h.stats.cancels.items()),
-                         {"forwarded": 1, "dequeued": 1, "nothing_running": 1, "unknown_key": 1})
+                         {"forwarded": 1, "dequeued": 1, "nothing_running": 1, "unknown_key": 1,
+                          "forwarded_to_worker": 0})
 
 
 class ResetTests(SynchronousTestCase):

@@ -137,7 +137,8 @@ class TransactionFrontend(Protocol):
                  "wanted", "auth", "key", "statements", "minor", "_conn", "_server",
                  "_backend", "_admitted", "_tally", "_waiting", "_held", "_out", "partial",
                  "pinned", "_discarding", "_copy_streaming", "_paused", "_gone", "last_active",
-                 "send_deadline")
+                 "send_deadline", "_batch", "_batch_size", "_retry_error", "_retried",
+                 "_login_timer", "_negotiated")
 
     def __init__(self, factory: "TransactionFactory") -> None:
         self.factory = factory
