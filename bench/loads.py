@@ -12,6 +12,7 @@ import glob
 import math
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 from common import (LOAD_CPU, NAN, PG_CLIENTS, PG_THREADS, Figures, Load, need, need_pg, pinned,
                     progress)
-from machine import cpu_seconds
+from machine import cpu_seconds, family_cpu_seconds
 from servers import Postgres, pg_env
 
 
@@ -134,20 +135,25 @@ def pgbench(pg: Postgres, port: int, test: str, args: List[str], seconds: float,
     reported is kept in tps_reported), not an exception: PgBouncer 1.18 has
     no prepared statements in transaction mode, and that is a result.
 
-    With proxy_pid, also the CPU that process used (user + system, from
-    /proc): per transaction (its logins and pgbench's vacuum included) and
-    as a share of its core over the run.
+    Where the CPU goes, per transaction (logins and pgbench's vacuum
+    included): pgbench's, PostgreSQL's (the postmaster and its backends)
+    and, with proxy_pid, the proxy's, which is also given as a share of its
+    core over the run (user + system time, from /proc and getrusage).
     """
     logs = tempfile.mkdtemp(prefix="pgbench-log-", dir=pg.directory)   # tmpfs
-    cpu_before, started = cpu_seconds(proxy_pid) if proxy_pid else 0.0, time.monotonic()
+    started, client_before = time.monotonic(), _children_cpu()
+    server_before = family_cpu_seconds(pg.pid)
+    proxy_before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
     try:
         out = subprocess.run(pinned(LOAD_CPU, [
             need_pg("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", pg.user,
             "-c", str(PG_CLIENTS), "-j", str(PG_THREADS), "-T", str(max(1, round(seconds))),
             "-l", "--log-prefix", os.path.join(logs, "log"), *args, pg.database]),
             capture_output=True, text=True, env=pg_env(pg.password), timeout=600)
-        cpu, elapsed = (cpu_seconds(proxy_pid) - cpu_before if proxy_pid else NAN,
-                        time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        proxy = cpu_seconds(proxy_pid) - proxy_before if proxy_pid else NAN
+        server = family_cpu_seconds(pg.pid) - server_before
+        client = _children_cpu() - client_before   # pgbench: taskset execs it
         latencies = _pgbench_latencies(logs)
     finally:
         shutil.rmtree(logs, ignore_errors=True)
@@ -171,8 +177,10 @@ def pgbench(pg: Postgres, port: int, test: str, args: List[str], seconds: float,
                "latency_avg_ms": number(r"^latency average = ([\d.]+) ms"),
                "connection_ms": number(r"^average connection time = ([\d.]+) ms"),
                "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-               "proxy_cpu_us": 1e6 * cpu / transactions if transactions else NAN,
-               "proxy_cpu_share": cpu / elapsed}
+               "pgbench_cpu_us": 1e6 * client / transactions if transactions else NAN,
+               "postgres_cpu_us": 1e6 * server / transactions if transactions else NAN,
+               "proxy_cpu_us": 1e6 * proxy / transactions if transactions else NAN,
+               "proxy_cpu_share": proxy / elapsed}
     notes = []
     if errors or aborted:
         kinds = dict.fromkeys(' '.join(e.split()) for e in re.findall(r"ERROR:(.*)", out.stderr))
@@ -183,6 +191,12 @@ def pgbench(pg: Postgres, port: int, test: str, args: List[str], seconds: float,
         notes.append(f"{failed:,} failed transactions")
     figures["notes"] = "; ".join(notes)
     return {test: figures}
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's children that have ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _pgbench_latencies(logs: str) -> List[float]:

@@ -142,6 +142,20 @@ def cpu_seconds(pid: int) -> float:
         return _cpu(_stat(f.read())[1])
 
 
+def family_cpu_seconds(pid: int) -> float:
+    """
+    User + system CPU time of a process and its children: those it reaped
+    (cutime, cstime) and those still running.  A PostgreSQL postmaster's,
+    for its backends: new ones with each client direct, a pool's few
+    long-lived ones through a proxy.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = _stat(f.read())[1]
+    reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+    return _cpu(fields) + reaped + sum(cpu for ppid, cpu, _ in cpu_snapshot().values()
+                                       if ppid == pid)
+
+
 def cpu_snapshot() -> Dict[int, Tuple[int, float, str]]:
     """pid -> (ppid, CPU seconds, command name) for every process.  Reaped children's CPU
     is left out (it may have been spent long before), so a process that starts and ends

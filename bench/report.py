@@ -12,7 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Sequence, Tuple
 
-from common import (IDLE_CLIENTS, LOAD_CPU, NAN, NOISY, PG_CLIENTS, PG_POOL_SIZE, PG_SCALE,
+from common import (IDLE_CLIENTS, LOAD_CPU, NAN, NOISY, PG_CLIENTS, PG_SCALE,
                     PG_SELECT, PG_THREADS, PG_TPCB, PROXY_CPU, ROOT, SATURATED_REQUESTS, ms,
                     progress)
 from servers import PYPY_GC_NURSERY
@@ -81,12 +81,15 @@ def pgbench_table(rows: List[Dict[str, Any]]) -> str:
 
     return table(["workload", "test", "target", "TPS", "failed tx", "SQL errors",
                   "aborted clients", "latency avg ms", "p50 ms", "p99 ms", "connect ms",
-                  "proxy CPU µs/tx", "proxy CPU", "notes"], "lllrrrrrrrrrrl",
+                  "CPU µs/tx: pgbench", "PostgreSQL", "proxy", "proxy's core busy",
+                  "notes"], "lllrrrrrrrrrrrrl",
                  ([r["workload"], r["test"], r["target"],
                    "failed" if math.isnan(r["rps"]) else f"{r['rps']:,.0f}",
                    number(r.get("failed"), ","), number(r.get("errors"), ","),
                    number(r.get("aborted_clients"), ","), number(r.get("latency_avg_ms"), ".2f"),
                    ms(r["p50_ms"]), ms(r["p99_ms"]), number(r.get("connection_ms"), ".2f"),
+                   number(r.get("pgbench_cpu_us"), ",.0f"),
+                   number(r.get("postgres_cpu_us"), ",.0f"),
                    number(r.get("proxy_cpu_us"), ",.0f"), number(r.get("proxy_cpu_share"), ".0%"),
                    r.get("notes", "")] for r in rows))
 
@@ -264,7 +267,7 @@ def print_report(bench: Bench, info: Dict[str, str], title: str, checked: List[D
         print(f"\n## poolproxy vs the reference proxies\n\n{ratio_table(others)}")
     if pgbench_rows:
         print(f"\n## PostgreSQL: pgbench, {PG_CLIENTS} clients, {PG_THREADS} threads, scale "
-              f"{PG_SCALE}, proxies with {PG_POOL_SIZE} server connections\n\n"
+              f"{PG_SCALE}, proxies with {args.pg_pool_size} server connections\n\n"
               f"{pgbench_table(pgbench_rows)}")
         print(f"\n### Ratios\n\n{pgbench_ratio_table(pgbench_rows)}")
     if bench.churn:

@@ -64,9 +64,12 @@ which they used more than 5% of a core says so (and who) in the notes column.
 The postgres part runs PostgreSQL (from /usr/lib/postgresql/N/bin, the newest
 N) and PgBouncer as the postgres user when we are root, as they require; the
 cluster lives in /dev/shm with fsync off and is removed at the end of the part.
-PgBouncer (default_pool_size 4, no log line per connection) and poolproxy
-(--pool-size 4) authenticate pgbench by SCRAM against the same userlist.txt of
-SCRAM secrets, and log in to the server with the client's SCRAM keys.
+PgBouncer (transaction mode, default_pool_size 4, no log line per connection)
+and poolproxy (--pool-size 4) open at most the same number of server
+connections (--pg-pool-size), authenticate pgbench by SCRAM against the same
+userlist.txt of SCRAM secrets, and log in to the server with the client's
+SCRAM keys.  The proxy's CPU, PostgreSQL's and pgbench's are read from /proc
+around each run and given per transaction.
 
 Reference proxies: twemproxy (nutcracker) with one pool of one server,
 server_connections 1; HAProxy with nbthread 1 and maxconn 20000 (or what the
@@ -360,11 +363,11 @@ class Bench:
         # (target, port, the proxy's pid, whose CPU is measured; pgbench and
         # PostgreSQL share the load CPU, and "direct" has no proxy).
         targets: List[Tuple[str, int, Optional[int]]] = [("PostgreSQL direct", pg.port, None)]
-        bouncer = start_pgbouncer(self.procs, pg, PG_POOL_SIZE)
+        bouncer = start_pgbouncer(self.procs, pg, self.args.pg_pool_size)
         targets.append(("PgBouncer", bouncer.port, bouncer.pid))
         for label, python in self.interpreters:
             proxy = start_poolproxy(self.procs, python, "postgres", pg.port, self.args.reactor,
-                                    pool_size=PG_POOL_SIZE, pool_min_idle=0,
+                                    pool_size=self.args.pg_pool_size, pool_min_idle=0,
                                     auth_file=pg.userlist)
             targets.append((f"poolproxy {label}", proxy.port, proxy.pid))
         for workload, test, args in PGBENCH_LOADS:
@@ -404,6 +407,9 @@ def main() -> None:
     parser.add_argument("--pypy", default=os.path.join(ROOT, ".venv-pypy", "bin", "python"),
                         help="the PyPy that runs poolproxy too (default .venv-pypy/bin/python)")
     parser.add_argument("--no-pypy", action="store_true", help="poolproxy on CPython only")
+    parser.add_argument("--pg-pool-size", type=int, default=PG_POOL_SIZE,
+                        help="postgres: server connections for PgBouncer (default_pool_size) "
+                             f"and poolproxy (--pool-size) alike (default {PG_POOL_SIZE})")
     parser.add_argument("--quick", action="store_true",
                         help="a short run, to try the bench: --duration 2 --warmup 1 --rounds 1")
     args = parser.parse_args()

@@ -168,6 +168,7 @@ class Postgres(NamedTuple):
     database: str
     userlist: str    # PgBouncer's userlist.txt: the role and its SCRAM secret from pg_authid
     scale: int
+    pid: int         # the postmaster's
 
 
 def pg_env(password: Optional[str] = None) -> Dict[str, str]:
@@ -210,8 +211,8 @@ def start_postgres(procs: Processes, scale: int, user: str = "bench",
         f.write("\n# bench/servers.py\n")
         for name, value in dict(PG_SETTINGS, port=port, unix_socket_directories=directory).items():
             f.write(f"{name} = '{value}'\n")
-    procs.start("postgres", [need_pg("postgres"), "-D", data], LOAD_CPU, port,
-                user=PG_OS_USER, stop_signal=signal.SIGINT)   # SIGINT: fast shutdown
+    postmaster = procs.start("postgres", [need_pg("postgres"), "-D", data], LOAD_CPU, port,
+                             user=PG_OS_USER, stop_signal=signal.SIGINT)   # fast shutdown
 
     def admin(sql: str, database: str = "postgres") -> str:
         # Over the unix socket as the superuser (trust): set-up, not measured.
@@ -240,7 +241,7 @@ def start_postgres(procs: Processes, scale: int, user: str = "bench",
         f.write(f'"{user}" "{secret}"\n')
     if ids is not None:
         os.chown(userlist, *ids)
-    return Postgres(port, directory, user, password, user, userlist, scale)
+    return Postgres(port, directory, user, password, user, userlist, scale, postmaster.pid)
 
 
 class BlackHole:
