@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from common import (LOAD_CPU, NAN, PG_CLIENTS, PG_THREADS, Figures, Load, need, need_pg, pinned,
                     progress)
@@ -171,16 +171,17 @@ def pgbench(pg: Postgres, port: int, test: str, args: List[str], seconds: float,
     errors = out.stderr.count("ERROR:")
     aborted = set(re.findall(r"client (\d+) (?:script \d+ )?aborted", out.stderr))
     failed = int(number(r"^number of failed transactions: (\d+)") or 0)
-    figures = {"rps": NAN if errors or aborted else tps, "tps_reported": tps,
-               "transactions": int(transactions),
-               "failed": failed, "errors": errors, "aborted_clients": len(aborted),
-               "latency_avg_ms": number(r"^latency average = ([\d.]+) ms"),
-               "connection_ms": number(r"^average connection time = ([\d.]+) ms"),
-               "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-               "pgbench_cpu_us": 1e6 * client / transactions if transactions else NAN,
-               "postgres_cpu_us": 1e6 * server / transactions if transactions else NAN,
-               "proxy_cpu_us": 1e6 * proxy / transactions if transactions else NAN,
-               "proxy_cpu_share": proxy / elapsed}
+    figures: Dict[str, Any] = {
+        "rps": NAN if errors or aborted else tps, "tps_reported": tps,
+        "transactions": int(transactions),
+        "failed": failed, "errors": errors, "aborted_clients": len(aborted),
+        "latency_avg_ms": number(r"^latency average = ([\d.]+) ms"),
+        "connection_ms": number(r"^average connection time = ([\d.]+) ms"),
+        "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+        "pgbench_cpu_us": 1e6 * client / transactions if transactions else NAN,
+        "postgres_cpu_us": 1e6 * server / transactions if transactions else NAN,
+        "proxy_cpu_us": 1e6 * proxy / transactions if transactions else NAN,
+        "proxy_cpu_share": proxy / elapsed}
     notes = []
     if errors or aborted:
         kinds = dict.fromkeys(' '.join(e.split()) for e in re.findall(r"ERROR:(.*)", out.stderr))

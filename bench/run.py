@@ -106,7 +106,7 @@ from servers import (REACTOR, BlackHole, Processes, churn_figures, metric_sum, s
                      start_reverse_proxy, start_twemproxy)
 
 PARTS = ("redis", "memcached", "http", "tcp", "churn", "idle", "saturated", "postgres")
-TOOLS = {   # what each part runs
+TOOLS: Dict[str, List[Tuple[str, ...]]] = {   # what each part runs
     "redis": [("redis-server",), ("redis-benchmark",), ("nutcracker",), ("haproxy",)],
     "memcached": [("memcached",), ("memaslap", "memcaslap"), ("nutcracker",)],
     "http": [("nginx",), ("wrk",), ("haproxy",)],
