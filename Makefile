@@ -3,7 +3,7 @@
 #   make test  - set up .venv, run the whole trial suite and type-check poolproxy/ (mypy)
 #   make test-pypy - the same suite on PyPy (Debian's pypy3), in .venv-pypy
 #   make test-redis-py - redis-py's own tests against redis-server and through poolproxy
-#   make bench - bench/run.py: poolproxy against twemproxy, HAProxy and Twisted's proxies
+#   make bench - bench/run.py: poolproxy against twemproxy, HAProxy, PgBouncer and Twisted's proxies
 SHELL := /bin/bash
 PYTHON ?= python3
 PYPY ?= pypy3

@@ -1,21 +1,29 @@
 """
-The loads a part sends and the figures they give: redis-benchmark, memaslap
-and wrk (each pinned to the load CPU, each parsed into Figures: req/s, p50 and
-p99 ms, notes), the unmeasured warm-up before a measured run, idle redis
-clients (the idle part), requests a saturated proxy must reject (the saturated
-part), and percentiles.
+The loads a part sends and the figures they give: redis-benchmark, memaslap,
+wrk and pgbench (each pinned to the load CPU, each parsed into Figures: req/s
+(pgbench: transactions/s), p50 and p99 ms, notes), the unmeasured warm-up
+before a measured run, idle redis clients (the idle part), requests a
+saturated proxy must reject (the saturated part), and percentiles.
 """
 
 from __future__ import annotations
 
+import glob
 import math
+import os
 import re
+import resource
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from common import LOAD_CPU, NAN, Figures, Load, need, pinned, progress
+from common import (LOAD_CPU, NAN, PG_CLIENTS, PG_THREADS, Figures, Load, need, need_pg, pinned,
+                    progress)
+from machine import cpu_seconds, family_cpu_seconds
+from servers import Postgres, pg_env
 
 
 def percentile(values: List[float], q: float) -> float:
@@ -113,6 +121,97 @@ def wrk(port: int, seconds: float, close: bool) -> Figures:
     name = "GET close" if close else "GET keep-alive"
     return {name: {"rps": float(rps.group(1)), "p50_ms": _ms(*p50.groups()),
                    "p99_ms": _ms(*p99.groups()), "notes": "; ".join(errors)}}
+
+
+def pgbench(pg: Postgres, port: int, test: str, args: List[str], seconds: float,
+            proxy_pid: Optional[int] = None) -> Figures:
+    """
+    `pgbench -c 50 -j 2 -T seconds ARGS` as pg's role on its database,
+    through `port`: transactions per second, failed transactions (pgbench 15
+    counts serialization and deadlock failures), SQL errors pgbench logged
+    and clients they aborted, the average latency, p50 and p99 from
+    pgbench's per-transaction log (-l), and with -C the average connection
+    time.  A run with any SQL error is a failure (rps NaN; what pgbench
+    reported is kept in tps_reported), not an exception: PgBouncer 1.18 has
+    no prepared statements in transaction mode, and that is a result.
+
+    Where the CPU goes, per transaction (logins and pgbench's vacuum
+    included): pgbench's, PostgreSQL's (the postmaster and its backends)
+    and, with proxy_pid, the proxy's, which is also given as a share of its
+    core over the run (user + system time, from /proc and getrusage).
+    """
+    logs = tempfile.mkdtemp(prefix="pgbench-log-", dir=pg.directory)   # tmpfs
+    started, client_before = time.monotonic(), _children_cpu()
+    server_before = family_cpu_seconds(pg.pid)
+    proxy_before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    try:
+        out = subprocess.run(pinned(LOAD_CPU, [
+            need_pg("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", pg.user,
+            "-c", str(PG_CLIENTS), "-j", str(PG_THREADS), "-T", str(max(1, round(seconds))),
+            "-l", "--log-prefix", os.path.join(logs, "log"), *args, pg.database]),
+            capture_output=True, text=True, env=pg_env(pg.password), timeout=600)
+        elapsed = time.monotonic() - started
+        proxy = cpu_seconds(proxy_pid) - proxy_before if proxy_pid else NAN
+        server = family_cpu_seconds(pg.pid) - server_before
+        client = _children_cpu() - client_before   # pgbench: taskset execs it
+        latencies = _pgbench_latencies(logs)
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
+
+    def number(pattern: str) -> Optional[float]:
+        found = re.search(pattern, out.stdout, re.MULTILINE)
+        return float(found.group(1)) if found else None
+
+    transactions = number(r"^number of transactions actually processed: (\d+)")
+    if transactions is None:   # it did not get to run
+        raise RuntimeError(f"pgbench exited with {out.returncode}: {out.stdout[-1000:]}"
+                           f"{out.stderr[-1000:]}")
+    tps = number(r"^tps = ([\d.]+)") or 0.0   # none when no transaction completed
+    # Threads' lines can interleave on stderr: count the errors, not the lines.
+    errors = out.stderr.count("ERROR:")
+    aborted = set(re.findall(r"client (\d+) (?:script \d+ )?aborted", out.stderr))
+    failed = int(number(r"^number of failed transactions: (\d+)") or 0)
+    figures: Dict[str, Any] = {
+        "rps": NAN if errors or aborted else tps, "tps_reported": tps,
+        "transactions": int(transactions),
+        "failed": failed, "errors": errors, "aborted_clients": len(aborted),
+        "latency_avg_ms": number(r"^latency average = ([\d.]+) ms"),
+        "connection_ms": number(r"^average connection time = ([\d.]+) ms"),
+        "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+        "pgbench_cpu_us": 1e6 * client / transactions if transactions else NAN,
+        "postgres_cpu_us": 1e6 * server / transactions if transactions else NAN,
+        "proxy_cpu_us": 1e6 * proxy / transactions if transactions else NAN,
+        "proxy_cpu_share": proxy / elapsed}
+    notes = []
+    if errors or aborted:
+        kinds = dict.fromkeys(' '.join(e.split()) for e in re.findall(r"ERROR:(.*)", out.stderr))
+        notes.append(f"failed: {errors:,} SQL errors ({'; '.join(list(kinds)[:2])[:160]}), "
+                     f"{len(aborted)} of {PG_CLIENTS} clients aborted; pgbench reported "
+                     f"{tps:,.0f} tps")
+    if failed:
+        notes.append(f"{failed:,} failed transactions")
+    figures["notes"] = "; ".join(notes)
+    return {test: figures}
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's children that have ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _pgbench_latencies(logs: str) -> List[float]:
+    """Milliseconds per transaction from pgbench's -l files (one per thread): each line
+    is `client transaction latency_us script epoch us`, latency "failed" or "skipped"
+    for those that did not complete."""
+    latencies: List[float] = []
+    for path in glob.glob(os.path.join(logs, "log.*")):
+        with open(path) as f:
+            for line in f:
+                field = line.split(" ", 3)[2]
+                if field.isdigit():
+                    latencies.append(int(field) / 1000)
+    return latencies
 
 
 def warm_up(load: Load, seconds: float) -> None:

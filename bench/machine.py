@@ -17,7 +17,7 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Tuple
 
-from common import IDLE_CLIENTS, NOISY, ROOT, which
+from common import IDLE_CLIENTS, NOISY, ROOT, pg_binary, which
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -35,6 +35,14 @@ def tool_version(tools: Tuple[str, ...], flag: str, pattern: str) -> str:
     if not path:
         return "not installed"
     m = re.search(pattern, command_output([path, flag]))
+    return m.group(1) if m else "unknown"
+
+
+def pg_version(name: str, pattern: str) -> str:
+    path = pg_binary(name)
+    if not path:
+        return "not installed"
+    m = re.search(pattern, command_output([path, "--version"]))
     return m.group(1) if m else "unknown"
 
 
@@ -74,6 +82,9 @@ def machine_info(args: argparse.Namespace, pypy: Optional[str], pypy_note: str) 
         "nutcracker": tool_version(("nutcracker",), "--version", r"nutcracker-(\S+)"),
         "haproxy": tool_version(("haproxy",), "-v", r"version (\S+)"),
         "wrk": tool_version(("wrk",), "--version", r"wrk (\S+)"),
+        "postgresql": pg_version("postgres", r"\(PostgreSQL\) (\S+)"),
+        "pgbench": pg_version("pgbench", r"\(PostgreSQL\) (\S+)"),
+        "pgbouncer": tool_version(("pgbouncer",), "--version", r"PgBouncer (\S+)"),
     }
 
 
@@ -129,6 +140,20 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has spent, from /proc."""
     with open(f"/proc/{pid}/stat") as f:
         return _cpu(_stat(f.read())[1])
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """
+    User + system CPU time of a process and its children: those it reaped
+    (cutime, cstime) and those still running.  A PostgreSQL postmaster's,
+    for its backends: new ones with each client direct, a pool's few
+    long-lived ones through a proxy.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = _stat(f.read())[1]
+    reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+    return _cpu(fields) + reaped + sum(cpu for ppid, cpu, _ in cpu_snapshot().values()
+                                       if ppid == pid)
 
 
 def cpu_snapshot() -> Dict[int, Tuple[int, float, str]]:

@@ -12,8 +12,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Sequence, Tuple
 
-from common import (IDLE_CLIENTS, LOAD_CPU, NAN, NOISY, PROXY_CPU, ROOT, SATURATED_REQUESTS,
-                    ms, progress)
+from common import (IDLE_CLIENTS, LOAD_CPU, NAN, NOISY, PG_CLIENTS, PG_SCALE,
+                    PG_SELECT, PG_THREADS, PG_TPCB, PROXY_CPU, ROOT, SATURATED_REQUESTS, ms,
+                    progress)
 from servers import PYPY_GC_NURSERY
 
 if TYPE_CHECKING:
@@ -31,6 +32,10 @@ def table(columns: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> 
 def ratio(a: float, b: float) -> float:
     """a / b; NaN where either was not measured, or b is 0."""
     return a / b if b and not math.isnan(b) else NAN
+
+
+def is_pgbench(row: Dict[str, Any]) -> bool:
+    return row["workload"].startswith("pgbench")
 
 
 def is_reference(target: str) -> bool:
@@ -66,6 +71,58 @@ def ratio_table(rows: List[Dict[str, Any]]) -> str:
         return "(no reference proxy measured)"
     return table(["workload", "test", "poolproxy", "reference", "poolproxy req/s",
                   "reference req/s", "ratio"], "llllrrr", lines)
+
+
+def pgbench_table(rows: List[Dict[str, Any]]) -> str:
+    """The postgres part's rows: transactions per second and what pgbench said of them."""
+    def number(value: Any, fmt: str) -> str:
+        return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
+            else format(value, fmt)
+
+    return table(["workload", "test", "target", "TPS", "failed tx", "SQL errors",
+                  "aborted clients", "latency avg ms", "p50 ms", "p99 ms", "connect ms",
+                  "CPU µs/tx: pgbench", "PostgreSQL", "proxy", "proxy's core busy",
+                  "notes"], "lllrrrrrrrrrrrrl",
+                 ([r["workload"], r["test"], r["target"],
+                   "failed" if math.isnan(r["rps"]) else f"{r['rps']:,.0f}",
+                   number(r.get("failed"), ","), number(r.get("errors"), ","),
+                   number(r.get("aborted_clients"), ","), number(r.get("latency_avg_ms"), ".2f"),
+                   ms(r["p50_ms"]), ms(r["p99_ms"]), number(r.get("connection_ms"), ".2f"),
+                   number(r.get("pgbench_cpu_us"), ",.0f"),
+                   number(r.get("postgres_cpu_us"), ",.0f"),
+                   number(r.get("proxy_cpu_us"), ",.0f"), number(r.get("proxy_cpu_share"), ".0%"),
+                   r.get("notes", "")] for r in rows))
+
+
+def pgbench_ratio_table(rows: List[Dict[str, Any]]) -> str:
+    """The ratios the postgres targets are stated in, for each poolproxy, and PgBouncer's
+    own for comparison."""
+    def rps(workload: str, test: str, target: str) -> float:
+        return next((r["rps"] for r in rows if (r["workload"], r["test"], r["target"])
+                     == (workload, test, target)), NAN)
+
+    ours = [t for t in dict.fromkeys(r["target"] for r in rows) if t.startswith("poolproxy")]
+    comparisons = [
+        ("-S -M simple / PgBouncer -S -M simple", PG_SELECT, "-M simple", "PgBouncer", "-M simple"),
+        ("-S -M extended / PgBouncer -S -M extended", PG_SELECT, "-M extended", "PgBouncer",
+         "-M extended"),
+        ("-S -M prepared / PgBouncer -S -M simple", PG_SELECT, "-M prepared", "PgBouncer",
+         "-M simple"),
+        ("TPC-B -M simple / PgBouncer TPC-B -M simple", PG_TPCB, "-M simple", "PgBouncer",
+         "-M simple"),
+        ("TPC-B -M prepared / PgBouncer TPC-B -M simple", PG_TPCB, "-M prepared", "PgBouncer",
+         "-M simple"),
+        ("-S -C / direct -S -C", PG_SELECT, "-C -M simple", "PostgreSQL direct", "-C -M simple"),
+        ("-S -M simple / direct -S -M simple", PG_SELECT, "-M simple", "PostgreSQL direct",
+         "-M simple"),
+    ]
+    lines = []
+    for name, workload, test, ref, ref_test in comparisons:
+        base = rps(workload, ref_test, ref)
+        cells = [NAN if (target, test) == (ref, ref_test)   # not a row against itself
+                 else ratio(rps(workload, test, target), base) for target in ["PgBouncer", *ours]]
+        lines.append([name, *("" if math.isnan(c) else f"{c:.2f}×" for c in cells)])
+    return table(["ratio", "PgBouncer", *ours], "l" + "r" * (1 + len(ours)), lines)
 
 
 def churn_table(churn: List[Dict[str, Any]]) -> str:
@@ -111,11 +168,12 @@ def targets(bench: Bench) -> List[Dict[str, Any]]:
         return next((r for r in rows if (r["workload"], r["test"], r["target"])
                      == (workload, test, target)), {"rps": NAN})
 
-    def ratio_target(name: str, floor: float, workload: str, test: str, ours: str, ref: str
-                     ) -> None:
-        a, b = row(workload, test, ours), row(workload, test, ref)
+    def ratio_target(name: str, floor: float, workload: str, test: str, ours: str, ref: str,
+                     ref_test: str = "") -> None:
+        a, b = row(workload, test, ours), row(workload, ref_test or test, ref)
         value = ratio(a["rps"], b["rps"])
-        out.append({"target": name, "floor": f"≥ {floor:g}× {ref}",
+        out.append({"target": name, "floor": f"≥ {floor:g}× {ref}" + (f" {ref_test}" if ref_test
+                                                                      else ""),
                     "measured": "" if math.isnan(value) else f"{value:.2f}×",
                     "met": None if math.isnan(value) else value >= floor,
                     "missing": pypy_missing if "PyPy" in ours else "not measured",
@@ -156,6 +214,17 @@ def targets(bench: Bench) -> List[Dict[str, Any]]:
                     "met": (s["p99_ms"] <= 5 and all_errors) if s else None,
                     "missing": "not measured",
                     "disturbed": bool(s) and s["other_load"] > NOISY})
+    for interpreter, floor in (("CPython", 0.5), ("PyPy", 0.9)):
+        ratio_target(f"pgbench -S -M simple, poolproxy {interpreter}", floor,
+                     PG_SELECT, "-M simple", f"poolproxy {interpreter}", "PgBouncer")
+    for interpreter in ("CPython", "PyPy"):
+        for workload in (PG_SELECT, PG_TPCB):
+            ratio_target(f"{workload.split(' -c')[0]} -M prepared, poolproxy {interpreter}", 0.5,
+                         workload, "-M prepared", f"poolproxy {interpreter}", "PgBouncer",
+                         "-M simple")
+    for interpreter in ("CPython", "PyPy"):
+        ratio_target(f"pgbench -S -C, poolproxy {interpreter}", 1.5, PG_SELECT, "-C -M simple",
+                     f"poolproxy {interpreter}", "PostgreSQL direct")
     return out
 
 
@@ -178,7 +247,8 @@ def print_report(bench: Bench, info: Dict[str, str], title: str, checked: List[D
     print(f"* CPython: {info['cpython']}; PyPy: {info['pypy']}")
     print(f"* redis-server {info['redis-server']}, memcached {info['memcached']}, "
           f"nginx {info['nginx']}, nutcracker (twemproxy) {info['nutcracker']}, "
-          f"HAProxy {info['haproxy']}, wrk {info['wrk']}")
+          f"HAProxy {info['haproxy']}, wrk {info['wrk']}, PostgreSQL {info['postgresql']}, "
+          f"PgBouncer {info['pgbouncer']}, pgbench {info['pgbench']}")
     print(f"* Proxy under test pinned to CPU {PROXY_CPU}, backends and load generators to "
           f"CPU {LOAD_CPU}; {args.duration:g} s per measured run after {args.warmup:g} s of "
           f"the same load unmeasured; poolproxy on twistd's --reactor={args.reactor} (on "
@@ -190,9 +260,16 @@ def print_report(bench: Bench, info: Dict[str, str], title: str, checked: List[D
     print(f"* Other processes on the machine used {info['other load at start']} as the run "
           f"started; a run during which they used more than {100 * NOISY:.0f}% of a core is "
           "marked in the notes.")
-    if bench.rows:
-        print(f"\n## Requests per second and latency\n\n{results_table(bench.rows)}")
-        print(f"\n## poolproxy vs the reference proxies\n\n{ratio_table(bench.rows)}")
+    others = [r for r in bench.rows if not is_pgbench(r)]
+    pgbench_rows = [r for r in bench.rows if is_pgbench(r)]
+    if others:
+        print(f"\n## Requests per second and latency\n\n{results_table(others)}")
+        print(f"\n## poolproxy vs the reference proxies\n\n{ratio_table(others)}")
+    if pgbench_rows:
+        print(f"\n## PostgreSQL: pgbench, {PG_CLIENTS} clients, {PG_THREADS} threads, scale "
+              f"{PG_SCALE}, proxies with {args.pg_pool_size} server connections\n\n"
+              f"{pgbench_table(pgbench_rows)}")
+        print(f"\n### Ratios\n\n{pgbench_ratio_table(pgbench_rows)}")
     if bench.churn:
         print(f"\n## Connection churn (connect, one request, close)\n\n{churn_table(bench.churn)}")
     if bench.idle:

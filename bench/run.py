@@ -7,6 +7,7 @@ CPython and on PyPy, and check the benchmark issue's targets.
     .venv/bin/python bench/run.py                      # everything, 5 s per run
     .venv/bin/python bench/run.py --only redis,churn --duration 10
     .venv/bin/python bench/run.py --no-pypy            # poolproxy on CPython only
+    .venv/bin/python bench/run.py --only postgres --quick   # a short run, to try it
 
 Parts (--only takes a comma-separated list of them):
 
@@ -25,6 +26,12 @@ Parts (--only takes a comma-separated list of them):
   saturated  poolproxy --protocol http --max-concurrency 1 --queue-size 0 with
              its one slot held by a request that never gets an answer: time to
              the 503 of each of 2,000 requests that cannot be admitted
+  postgres   pgbench, 50 clients, 2 threads, on a PostgreSQL of its own (scale
+             1): -S (select only) in -M simple, extended and prepared, -S -C
+             (a new connection per transaction), and the default TPC-B-like
+             script in -M simple and prepared: direct, PgBouncer (transaction
+             mode) and poolproxy --protocol postgres, the proxies with a pool
+             of 4 server connections
 
 poolproxy runs on CPython (--python, by default this interpreter) and on PyPy
 (--pypy, by default .venv-pypy/bin/python, made by `make venv-pypy`); PyPy is
@@ -41,8 +48,8 @@ them.
 
 Needs the Debian packages redis-server, redis-tools (redis-benchmark),
 memcached, libmemcached-tools (memaslap, installed as memcaslap), nginx-light,
-wrk, nutcracker, haproxy and pypy3; matplotlib (`make bench` installs it) for
-the plot.  The proxy under test (poolproxy or a reference
+wrk, nutcracker, haproxy, postgresql-15 (with pgbench), pgbouncer and pypy3;
+matplotlib (`make bench` installs it) for the plot.  The proxy under test (poolproxy or a reference
 proxy) is pinned to CPU 0; backends and load generators share CPU 1, so that a
 proxy's figure is what one core of it can do.  Progress goes to stderr; the
 tables (markdown) to stdout; every figure also to bench/results/<stamp>.json,
@@ -53,6 +60,16 @@ to 127.0.0.1 only.
 The figures are only as good as the machine is quiet: the CPU that processes
 outside the run use while it measures is read from /proc, and a run during
 which they used more than 5% of a core says so (and who) in the notes column.
+
+The postgres part runs PostgreSQL (from /usr/lib/postgresql/N/bin, the newest
+N) and PgBouncer as the postgres user when we are root, as they require; the
+cluster lives in /dev/shm with fsync off and is removed at the end of the part.
+PgBouncer (transaction mode, default_pool_size 4, no log line per connection)
+and poolproxy (--pool-size 4) open at most the same number of server
+connections (--pg-pool-size), authenticate pgbench by SCRAM against the same
+userlist.txt of SCRAM secrets, and log in to the server with the client's
+SCRAM keys.  The proxy's CPU, PostgreSQL's and pgbench's are read from /proc
+around each run and given per transaction.
 
 Reference proxies: twemproxy (nutcracker) with one pool of one server,
 server_connections 1; HAProxy with nbthread 1 and maxconn 20000 (or what the
@@ -75,18 +92,21 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 # Sibling modules: bench/ is sys.path[0] when this file runs as a script.
-from common import (IDLE_CLIENTS, LOAD_CPU, NAN, PROXY_CPU, ROOT, SATURATED_REQUESTS, STARTED,
-                    Figures, Load, ms, progress, which)
-from loads import memaslap, percentile, ping_clients, redis_load, rejections, warm_up, wrk
+from common import (IDLE_CLIENTS, LOAD_CPU, NAN, PG_POOL_SIZE, PG_SCALE, PG_SELECT, PG_TPCB,
+                    PROXY_CPU, ROOT, SATURATED_REQUESTS, STARTED, Figures, Load, ms, pg_binary,
+                    progress, which)
+from loads import (memaslap, percentile, pgbench, ping_clients, redis_load, rejections,
+                   warm_up, wrk)
 from machine import (OtherLoad, find_pypy, machine_info, machine_title, noise_note,
                      raise_fd_limit, rss_kb)
 from report import plot, print_report, targets
 from servers import (REACTOR, BlackHole, Processes, churn_figures, metric_sum, scrape,
-                     start_haproxy, start_memcached, start_nginx, start_poolproxy,
-                     start_portforward, start_redis, start_reverse_proxy, start_twemproxy)
+                     start_haproxy, start_memcached, start_nginx, start_pgbouncer,
+                     start_poolproxy, start_portforward, start_postgres, start_redis,
+                     start_reverse_proxy, start_twemproxy)
 
-PARTS = ("redis", "memcached", "http", "tcp", "churn", "idle", "saturated")
-TOOLS = {   # what each part runs
+PARTS = ("redis", "memcached", "http", "tcp", "churn", "idle", "saturated", "postgres")
+TOOLS: Dict[str, List[Tuple[str, ...]]] = {   # what each part runs
     "redis": [("redis-server",), ("redis-benchmark",), ("nutcracker",), ("haproxy",)],
     "memcached": [("memcached",), ("memaslap", "memcaslap"), ("nutcracker",)],
     "http": [("nginx",), ("wrk",), ("haproxy",)],
@@ -94,7 +114,20 @@ TOOLS = {   # what each part runs
     "churn": [("nginx",), ("wrk",), ("redis-server",), ("redis-benchmark",)],
     "idle": [("redis-server",)],
     "saturated": [],
+    "postgres": [("initdb",), ("postgres",), ("psql",), ("pgbench",), ("pgbouncer",)],
 }
+
+#: The postgres part's loads, (workload, test, pgbench's arguments): the
+#: select-only and TPC-B-like builtin scripts in the query modes a proxy has
+#: to handle, and a new connection per transaction (-C).
+PGBENCH_LOADS = [
+    (PG_SELECT, "-M simple", ["-S", "-M", "simple"]),
+    (PG_SELECT, "-M extended", ["-S", "-M", "extended"]),
+    (PG_SELECT, "-M prepared", ["-S", "-M", "prepared"]),
+    (PG_SELECT, "-C -M simple", ["-S", "-C", "-M", "simple"]),
+    (PG_TPCB, "-M simple", ["-M", "simple"]),
+    (PG_TPCB, "-M prepared", ["-M", "prepared"]),
+]
 
 
 # -- the parts ---------------------------------------------------------------------------
@@ -318,10 +351,34 @@ class Bench:
         finally:
             hole.close()
 
+    def postgres(self) -> None:
+        """
+        pgbench against PostgreSQL direct, PgBouncer and poolproxy, each load
+        in interleaved rounds as the other throughput parts.  A run in which
+        pgbench logged errors (PgBouncer's -M prepared) is a failed row, not
+        a failed part.
+        """
+        pg = start_postgres(self.procs, PG_SCALE)
+        progress(f"postgres: PostgreSQL on port {pg.port}, pgbench tables at scale {pg.scale}")
+        # (target, port, the proxy's pid, whose CPU is measured; pgbench and
+        # PostgreSQL share the load CPU, and "direct" has no proxy).
+        targets: List[Tuple[str, int, Optional[int]]] = [("PostgreSQL direct", pg.port, None)]
+        bouncer = start_pgbouncer(self.procs, pg, self.args.pg_pool_size)
+        targets.append(("PgBouncer", bouncer.port, bouncer.pid))
+        for label, python in self.interpreters:
+            proxy = start_poolproxy(self.procs, python, "postgres", pg.port, self.args.reactor,
+                                    pool_size=self.args.pg_pool_size, pool_min_idle=0,
+                                    auth_file=pg.userlist)
+            targets.append((f"poolproxy {label}", proxy.port, proxy.pid))
+        for workload, test, args in PGBENCH_LOADS:
+            self.compare(workload, [
+                (target, lambda s, p=port, t=test, a=args, pid=pid: pgbench(pg, p, t, a, s, pid))
+                for target, port, pid in targets])
+
     def run(self) -> None:
         parts = {"redis": self.redis, "memcached": self.memcached, "http": self.http,
                  "tcp": self.tcp, "churn": self.churn_part, "idle": self.idle_part,
-                 "saturated": self.saturated_part}
+                 "saturated": self.saturated_part, "postgres": self.postgres}
         try:
             for name in PARTS:
                 if name in self.args.parts:
@@ -350,7 +407,14 @@ def main() -> None:
     parser.add_argument("--pypy", default=os.path.join(ROOT, ".venv-pypy", "bin", "python"),
                         help="the PyPy that runs poolproxy too (default .venv-pypy/bin/python)")
     parser.add_argument("--no-pypy", action="store_true", help="poolproxy on CPython only")
+    parser.add_argument("--pg-pool-size", type=int, default=PG_POOL_SIZE,
+                        help="postgres: server connections for PgBouncer (default_pool_size) "
+                             f"and poolproxy (--pool-size) alike (default {PG_POOL_SIZE})")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run, to try the bench: --duration 2 --warmup 1 --rounds 1")
     args = parser.parse_args()
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 2.0, 1.0, 1
     if args.rounds < 1:
         parser.error("--rounds: at least 1")
     args.parts = set(args.only.split(",")) if args.only else set(PARTS)
@@ -359,7 +423,7 @@ def main() -> None:
                      f"choose from {','.join(PARTS)}")
 
     missing = sorted({" or ".join(tools) for part, needs in TOOLS.items() if part in args.parts
-                      for tools in needs if not which(*tools)})
+                      for tools in needs if not (which(*tools) or pg_binary(tools[0]))})
     if missing:
         sys.exit(f"bench: not installed: {', '.join(missing)} (see the docstring of bench/run.py)")
     limit = raise_fd_limit()

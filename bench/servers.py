@@ -1,44 +1,57 @@
 """
 What a part starts and stops: the processes themselves (Processes, each pinned
 to its CPU, stopped at the end of the part), the backends (redis-server,
-memcached, nginx, and BlackHole for the saturated part), the reference proxies
-(twemproxy, HAProxy, ReverseProxyResource, `twistd portforward`, configured as
-the docstring of bench/run.py says), poolproxy itself, and what is read from
-poolproxy's /metrics.
+memcached, nginx, PostgreSQL, and BlackHole for the saturated part), the
+reference proxies (twemproxy, HAProxy, PgBouncer, ReverseProxyResource,
+`twistd portforward`, configured as the docstring of bench/run.py says),
+poolproxy itself, and what is read from poolproxy's /metrics.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import resource
+import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from common import LOAD_CPU, NAN, PROXY_CPU, ROOT, free_port, need, pinned
+from common import LOAD_CPU, NAN, PROXY_CPU, ROOT, free_port, need, need_pg, pinned
 
 TWISTD = "from twisted.scripts.twistd import run; run()"
 
 
 class Processes:
-    """Every process a part starts, stopped at the end of the part."""
+    """Every process a part starts, stopped at the end of the part, and the scratch
+    directories it made (PostgreSQL's cluster), removed then."""
 
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
         self.running: List[subprocess.Popen] = []
+        self.stop_signals: Dict[int, int] = {}   # pid -> signal, where not SIGTERM
+        self.scratch: List[str] = []
         self.count = 0
 
     def start(self, name: str, args: List[str], cpu: str, port: int,
-              env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+              env: Optional[Dict[str, str]] = None, user: Optional[str] = None,
+              stop_signal: int = signal.SIGTERM) -> subprocess.Popen:
+        """Starts args pinned to cpu (as `user` when we are root) and waits until
+        it accepts connections on port."""
         self.count += 1
         with open(os.path.join(self.workdir, f"{self.count:02d}-{name}.log"), "wb") as log:
             proc = subprocess.Popen(pinned(cpu, args), stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=ROOT, env=env)   # the child keeps its own copy
+                                    cwd=ROOT, env=env,   # the child keeps its own copy
+                                    preexec_fn=become(user) if user else None)
         self.running.append(proc)
+        if stop_signal != signal.SIGTERM:
+            self.stop_signals[proc.pid] = stop_signal
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -55,7 +68,7 @@ class Processes:
 
     def stop(self, proc: subprocess.Popen) -> None:
         if proc.poll() is None:
-            proc.terminate()
+            proc.send_signal(self.stop_signals.pop(proc.pid, signal.SIGTERM))
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
@@ -66,6 +79,32 @@ class Processes:
         for proc in reversed(self.running):
             self.stop(proc)
         self.running.clear()
+        for directory in self.scratch:
+            shutil.rmtree(directory, ignore_errors=True)
+        self.scratch.clear()
+
+
+def account(user: str) -> Optional[Tuple[int, int]]:
+    """(uid, gid) of `user` when we are root and must drop to it; None when we are not."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise RuntimeError(f"there is no {user} user to run as (we are root)") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def become(user: str) -> Callable[[], None]:
+    """A preexec_fn that runs the child as `user` (PostgreSQL and PgBouncer refuse root)."""
+    ids = account(user)
+
+    def preexec() -> None:
+        if ids is not None:
+            os.setgroups([])
+            os.setgid(ids[1])
+            os.setuid(ids[0])
+    return preexec
 
 
 # -- backends ------------------------------------------------------------------
@@ -107,6 +146,102 @@ http {{
     procs.start("nginx", [need("nginx"), "-c", conf, "-p", d, "-e", f"{d}/nginx-error.log"],
                 LOAD_CPU, port)
     return port
+
+
+#: PostgreSQL refuses to run as root; Debian's package creates this user.
+PG_OS_USER = "postgres"
+
+#: The throwaway cluster's postgresql.conf: durability off (it lives in
+#: /dev/shm and is removed with the part), room for 50 direct clients, no
+#: autovacuum (background CPU on the load core; pgbench vacuums its tables
+#: before each run).
+PG_SETTINGS = {"listen_addresses": "127.0.0.1", "fsync": "off", "synchronous_commit": "off",
+               "full_page_writes": "off", "max_connections": "200", "autovacuum": "off"}
+
+
+class Postgres(NamedTuple):
+    """A PostgreSQL server started by start_postgres, with pgbench's tables."""
+    port: int
+    directory: str   # the cluster (data/), its unix socket and userlist.txt, owned by postgres
+    user: str
+    password: str
+    database: str
+    userlist: str    # PgBouncer's userlist.txt: the role and its SCRAM secret from pg_authid
+    scale: int
+    pid: int         # the postmaster's
+
+
+def pg_env(password: Optional[str] = None) -> Dict[str, str]:
+    """Our environment without the caller's PG* settings (PGHOST, PGSSLMODE, ...)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return env
+
+
+def _pg_run(args: List[str], what: str, user: Optional[str] = None, cwd: str = ROOT,
+            timeout: float = 300) -> str:
+    run = subprocess.run(args, capture_output=True, text=True, env=pg_env(), cwd=cwd,
+                         preexec_fn=become(user) if user else None, timeout=timeout)
+    if run.returncode:
+        raise RuntimeError(f"{what} failed ({run.returncode}): {run.stdout}{run.stderr}")
+    return run.stdout
+
+
+def start_postgres(procs: Processes, scale: int, user: str = "bench",
+                   password: str = "bench-secret") -> Postgres:
+    """
+    PostgreSQL on the load CPU, as the postgres user, in a new cluster in
+    /dev/shm; a LOGIN role `user` with a SCRAM password, its database of the
+    same name with pgbench's tables at `scale`, and a userlist.txt with its
+    SCRAM secret for PgBouncer and poolproxy (which both log in to the server
+    with the client's SCRAM keys: nobody needs the password but pgbench).
+    """
+    ids = account(PG_OS_USER)
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    directory = tempfile.mkdtemp(prefix="poolproxy-bench-pg-", dir=shm)
+    procs.scratch.append(directory)
+    if ids is not None:
+        os.chown(directory, *ids)
+    data, port = os.path.join(directory, "data"), free_port()
+    _pg_run([need_pg("initdb"), "-D", data, "--no-sync", "--encoding=UTF8", "--locale=C",
+             "--username=postgres", "--auth-local=trust", "--auth-host=scram-sha-256"],
+            "initdb", PG_OS_USER, cwd=directory)
+    with open(os.path.join(data, "postgresql.conf"), "a") as f:
+        f.write("\n# bench/servers.py\n")
+        for name, value in dict(PG_SETTINGS, port=port, unix_socket_directories=directory).items():
+            f.write(f"{name} = '{value}'\n")
+    postmaster = procs.start("postgres", [need_pg("postgres"), "-D", data], LOAD_CPU, port,
+                             user=PG_OS_USER, stop_signal=signal.SIGINT)   # fast shutdown
+
+    def admin(sql: str, database: str = "postgres") -> str:
+        # Over the unix socket as the superuser (trust): set-up, not measured.
+        return _pg_run([need_pg("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                        "-h", directory, "-p", str(port), "-U", "postgres", "-d", database,
+                        "-c", sql], "psql")
+
+    deadline = time.monotonic() + 60
+    while True:   # the port opens before the server takes connections
+        try:
+            admin("SELECT 1")
+            break
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    admin(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+    admin(f"CREATE DATABASE {user} OWNER {user}")
+    _pg_run([need_pg("pgbench"), "-i", "-q", "-s", str(scale), "-h", directory, "-p", str(port),
+             "-U", user, user], "pgbench -i")
+    secret = admin(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'").strip()
+    if not secret.startswith("SCRAM-SHA-256$"):
+        raise RuntimeError(f"{user}'s password is not stored as a SCRAM secret: {secret[:14]}...")
+    userlist = os.path.join(directory, "userlist.txt")
+    with open(userlist, "w") as f:
+        f.write(f'"{user}" "{secret}"\n')
+    if ids is not None:
+        os.chown(userlist, *ids)
+    return Postgres(port, directory, user, password, user, userlist, scale, postmaster.pid)
 
 
 class BlackHole:
@@ -234,6 +369,39 @@ backend be
 """)
     procs.start(f"haproxy-{mode}", [need("haproxy"), "-f", conf, "-db"], PROXY_CPU, port)
     return port
+
+
+def start_pgbouncer(procs: Processes, pg: Postgres, pool_size: int) -> Proxy:
+    """
+    PgBouncer in transaction mode, as the postgres user: default_pool_size
+    server connections per (database, user), none kept open beyond what
+    clients use (min_pool_size 0), clients authenticated by SCRAM against
+    the same userlist.txt as poolproxy's, logged in to the server with their
+    SCRAM keys.  No log line per connection (poolproxy logs none either).
+    """
+    port = free_port()
+    conf = os.path.join(pg.directory, f"pgbouncer-{port}.ini")   # readable by postgres
+    with open(conf, "w") as f:
+        f.write(f"""[databases]
+{pg.database} = host=127.0.0.1 port={pg.port} dbname={pg.database}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+listen_backlog = 4096
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {pg.userlist}
+pool_mode = transaction
+default_pool_size = {pool_size}
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = 1000
+log_connections = 0
+log_disconnections = 0
+""")
+    proc = procs.start("pgbouncer", [need("pgbouncer"), conf], PROXY_CPU, port, user=PG_OS_USER)
+    return Proxy(port, 0, proc.pid)
 
 
 def start_reverse_proxy(procs: Processes, python: str, backend: int) -> int:
