@@ -37,6 +37,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from zope.interface import implementer
 
 from poolproxy.codec import FramingError, ITransactionReplies
+from poolproxy.codecs.postgres import error_sqlstate
 
 _INT32 = struct.Struct("!I")
 
@@ -288,7 +289,7 @@ class Replies:
                 entry.on_failed(entry.name)
         else:
             self._discarding = True
-        if self.on_error is not None and self.on_error(_sqlstate(body), body):
+        if self.on_error is not None and self.on_error(error_sqlstate(body), body):
             self._hiding = True
             return SWALLOW
         # A Parse the proxy added for a statement the client uses fails as
@@ -309,13 +310,6 @@ class Replies:
     def _parameter(self, body: bytes) -> None:
         name, _, rest = body.partition(b"\0")
         self.parameters[name] = rest.rstrip(b"\0")
-
-
-def _sqlstate(body: bytes) -> bytes:
-    start = body.find(b"\0C")
-    if start >= 0:
-        return body[start + 2:start + 7]
-    return body[1:6] if body.startswith(b"C") else b""
 
 
 __all__ = ["Replies", "ParseSent", "SWALLOW"]

@@ -50,10 +50,12 @@ from poolproxy.codecs.postgres_statements import (ClientStatements, StatementNam
                                                   named_target, parse_fields, parse_query,
                                                   rename_bind)
 from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.proxy.output import unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.proxy.transaction.auth import ClientAuth, Users
 from poolproxy.proxy.transaction.cancel import CancelRelay
-from poolproxy.proxy.transaction.server import KeyedPool, KeyedPools, LoginFailed, ServerConnection
+from poolproxy.proxy.transaction.server import (KeyedPool, KeyedPools, LoginFailed, ServerConnection,
+                                              no_delay)
 from poolproxy.proxy.transaction.stats import ClientCounts, TransactionStats
 from poolproxy.util.reactors import default_reactor
 
@@ -96,20 +98,6 @@ def _worker_number() -> int:
         return int(json.loads(raw)["worker"])
     except (ValueError, KeyError, TypeError):
         return 0
-
-
-def no_delay(transport: Any) -> None:
-    """
-    Small replies go out at once: a request-reply protocol waits on every
-    one (Nagle's algorithm would hold a reply back behind the peer's
-    delayed ACK, 40 ms).  PostgreSQL and libpq set it on their sockets too.
-    """
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except OSError:
-            pass  # not TCP (a unix socket)
 
 
 def _set_statement(name: bytes, value: bytes) -> bytes:
@@ -1013,7 +1001,6 @@ class TransactionFrontend(Protocol):
         pass
 
     def sent_mark(self) -> Optional[int]:
-        from poolproxy.proxy.output import unsent_bytes
         unsent = unsent_bytes(self.transport)
         return None if unsent is None else -unsent
 

@@ -49,6 +49,21 @@ PoolKey = Tuple[bytes, bytes]
 ASKED, HANDSHAKE = "asked", "handshake"
 
 
+def no_delay(transport: Any) -> None:
+    """
+    Small replies go out at once: a request-reply protocol waits on every
+    one (Nagle's algorithm would hold a reply back behind the peer's
+    delayed ACK, 40 ms).  PostgreSQL and libpq set it on their sockets too.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not TCP (a unix socket)
+
+
+
 class LoginFailed(Exception):
     """
     A server refused a login.  C{failure} is its ErrorResponse, which the
@@ -108,12 +123,7 @@ class ServerConnection(BackendProtocol):
 
     def connectionMade(self) -> None:
         assert self._login is not None
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)  # as TransactionFrontend's: replies go out at once
-            except OSError:
-                pass
+        no_delay(self.transport)
         if self.tls is not None:
             # TLS first, and the StartupMessage only once it is up.
             self._tls_step = ASKED
