@@ -11,6 +11,7 @@ the samples in which poolproxy was not waiting in epoll_wait, as markdown.
     .venv/bin/pip install py-spy
     .venv/bin/python bench/pg_profile.py --seconds 20
     .venv/bin/python bench/pg_profile.py --mode prepared --top 30
+    .venv/bin/python bench/pg_profile.py --connect        # -C: the login path
 
 py-spy samples the running process from outside (--rate per second) and
 slows it: compare the TPS it prints with the bench's, not with another
@@ -77,6 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="profiled seconds")
     parser.add_argument("--mode", default="simple", help="pgbench -M (default simple)")
+    parser.add_argument("--connect", action="store_true",
+                        help="pgbench -C: a new connection per transaction (the login path)")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=20, help="functions to list")
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
@@ -90,7 +93,7 @@ def main() -> None:
         pg = start_postgres(procs, PG_SCALE)
         proxy = start_poolproxy(procs, args.python, "postgres", pg.port, REACTOR,
                                 pool_size=PG_POOL_SIZE, pool_min_idle=0, auth_file=pg.userlist)
-        load = ["-S", "-M", args.mode]
+        load = ["-S", "-M", args.mode] + (["-C"] if args.connect else [])
         warm_up(lambda s: pgbench(pg, proxy.port, "warm-up", load, s), 3.0)
         bench = subprocess.Popen(pinned(LOAD_CPU, [
             need_pg("pgbench"), "-h", "127.0.0.1", "-p", str(proxy.port), "-U", pg.user,

@@ -390,6 +390,16 @@ class HostileInputTests(SynchronousTestCase):
                 ScramServerExchange(self.secret).first(message)
             self.assertEqual(raised.exception.sqlstate, "08P01")
 
+    def test_client_nonce_bytes(self) -> None:
+        """A client nonce of any one byte is taken exactly when RFC 5802 calls it printable."""
+        for byte in range(256):
+            message = b"n,,n=,r=ab" + bytes([byte])
+            if 0x21 <= byte <= 0x7E and byte != 0x2C:
+                self.assertTrue(ScramServerExchange(self.secret).first(message))
+            else:
+                with self.assertRaises(AuthProtocolViolation, msg=repr(message)):
+                    ScramServerExchange(self.secret).first(message)
+
     def test_channel_binding_refused(self) -> None:
         """A client that requires channel binding (p=) is told it is not offered."""
         with self.assertRaises(AuthProtocolViolation) as raised:

@@ -144,6 +144,8 @@ def cancel_request(pid: int, key: bytes) -> bytes:
 TERMINATE = b"X\x00\x00\x00\x04"
 SYNC = b"S\x00\x00\x00\x04"
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+AUTHENTICATION_OK = b"R\x00\x00\x00\x08\x00\x00\x00\x00"
+READY_IDLE = b"Z\x00\x00\x00\x05I"
 BIND_COMPLETE = b"2\x00\x00\x00\x04"
 CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
 

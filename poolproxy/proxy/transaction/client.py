@@ -58,6 +58,7 @@ from poolproxy.proxy.transaction.server import (KeyedPool, KeyedPools, LoginFail
                                               no_delay)
 from poolproxy.proxy.transaction.stats import ClientCounts, TransactionStats
 from poolproxy.util.reactors import default_reactor
+from poolproxy.util.writethrough import write_through
 
 if TYPE_CHECKING:
     from poolproxy.backends.cluster import Backend, Cluster
@@ -343,7 +344,7 @@ class TransactionFrontend(Protocol):
         self.auth = auth
         first = auth.start()
         if first:
-            self.transport.write(first)
+            write_through(self.transport, first)
         self._auth_messages()
 
     def _auth_failed(self, why: str, log: bool = True) -> None:
@@ -367,15 +368,16 @@ class TransactionFrontend(Protocol):
             if len(self._buffer) > self.AUTH_MESSAGE_MAX:
                 self._fatal("malformed", "unexpected messages during authentication")
             return
+        replies: List[bytes] = []
         while self.state == AUTH and not auth.done and auth.error is None:
             if len(self._buffer) < 5:
-                return
+                break
             length = _INT32.unpack_from(self._buffer, 1)[0]
             if length < 4 or length > self.AUTH_MESSAGE_MAX:
                 self._fatal("malformed", "invalid authentication message length")
                 return
             if len(self._buffer) < 1 + length:
-                return
+                break
             kind, body = self._buffer[:1], self._buffer[5:1 + length]
             self._buffer = self._buffer[1 + length:]
             if kind != b"p":
@@ -383,26 +385,31 @@ class TransactionFrontend(Protocol):
                 return
             reply = auth.receive(body)
             if reply:
-                self.transport.write(reply)
+                replies.append(reply)
         if auth.error is not None:
             self._auth_failed(auth.error)
-        elif auth.done:
+            return
+        if auth.done:
             self.factory.users.remember(self.user, auth)
             self.state = WELCOME
             keyed = self._keyed()
             if keyed is None:
                 return
             if keyed.parameters is not None:
-                self._welcome(keyed.parameters)
-            else:
-                # The first client of this (database, user): a server login
-                # tells what to say (and whether the database exists).
-                self._need_connection()
+                # SASLFinal and the welcome in one send.
+                self._welcome(keyed.parameters, replies)
+                return
+            # The first client of this (database, user): a server login
+            # tells what to say (and whether the database exists).
+            self._need_connection()
+        if replies:
+            write_through(self.transport, b"".join(replies))
 
-    def _welcome(self, parameters: Dict[bytes, bytes]) -> None:
+    def _welcome(self, parameters: Dict[bytes, bytes], before: Optional[List[bytes]] = None) -> None:
         if self.state != WELCOME:
             return
-        out = [pg.authentication(pg.AUTH_OK)]
+        out = before if before is not None else []
+        out.append(pg.AUTHENTICATION_OK)
         shown = dict(parameters)
         shown.update(self.wanted)
         for name, value in shown.items():
@@ -412,8 +419,8 @@ class TransactionFrontend(Protocol):
         self.key = (pid, key)
         self.factory.cancel_keys[self.key] = self
         out.append(pg.backend_key_data(pid, key))
-        out.append(pg.ready_for_query())
-        self.transport.write(b"".join(out))
+        out.append(pg.READY_IDLE)
+        write_through(self.transport, b"".join(out))
         self.state = READY
         self._cancel_login_timer()
         if self.factory.session_pooling:
@@ -733,12 +740,11 @@ class TransactionFrontend(Protocol):
     def _flush(self) -> None:
         out = self._out
         if out and self._server is not None:
-            transport = self._server.transport
-            if len(out) == 1:
-                transport.write(out[0])
-            else:
-                transport.write(b"".join(out))
-            self.stats.bytes_upstream += sum(len(b) for b in out) if len(out) > 1 else len(out[0])
+            # The connection is this client's alone: nothing is gained by
+            # waiting for the reactor to send what one read of it brought.
+            data = out[0] if len(out) == 1 else b"".join(out)
+            write_through(self._server.transport, data)
+            self.stats.bytes_upstream += len(data)
             out.clear()
 
     # -- getting a server connection -------------------------------------------------
@@ -918,7 +924,7 @@ class TransactionFrontend(Protocol):
 
     def from_server(self, data: bytes) -> None:
         self.stats.bytes_downstream += len(data)
-        self.transport.write(data)
+        write_through(self.transport, data)
 
     def replied(self, server: ServerConnection) -> None:
         """The server's replies so far are passed on."""
