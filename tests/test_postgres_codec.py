@@ -19,7 +19,8 @@ from poolproxy.codecs.postgres_auth import ScramSecret, ScramServerExchange
 from poolproxy.codecs.postgres_login import LoginCredentials, ServerLogin
 from poolproxy.codecs.postgres_replies import (BIND, CLOSE, DESCRIBE, EXECUTE, PARSE, QUERY,
                                                SWALLOW, SYNC, ParseSent, Replies)
-from poolproxy.codecs.postgres_statements import (ServerStatements, StatementNames,
+from poolproxy.codecs.postgres_statements import (ClientStatements, ServerStatements,
+                                                  StatementLimit, StatementNames,
                                                   bind_statement, make_parse, parse_fields,
                                                   rename_bind)
 
@@ -362,6 +363,51 @@ class StatementTests(SynchronousTestCase):
         self.assertIsNone(names.known(b"select 1\x00\x00\x00"))
         names.parsed(a)
         self.assertEqual(names.known(b"select 1\x00\x00\x00"), a)
+
+    def test_definitions_bounded_by_count(self) -> None:
+        """Past max_definitions the oldest is forgotten: renamed on its next use."""
+        names = StatementNames(max_definitions=3)
+        first = names.name_for(b"q0\0\0\0")
+        names.parsed(first)
+        for i in range(1, 4):
+            names.name_for(b"q%d\0\0\0" % i)
+        self.assertEqual(len(names), 3)
+        self.assertEqual(names.forgotten, 1)
+        self.assertIsNone(names.known(b"q0\0\0\0"))  # forgotten: not answered locally
+        again = names.name_for(b"q0\0\0\0")
+        self.assertNotEqual(again, first)
+        self.assertEqual(len(names), 3)
+
+    def test_definitions_bounded_by_bytes(self) -> None:
+        """A million distinct 1 KiB definitions keep at most max_bytes of them."""
+        names = StatementNames(max_bytes=64 * 1024)
+        for i in range(10_000):
+            names.name_for(b"%08d" % i + b"x" * 1016)
+        self.assertLessEqual(names.size, 64 * 1024)
+        self.assertEqual(len(names), 64)
+        self.assertEqual(names.forgotten, 10_000 - 64)
+
+    def test_renew_keeps_the_count(self) -> None:
+        names = StatementNames(max_definitions=2)
+        a = names.name_for(b"a")
+        names.parsed(a)
+        renewed = names.renew(b"a")
+        self.assertNotEqual(renewed, a)
+        self.assertEqual((len(names), names.size, names.forgotten), (1, 1, 0))
+        self.assertIsNone(names.known(b"a"))  # the new name is not parsed anywhere yet
+
+    def test_client_statements_bounded(self) -> None:
+        statements = ClientStatements(max_statements=2, max_bytes=100)
+        statements.add(b"s1", b"select 1\0\0\0")
+        statements.add(b"s2", b"select 2\0\0\0")
+        with self.assertRaises(StatementLimit):
+            statements.add(b"s3", b"select 3\0\0\0")
+        statements.forget(b"s1")
+        statements.add(b"s3", b"select 3\0\0\0")
+        with self.assertRaises(StatementLimit):
+            ClientStatements(max_bytes=100).add(b"big", b"x" * 100)
+        statements.clear()
+        statements.add(b"s4", b"y" * 90)  # clear gave the bytes back
 
     def test_lru(self) -> None:
         s = ServerStatements(limit=2)

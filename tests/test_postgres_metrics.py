@@ -188,6 +188,19 @@ class CountingTests(SynchronousTestCase):
         self.assertAlmostEqual(h.sample("poolproxy_postgres_transaction_seconds_sum", **labels),
                                0.05)
 
+    def test_statement_definitions(self) -> None:
+        """Distinct named-statement definitions, and those the bound forgot."""
+        h = Harness()
+        client = h.logged_in()
+        h.factory.statement_names.max_definitions = 1
+        [server] = h.endpoint.transports
+        for name, sql in [(b"s1", b"select 1"), (b"s2", b"select 2")]:
+            client.send(pg.message(b"P", name + b"\0" + sql + b"\0\0\0") + pg.SYNC)
+            answer(server, pg.PARSE_COMPLETE + pg.ready_for_query())
+        self.assertEqual(h.sample("poolproxy_postgres_statement_definitions", listener="front"), 1)
+        self.assertEqual(h.sample("poolproxy_postgres_statement_definitions_forgotten_total",
+                                  listener="front"), 1)
+
     def test_a_transaction_block(self) -> None:
         """BEGIN ... COMMIT over several reads: one lease, one transaction, three queries."""
         h = Harness()

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.backends.pool import BackendPool, BackendProtocol
 from poolproxy.codecs import postgres as pg
+from poolproxy.codecs.postgres_statements import ClientStatements
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.transaction.auth import Users
 from poolproxy.proxy.transaction.client import TransactionFactory, TransactionFrontend
@@ -169,6 +170,41 @@ class LeaseTests(SynchronousTestCase):
 
 
 class HostileClientTests(SynchronousTestCase):
+    def test_statements_per_client_bounded(self) -> None:
+        """
+        A client past its bound of named statements gets 54000 for the next
+        Parse, the rest of its batch skipped to Sync as PostgreSQL would, and
+        nothing of it reaches the server; closing one makes room.
+        """
+        rig = Rig()
+        client, out = rig.logged_in()
+        [server] = rig.endpoint.open_transports()
+        client.statements = ClientStatements(max_statements=1)
+        client.dataReceived(pg.message(b"P", b"s1\0select 1\0\0\0") + pg.SYNC)
+        self.assertIn(b"select 1", server.value())
+        server.protocol.dataReceived(pg.PARSE_COMPLETE + pg.ready_for_query())
+        self.assertEqual(kinds(out.value()), b"1Z")
+        out.clear()
+        server.clear()
+        client.dataReceived(pg.message(b"P", b"s2\0select 2\0\0\0")
+                            + pg.message(b"B", b"\0s2\0\0\0\0\0\0\0")
+                            + pg.message(b"E", b"\0\0\0\0\0") + pg.SYNC)
+        self.assertNotIn(b"select 2", server.value())
+        self.assertNotIn(b"s2", server.value())
+        server.protocol.dataReceived(pg.ready_for_query())  # the server's answer to the Sync
+        got = messages(out.value())
+        self.assertEqual([k for k, _ in got], [b"E", b"Z"])
+        self.assertEqual(pg.error_fields(got[0][1])["C"], "54000")
+        self.assertEqual(list(client.statements.named), [b"s1"])
+        out.clear()
+        client.dataReceived(pg.message(b"C", b"Ss1\0") + pg.SYNC)
+        self.assertEqual(kinds(out.value()), b"3Z")
+        out.clear()
+        client.dataReceived(pg.message(b"P", b"s2\0select 2\0\0\0") + pg.SYNC)
+        server.protocol.dataReceived(pg.PARSE_COMPLETE + pg.ready_for_query())
+        self.assertEqual(kinds(out.value()), b"1Z")
+        self.assertEqual(list(client.statements.named), [b"s2"])
+
     def test_garbage_start_up(self) -> None:
         rig = Rig()
         client, out = rig.client()

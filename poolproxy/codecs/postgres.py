@@ -64,6 +64,7 @@ ADMIN_SHUTDOWN = b"57P01"
 PROTOCOL_VIOLATION = b"08P01"
 FEATURE_NOT_SUPPORTED = b"0A000"
 DUPLICATE_STATEMENT = b"42P05"
+PROGRAM_LIMIT_EXCEEDED = b"54000"
 
 
 # -- building messages ---------------------------------------------------------

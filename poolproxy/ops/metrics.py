@@ -293,12 +293,23 @@ class ProxyCollector:
         cancels = CounterMetricFamily("poolproxy_postgres_cancels",
                                       "CancelRequests received, by outcome.",
                                       labels=["listener", "outcome"])
+        definitions = GaugeMetricFamily("poolproxy_postgres_statement_definitions",
+                                        "Distinct prepared-statement definitions the proxy "
+                                        "names on its server connections.", labels=["listener"])
+        forgotten = CounterMetricFamily("poolproxy_postgres_statement_definitions_forgotten",
+                                        "Definitions forgotten to stay within the bound "
+                                        "(renamed, and parsed again, on their next use).",
+                                        labels=["listener"])
         any_listener = False
         for listener in self.service.listeners:
             stats = listener.stats
             if not isinstance(stats, TransactionStats):
                 continue
             any_listener = True
+            names = stats.statement_names
+            if names is not None:
+                definitions.add_metric([listener.name], len(names))
+                forgotten.add_metric([listener.name], names.forgotten)
             for (database, user), counts in stats.keys.items():
                 labels = [listener.name, database.decode("utf-8", "replace"),
                           user.decode("utf-8", "replace")]
@@ -328,7 +339,8 @@ class ProxyCollector:
                 resets.add_metric(serving.labels + [kind], n)
             pinned_now.add_metric(serving.labels, pinned_clients(keyed))
         if any_listener:
-            yield from (transactions, queries, wait, held, pinned, cancels)
+            yield from (transactions, queries, wait, held, pinned, cancels, definitions,
+                        forgotten)
         if any_listener or any_pool:
             yield from (resets, pinned_now)
 

@@ -45,7 +45,7 @@ from poolproxy.codecs.postgres_auth import Credential
 from poolproxy.codecs.postgres_replies import (BIND, DESCRIBE, EXECUTE, FUNCTION, PARSE, QUERY,
                                                SWALLOW, SYNC, CLOSE, ParseSent)
 from poolproxy.codecs.postgres_sql import deallocated, deallocates_all, session_effect
-from poolproxy.codecs.postgres_statements import (ClientStatements, StatementNames,
+from poolproxy.codecs.postgres_statements import (ClientStatements, StatementLimit, StatementNames,
                                                   bind_statement, make_close, make_parse,
                                                   named_target, parse_fields, parse_query,
                                                   rename_bind)
@@ -514,7 +514,7 @@ class TransactionFrontend(Protocol):
                 target, name = named_target(msg[5:])
             except ValueError:
                 return False
-            self.statements.named.pop(name, None)
+            self.statements.forget(name)
             self.transport.write(pg.CLOSE_COMPLETE)
             return True
         if kind == PARSE and msg[5:6] != b"\0" and self.pinned is None:
@@ -529,7 +529,10 @@ class TransactionFrontend(Protocol):
             self._check_session_effect(parse_query(definition))
             if self.pinned is not None:
                 return False  # a statement that pins goes to the server
-            self.statements.named[name] = definition
+            try:
+                self.statements.add(name, definition)
+            except StatementLimit:
+                return False  # refused in order, with the server's replies (_parse)
             self.transport.write(pg.PARSE_COMPLETE)
             return True
         return False
@@ -620,8 +623,12 @@ class TransactionFrontend(Protocol):
                               f"prepared statement \"{name.decode('utf-8', 'replace')}\" "
                               "already exists")
             return
+        try:
+            self.statements.add(name, definition)
+        except StatementLimit as e:
+            self._local_error(server, pg.PROGRAM_LIMIT_EXCEEDED, str(e))
+            return
         global_name = self.factory.statement_names.name_for(definition)
-        self.statements.named[name] = definition
         if global_name in server.statements:
             server.statements.use(global_name)
             replies.local(pg.PARSE_COMPLETE)
@@ -640,7 +647,7 @@ class TransactionFrontend(Protocol):
         def failed(name: bytes) -> None:
             server.statements.discard(name)
             if client_name is not None and statements.named.get(client_name) == definition:
-                del statements.named[client_name]
+                statements.forget(client_name)
         server.replies.sent_parse(ParseSent(global_name, swallow, failed,
                                             self.factory.statement_names.parsed))
 
@@ -687,7 +694,7 @@ class TransactionFrontend(Protocol):
             return
         if target == b"S":
             if kind == CLOSE and name:
-                self.statements.named.pop(name, None)
+                self.statements.forget(name)
                 server.replies.local(pg.CLOSE_COMPLETE)
                 return
             global_name = self._ensure(server, name)
@@ -728,7 +735,7 @@ class TransactionFrontend(Protocol):
         name = deallocated(sql) if b"llocate" in sql or b"LLOCATE" in sql else None
         if name is None or name not in self.statements.named:
             return False
-        del self.statements.named[name]
+        self.statements.forget(name)
         server = self._server
         done = pg.message(b"C", b"DEALLOCATE\0")
         if server is None:
@@ -1092,6 +1099,7 @@ class TransactionFactory(Factory):
         self.clients: "set[TransactionFrontend]" = set()
         self.sends = SendTimeouts(self.clock, send_timeout, self.stats)
         self.statement_names = statement_names or StatementNames()
+        self.stats.statement_names = self.statement_names
         self.cancel_keys: Dict[Tuple[int, bytes], TransactionFrontend] = {}
         #: Batches run again after a stale cached plan.
         self.retries = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from poolproxy.codecs.postgres_sql import LABELS
+from poolproxy.codecs.postgres_statements import StatementNames
 from poolproxy.stats import Histogram, ListenerStats, Tally
 
 #: Why a client keeps its server connection until it leaves: a statement
@@ -120,15 +121,19 @@ class TransactionStats(ListenerStats):
     @ivar pinned: clients pinned to their server connection, by reason
         (L{PIN_REASONS}).
     @ivar cancels: CancelRequests received, by outcome (L{CANCEL_OUTCOMES}).
+    @ivar statement_names: the listener's L{StatementNames}, whose size and
+        count of forgotten definitions the collector reads; L{None} until
+        the listener's factory sets it.
     """
 
-    __slots__ = ("keys", "pinned", "cancels")
+    __slots__ = ("keys", "pinned", "cancels", "statement_names")
 
     def __init__(self) -> None:
         super().__init__()
         self.keys: Dict[Tuple[bytes, bytes], KeyCounts] = {}
         self.pinned = Tally(*PIN_REASONS)
         self.cancels = Tally(*CANCEL_OUTCOMES)
+        self.statement_names: Optional[StatementNames] = None
 
     def key(self, database: bytes, user: bytes) -> KeyCounts:
         """The counts of (C{database}, C{user}), made on first use."""
