@@ -138,7 +138,7 @@ class ClusterAssembly:
                 may_open=lambda: self.cluster.may_eject())
         if s("check_interval"):
             backend.health = HealthCheck(
-                spec.name, self.mode.probe(endpoint, self.context),
+                spec.name, self.mode.probe(endpoint, self.context, tls),
                 interval=s("check_interval"), timeout=s("check_timeout"),
                 rise=s("check_rise"), fall=s("check_fall"), clock=self.reactor,
                 on_change=lambda old, new, why: _health_changed(backend, old, new, why))

@@ -669,6 +669,29 @@ class PostgresProbeTests(SynchronousTestCase):
         self.successResultOf(d)
         transport.lose()
 
+    def test_tls_asked_for_first(self) -> None:
+        """
+        With backend_tls the probe sends an SSLRequest and nothing else until
+        the answer; a server that says N, or sends bytes after its S (not
+        under TLS: CVE-2021-23222's class), or anything else, fails it, and
+        no login goes out in plain text.  (The handshake and the login
+        under it: tests/test_interop_postgres_tls.py.)
+        """
+        creator = object()
+        for answer, why in [(b"N", "does not accept TLS"),
+                            (b"S" + pg.authentication(pg.AUTH_OK), "unencrypted data after"),
+                            (b"E", "neither S nor N")]:
+            d = postgres_probe(self.endpoint, lambda: ServerLogin(
+                b"checker", b"postgres", LoginCredentials(password="pw")),
+                tls=creator)()  # type: ignore[arg-type]
+            [transport] = self.endpoint.succeed()
+            self.assertEqual(transport.value(), pg.ssl_request())
+            transport.clear()
+            transport.protocol.dataReceived(answer)
+            self.assertIn(why, self.failureResultOf(d, ProbeFailed).getErrorMessage())
+            self.assertEqual(transport.value(), b"")
+            transport.lose()
+
     def test_login_refused(self) -> None:
         """A refused login fails the probe with the server's SQLSTATE and message."""
         d = self.probe()

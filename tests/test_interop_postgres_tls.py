@@ -267,6 +267,34 @@ class ServerTlsTests(SynchronousTestCase):
             self.assertEqual(conn.execute("select 1").fetchone(), (1,))
         self.assertEqual(lines(pp, "is down"), [])
 
+    def test_checks_log_in_under_tls(self) -> None:
+        """
+        A server that takes TCP logins over TLS only (hostssl): the login
+        health checks (auth_user) ask for TLS as the pool's connections do,
+        so the backend stays healthy and every connection of the proxy,
+        the checks' included, is encrypted.  Before, the checks logged in
+        in plain text, were refused, and took the backend out.
+        """
+        with open(os.path.join(self.server.data, "pg_hba.conf"), "w") as f:
+            f.write("local all all trust\n"
+                    "hostssl all all 127.0.0.1/32 scram-sha-256\n")
+        self.server.psql("select pg_reload_conf()")
+        users = os.path.abspath(self.mktemp())
+        with open(users, "w") as f:
+            f.write(f'"app" "{self.server.password("app")}"\n')
+        pp = ProxyProcess(self, "postgres", [self.server.port], "--auth-file", users,
+                          "--pool-size", "2", "--mux-connections", "1",
+                          "--backend-tls", f"ca_file={self.ca.ca_file}",
+                          "--auth-user", "app", "--check-interval", "0.2", "--check-fall", "1")
+        wait_until(lambda: pp.metric("poolproxy_backend_health_checks_total", result="ok") >= 3,
+                   pp.process.proc, "three health checks", log=pp.process.log)
+        self.assertEqual(pp.metric("poolproxy_backend_health_state", state="healthy"), 1)
+        run = psql(self.server, pp.port, "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+                   sslmode="disable")
+        self.assertEqual((run.returncode, run.stdout.strip()), (0, "t"), run.stderr + pp.log())
+        self.assertEqual(lines(pp, "login failed"), [])
+        self.assertEqual(lines(pp, "is down"), [])
+
     def test_tls_both_sides(self) -> None:
         """psql with verify-full to the proxy, the proxy with verified TLS to the server."""
         cert, key = self.ca.issue("localhost", "127.0.0.1")

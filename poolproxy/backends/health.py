@@ -41,7 +41,8 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (IDelayedCall, IOpenSSLClientConnectionCreator, IReactorTime,
+                                         IStreamClientEndpoint)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -170,23 +171,52 @@ class _PostgresProbeProtocol(_ProbeProtocol):
     """
     Logs in (a L{ISetupConversation}), sends one simple Query, and passes
     on its DataRow, CommandComplete and ReadyForQuery; then says Terminate.
+    With C{tls}, it asks for TLS first (SSLRequest) and logs in under it,
+    as the pool's connections do: a server that takes logins only over
+    TLS (C{hostssl}) would refuse a plain one, and the check would take a
+    healthy backend out.
     """
 
-    def __init__(self, login: ISetupConversation, query: bytes) -> None:
+    def __init__(self, login: ISetupConversation, query: bytes,
+                 tls: Optional[IOpenSSLClientConnectionCreator] = None) -> None:
         self._login = login
         self._query = query
+        self._tls = tls
         self._reader = pg.MessageReader(64 * 1024)
         self._rows = 0
         self._complete = False
 
     def start(self) -> None:
         assert self.transport is not None
+        if self._tls is not None:
+            self.transport.write(pg.ssl_request())
+            return
         self.transport.write(self._login.start())
+
+    def _tls_answer(self, data: bytes) -> None:
+        """The answer to the SSLRequest: C{S} alone, then TLS; anything else fails."""
+        transport: Any = self.transport  # a TCP transport: an ITLSTransport
+        if data == b"S":
+            transport.startTLS(self._tls)
+            self._tls = None
+            # Written under TLS once the handshake (and the certificate's
+            # verification) is done; a failed one loses the connection.
+            transport.write(self._login.start())
+        elif data[:1] == b"S":
+            self.failed("the server sent unencrypted data after its TLS answer")
+        elif data[:1] == b"N":
+            self.failed("the server does not accept TLS (it answered SSLRequest with N); "
+                        "backend_tls is set")
+        else:
+            self.failed(f"the server answered SSLRequest with {data[:1]!r}, neither S nor N")
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished():
             return
         assert self.transport is not None
+        if self._tls is not None:
+            self._tls_answer(data)
+            return
         login = self._login
         if not login.done:
             reply = login.receive(data)
@@ -368,19 +398,21 @@ def http_probe(endpoint: IStreamClientEndpoint, path: bytes = b"/",
 
 
 def postgres_probe(endpoint: IStreamClientEndpoint, login: Callable[[], ISetupConversation],
-                   query: bytes = b"SELECT 1") -> Probe:
+                   query: bytes = b"SELECT 1",
+                   tls: Optional[IOpenSSLClientConnectionCreator] = None) -> Probe:
     """
     A probe that logs in with the conversation C{login()} makes (a
     PostgreSQL L{poolproxy.codecs.postgres_login.ServerLogin}, made anew
     for each probe so that it uses the credentials of the moment), sends
     C{query} as a simple Query, and passes on a DataRow, CommandComplete
-    and ReadyForQuery; then it sends Terminate and closes.  A failed login
+    and ReadyForQuery; then it sends Terminate and closes; with C{tls},
+    all of it under TLS asked for with SSLRequest.  A failed login
     (its reason: the server's SQLSTATE and message) or an ErrorResponse
     fails it.
     """
 
     def probe() -> "Deferred[None]":
-        return _ProbeRun(endpoint, _PostgresProbeProtocol(login(), query)).result
+        return _ProbeRun(endpoint, _PostgresProbeProtocol(login(), query, tls)).result
 
     return probe
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Collection, Dict, List, Optional, Protocol, cast
 
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from poolproxy.backends import health
@@ -100,8 +100,10 @@ class FrontendFactory(Protocol):
 Frontend = Callable[[str, Cluster, ClusterContext], FrontendFactory]
 #: A mode's backend protocol: what makes each new connection of a backend's pool.
 BackendProtocolFactory = Callable[[Backend, ClusterContext], Callable[[], BackendProtocol]]
-#: A mode's active health probe for one backend's endpoint.
-ProbeFactory = Callable[[IStreamClientEndpoint, ClusterContext], health.Probe]
+#: A mode's active health probe for one backend's endpoint, and the TLS its
+#: connections ask for themselves (a mode that L{Mode.starts_tls}; else None).
+ProbeFactory = Callable[[IStreamClientEndpoint, ClusterContext,
+                         Optional[IOpenSSLClientConnectionCreator]], health.Probe]
 #: What a mode keeps beside a backend's pool.
 Shared = Callable[[Backend, ClusterContext], SharedConnections]
 
@@ -121,7 +123,7 @@ class Mode:
     @ivar starts_tls: its backend connections ask for TLS themselves
         (PostgreSQL's SSLRequest): C{backend_tls} is given to them
         (L{Backend.tls}) rather than wrapped around the backend's endpoint,
-        and the health probe's connect is plain.
+        and to the health probe, which asks for it as they do.
     """
 
     name: str
@@ -145,7 +147,8 @@ def _session_backend(backend: Backend, context: ClusterContext) -> Callable[[], 
     return SessionBackend
 
 
-def _tcp_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> health.Probe:
+def _tcp_probe(endpoint: IStreamClientEndpoint, context: ClusterContext,
+               tls: Optional[IOpenSSLClientConnectionCreator] = None) -> health.Probe:
     return health.tcp_probe(endpoint)
 
 
@@ -170,7 +173,8 @@ def _request_backend(backend: Backend, context: ClusterContext) -> Callable[[], 
     return lambda: HttpBackend(codec)
 
 
-def _http_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> health.Probe:
+def _http_probe(endpoint: IStreamClientEndpoint, context: ClusterContext,
+                tls: Optional[IOpenSSLClientConnectionCreator] = None) -> health.Probe:
     return health.http_probe(endpoint, context.setting("check_path").encode("utf-8"))
 
 
@@ -205,7 +209,8 @@ def _multiplexer(backend: Backend, context: ClusterContext) -> SharedConnections
                        variant_setup=variant_setup, clock=context.reactor)
 
 
-def _codec_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> health.Probe:
+def _codec_probe(endpoint: IStreamClientEndpoint, context: ClusterContext,
+                 tls: Optional[IOpenSSLClientConnectionCreator] = None) -> health.Probe:
     codec = context.codec
     if not IProbingCodec.providedBy(codec) or codec.probe() is None:
         return health.tcp_probe(endpoint)
@@ -257,7 +262,8 @@ def _keyed_pools(backend: Backend, context: ClusterContext) -> SharedConnections
                       context.setting("max_prepared_statements"))
 
 
-def _transaction_probe(endpoint: IStreamClientEndpoint, context: ClusterContext) -> health.Probe:
+def _transaction_probe(endpoint: IStreamClientEndpoint, context: ClusterContext,
+                       tls: Optional[IOpenSSLClientConnectionCreator] = None) -> health.Probe:
     """
     Log in as the check user (auth_user, else backend_username) to
     check_database and run SELECT 1; with neither user, a TCP connect,
@@ -279,7 +285,7 @@ def _transaction_probe(endpoint: IStreamClientEndpoint, context: ClusterContext)
         credentials = users.credentials(name)
         return ServerLogin(credentials.user or name, database, credentials)
 
-    return health.postgres_probe(endpoint, login)
+    return health.postgres_probe(endpoint, login, tls=tls)
 
 
 MODES: Dict[str, Mode] = {mode.name: mode for mode in (
