@@ -218,6 +218,44 @@ class MD5AndPasswordTests(TestCase):
             self.assertEqual(conn.execute("select current_user").fetchone(), ("other",))
 
 
+class ConnectionWatch:
+    """
+    The most connections of C{user} the server had at once, sampled from
+    pg_stat_activity (as the superuser, on its own connection) every 50 ms
+    while the C{with} block runs: "never more than N" checked throughout a
+    load, not only after it.
+    """
+
+    def __init__(self, server: Any, user: str) -> None:
+        self.server, self.user = server, user
+        self.most = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "ConnectionWatch":
+        psycopg = module("psycopg")
+        self._conn = psycopg.connect(self.server.dsn(user=self.server.superuser,
+                                                     database="postgres", sslmode="disable"),
+                                     autocommit=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        query = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                 "AND usename = %s")
+        while not self._stop.is_set():
+            [(count,)] = self._conn.execute(query, (self.user,)).fetchall()
+            self.most = max(self.most, count)
+            self.samples += 1
+            self._stop.wait(0.05)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._conn.close()
+
+
 class PoolingTests(TestCase):
     """Transaction pooling with pgbench and the drivers."""
 
@@ -233,15 +271,18 @@ class PoolingTests(TestCase):
         """
         seconds = os.environ.get("POOLPROXY_PGBENCH_SECONDS", "3")
         transactions = 0
-        for mode in ("simple", "extended", "prepared"):
-            for script in (["-S"], []):
-                result = interop.pgbench(self.server, "-M", mode, "-c", "50", "-j", "2",
-                                         "-T", seconds, *script, port=self.proxy.port,
-                                         user="app", database="app")
-                self.assertEqual(result.failed, 0, result.output)
-                self.assertGreater(result.tps, 0, result.output)
-                transactions += result.transactions
-        self.assertLessEqual(self.server.backend_connections(user="app"), 4)
+        with ConnectionWatch(self.server, "app") as watch:
+            for mode in ("simple", "extended", "prepared"):
+                for script in (["-S"], []):
+                    result = interop.pgbench(self.server, "-M", mode, "-c", "50", "-j", "2",
+                                             "-T", seconds, *script, port=self.proxy.port,
+                                             user="app", database="app")
+                    self.assertEqual(result.failed, 0, result.output)
+                    self.assertGreater(result.tps, 0, result.output)
+                    transactions += result.transactions
+        self.assertGreater(watch.samples, 10)
+        self.assertGreater(watch.most, 0)
+        self.assertLessEqual(watch.most, 4)
         self.assertLessEqual(self.proxy.metric("poolproxy_pool_connections", state="active"), 4)
         # Each of pgbench's transactions ended with the server idle: one each at least.
         key = {"database": "app", "user": "app"}
