@@ -173,6 +173,56 @@ class ClientTlsTests(SynchronousTestCase):
             big = "x" * (4 * 1024 * 1024)
             self.assertEqual(conn.execute("select length(%s)", (big,)).fetchone(), (len(big),))
 
+    def test_psycopg_direct_tls(self) -> None:
+        """
+        PostgreSQL 17's direct TLS (psycopg 3's libpq 18, sslnegotiation=direct):
+        the handshake from the first byte, no SSLRequest, ALPN postgresql;
+        queries served, TLS in use, in require mode too.
+        """
+        psycopg = module("psycopg")
+        pp = self.start("--client-tls-mode", "require")
+        dsn = self.server.dsn(user="app", database="app", port=pp.port, host="localhost",
+                              sslmode="verify-full", sslrootcert=self.ca.ca_file,
+                              sslnegotiation="direct")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            self.assertTrue(conn.pgconn.ssl_in_use)
+            self.assertEqual(conn.execute("select 40 + 2").fetchone(), (42,))
+        self.assertEqual(lines(pp, "refused"), [])
+
+    def test_direct_tls_without_alpn_refused(self) -> None:
+        """
+        Direct TLS whose client offers no ALPN postgresql: FATAL 08P01 under
+        TLS, as PostgreSQL 17 says it, and counted (against cross-protocol
+        attacks: an HTTPS client sent here cannot start a session).
+        """
+        pp = self.start()
+        context = ssl.create_default_context(cafile=self.ca.ca_file)
+        with socket.create_connection(("127.0.0.1", pp.port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(pg.startup_message({b"user": b"app", b"database": b"app"}))
+                reader, got = pg.MessageReader(), []
+                while not got:
+                    got = reader.feed(s.recv(4096))
+        [(kind, body)] = got
+        fields = pg.error_fields(body)
+        self.assertEqual((kind, fields["C"]), (b"E", "08P01"))
+        self.assertIn("without ALPN", fields["M"])
+        wait_until(lambda: pp.metric("poolproxy_client_connections_refused_total",
+                                     reason="direct_tls_without_alpn") == 1,
+                   pp.process.proc, "the refusal counted", log=pp.process.log)
+
+    def test_direct_tls_without_certificate(self) -> None:
+        """No client_tls certificate: a direct TLS handshake is closed at once, counted."""
+        psycopg = module("psycopg")
+        pp = proxy(self, self.server)
+        dsn = self.server.dsn(user="app", database="app", port=pp.port, sslmode="require",
+                              sslnegotiation="direct")
+        with self.assertRaises(psycopg.OperationalError):
+            psycopg.connect(dsn)
+        wait_until(lambda: pp.metric("poolproxy_client_connections_refused_total",
+                                     reason="direct_tls_unavailable") == 1,
+                   pp.process.proc, "the refusal counted", log=pp.process.log)
+
     def test_plain_text_still_served_in_allow_mode(self) -> None:
         pp = self.start()
         run = psql(self.server, pp.port, "select 1", sslmode="disable")

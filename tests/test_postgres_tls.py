@@ -133,6 +133,23 @@ class ClientSideTests(SynchronousTestCase):
         self.assertTrue(self.started())
         self.assertFalse(transport.disconnecting)
 
+    def test_refused_client_that_never_closes_is_aborted(self) -> None:
+        """
+        A client refused under TLS whose close never comes (a TLS close waits
+        for the client's close_notify) is aborted at header_timeout.
+        """
+        client, transport = self.client()
+        client.dataReceived(pg.ssl_request())
+        client.dataReceived(struct.pack("!II", 8, 1234))  # no start-up packet
+        self.assertEqual(error_of(transport.encrypted)[1], "08P01")
+        aborted: List[bool] = []
+        transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        transport.connected = True
+        self.reactor.advance(self.factory.login_timeout - 0.1)
+        self.assertEqual(aborted, [])
+        self.reactor.advance(0.1)
+        self.assertEqual(aborted, [True])
+
     def test_ssl_request_in_pieces(self) -> None:
         """An SSLRequest that comes a byte at a time is answered once it is whole."""
         client, transport = self.client()

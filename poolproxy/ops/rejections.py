@@ -120,4 +120,6 @@ class RejectionSummary:
 _REFUSED = {"per_source": "max_connections_per_source",
             "limit": "past the connection limit",
             "tls_required": "no TLS, client_tls_mode = require",
-            "unencrypted_after_request": "bytes sent after SSLRequest before its answer"}
+            "unencrypted_after_request": "bytes sent after SSLRequest before its answer",
+            "direct_tls_unavailable": "direct TLS with no client_tls certificate",
+            "direct_tls_without_alpn": "direct TLS without ALPN postgresql"}

@@ -84,6 +84,10 @@ _RESETTING = frozenset(("reset", "discard", "deallocate"))
 
 # Client states.
 STARTUP, AUTH, WELCOME, READY, CLOSED = range(5)
+
+#: In a client's negotiated codes: TLS from its first byte (PostgreSQL 17's direct TLS).
+DIRECT_TLS = 0
+
 _EXTENDED = frozenset(b"PBDECH")
 
 
@@ -186,6 +190,12 @@ class TransactionFrontend(Protocol):
 
     def _login_timed_out(self) -> None:
         self._login_timer = None
+        if self.state == CLOSED and getattr(self.transport, "connected", False):
+            # Refused at start-up and told why, yet still here: under TLS a
+            # close waits for the client's close_notify, which a client that
+            # never closes never sends.
+            self.transport.abortConnection()
+            return
         if self.state in (STARTUP, AUTH):
             self.stats.timeouts.add("head")
             if self.state == STARTUP:
@@ -225,6 +235,14 @@ class TransactionFrontend(Protocol):
 
     def _startup(self, data: bytes) -> None:
         buffer = self._buffer + data
+        if not self._negotiated and buffer[:1] == b"\x16" and not self._encrypted():
+            # A TLS handshake record where a start-up packet's length would
+            # be (0x16...: over 369 MB, never a real one): PostgreSQL 17's
+            # direct TLS (sslnegotiation=direct), with no SSLRequest first.
+            self._direct_tls(buffer)
+            return
+        if self._negotiated and self._negotiated[-1] == DIRECT_TLS and not self._alpn_checked():
+            return
         while True:
             try:
                 startup, used = pg.read_startup(buffer)
@@ -286,6 +304,42 @@ class TransactionFrontend(Protocol):
         else:
             self.transport.write(b"N")
         return True
+
+    def _direct_tls(self, hello: bytes) -> None:
+        """
+        TLS from the client's first byte: started with the bytes read so far
+        (its ClientHello) given to the TLS layer, as PostgreSQL 17 does.
+        Without a certificate (or on a unix socket) there is nothing to
+        answer a handshake with: closed, as PostgreSQL closes it.
+        """
+        self._buffer = b""
+        tls = self.factory.tls
+        if tls is None or self._on_unix():
+            self.stats.refused.add("direct_tls_unavailable")
+            self.state = CLOSED
+            self.transport.loseConnection()
+            return
+        self._negotiated.append(DIRECT_TLS)
+        self.transport.startTLS(tls)
+        # startTLS put the TLS layer between the socket and this protocol:
+        # what was read before it is the layer's to read.
+        self.transport.protocol.dataReceived(hello)
+
+    def _alpn_checked(self) -> bool:
+        """
+        Direct TLS must have chosen ALPN C{postgresql} (PostgreSQL 17 insists,
+        against cross-protocol attacks); if not, the connection is refused.
+        """
+        try:
+            chosen = self.transport.getHandle().get_alpn_proto_negotiated()
+        except Exception:
+            chosen = None
+        if chosen == b"postgresql":
+            return True
+        self.stats.refused.add("direct_tls_without_alpn")
+        self._fatal_as(pg.PROTOCOL_VIOLATION, "received direct SSL connection request without "
+                                              "ALPN protocol negotiation extension")
+        return False
 
     def _encrypted(self) -> bool:
         return ISSLTransport.providedBy(self.transport)
