@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from poolproxy.backends.breaker import BreakerSettings, CircuitBreaker
 from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.backends.pool import BackendPool, BackendProtocol
 from poolproxy.codecs import postgres as pg
@@ -112,6 +113,43 @@ class LeaseTests(SynchronousTestCase):
                             + pg.SYNC)
         server.protocol.dataReceived(pg.BIND_COMPLETE + SELECT_1[22 + 5:] + pg.ready_for_query())
         self.assertEqual(pool.leased, 0)
+
+    def test_connect_failures_feed_the_breaker(self) -> None:
+        """
+        Server connections that cannot be made count against the backend's
+        breaker, as other modes' failed connects do: once it opens, clients
+        are told at once (57P03) instead of each waiting for a connect.
+        """
+        rig = Rig()
+        breaker = rig.backend.breaker = CircuitBreaker(BreakerSettings(2, 5.0, 5.0),
+                                                       clock=rig.clock)
+        for _ in range(2):
+            client, out = rig.client()
+            client.dataReceived(pg.startup_message({b"user": b"app", b"database": b"db"}))
+            rig.endpoint.fail()
+            [(kind, body)] = messages(out.value())
+            self.assertEqual(pg.error_fields(body)["C"], "57P03")
+        self.assertEqual(breaker.state, "open")
+        attempts = len(rig.endpoint.attempts)
+        client, out = rig.client()
+        client.dataReceived(pg.startup_message({b"user": b"app", b"database": b"db"}))
+        [(kind, body)] = messages(out.value())
+        self.assertEqual(pg.error_fields(body)["C"], "57P03")
+        self.assertEqual(len(rig.endpoint.attempts), attempts)  # no connect tried
+
+    def test_refused_user_does_not_feed_the_breaker(self) -> None:
+        """The server refusing this user (28P01) is the client's problem, not the server's."""
+        rig = Rig()
+        breaker = rig.backend.breaker = CircuitBreaker(BreakerSettings(1, 5.0, 5.0),
+                                                       clock=rig.clock)
+        client, out = rig.client()
+        client.dataReceived(pg.startup_message({b"user": b"app", b"database": b"db"}))
+        [transport] = rig.endpoint.succeed()
+        transport.protocol.dataReceived(pg.error_response(
+            b"28P01", 'password authentication failed for user "app"', b"FATAL"))
+        [(kind, body)] = messages(out.value())
+        self.assertEqual(pg.error_fields(body)["C"], "28P01")
+        self.assertEqual(breaker.state, "closed")
 
     def test_sync_alone_answered_without_a_connection(self) -> None:
         rig = Rig()

@@ -85,6 +85,11 @@ _RESETTING = frozenset(("reset", "discard", "deallocate"))
 # Client states.
 STARTUP, AUTH, WELCOME, READY, CLOSED = range(5)
 
+#: SQLSTATE classes of a refused login that say the server is unwell, not
+#: the client wrong: 53 insufficient resources (too many connections), 57
+#: operator intervention (starting up, shutting down), 08 connection.
+_UNWELL = (b"53", b"57", b"08")
+
 #: In a client's negotiated codes: TLS from its first byte (PostgreSQL 17's direct TLS).
 DIRECT_TLS = 0
 
@@ -933,12 +938,21 @@ class TransactionFrontend(Protocol):
 
     def _on_no_lease(self, failure: Failure, keyed: KeyedPool) -> None:
         self._waiting = None
+        backend = self._backend
         self._end_admission(reported=True)
         if failure.check(CancelledError):
             return
+        login = keyed.last_failure
+        if backend is not None and failure.check(BackendUnavailable, LoginFailed) and (
+                login is None or login.failure is None or login.sqlstate[:2] in _UNWELL):
+            # The server could not be reached or logged in to (refused,
+            # timed out, a failed TLS handshake, too many connections,
+            # starting up): passive health, as other modes' failed connects.
+            # Its refusal of this user or database (28P01, 3D000) says
+            # nothing of its health.
+            backend.failed(failure.getErrorMessage())
         if self._gone:
             return
-        login = keyed.last_failure
         if login is not None and login.failure is not None:
             # The server's own word: unknown database, wrong password...
             self.transport.write(login.failure)
