@@ -382,13 +382,27 @@ class FlagErrorTests(ConfigTestCase):
                                          "must not exceed pool-size (2)")
         self.assertTrue(message.startswith("--pool-min-idle:"), message)
 
+    def test_mux_connections_only_where_connections_are_shared(self) -> None:
+        """
+        mux_connections is a share of pool_size for redis and memcached only:
+        a pool of 1 needs no --mux-connections 1 for postgres, http or tcp.
+        """
+        for protocol in ("postgres", "http", "tcp"):
+            config = parse(BASE + ["--protocol", protocol, "--pool-size", "1"])
+            self.assertEqual(config.pool_size, 1)
+        for protocol in ("redis", "memcached"):
+            self.assertConfigError(BASE + ["--protocol", protocol, "--pool-size", "1"],
+                                   "must be at least mux-connections (2), got 1")
+
     def test_ordered_settings_name_what_was_given(self) -> None:
         """
         The checks between settings (the same as a cluster's) name the flag
         that was given: --pool-size 1 is below the default mux-connections,
         --breaker-max-reset-timeout below breaker-reset-timeout.
         """
-        self.assertFlagError("--pool-size", "1", "must be at least mux-connections (2), got 1")
+        message = self.assertConfigError(BASE + ["--protocol", "redis", "--pool-size", "1"],
+                                         "must be at least mux-connections (2), got 1")
+        self.assertTrue(message.startswith("--pool-size:"), message)
         self.assertFlagError("--breaker-max-reset-timeout", "2",
                              "must be at least breaker-reset-timeout (5), got 2")
         message = self.assertConfigError(

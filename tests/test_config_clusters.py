@@ -473,10 +473,14 @@ class OverrideTests(ClusterConfigTestCase):
                              "must not exceed pool-size (10), got 11")
         self.assertFileError("pool_min_idle = 3\n" + cluster_file("pool_size = 2\n"),
                              "cluster[0].pool_size", "must be at least pool-min-idle (3), got 2")
-        self.assertFileError(cluster_file("pool_size = 1\n"), "cluster[0].pool_size",
-                             "must be at least mux-connections (2), got 1")
-        self.assertFileError(cluster_file("pool_size = 4\nmux_connections = 5\n"),
-                             "cluster[0].mux_connections", "must not exceed pool-size (4), got 5")
+        self.assertFileError(cluster_file('protocol = "redis"\npool_size = 1\n'),
+                             "cluster[0].pool_size", "must be at least mux-connections (2), got 1")
+        self.assertFileError(
+            cluster_file('protocol = "redis"\npool_size = 4\nmux_connections = 5\n'),
+            "cluster[0].mux_connections", "must not exceed pool-size (4), got 5")
+        # A cluster whose clients do not share connections has no mux share.
+        config = self.parse_file(cluster_file('protocol = "postgres"\npool_size = 1\n'))
+        self.assertEqual(config.clusters[0].setting("pool_size", config), 1)
         self.assertFileError(cluster_file("breaker_max_reset_timeout = 2\n"),
                              "cluster[0].breaker_max_reset_timeout",
                              "must be at least breaker-reset-timeout (5), got 2")

@@ -25,7 +25,6 @@ from tests.interop import ProxyProcess, module, postgres_server
 def _proxy(testcase: Any, server: Any, *extra: str, kind: str = "scram",
            pool_size: int = 4) -> ProxyProcess:
     users = server.userlist(os.path.abspath(testcase.mktemp()), kind=kind)
-    # mux_connections (redis, memcached) must not exceed pool_size, even here.
     return ProxyProcess(testcase, "postgres", [server.port], "--auth-file", users,
                         "--pool-size", str(pool_size), "--mux-connections", "1", *extra)
 

@@ -31,6 +31,7 @@ from poolproxy.config.settings import (  # noqa: F401 (re-exported)
     coerce,
     protocol_names,
     read_secret,
+    shares_connections,
 )
 from poolproxy.config.secrets import Secrets
 from poolproxy.config.tls import client_tls
@@ -255,7 +256,10 @@ def build_config(
     _check_choice("policy", values.get("balance"), BALANCE_POLICIES, where("balance"))
     # Every setting's value: given, else its default.
     top = {s.name: values.get(s.name, s.default) for s in SETTINGS}
-    check_ordered(top.__getitem__, values, where)
+    # A flat configuration has one protocol; with [[cluster]] tables each
+    # cluster checks its own, and the top level stays strict for them.
+    check_ordered(top.__getitem__, values, where,
+                  multiplexed=cluster_tables is not None or shares_connections(protocol))
     for key in ("backend_password_file", "client_password_file", "admin_token_file"):
         if values.get(key):
             read_secret(values[key], where(key))

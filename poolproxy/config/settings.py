@@ -517,15 +517,32 @@ ORDERED_PAIRS: Tuple[Tuple[str, str, bool], ...] = (
 )
 
 
+#: Pairs that only protocols whose clients share backend connections have
+#: (mux_connections is a share of pool_size for redis and memcached only).
+MULTIPLEXED_PAIRS = frozenset({("mux_connections", "pool_size")})
+
+
+def shares_connections(protocol: str) -> bool:
+    """Whether C{protocol}'s clients share backend connections (its mode is multiplexed)."""
+    from poolproxy.plugins import codec_plugins
+    plugin = codec_plugins().get(protocol)
+    if plugin is None:
+        return True  # unknown: checked as strictly as any; the protocol's own check says why
+    return bool(plugin.load().mode == "multiplexed")
+
+
 def check_ordered(value: Callable[[str], Any], given: Container[str],
-                  where: Callable[[str], str]) -> None:
+                  where: Callable[[str], str], multiplexed: bool = True) -> None:
     """
     Each pair of L{ORDERED_PAIRS} in order, with the values C{value(key)};
     a pair neither of whose keys is in C{given} (set by the user, here) is
-    not checked, and an error names a key that is, located by C{where(key)}.
+    not checked, nor one of L{MULTIPLEXED_PAIRS} unless C{multiplexed};
+    an error names a key that is given, located by C{where(key)}.
     """
     for low, high, name_low in ORDERED_PAIRS:
         if low not in given and high not in given:
+            continue
+        if not multiplexed and (low, high) in MULTIPLEXED_PAIRS:
             continue
         low_value, high_value = value(low), value(high)
         if low_value <= high_value:

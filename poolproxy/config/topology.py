@@ -27,6 +27,7 @@ from poolproxy.config.settings import (
     _located,
     check_ordered,
     coerce,
+    shares_connections,
 )
 from poolproxy.config.tls import ClientTLS, check_server_name
 
@@ -205,7 +206,8 @@ def _clusters_from_tables(raw: Any, top: Mapping[str, Any], file_name: str,
                      for key in CLUSTER_OVERRIDES if key in values}
         # The checks between settings, on this cluster's values (its
         # overrides, else the top-level ones); an error names a key it sets.
-        check_ordered(lambda key: overrides.get(key, top[key]), overrides, table.at)
+        check_ordered(lambda key: overrides.get(key, top[key]), overrides, table.at,
+                      multiplexed=shares_connections(protocol))
         backends = _backends_from_tables(values.get("backend"), table, name, check)
         if "backend_tls" in overrides:
             check_backend_tls(overrides["backend_tls"], backends, table.at("backend_tls"))
