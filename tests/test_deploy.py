@@ -474,3 +474,38 @@ class KubernetesTests(SynchronousTestCase):
         wait_port(port, proxy.proc, log=proxy.log)
         self.assertEqual(http_status(web, "/healthz"), 200)
         self.assertEqual(http_status(web, "/readyz"), 503)
+
+
+# ------------------------------------------------------------------- docs
+
+class DeploymentDocTests(SynchronousTestCase):
+    """docs/deployment.md describes every file of deploy/ and its links lead somewhere."""
+
+    def setUp(self) -> None:
+        with open(os.path.join(ROOT, "docs", "deployment.md")) as f:
+            self.doc = f.read()
+
+    def test_every_file_described(self) -> None:
+        """Each file under deploy/ is named (by its path) in docs/deployment.md."""
+        for where, _, files in os.walk(DEPLOY):
+            for name in files:
+                path = os.path.relpath(os.path.join(where, name), ROOT)
+                self.assertIn(path, self.doc)
+
+    def test_links(self) -> None:
+        """Relative links point at files that exist, and at headings that exist in them."""
+        for target in re.findall(r"\]\(((?!https?:)[^)]+)\)", self.doc):
+            path, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(ROOT, "docs", path)) if path else \
+                os.path.join(ROOT, "docs", "deployment.md")
+            self.assertTrue(os.path.exists(full), target)
+            if anchor:
+                with open(full) as f:
+                    headings = re.findall(r"^#+ (.*)$", f.read(), re.M)
+                slugs = {re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-") for h in headings}
+                self.assertIn(anchor, slugs, target)
+
+    def test_readme_links_it(self) -> None:
+        """The README's list of documentation links the page."""
+        with open(os.path.join(ROOT, "README.md")) as f:
+            self.assertIn("(docs/deployment.md)", f.read())
