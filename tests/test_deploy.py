@@ -56,6 +56,8 @@ KUBERNETES_VERSION = "1.30"
 UNIT_TWISTD = "/opt/poolproxy/bin/twistd"
 #: An example for the backends, not part of poolproxy's kustomization.
 BACKENDS_EXAMPLE = "backends-headless.yaml"
+#: Custom resources kubernetes-validate has no schema for (checked by structure).
+CRDS = ("monitoring.coreos.com/", "kustomize.config.k8s.io/")
 #: What runs twistd from this venv, as the installed twistd script would.
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -138,7 +140,8 @@ class SystemdExampleConfig:
         self.unit = unit_file("poolproxy.service")
         (exec_start,) = self.unit["Service"]["ExecStart"]
         self.argv = shlex.split(exec_start)
-        self.config_path = after_subcommand(self.argv)[after_subcommand(self.argv).index("--config") + 1]
+        args = after_subcommand(self.argv)
+        self.config_path = args[args.index("--config") + 1]
         with open(os.path.join(SYSTEMD, "poolproxy.toml")) as f:
             self.toml = f.read()
         self.tmp = os.path.abspath(testcase.mktemp())
@@ -200,9 +203,13 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertEqual((code, said), (0, ""))
 
     def test_verify_names_a_mistake(self) -> None:
-        """The check above can fail: a misspelt key is named (exit status 0, so any output fails)."""
+        """
+        The check above can fail: a misspelt key is named (with exit status
+        0, hence any output fails it).
+        """
         units = self.units_for_this_venv()
-        units["poolproxy.service"] = units["poolproxy.service"].replace("LimitNOFILE=", "LimitNOFLIE=")
+        service = units["poolproxy.service"]
+        units["poolproxy.service"] = service.replace("LimitNOFILE=", "LimitNOFLIE=")
         code, said = self.verify(units)
         self.assertIn("Unknown key 'LimitNOFLIE'", said)
 
@@ -229,13 +236,19 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertGreaterEqual(seconds(stop), config.shutdown_delay + config.shutdown_timeout + 5)
 
     def test_open_file_limit_fits(self) -> None:
-        """The example's pools, checks and clients fit in LimitNOFILE, with room for thousands of clients."""
+        """
+        The example's pools, checks and clients fit in LimitNOFILE, with
+        room for thousands of clients.
+        """
         (limit,) = self.example.unit["Service"]["LimitNOFILE"]
         config = options(after_subcommand(self.example.write(self.example.toml)))
         self.assertGreaterEqual(client_cap(config, descriptor_budget(config, int(limit))), 10000)
 
     def test_socket_matches_the_config(self) -> None:
-        """poolproxy.socket's FileDescriptorName is the name the TOML's systemd: listener asks for."""
+        """
+        poolproxy.socket's FileDescriptorName is the name the TOML's
+        systemd: listener asks for, and its port the plain listener's.
+        """
         sock = unit_file("poolproxy.socket")["Socket"]
         (name,) = sock["FileDescriptorName"]
         activated = tomllib.loads(self.example.socket_activated())
@@ -323,6 +336,7 @@ class KubernetesTests(SynchronousTestCase):
         self.deployment = one(self.docs, "Deployment")
         self.pod = self.deployment["spec"]["template"]
         (self.container,) = self.pod["spec"]["containers"]
+        self.labels = self.pod["metadata"]["labels"]
         self.ports = {p["name"]: p for p in self.container["ports"]}
         self.config = self.load_config()
 
@@ -333,7 +347,8 @@ class KubernetesTests(SynchronousTestCase):
         """
         args = after_subcommand(self.container["command"] + self.container.get("args", []))
         path = args[args.index("--config") + 1]
-        (mount,) = [m for m in self.container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+        (mount,) = [m for m in self.container["volumeMounts"]
+                    if path.startswith(m["mountPath"] + "/")]
         (volume,) = [v for v in self.pod["spec"]["volumes"] if v["name"] == mount["name"]]
         configmap = one(self.docs, "ConfigMap", volume["configMap"]["name"])
         self.toml = configmap["data"][path[len(mount["mountPath"]) + 1:]]
@@ -348,12 +363,15 @@ class KubernetesTests(SynchronousTestCase):
         return int(self.ports[port]["containerPort"]) if isinstance(port, str) else int(port)
 
     def test_schemas(self) -> None:
-        """Every manifest validates (strictly: no unknown field) against the pinned Kubernetes version."""
+        """
+        Every manifest validates (strictly: no unknown field) against the
+        pinned Kubernetes version.
+        """
         validate = module("kubernetes_validate")
         checked = []
         for file, docs in self.docs.items():
             for doc in docs:
-                if doc["apiVersion"].startswith(("monitoring.coreos.com/", "kustomize.config.k8s.io/")):
+                if doc["apiVersion"].startswith(CRDS):
                     continue  # CRDs: no schema bundled (checked below)
                 self.assertEqual(validate.validate(doc, KUBERNETES_VERSION, strict=True),
                                  KUBERNETES_VERSION)
@@ -371,7 +389,10 @@ class KubernetesTests(SynchronousTestCase):
                           KUBERNETES_VERSION, strict=True)
 
     def test_probes(self) -> None:
-        """Readiness is /readyz, liveness /healthz, both on the web endpoint's port, which listens beyond loopback."""
+        """
+        Readiness is /readyz, liveness /healthz, both on the web endpoint's
+        port, which listens beyond loopback (the kubelet probes the pod's IP).
+        """
         web = tcp_listen_address(self.config.metrics)
         assert web is not None
         self.assertNotIn(web.host, ("127.0.0.1", "::1", "localhost"))
@@ -389,7 +410,7 @@ class KubernetesTests(SynchronousTestCase):
     def test_service_targets_the_listeners(self) -> None:
         """The Service selects the pods and sends every port to a listener (not the web port)."""
         service = one(self.docs, "Service", not_in=BACKENDS_EXAMPLE)
-        self.assertTrue(matches(service["spec"]["selector"], self.pod["metadata"]["labels"]))
+        self.assertTrue(matches(service["spec"]["selector"], self.labels))
         listeners = {tcp_port(spec.endpoint) for spec in self.config.listeners}
         targets = {self.port_number(p["targetPort"]) for p in service["spec"]["ports"]}
         self.assertEqual(targets, listeners)
@@ -421,14 +442,17 @@ class KubernetesTests(SynchronousTestCase):
     def test_disruption_budget(self) -> None:
         """The PodDisruptionBudget selects the pods and leaves most of them up."""
         pdb = one(self.docs, "PodDisruptionBudget")
-        self.assertTrue(matches(pdb["spec"]["selector"]["matchLabels"], self.pod["metadata"]["labels"]))
+        self.assertTrue(matches(pdb["spec"]["selector"]["matchLabels"], self.labels))
         self.assertLess(pdb["spec"]["maxUnavailable"], self.deployment["spec"]["replicas"])
 
     def test_pod_monitor(self) -> None:
-        """The PodMonitor (a CRD: checked by structure) scrapes /metrics on the web port of the pods."""
+        """
+        The PodMonitor (a CRD: checked by structure) scrapes /metrics on the
+        web port of the pods.
+        """
         monitor = one(self.docs, "PodMonitor")
         self.assertEqual(monitor["apiVersion"], "monitoring.coreos.com/v1")
-        self.assertTrue(matches(monitor["spec"]["selector"]["matchLabels"], self.pod["metadata"]["labels"]))
+        self.assertTrue(matches(monitor["spec"]["selector"]["matchLabels"], self.labels))
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         self.assertIn(endpoint["port"], self.ports)  # PodMonitor ports are names
         self.assertEqual(self.port_number(endpoint["port"]), tcp_port(self.config.metrics))
@@ -442,7 +466,8 @@ class KubernetesTests(SynchronousTestCase):
         service = one(self.docs, "Service", not_in="service.yaml")
         self.assertEqual(service["spec"]["clusterIP"], "None")
         (port,) = service["spec"]["ports"]
-        record = f"_{port['name']}._{port.get('protocol', 'TCP').lower()}.{service['metadata']['name']}."
+        protocol = port.get("protocol", "TCP").lower()
+        record = f"_{port['name']}._{protocol}.{service['metadata']['name']}."
         self.assertRegex(self.toml, r"(?m)^\s*#\s*backend = \[\"srv:" + re.escape(record))
         # The static backends are that Service's pods by name (pod.service).
         for cluster in self.config.clusters:
@@ -451,11 +476,15 @@ class KubernetesTests(SynchronousTestCase):
                                  rf"{port['port']}$")
 
     def test_kustomization(self) -> None:
-        """kustomization.yaml lists every poolproxy manifest (the backends' example is not one) and names the image."""
+        """
+        kustomization.yaml lists every poolproxy manifest (the backends'
+        example is not one) and names the image.
+        """
         (kustomization,) = self.docs["kustomization.yaml"]
         expected = sorted(set(self.docs) - {"kustomization.yaml", BACKENDS_EXAMPLE})
         self.assertEqual(sorted(kustomization["resources"]), expected)
-        self.assertEqual([i["name"] for i in kustomization["images"]], [self.container["image"].split(":")[0]])
+        image = self.container["image"].split(":")[0]
+        self.assertEqual([i["name"] for i in kustomization["images"]], [image])
 
     def test_command_runs(self) -> None:
         """
@@ -465,7 +494,8 @@ class KubernetesTests(SynchronousTestCase):
         nowhere to be found here.
         """
         port, web = free_port(), free_port()
-        argv = TWISTD + self.container["command"][1:self.container["command"].index("poolproxy") + 1]
+        command = self.container["command"]
+        argv = TWISTD + command[1:command.index("poolproxy") + 1]
         argv += self.args + ["--listen", f"tcp:{port}:interface=127.0.0.1",
                              "--metrics", f"tcp:{web}:interface=127.0.0.1",
                              "--shutdown-delay", "0"]  # the test's SIGTERM need not wait
