@@ -162,6 +162,14 @@ def check_server(description: str, where: str) -> None:
         ServerTLS(description, f"{where} {description}")  # reads the files: a bad one is named here
     try:
         endpoint = server_endpoint(MemoryReactor(), description)
+    except (KeyError, IndexError) as e:
+        if description.split(":", 1)[0].strip().lower() != "systemd":
+            raise ConfigError(f"{where}: bad server endpoint {description!r}: {_reason(e)}") from None
+        # Twisted looks the socket up among those systemd passed (LISTEN_FDS).
+        which = f"named {e.args[0]!r}" if isinstance(e, KeyError) else "at that index"
+        raise ConfigError(f"{where}: bad server endpoint {description!r}: systemd passed no "
+                          f"socket {which} (start it through its .socket unit, "
+                          "docs/deployment.md#socket-activation)") from None
     except Exception as e:
         raise ConfigError(f"{where}: bad server endpoint {description!r}: {_reason(e)}") from None
     _check_port(endpoint, 0, description, where, "server")
