@@ -426,6 +426,22 @@ class FlagErrorTests(ConfigTestCase):
         self.assertFlagError("--demo", "tcp:0", "needs tcp:PORT[:interface=HOST]")
 
 
+class BooleanSettingTests(ConfigTestCase):
+    def test_flag_words_and_toml_booleans(self) -> None:
+        """
+        A bool setting (watch_config) takes true/false and their usual flag
+        spellings; TOML needs a real boolean; anything else is refused.
+        """
+        self.assertFalse(parse(BASE).watch_config)
+        for word, expected in [("true", True), ("Yes", True), ("on", True), ("1", True),
+                               ("false", False), ("no", False), ("OFF", False), ("0", False)]:
+            self.assertEqual(parse(BASE + ["--watch-config", word]).watch_config, expected, word)
+        self.assertFlagError("--watch-config", "maybe", "expected true or false")
+        path = self.write_toml("watch_config = true\n")
+        self.assertTrue(parse(BASE + ["--config", path]).watch_config)
+        self.assertFileError('watch_config = "true"\n', "watch_config", "expected true or false")
+
+
 class FileErrorTests(ConfigTestCase):
     def test_unknown_key(self) -> None:
         """
@@ -666,6 +682,8 @@ class DocumentationTests(SynchronousTestCase):
             assert row is not None, setting.name
             if setting.default in (None, ()):
                 self.assertIn("(none)", row, setting.name)
+            elif isinstance(setting.default, bool):
+                self.assertIn(f"`{str(setting.default).lower()}`", row, setting.name)
             elif isinstance(setting.default, float):
                 shown = f"`{setting.default:g}`"
                 self.assertTrue(shown in row or f"`{setting.default!r}`" in row,

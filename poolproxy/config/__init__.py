@@ -131,7 +131,9 @@ class ProxyConfig:
     request_buffer_size: int = 64 * 1024
     response_buffer_size: int = 1024 * 1024
     trusted_proxies: Tuple[str, ...] = ()
+    shutdown_delay: float = 0.0
     shutdown_timeout: float = 10.0
+    watch_config: bool = False
     max_ejected_percent: float = 50.0
     http_failures: str = "5xx"
     hash_tag: Optional[str] = None

@@ -29,7 +29,7 @@ class Setting:
     One configuration key.
 
     @ivar name: the TOML key; the flag is the same with dashes.
-    @ivar kind: C{"int"}, C{"float"}, C{"str"}, C{"list"} (a repeatable flag),
+    @ivar kind: C{"int"}, C{"float"}, C{"str"}, C{"bool"}, C{"list"} (a repeatable flag),
         C{"names"} (a TOML list of strings, or one flag of comma-separated names;
         an empty one is an empty list) or C{"tls"} (a L{BackendTLS} table).
     @ivar minimum: the smallest accepted number, for C{int} and C{float}.
@@ -351,8 +351,14 @@ SETTINGS: Tuple[Setting, ...] = (
             "front of this one, comma-separated; only their X-Forwarded-For, -Proto and -Host "
             "are kept (the proxy's own are appended), anyone else's are replaced.",
             check=_check_network),
+    Setting("shutdown_delay", "float", 0.0, "Seconds a stopping proxy (SIGTERM) keeps "
+            "accepting and serving while /readyz answers 503, so that load balancers take it "
+            "out first; then the drain (shutdown-timeout). A second SIGTERM ends it early.",
+            minimum=0),
     Setting("shutdown_timeout", "float", 10.0, "Seconds a stopping proxy (SIGTERM) lets "
             "clients finish what is in flight before closing them.", minimum=0),
+    Setting("watch_config", "bool", False, "Reload (as SIGHUP does) when the --config "
+            "file changes, including a Kubernetes ConfigMap's symlink swap: true or false."),
     Setting("max_ejected_percent", "float", 50.0, "Most backends of a cluster, in percent, "
             "that circuit breakers may take out at once (a backend failing its active health "
             "checks is out regardless).", minimum=0, maximum=100),
@@ -463,6 +469,8 @@ def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
         return _coerce_names(setting, raw, where, text_ok)
     if setting.kind == "tls":
         return _coerce_tls(raw, where, text_ok)
+    if setting.kind == "bool":
+        return _coerce_bool(raw, where, text_ok)
     if setting.kind == "str":
         if not isinstance(raw, str) or not raw.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
@@ -478,6 +486,19 @@ def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
     if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in raw):
         raise ConfigError(f"{where}: expected a list of non-empty strings, got {raw!r}")
     return tuple(x.strip() for x in raw)
+
+
+#: How a flag may say yes or no (TOML has its own true and false).
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}
+
+
+def _coerce_bool(raw: Any, where: str, text_ok: bool) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and text_ok and raw.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[raw.strip().lower()]
+    raise ConfigError(f"{where}: expected true or false, got {raw!r}")
 
 
 def _coerce_names(setting: Setting, raw: Any, where: str, text_ok: bool) -> Tuple[str, ...]:
