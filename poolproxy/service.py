@@ -43,6 +43,7 @@ from poolproxy.stats import ListenerStats, Tally
 from poolproxy.util.accepting import AcceptGate, AcceptingReactor, CappedFactory
 from poolproxy.util.descriptors import open_file_limit
 from poolproxy.util.reactors import default_reactor
+from poolproxy.util.shutdown_delay import ShutdownDelay
 from poolproxy.util.waiting import wait_until
 from poolproxy.workers.worker import AdoptedPortService, Handoff, WorkerControl
 
@@ -158,6 +159,10 @@ class ProxyService(MultiService):
                                            web_accept_errors=lambda: self.web_accept_errors)
         self.reloader = Reloader(self, reload_config) if reload_config is not None else None
         self._handle_sighup = handle_sighup and self.reloader is not None
+        # On SIGTERM: readiness fails at once, serving goes on for the delay.
+        self.stopping = False
+        self.shutdown_delay = ShutdownDelay(reactor, config.shutdown_delay,
+                                            catch_signals=handle_sighup)
         self.sweepers: List[IdleSweeper] = []
         for spec in config.listeners:
             self.listeners.append(self._listener(spec, handoff))
@@ -313,8 +318,11 @@ class ProxyService(MultiService):
 
     @property
     def ready(self) -> bool:
-        """Whether every cluster can get a backend connection (for /readyz)."""
-        return all(cluster.ready for cluster in self.clusters.values())
+        """
+        Whether every cluster can get a backend connection, and the proxy is
+        not stopping (for /readyz).
+        """
+        return not self.stopping and all(cluster.ready for cluster in self.clusters.values())
 
     def reload(self) -> bool:
         """Reload the configuration file (what SIGHUP does)."""
@@ -350,13 +358,21 @@ class ProxyService(MultiService):
 
     def stopService(self) -> "Deferred[Any]":
         """
-        Graceful shutdown (SIGTERM): stop accepting, let clients finish what
-        is in flight for up to shutdown_timeout seconds, then close what is
-        left, the backends (checks, shared connections, pools) and the web
-        endpoint.
+        Graceful shutdown (SIGTERM): /readyz fails at once; after
+        shutdown_delay seconds of serving as usual, stop accepting, let
+        clients finish what is in flight for up to shutdown_timeout seconds,
+        then close what is left, the backends (checks, shared connections,
+        pools) and the web endpoint.
         """
-        if not self.running:
-            return succeed(None)  # stopped already (or never started)
+        if not self.running or self.stopping:
+            return succeed(None)  # stopping already (or never started)
+        self.stopping = True
+        if self.config.shutdown_delay <= 0:
+            return self._drain()
+        return self.shutdown_delay.start().addCallback(lambda _: self._drain())
+
+    def _drain(self) -> "Deferred[Any]":
+        """Stop accepting, let what is in flight finish, then close everything."""
         if self._handle_sighup:
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
         Service.stopService(self)
