@@ -67,7 +67,7 @@ class ProxyShutdownDelayTests(SynchronousTestCase):
         self.assertFalse(stopped.called)
         clock.advance(0.1)
         self.assertIsNone(proxy.listeners[0].port)
-        clock.advance(0.1)
+        clock.advance(0.3)
         self.assertTrue(stopped.called)
         self.assertEqual(readyz(ready)[0], 503)
         self.assertEqual(clock.getDelayedCalls(), [])
@@ -86,7 +86,7 @@ class ProxyShutdownDelayTests(SynchronousTestCase):
         proxy.shutdown_delay.skip()
         self.assertIsNone(proxy.listeners[0].port)
         self.assertTrue(proxy.shutdown_delay.skipped)
-        clock.advance(0.1)
+        clock.advance(0.3)
         self.assertTrue(stopped.called)
         self.assertEqual(clock.getDelayedCalls(), [])
 
