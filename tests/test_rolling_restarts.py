@@ -9,7 +9,10 @@ Rolling restarts without a refused connection, with real processes:
     /readyz, no retries), restarted one at a time under load: no request
     fails;
   - --workers 2 with a worker replacement (SIGUSR2) under load: no
-    connection refused or reset, and both worker pids change.
+    connection refused or reset, and both worker pids change; the same
+    through the admin action;
+  - watch_config with the file in a ConfigMap-style volume, updated by a
+    kubelet-style symlink swap: reloaded without SIGHUP.
 
 The load is clients that each open a connection per request (PING,
 expecting +PONG), so that every request is a new connection routed anew:
@@ -326,3 +329,96 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+class AdminReplaceTests(TestCase):
+    def test_admin_action_replaces_the_workers(self) -> None:
+        """
+        POST /admin/workers/replace on the supervisor needs the admin token,
+        starts a replacement (202), refuses a second while it runs (409),
+        and the workers' pids change.
+        """
+        token = os.path.abspath(self.mktemp())
+        with open(token, "w") as f:
+            f.write("s3cret\n")
+        port, web = free_port(), free_port()
+        supervisor = Process(self, twistd_command(
+            "poolproxy", "--workers", "2", "--protocol", "redis",
+            "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--metrics", f"tcp:{web}:interface=127.0.0.1",
+            "--backend", f"127.0.0.1:{redis_server(self)}", "--check-interval", "0",
+            "--admin-token-file", token), "supervisor")
+        proc = supervisor.proc
+        url = f"http://127.0.0.1:{web}"
+        wait_until(lambda: get(url + "/readyz")[0] == 200, proc, "ready", log=supervisor.log)
+
+        def pids() -> List[Optional[int]]:
+            code, body = get(url + "/status.json")
+            return [w["pid"] for w in json.loads(body)["workers"]] if code == 200 else []
+
+        def post(auth: Optional[str]) -> Optional[int]:
+            request = urllib.request.Request(url + "/admin/workers/replace", method="POST",
+                                             data=b"")
+            if auth:
+                request.add_header("Authorization", f"Bearer {auth}")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        old = pids()
+        self.assertEqual(post(None), 401)
+        self.assertEqual(post("wrong"), 401)
+        self.assertEqual(post("s3cret"), 202)
+        self.assertEqual(post("s3cret"), 409)
+        wait_until(lambda: len(pids()) == 2 and not set(pids()) & set(old), proc,
+                   "new workers", timeout=60, log=supervisor.log)
+        wait_until(lambda: get(url + "/readyz")[0] == 200, proc, "ready", log=supervisor.log)
+        self.assertIsNone(ping(port))
+
+
+class WatchConfigTests(TestCase):
+    def test_configmap_swap_is_reloaded(self) -> None:
+        """
+        watch_config = true with the file in a ConfigMap-style volume: a
+        kubelet-style swap of ..data adding a backend is reloaded without
+        SIGHUP (the new backend shows in /status.json).
+        """
+        first, second = redis_server(self), redis_server(self)
+        port, web = free_port(), free_port()
+        root = tempfile.mkdtemp(prefix="poolproxy-configmap-")
+        self.addCleanup(shutil.rmtree, root, True)
+
+        def write(stamp: str, backends: List[int]) -> None:
+            os.mkdir(os.path.join(root, stamp))
+            with open(os.path.join(root, stamp, "config.toml"), "w") as f:
+                f.write(f'protocol = "redis"\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+                        f'metrics = "tcp:{web}:interface=127.0.0.1"\ncheck_interval = 0.0\n'
+                        f"watch_config = true\nbackend = {json.dumps([f'127.0.0.1:{b}' for b in backends])}\n")
+
+        write("..2026_12_05_01", [first])
+        os.symlink("..2026_12_05_01", os.path.join(root, "..data"))
+        os.symlink("..data/config.toml", os.path.join(root, "config.toml"))
+        proxy = Process(self, twistd_command(
+            "poolproxy", "--config", os.path.join(root, "config.toml")), "proxy")
+        url = f"http://127.0.0.1:{web}"
+        wait_until(lambda: get(url + "/readyz")[0] == 200, proxy.proc, "ready", log=proxy.log)
+
+        def backends() -> List[str]:
+            code, body = get(url + "/status.json")
+            if code != 200:
+                return []
+            return [b["name"] for c in json.loads(body)["clusters"] for b in c["backends"]]
+
+        self.assertEqual(len(backends()), 1)
+        write("..2026_12_05_02", [first, second])
+        tmp = os.path.join(root, "..data_tmp")
+        os.symlink("..2026_12_05_02", tmp)
+        os.rename(tmp, os.path.join(root, "..data"))
+        wait_until(lambda: len(backends()) == 2, proxy.proc, "backend added by the watcher",
+                   log=proxy.log)
+        with open(proxy.log, errors="replace") as f:
+            log = f.read()
+        self.assertIn("config.toml changed: reloading", log)
+        self.assertIn("reload: done", log)
