@@ -197,6 +197,24 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual((sup.outgoing, sup._pending, sup.restarts), ([], {}, [0, 0]))
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_ready_candidate_cancels_a_pending_restart(self) -> None:
+        """
+        A slot whose worker died and awaits its restart back-off gets the
+        ready candidate instead: the restart is cancelled (no second worker).
+        """
+        sup, clock = supervisor()
+        dead = running(sup, 0, 100)
+        sup.workers[0] = dead
+        dead.started = clock.seconds()
+        end(dead)
+        self.assertIn(0, sup._pending)
+        new = running(sup, 0, 200)
+        new.candidate = True
+        sup.outgoing.append(new)
+        sup.install(0, new)
+        self.assertIs(sup.workers[0], new)
+        self.assertEqual((sup._pending, clock.getDelayedCalls()), ({}, []))
+
     def test_failed_candidate_is_stopped_and_the_old_worker_kept(self) -> None:
         """A candidate given up is stopped; its slot's worker stays, nothing restarts."""
         sup, clock = supervisor()

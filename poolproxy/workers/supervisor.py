@@ -325,6 +325,9 @@ class Supervisor(MultiService):
     def install(self, slot: int, new: WorkerProcess) -> None:
         """Ready candidate C{new} takes C{slot}; the worker it replaces stops."""
         old = self.workers[slot]
+        pending = self._pending.pop(slot, None)
+        if pending is not None:  # its worker had died: the new one takes the slot instead
+            pending.cancel()
         new.candidate = False
         if new in self.outgoing:
             self.outgoing.remove(new)
