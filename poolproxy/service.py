@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from poolproxy.assemble import ClusterAssembly
@@ -43,8 +44,24 @@ from poolproxy.stats import ListenerStats, Tally
 from poolproxy.util.accepting import AcceptGate, AcceptingReactor, CappedFactory
 from poolproxy.util.descriptors import open_file_limit
 from poolproxy.util.reactors import default_reactor
+from poolproxy.util.shutdown_delay import ShutdownDelay
 from poolproxy.util.waiting import wait_until
 from poolproxy.workers.worker import AdoptedPortService, Handoff, WorkerControl
+
+
+#: Seconds, once the listeners are closed, before clients with nothing in
+#: flight are closed: the last ones accepted get their first request read.
+ACCEPT_SETTLE = 0.2
+
+
+def _settled(chain: "Deferred[Any]") -> "Deferred[Any]":
+    """
+    A Deferred that fires with C{chain}'s final result: C{chain} itself
+    counts as called while it waits on a Deferred one of its callbacks gave.
+    """
+    done: "Deferred[Any]" = Deferred()
+    chain.chainDeferred(done)
+    return done
 
 
 class Listener:
@@ -158,6 +175,10 @@ class ProxyService(MultiService):
                                            web_accept_errors=lambda: self.web_accept_errors)
         self.reloader = Reloader(self, reload_config) if reload_config is not None else None
         self._handle_sighup = handle_sighup and self.reloader is not None
+        # On SIGTERM: readiness fails at once, serving goes on for the delay.
+        self.stopping = False
+        self.shutdown_delay = ShutdownDelay(reactor, config.shutdown_delay,
+                                            catch_signals=handle_sighup)
         self.sweepers: List[IdleSweeper] = []
         for spec in config.listeners:
             self.listeners.append(self._listener(spec, handoff))
@@ -313,8 +334,11 @@ class ProxyService(MultiService):
 
     @property
     def ready(self) -> bool:
-        """Whether every cluster can get a backend connection (for /readyz)."""
-        return all(cluster.ready for cluster in self.clusters.values())
+        """
+        Whether every cluster can get a backend connection, and the proxy is
+        not stopping (for /readyz).
+        """
+        return not self.stopping and all(cluster.ready for cluster in self.clusters.values())
 
     def reload(self) -> bool:
         """Reload the configuration file (what SIGHUP does)."""
@@ -350,13 +374,21 @@ class ProxyService(MultiService):
 
     def stopService(self) -> "Deferred[Any]":
         """
-        Graceful shutdown (SIGTERM): stop accepting, let clients finish what
-        is in flight for up to shutdown_timeout seconds, then close what is
-        left, the backends (checks, shared connections, pools) and the web
-        endpoint.
+        Graceful shutdown (SIGTERM): /readyz fails at once; after
+        shutdown_delay seconds of serving as usual, stop accepting, let
+        clients finish what is in flight for up to shutdown_timeout seconds,
+        then close what is left, the backends (checks, shared connections,
+        pools) and the web endpoint.
         """
-        if not self.running:
-            return succeed(None)  # stopped already (or never started)
+        if not self.running or self.stopping:
+            return succeed(None)  # stopping already (or never started)
+        self.stopping = True
+        if self.config.shutdown_delay <= 0:
+            return self._drain()
+        return _settled(self.shutdown_delay.start().addCallback(lambda _: self._drain()))
+
+    def _drain(self) -> "Deferred[Any]":
+        """Stop accepting, let what is in flight finish, then close everything."""
         if self._handle_sighup:
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
         Service.stopService(self)
@@ -365,10 +397,19 @@ class ProxyService(MultiService):
         self.rejections.stop()
         for sweeper in self.sweepers:
             sweeper.stop()
-        for listener in self.listeners:
-            for client in list(listener.factory.clients):
-                client.finish_up()
-        waited = self._clients_done(self.config.shutdown_timeout)
+        # A client accepted just before the listener closed has likely not
+        # had its first request read yet: finishing it now would close it
+        # unanswered (a worker replaced on a shared socket sees this).
+        settle = min(ACCEPT_SETTLE, self.config.shutdown_timeout)
+
+        def finish_up(_: object = None) -> "Deferred[None]":
+            for listener in self.listeners:
+                for client in list(listener.factory.clients):
+                    client.finish_up()
+            return self._clients_done(self.config.shutdown_timeout - settle)
+
+        waited = (deferLater(self.reactor, settle, lambda: None).addCallback(finish_up)
+                  if settle > 0 else finish_up())
 
         def close(_: object) -> "Deferred[Any]":
             for listener in self.listeners:
@@ -379,7 +420,7 @@ class ProxyService(MultiService):
                       for svc in reversed(list(self)) if svc not in listening]
             return DeferredList(stopping + others + [closed])
 
-        return waited.addCallback(close)
+        return _settled(waited.addCallback(close))
 
     def _clients_done(self, timeout: float) -> "Deferred[None]":
         """Fires once no client connection is left, or after C{timeout} seconds."""

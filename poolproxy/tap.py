@@ -19,6 +19,7 @@ from poolproxy.config.budget import client_cap, descriptor_budget
 from poolproxy.config.endpoints import check_client, check_demo, check_server, tcp_listen_address
 from poolproxy.service import ProxyService
 from poolproxy.util.descriptors import open_file_limit, raise_open_file_limit
+from poolproxy.util.file_watch import FileWatcher
 from poolproxy.workers.supervisor import Supervisor
 from poolproxy.workers.worker import Handoff, worker_config
 
@@ -83,6 +84,9 @@ class ProxyOptions(usage.Options):
         config = build_config(file_values, flags, self["config"] or "", _ENDPOINT_CHECKS)
         if config.workers > 1:
             _check_worker_listeners(config)
+        if config.watch_config and not self["config"]:
+            raise ConfigError(f"{config.sources.get('watch_config', '--watch-config')}: "
+                              "needs a file to watch (--config)")
         return config
 
 
@@ -150,8 +154,20 @@ def _make_service(options: ProxyOptions) -> Service:
         # Each worker fits its clients in the limit it inherits: check now,
         # not in every worker (each would fail, and be restarted, for ever).
         client_cap(options.config, descriptor_budget(options.config, open_file_limit()))
-        return Supervisor(options.config, options.argv)
-    return ProxyService(options.config, reload_config=options.reload, handle_sighup=True)
+        return _watched(options, Supervisor(options.config, options.argv))
+    return _watched(options, ProxyService(options.config, reload_config=options.reload,
+                                          handle_sighup=True))
+
+
+def _watched(options: ProxyOptions, service: Any) -> Service:
+    """
+    With watch_config, C{service} reloads (as on SIGHUP) when the --config
+    file changes; a supervisor's reload reaches its workers.
+    """
+    if options.config.watch_config:
+        FileWatcher(options["config"], service.reload, service.reactor).setServiceParent(service)
+    result: Service = service
+    return result
 
 
 __all__: List[str] = ["ProxyOptions", "Options", "makeService"]

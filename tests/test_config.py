@@ -447,9 +447,11 @@ class BooleanSettingTests(ConfigTestCase):
         spellings; TOML needs a real boolean; anything else is refused.
         """
         self.assertFalse(parse(BASE).watch_config)
+        empty = self.write_toml("")  # watch_config needs a file to watch
         for word, expected in [("true", True), ("Yes", True), ("on", True), ("1", True),
                                ("false", False), ("no", False), ("OFF", False), ("0", False)]:
-            self.assertEqual(parse(BASE + ["--watch-config", word]).watch_config, expected, word)
+            self.assertEqual(parse(BASE + ["--config", empty, "--watch-config", word]).watch_config,
+                             expected, word)
         self.assertFlagError("--watch-config", "maybe", "expected true or false")
         path = self.write_toml("watch_config = true\n")
         self.assertTrue(parse(BASE + ["--config", path]).watch_config)

@@ -125,6 +125,25 @@ class InProcessTests(ShutdownTestCase):
         self.assertEqual(busy.lines(), [b"GET HOLD-1"])
         yield stopping
 
+    @inlineCallbacks
+    def test_request_right_after_accept_is_answered(self) -> None:
+        """
+        A client accepted just before the stop whose first request arrives
+        only after it (as on a socket shared with the worker replacing this
+        one) gets its reply, then is closed: not closed unanswered.
+        """
+        lines = BackendFactory(LineBackend)
+        service = start_proxy(self, serve(self, lines), codec=line_codec(), protocol="line",
+                              shutdown_timeout=30.0)
+        late = connect(listener_port(service), LineClient(b""))
+        yield wait_for(lambda: late.transport is not None
+                       and len(service.listeners[0].factory.clients) == 1, what="accepted")
+        stopping = service.stopService()
+        late.transport.write(b"GET LATE\n")
+        yield late.done
+        self.assertEqual(late.lines(), [b"GET LATE"])
+        yield stopping
+
 
 class SigtermTests(ShutdownTestCase):
     @inlineCallbacks

@@ -91,5 +91,9 @@ class ProxyView(Protocol):
     def ready(self) -> bool:
         """Whether a backend connection can be had (for /readyz)."""
 
+    @property
+    def stopping(self) -> bool:
+        """Whether it is shutting down (SIGTERM): /readyz says so, whatever the backends."""
+
 
 __all__ = ["ListenerView", "ProxyView"]

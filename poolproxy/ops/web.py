@@ -42,7 +42,8 @@ class HealthzResource(Resource):
 
 class ReadyzResource(Resource):
     """
-    200 while some backend connection can be had, else 503 with the reason.
+    200 while some backend connection can be had, else 503 with the reason;
+    503 from the moment the proxy starts stopping (shutdown_delay).
     """
 
     isLeaf = True
@@ -56,6 +57,8 @@ class ReadyzResource(Resource):
         if self.service.ready:
             return b"ready\n"
         request.setResponseCode(503)
+        if self.service.stopping:
+            return b"not ready: shutting down\n"
         lines = ["not ready: no backend connection can be had"]
         for pool in self.service.pools:
             why = pool.last_error or "not connected yet"

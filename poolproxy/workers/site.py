@@ -144,10 +144,17 @@ class SummedMetricsResource(_WorkersResource):
                                            labels=["worker"])
             for slot, n in enumerate(self.supervisor.restarts):
                 restarts.add_metric([str(slot + 1)], n)
+            replacements = CounterMetricFamily(
+                "poolproxy_worker_replacements",
+                "Times the worker was replaced by a new process (SIGUSR2, admin action).",
+                labels=["worker"])
+            for slot, n in enumerate(self.supervisor.replacements):
+                replacements.add_metric([str(slot + 1)], n)
             workers = GaugeMetricFamily("poolproxy_workers", "Configured worker processes.",
                                         value=self.supervisor.count)
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(_Families([workers, up, restarts, *summed.collect()]))
+            registry.register(_Families([workers, up, restarts, replacements,
+                                         *summed.collect()]))
             _finish(request, 200, CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(registry))
 
         self.client.ask_all(b"GET", b"/metrics").addCallback(render)
@@ -173,6 +180,11 @@ class SupervisorReadyzResource(_WorkersResource):
             else:
                 _finish(request, 200, b"text/plain; charset=utf-8", b"ready\n")
 
+        if self.supervisor.stopping:  # shutdown_delay: out of the balancers at once
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return b"not ready: shutting down\n"
         self.client.ask_all(b"GET", b"/readyz").addCallback(render)
         return NOT_DONE_YET
 
@@ -255,6 +267,8 @@ class SupervisorAdmin(_WorkersResource):
         if not token or not bearer_ok(request, token.encode("utf-8")):
             request.setHeader(b"WWW-Authenticate", b"Bearer")
             return self._refuse(request, 401, "missing or wrong bearer token")
+        if request.postpath == [b"workers", b"replace"]:
+            return self._replace(request)
         headers = Headers({b"Authorization": [request.getHeader(b"authorization") or b""]})
 
         def render(answers: List[Answer]) -> None:
@@ -274,6 +288,17 @@ class SupervisorAdmin(_WorkersResource):
 
         self.client.ask_all(b"POST", request.uri, headers).addCallback(render)
         return NOT_DONE_YET
+
+    def _replace(self, request: Request) -> bytes:
+        """The supervisor's own action: replace the workers (as SIGUSR2 does)."""
+        if not self.supervisor.replace_workers():
+            return self._refuse(request, 409, "a worker replacement is under way, "
+                                              "or the proxy is stopping")
+        log.info("admin: worker replacement started")
+        request.setResponseCode(202)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json.dumps({"ok": True, "replacing": self.supervisor.count}).encode("utf-8")
 
     def _refuse(self, request: Request, code: int, reason: str) -> bytes:
         log.warn("admin: refused {method} {uri}: {reason}",

@@ -12,7 +12,9 @@ for it meanwhile wait in its backlog instead of being reset.
 
 The supervisor relays the workers' log lines into its own log (tagged with
 the worker's number), forwards SIGHUP (reload) and, on SIGTERM, stops every
-worker and waits for them to drain.  Its web endpoint (L{poolproxy.workers.site})
+worker and waits for them to drain (after shutdown_delay, during which its
+/readyz answers 503 and the workers serve on).  SIGUSR2 replaces the
+workers one at a time on the same sockets (L{poolproxy.workers.replacement}).  Its web endpoint (L{poolproxy.workers.site})
 serves /metrics summed over the workers.
 """
 
@@ -39,6 +41,8 @@ from poolproxy.config.secrets import Secrets
 from poolproxy.demo import demo_site
 from poolproxy.listening import endpoint_service, fail_startup, listen_reason
 from poolproxy.util.reactors import default_reactor
+from poolproxy.util.shutdown_delay import ShutdownDelay
+from poolproxy.workers.replacement import WorkerReplacement
 from poolproxy.workers.site import WorkerClient, build_supervisor_site
 from poolproxy.workers.worker import HANDOFF_ENV, Handoff
 
@@ -115,6 +119,9 @@ class WorkerProcess(ProcessProtocol):
     @ivar number: the worker's number, from 1.
     @ivar web_port: the loopback port of the worker's web endpoint, once reported.
     @ivar ended: fires when the process has exited.
+    @ivar candidate: whether it is a replacement not yet ready (not in its
+        slot: another worker serves it).
+    @ivar retiring: whether it was replaced and is stopping (not in its slot).
     """
 
     def __init__(self, supervisor: "Supervisor", number: int, started: float) -> None:
@@ -124,6 +131,8 @@ class WorkerProcess(ProcessProtocol):
         self.pid: Optional[int] = None
         self.web_port: Optional[int] = None
         self.running = False
+        self.candidate = False
+        self.retiring = False
         self.ended: "Deferred[None]" = Deferred()
         self._partial: Dict[int, bytes] = {}
 
@@ -173,6 +182,10 @@ class Supervisor(MultiService):
 
     @ivar workers: the current L{WorkerProcess} of each worker slot.
     @ivar restarts: how many times each worker slot was restarted.
+    @ivar replacements: how many times each worker slot's worker was
+        replaced (SIGUSR2, admin action).
+    @ivar outgoing: workers in no slot: replacements starting, replaced
+        ones stopping.
     """
 
     def __init__(self, config: ProxyConfig, argv: Sequence[str], reactor: Optional[Any] = None,
@@ -193,6 +206,11 @@ class Supervisor(MultiService):
         self.sockets: Dict[str, List[socket.socket]] = {}
         self.workers: List[Optional[WorkerProcess]] = [None] * self.count
         self.restarts = [0] * self.count
+        self.replacements = [0] * self.count
+        self.outgoing: List[WorkerProcess] = []
+        self.replacing: Optional["Deferred[bool]"] = None
+        self.shutdown_delay = ShutdownDelay(self.reactor, config.shutdown_delay,
+                                            catch_signals=True)
         self._delays = [0.0] * self.count
         self._pending: Dict[int, Any] = {}
         self.stopping = False
@@ -237,6 +255,7 @@ class Supervisor(MultiService):
     def startService(self) -> None:
         super().startService()
         signal.signal(signal.SIGHUP, self._sighup)
+        signal.signal(signal.SIGUSR2, self._sigusr2)
         for name, socks in self.sockets.items():
             log.info("poolproxy supervisor: listener {listener} on port {port} shared by "
                      "{n} workers", listener=name, port=socks[0].getsockname()[1], n=self.count)
@@ -246,6 +265,13 @@ class Supervisor(MultiService):
     def spawn(self, slot: int) -> WorkerProcess:
         """Start the worker for C{slot} (numbered from 0) on its sockets."""
         self._pending.pop(slot, None)
+        return self.start_worker(slot)
+
+    def start_worker(self, slot: int, candidate: bool = False) -> WorkerProcess:
+        """
+        A worker process on C{slot}'s sockets: the slot's worker, or a
+        C{candidate} to replace it (kept in L{outgoing} until installed).
+        """
         # The child's fds: 0 lets it notice we are gone, 1 and 2 carry its
         # log, 3 its reports, then one listening socket per listener.
         child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r", 3: "r"}
@@ -262,10 +288,79 @@ class Supervisor(MultiService):
                 "--logger", "poolproxy.logs.json_observer", *self._reactor_args(),
                 "poolproxy", *self.argv]
         worker = WorkerProcess(self, slot + 1, self.reactor.seconds())
-        self.workers[slot] = worker
+        worker.candidate = candidate
+        if candidate:
+            self.outgoing.append(worker)
+        else:
+            self.workers[slot] = worker
         self.reactor.spawnProcess(worker, self.executable, args, env=env, childFDs=child_fds)
-        log.info("worker {worker} started (pid {pid})", worker=slot + 1, pid=worker.pid)
+        log.info("worker {worker} started (pid {pid}){how}", worker=slot + 1, pid=worker.pid,
+                 how=" to replace the running one" if candidate else "")
         return worker
+
+    # -- replacing ----------------------------------------------------------
+
+    def replace_workers(self) -> bool:
+        """
+        SIGUSR2: replace every worker, one at a time, on the same sockets
+        (L{WorkerReplacement}); whether a pass started (not if one is under
+        way, or the supervisor is stopping).
+        """
+        if self.stopping or not self.running:
+            log.warn("worker replacement: not while stopping")
+            return False
+        if self.replacing is not None:
+            log.warn("worker replacement: one is under way already")
+            return False
+        log.info("worker replacement: replacing {n} workers one at a time", n=self.count)
+
+        def done(result: Any) -> Any:
+            self.replacing = None
+            return result
+
+        self.replacing = WorkerReplacement(self).run()
+        self.replacing.addBoth(done)
+        return True
+
+    def install(self, slot: int, new: WorkerProcess) -> None:
+        """Ready candidate C{new} takes C{slot}; the worker it replaces stops."""
+        old = self.workers[slot]
+        pending = self._pending.pop(slot, None)
+        if pending is not None:  # its worker had died: the new one takes the slot instead
+            pending.cancel()
+        new.candidate = False
+        if new in self.outgoing:
+            self.outgoing.remove(new)
+        self.workers[slot] = new
+        self._delays[slot] = 0.0
+        self.replacements[slot] += 1
+        log.info("worker {worker}: pid {new} is serving; stopping pid {old}",
+                 worker=slot + 1, new=new.pid, old=old.pid if old is not None else None)
+        if old is not None and old.running:
+            self.retire(old)
+
+    def retire(self, worker: WorkerProcess) -> None:
+        """
+        SIGTERM C{worker}, which is in no slot (replaced, or a candidate
+        given up); SIGKILL it if it outlives shutdown_delay, shutdown_timeout
+        and L{KILL_GRACE}.
+        """
+        worker.retiring = True
+        if worker not in self.outgoing:
+            self.outgoing.append(worker)
+        worker.signal("TERM")
+        kill = self.reactor.callLater(
+            self.config.shutdown_delay + self.config.shutdown_timeout + KILL_GRACE,
+            self._kill, [worker])
+
+        def ended(_: object) -> None:
+            if kill.active():
+                kill.cancel()
+
+        worker.ended.addCallback(ended)
+
+    def _sigusr2(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.replace_workers)
 
     def _reactor_args(self) -> List[str]:
         """Workers run the supervisor's reactor if it is poolproxy's own."""
@@ -280,6 +375,13 @@ class Supervisor(MultiService):
         status = getattr(reason.value, "signal", None)
         how = (f"exited with status {getattr(reason.value, 'exitCode', 0)}" if status is None
                else f"was killed by signal {status}")
+        if worker in self.outgoing:
+            # In no slot: a replaced worker, or a candidate (whose replacement notices).
+            self.outgoing.remove(worker)
+            log.info("worker {worker} (pid {pid}) {what} {how}", worker=worker.number,
+                     pid=worker.pid, how=how,
+                     what="replaced," if worker.retiring else "replacement")
+            return
         if self.stopping or not self.running:
             # twistd ends by re-raising the SIGTERM it stopped on.
             log.info("worker {worker} (pid {pid}) stopped", worker=worker.number, pid=worker.pid)
@@ -331,14 +433,26 @@ class Supervisor(MultiService):
             return succeed(None)
         self.stopping = True
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        # Ignored, not the default (which would end the process mid-drain).
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         for call in self._pending.values():
             call.cancel()
         self._pending.clear()
-        live = [w for w in self.workers if w is not None and w.running]
+        live = [w for w in self.workers + self.outgoing if w is not None and w.running]
+        # Each worker keeps serving for its own shutdown_delay; ours makes
+        # /readyz fail meanwhile, and a second signal to us reaches them.
         for worker in live:
             worker.signal("TERM")
-        kill = self.reactor.callLater(self.config.shutdown_timeout + KILL_GRACE,
-                                      self._kill, live)
+
+        def cut_short(_: object) -> None:
+            if self.shutdown_delay.skipped:
+                for worker in live:
+                    worker.signal("TERM")
+
+        self.shutdown_delay.start().addCallback(cut_short)
+        kill = self.reactor.callLater(
+            self.config.shutdown_delay + self.config.shutdown_timeout + KILL_GRACE,
+            self._kill, live)
         ended = DeferredList([w.ended for w in live])
 
         def stopped(_: object) -> "Deferred[Any]":
