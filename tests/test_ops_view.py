@@ -54,6 +54,7 @@ class FakeProxy:
     output: OutputBudget = field(default_factory=OutputBudget)
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(100))
     secrets: Secrets = field(default_factory=Secrets)
+    dns_names: List[Any] = field(default_factory=list)
 
     @property
     def pools(self) -> List[BackendPool]:
