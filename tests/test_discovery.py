@@ -53,14 +53,15 @@ class FakeResolver:
         self.a: Dict[str, List[Tuple[str, int]]] = {}
         self.srv: Dict[str, List[Tuple[int, int, int, str, int]]] = {}
         self.error: Optional[Exception] = None
+        self.errors: Dict[str, Exception] = {}  # by kind: "A", "AAAA", "SRV"
         self.lookups: List[Tuple[str, str]] = []
         self.held: List[Deferred[Any]] = []
         self.hold = False
 
     def _answer(self, kind: str, name: str, records: Optional[List[dns.RRHeader]]) -> "Deferred[Any]":
         self.lookups.append((kind, name))
-        if self.error is not None:
-            return fail(self.error)
+        if self.error is not None or kind in self.errors:
+            return fail(self.error or self.errors[kind])
         if records is None:
             return fail(DNSNameError(name))
         if self.hold:
@@ -326,6 +327,56 @@ class RefreshTests(SynchronousTestCase):
                                            ("c.example:6379", "10.0.0.3:6379", 10)])
         # The priority-10 group is gone: its own fallback is no longer asked for.
         name.stop()
+
+    def test_one_family_fails(self) -> None:
+        """
+        A answered, AAAA failed: the IPv4 answer is applied, the IPv6
+        backends known are kept, and the failure counted; with nothing
+        known and nothing answered, the set is kept (not an empty answer).
+        """
+        self.resolver.a["cache.example"] = [("10.0.0.1", 10), ("fd00::1", 10)]
+        name, members = watch(self.resolver, "dns:cache.example:6379", self.clock, min_ttl=1)
+        name.start()
+        self.resolver.a["cache.example"] = [("10.0.0.2", 10)]
+        self.resolver.errors["AAAA"] = DNSServerError("SERVFAIL")
+        self.clock.advance(10)
+        self.assertEqual([m for m, _, _ in members.current], ["10.0.0.2:6379", "[fd00::1]:6379"])
+        self.assertEqual(name.failures, 1)
+        self.assertIn("DNSServerError", name.last_error or "")
+        self.resolver.a["cache.example"] = []
+        self.clock.advance(10)
+        self.assertEqual([m for m, _, _ in members.current], ["[fd00::1]:6379"])
+        self.assertIsNone(name.empty_since)
+        name.stop()
+
+    def test_stopped_while_asking(self) -> None:
+        """An answer that comes after stop (shutdown) changes nothing and schedules nothing."""
+        self.resolver.a["cache.example"] = [("10.0.0.1", 1)]
+        self.resolver.hold = True
+        name, members = watch(self.resolver, "dns:cache.example:6379", self.clock)
+        name.start()
+        name.stop()
+        for held in self.resolver.held:
+            held.callback(None)
+        self.assertEqual(members.applied, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_backend_that_cannot_join(self) -> None:
+        """A target the proxy refuses to add (logged) does not keep the others out."""
+        added: List[str] = []
+
+        def add(target: Target) -> str:
+            if target.host == "10.0.0.2":
+                raise ValueError("no certificate name for it")
+            added.append(target.member)
+            return target.member
+
+        members = ClusterMembers("cache", add, lambda b: None, lambda b, w: None)
+        with capturedLogs() as events:
+            members.apply([Target(f"10.0.0.{i}:1", f"10.0.0.{i}", 1) for i in (1, 2, 3)])
+        self.assertEqual(added, ["10.0.0.1:1", "10.0.0.3:1"])
+        self.assertEqual(members.names(), ["10.0.0.1:1", "10.0.0.3:1"])
+        self.assertTrue(any("cannot join" in e.get("log_format", "") for e in events))
 
 
 def ring_cluster(remap: bool = True) -> Tuple[Cluster, ClusterMembers, Clock]:

@@ -194,11 +194,22 @@ class DnsName:
     def _clamp(self, ttl: Optional[float]) -> float:
         return self.min_ttl if ttl is None else min(self.max_ttl, max(self.min_ttl, ttl))
 
-    def _answered(self, answer: Tuple[List[Target], Optional[float]]) -> None:
-        targets, ttl = answer
+    def _answered(self, answer: "Answer") -> None:
+        if not self._running:
+            return  # stopped (shutdown) while the lookup was out: change nothing
+        targets, ttl, partial = answer
         self.refreshes += 1
         self.last_refresh = self.clock.seconds()
         self.last_error = None
+        if partial is not None:
+            # One family answered, the other failed: apply the answer, and
+            # keep what the failed family had (unknown is not absent).
+            family, why = partial
+            targets = targets + [t for t in self.targets if _family(t.host) == family]
+            self._count_failure(why)
+            if not targets:  # nothing known: not an empty answer
+                self._schedule(self.min_ttl)
+                return
         if targets:
             self.empty_since = None
             self._apply(targets)
@@ -233,25 +244,34 @@ class DnsName:
         self._schedule(self.min_ttl)
 
     def _failed(self, failure: Failure) -> None:
+        if not self._running:
+            return
         if failure.check(DNSNameError):
             self.refreshes += 1
             self.last_refresh = self.clock.seconds()
             self.last_error = None
             self._empty("NXDOMAIN")
             return
+        self._count_failure(failure)
+        self._schedule(self.min_ttl)
+
+    def _count_failure(self, failure: Failure) -> None:
         self.failures += 1
         self.last_error = _describe(failure)
         self.throttled.warn(("dns-failure", self.cluster, self.name),
                             "cluster {cluster}: {name}: lookup failed ({why}); keeping its "
                             "{n} backends", cluster=self.cluster, name=self.name,
                             why=self.last_error, n=len(self.targets))
-        self._schedule(self.min_ttl)
 
     def _apply(self, targets: Sequence[Target]) -> None:
         ordered = tuple(sorted(targets, key=lambda t: t.member))
         if ordered != self.targets:
             self.targets = ordered
             self.members.apply(ordered)
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _describe(failure: Failure) -> str:
@@ -288,59 +308,73 @@ def _least(*ttls: Optional[float]) -> Optional[float]:
     return min(known) if known else None
 
 
-def _lookup_addresses(resolver: Any, name: str) -> "Deferred[Tuple[List[str], Optional[float]]]":
+#: A lookup of one address family that failed while the other answered:
+#: (the failed family, socket.AF_INET or AF_INET6, and why), or None.
+Partial = Optional[Tuple[int, Failure]]
+
+
+def _lookup_addresses(resolver: Any, name: str,
+                      ) -> "Deferred[Tuple[List[str], Optional[float], Partial]]":
     """
-    C{name}'s A and AAAA addresses and their least TTL.  NXDOMAIN for both
-    is NXDOMAIN; a name with addresses of one family only answers the other
-    with nothing (or NXDOMAIN from some servers), which is fine.
+    C{name}'s A and AAAA addresses, their least TTL, and the family whose
+    lookup failed if only one did.  NXDOMAIN for both is NXDOMAIN; a name
+    with addresses of one family only answers the other with nothing (or
+    NXDOMAIN from some servers), which is fine.
     """
-    def settle(results: List[Tuple[bool, Any]]) -> Tuple[List[str], Optional[float]]:
+    families = (socket.AF_INET, socket.AF_INET6)
+
+    def settle(results: List[Tuple[bool, Any]]) -> Tuple[List[str], Optional[float], Partial]:
         addresses: List[str] = []
         ttl: Optional[float] = None
         names_missing = 0
-        for ok, value in results:
+        failed: List[Tuple[int, Failure]] = []
+        for family, (ok, value) in zip(families, results):
             if not ok:
                 if value.check(DNSNameError):
                     names_missing += 1
-                    continue
-                value.raiseException()
+                else:
+                    failed.append((family, value))
+                continue
             found, found_ttl = _addresses(value[0])
             addresses += found
             ttl = _least(ttl, found_ttl)
         if names_missing == len(results):
             raise DNSNameError(name)
-        return addresses, ttl
+        if failed and len(failed) + names_missing == len(results):
+            failed[0][1].raiseException()  # nothing answered
+        return addresses, ttl, (failed[0] if failed else None)
 
     lookups = [resolver.lookupAddress(name, timeout=LOOKUP_TIMEOUT),
                resolver.lookupIPV6Address(name, timeout=LOOKUP_TIMEOUT)]
     return DeferredList(lookups, consumeErrors=True).addCallback(settle)
 
 
-def _address_targets(resolver: Any, entry: Discovered,
-                     ) -> "Deferred[Tuple[List[Target], Optional[float]]]":
+Answer = Tuple[List[Target], Optional[float], Partial]
+
+
+def _address_targets(resolver: Any, entry: Discovered) -> "Deferred[Answer]":
     """A C{dns:} entry: one target per address, named by its address and port."""
-    def targets(found: Tuple[List[str], Optional[float]]) -> Tuple[List[Target], Optional[float]]:
-        addresses, ttl = found
+    def targets(found: Tuple[List[str], Optional[float], Partial]) -> Answer:
+        addresses, ttl, partial = found
         unique = sorted(set(addresses))
-        return [Target(_hostport(a, entry.port), a, entry.port) for a in unique], ttl
+        return [Target(_hostport(a, entry.port), a, entry.port) for a in unique], ttl, partial
 
     return _lookup_addresses(resolver, entry.name).addCallback(targets)
 
 
-def _srv_targets(resolver: Any, entry: Discovered,
-                 ) -> "Deferred[Tuple[List[Target], Optional[float]]]":
+def _srv_targets(resolver: Any, entry: Discovered) -> "Deferred[Answer]":
     """
     An C{srv:} entry: the records of the lowest priority, one target per
     target name and port, named by them; its address from the answer's
     additional records, else looked up.  A lone target C{.} means the
     service is not offered there (RFC 2782): an empty answer.
     """
-    def records(result: Lookup) -> "Deferred[Tuple[List[Target], Optional[float]]]":
+    def records(result: Lookup) -> "Deferred[Answer]":
         answers, _, additional = result
         srvs: List[Tuple[Any, float]] = [(rr.payload, rr.ttl) for rr in answers if rr.type == dns.SRV]
         srvs = [(srv, ttl) for srv, ttl in srvs if str(srv.target) not in ("", ".")]
         if not srvs:
-            return _done(([], _least(*[rr.ttl for rr in answers])))
+            return _done(([], _least(*[rr.ttl for rr in answers]), None))
         lowest = min(srv.priority for srv, _ in srvs)
         chosen: Dict[Tuple[str, int], Tuple[int, float]] = {}
         for srv, srv_ttl in srvs:
@@ -356,22 +390,23 @@ def _srv_targets(resolver: Any, entry: Discovered,
             found, ttl = _addresses(additional, target)
             member = f"{target}:{port}"
 
-            def pick(found_ttl: Tuple[List[str], Optional[float]]
+            def pick(found_ttl: Tuple[List[str], Optional[float], Partial]
                      ) -> Tuple[Optional[Target], Optional[float]]:
-                addresses, ttl = found_ttl
+                addresses, ttl, partial = found_ttl
                 if not addresses:
+                    if partial is not None:
+                        partial[1].raiseException()  # unknown, not absent: keep the set
                     return None, ttl
                 # One backend per target: its first address, in a stable order.
                 return Target(member, sorted(addresses)[0], port, weights[key]), ttl
 
             if found:
-                return _done(pick((found, ttl)))
+                return _done(pick((found, ttl, None)))
             return _lookup_addresses(resolver, target).addCallback(pick)
 
-        def gathered(results: List[Tuple[Optional[Target], Optional[float]]],
-                     ) -> Tuple[List[Target], Optional[float]]:
+        def gathered(results: List[Tuple[Optional[Target], Optional[float]]]) -> Answer:
             targets = [t for t, _ in results if t is not None]
-            return targets, _least(srv_ttl, *[ttl for _, ttl in results])
+            return targets, _least(srv_ttl, *[ttl for _, ttl in results]), None
 
         return gatherResults([one(key) for key in sorted(chosen)], consumeErrors=True
                              ).addCallback(gathered)
@@ -435,7 +470,15 @@ class ClusterMembers:
         for member, target in wanted.items():
             known = self.backends.get(member)
             if known is None:
-                backend = self._add(target)
+                try:
+                    backend = self._add(target)
+                except Exception as e:
+                    # Such as a backend_tls that cannot verify this address:
+                    # the others still join, and an answer that changes tries again.
+                    self.log.error("cluster {cluster}: backend {backend} ({address}) cannot "
+                                   "join: {why}", cluster=self.cluster, backend=member,
+                                   address=target.address, why=str(e) or repr(e))
+                    continue
                 if backend is None:
                     continue
                 self.backends[member] = (backend, target)
