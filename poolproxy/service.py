@@ -87,6 +87,11 @@ class Listener:
         return clients.limit
 
 
+def _rename(backend: Backend, name: str) -> None:
+    """A draining backend's new name in metrics and logs (its successor has its old one)."""
+    backend.name = backend.pool.name = name
+
+
 class ProxyService(MultiService):
     """
     Everything one C{twistd poolproxy} runs.
@@ -242,7 +247,7 @@ class ProxyService(MultiService):
                 assert found is not None
                 members = ClusterMembers(spec.name, self._dns_adder(spec.name, entry),
                                          partial(self.retire_backend, spec.name),
-                                         self.clusters[spec.name].set_weight)
+                                         self.clusters[spec.name].set_weight, _rename)
                 names.append(DnsName(
                     spec.name, found, resolver, self.reactor, members,
                     min_ttl=config.dns_min_ttl, max_ttl=config.dns_max_ttl,

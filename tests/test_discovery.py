@@ -574,6 +574,34 @@ class ServiceTests(SynchronousTestCase):
         service.stopService()
         reactor.advance(60)
 
+    def test_moved_target_drains_under_another_name(self) -> None:
+        """
+        An SRV target that moves: its successor joins under its name, and
+        the old backend drains as NAME@OLD_ADDRESS, so /metrics never has
+        two series with the same labels.
+        """
+        service, resolver = self.service(["srv:_redis._tcp.example"])
+        resolver.srv["_redis._tcp.example"] = [(1, 1, 6379, "a.example", 5)]
+        resolver.a["a.example"] = [("10.0.0.1", 5)]
+        service.startService()
+        old = service.clusters["default"].backends[0]
+        old.outstanding = 1
+        resolver.a["a.example"] = [("10.0.0.9", 5)]
+        service.reactor.advance(5)
+        new = service.clusters["default"].backends[0]
+        self.assertEqual((new.name, old.name), ("a.example:6379", "a.example:6379@10.0.0.1:6379"))
+        self.assertEqual(old.pool.name, old.name)
+        self.assertIn(old.pool, service.pools)
+        seen = set()
+        for family in build_registry(service).collect():
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                self.assertNotIn(key, seen)
+                seen.add(key)
+        old.outstanding = 0
+        service.stopService()
+        service.reactor.advance(60)
+
     def test_cluster_starts_empty(self) -> None:
         """
         A cluster of DNS entries only starts with no backend, not ready,

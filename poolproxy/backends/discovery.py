@@ -443,15 +443,22 @@ class ClusterMembers:
     proxy's add and drain path: C{add(target)} makes a backend join,
     C{retire(backend)} drains it, C{reweight(backend, weight)}.  A target
     whose address changed is a new backend under the same name (so it keeps
-    its keys on a hash ring); the old one drains.
+    its keys on a hash ring); the old one drains, renamed C{NAME@OLD_ADDRESS}.
     """
 
     log = Logger()
 
     def __init__(self, cluster: str, add: Callable[[Target], Any],
-                 retire: Callable[[Any], Any], reweight: Callable[[Any, int], None]) -> None:
+                 retire: Callable[[Any], Any], reweight: Callable[[Any, int], None],
+                 rename: Optional[Callable[[Any, str], None]] = None) -> None:
+        """
+        @param rename: gives a draining backend whose target moved another
+            name (C{NAME@OLD_ADDRESS}), so that it and its successor are
+            told apart in metrics and logs while it drains.
+        """
         self.cluster = cluster
         self._add, self._retire, self._reweight = add, retire, reweight
+        self._rename = rename
         self.backends: Dict[str, Tuple[Any, Target]] = {}
 
     def names(self) -> List[str]:
@@ -467,6 +474,8 @@ class ClusterMembers:
                               "draining", cluster=self.cluster, backend=member,
                               address=had.address)
                 self._retire(backend)
+                if target is not None and self._rename is not None:
+                    self._rename(backend, f"{member}@{had.address}")
         for member, target in wanted.items():
             known = self.backends.get(member)
             if known is None:
