@@ -327,6 +327,22 @@ class ProxyService(MultiService):
                           "({how})", backend=backend.name, cap=self.limits.cap,
                           how=budget.describe())
 
+    def _release_descriptors(self, backend: Backend) -> None:
+        """
+        A retired backend gives its descriptors back, and the client cap
+        grows back within the budget, so that backends that come and go
+        (DNS) do not shrink it for good.
+        """
+        budget = self.descriptors = replace(
+            self.descriptors, pools=self.descriptors.pools - backend.pool.size,
+            health_checks=self.descriptors.health_checks - (backend.health is not None))
+        given = self.config.max_client_connections
+        cap = budget.clients if given is None else min(given, budget.clients)
+        if cap > self.limits.cap:
+            self.limits.set_cap(cap)
+            self.log.info("backend {backend} closed: client connections now capped at {cap} "
+                          "({how})", backend=backend.name, cap=cap, how=budget.describe())
+
     def retire_backend(self, cluster: str, backend: Backend) -> "Deferred[None]":
         """
         C{backend} leaves cluster C{cluster} (reload): it gets no new request,
@@ -342,6 +358,7 @@ class ProxyService(MultiService):
         def close(_: bool) -> "Deferred[None]":
             if backend in self._retiring:
                 self._retiring.remove(backend)
+                self._release_descriptors(backend)
             return backend.close()
 
         return wait_until(self.reactor, lambda: backend.outstanding == 0,

@@ -602,6 +602,29 @@ class ServiceTests(SynchronousTestCase):
         service.stopService()
         service.reactor.advance(60)
 
+    def test_churn_keeps_the_client_cap(self) -> None:
+        """
+        Each backend DNS adds reserves descriptors (lowering the client cap
+        when they no longer fit), and gives them back once it has drained:
+        addresses that come and go leave the cap where it was.
+        """
+        resolver = FakeResolver()
+        resolver.a["cache.example"] = [("10.0.0.1", 5)]
+        config = build_config(dict(CONFIG, backend=["dns:cache.example:6379"], pool_size=50), {})
+        service = ProxyService(config, reactor=MemoryReactorClock(), resolver=resolver,
+                               open_files=400)
+        service.startService()
+        cap = service.limits.cap
+        for i in range(2, 12):
+            resolver.a["cache.example"] = [("10.0.0.1", 5), (f"10.0.1.{i}", 5)]
+            service.reactor.advance(5)
+            self.assertLess(service.limits.cap, cap)
+            resolver.a["cache.example"] = [("10.0.0.1", 5)]
+            service.reactor.advance(5)
+        self.assertEqual(service.limits.cap, cap)
+        service.stopService()
+        service.reactor.advance(60)
+
     def test_cluster_starts_empty(self) -> None:
         """
         A cluster of DNS entries only starts with no backend, not ready,
