@@ -499,6 +499,23 @@ class KeepMappingProtocolTests(SynchronousTestCase):
         self.assertTrue(reply.startswith(b"-ERR "), reply)
         self.assertTrue(reply.endswith(b"\r\n$1\r\nv\r\n"), reply)
 
+    def test_split_request_error(self) -> None:
+        """
+        With shard_on_eject = keep, an MGET with a key of the disabled
+        backend and one of another gets the error (its part's), never a
+        value read from the wrong backend.
+        """
+        harness = MultiplexHarness(load_codec("redis"), backends=3, balance="consistent_hash",
+                                   shard_on_eject="keep", mux_connections=1)
+        mine, other = self.owner_and_other(harness)
+        harness.assembly.cluster.backends[0].disabled = True
+        client = harness.client()
+        client.send(b"*3\r\n$4\r\nMGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                    % (len(mine), mine, len(other), other))
+        harness.connect()
+        harness.serve(lambda connection, data: b"*1\r\n$1\r\nv\r\n")
+        self.assertTrue(client.received().startswith(b"-ERR "), client.received())
+
     def test_memcached_error(self) -> None:
         """The same in memcached: SERVER_ERROR for the disabled backend's key."""
         harness = MultiplexHarness(load_codec("memcached"), backends=3,
