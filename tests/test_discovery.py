@@ -378,6 +378,20 @@ class RefreshTests(SynchronousTestCase):
         self.assertEqual(members.names(), ["10.0.0.1:1", "10.0.0.3:1"])
         self.assertTrue(any("cannot join" in e.get("log_format", "") for e in events))
 
+    def test_refreshes_survive_a_broken_apply(self) -> None:
+        """An exception while applying an answer is logged; lookups go on."""
+        self.resolver.a["cache.example"] = [("10.0.0.1", 10)]
+        name, members = watch(self.resolver, "dns:cache.example:6379", self.clock, min_ttl=1)
+
+        def broken(targets: Sequence[Target]) -> None:
+            raise ValueError("bug")
+
+        members.apply = broken  # type: ignore[method-assign]
+        name.start()
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        name.stop()
+
 
 def ring_cluster(remap: bool = True) -> Tuple[Cluster, ClusterMembers, Clock]:
     """A consistent_hash cluster whose members a ClusterMembers changes."""

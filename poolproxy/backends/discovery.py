@@ -184,7 +184,15 @@ class DnsName:
         d = _srv_targets(self.resolver, self.entry) if self.entry.kind == "srv" \
             else _address_targets(self.resolver, self.entry)
         d.addCallbacks(self._answered, self._failed)
+        # A bug while applying an answer must not end the refreshes for good.
+        d.addErrback(self._broken)
         return d
+
+    def _broken(self, failure: Failure) -> None:
+        self.log.failure("cluster {cluster}: {name}: applying an answer failed",
+                         failure, cluster=self.cluster, name=self.name)
+        if self._next is None:
+            self._schedule(self.min_ttl)
 
     def _schedule(self, ttl: float) -> None:
         self.ttl = ttl
