@@ -88,7 +88,9 @@ class ClusterAssembly:
             spec.balance or self.mode.balance,
             max_ejected_share=self.setting("max_ejected_percent") / 100.0,
             hash_tag=tag.encode("ascii") if tag else None,
-            retry_budget=RetryBudget(config.retry_budget_percent / 100.0))
+            retry_budget=RetryBudget(config.retry_budget_percent / 100.0),
+            remap_on_eject=self.setting("shard_on_eject") == "remap",
+            discovered=bool(spec.discovered))
 
     def setting(self, key: str) -> Any:
         """This cluster's value of setting C{key}."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import signal
 from dataclasses import replace
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from functools import partial
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
@@ -23,6 +24,8 @@ from twisted.logger import Logger
 
 from poolproxy.assemble import ClusterAssembly
 from poolproxy.backends.cluster import Backend, Cluster
+from poolproxy.backends.discovery import (ClusterMembers, DnsName, Target, make_resolver,
+                                          parse_discovery)
 from poolproxy.backends.pool import BackendPool
 from poolproxy.codec import ICodec
 from poolproxy.config import (SETTINGS_BY_NAME, BackendConfig, ListenerConfig, ProxyConfig,
@@ -43,6 +46,7 @@ from poolproxy.proxy.output import OutputBudget
 from poolproxy.stats import ListenerStats, Tally
 from poolproxy.util.accepting import AcceptGate, AcceptingReactor, CappedFactory
 from poolproxy.util.descriptors import open_file_limit
+from poolproxy.util.throttled import ThrottledLog
 from poolproxy.util.reactors import default_reactor
 from poolproxy.util.shutdown_delay import ShutdownDelay
 from poolproxy.util.waiting import wait_until
@@ -100,6 +104,11 @@ class Listener:
         return clients.limit
 
 
+def _rename(backend: Backend, name: str) -> None:
+    """A draining backend's new name in metrics and logs (its successor has its old one)."""
+    backend.name = backend.pool.name = name
+
+
 class ProxyService(MultiService):
     """
     Everything one C{twistd poolproxy} runs.
@@ -124,10 +133,13 @@ class ProxyService(MultiService):
                  codec: Optional[ICodec] = None,
                  reload_config: Optional[Callable[[], ProxyConfig]] = None,
                  handle_sighup: bool = False, handoff: Optional[Handoff] = None,
-                 open_files: Optional[int] = None) -> None:
+                 open_files: Optional[int] = None, resolver: Optional[Any] = None) -> None:
         """
         @param open_files: the open file limit to fit client connections
             in; by default the process's soft limit.
+        @param resolver: what resolves C{dns:} and C{srv:} backends (the
+            L{twisted.names} lookups L{poolproxy.backends.discovery} calls);
+            by default one asking C{dns_resolvers}.
         @raise ConfigError: if the configured caps, or any client
             connection at all, do not fit (L{poolproxy.config.budget}).
         """
@@ -168,6 +180,8 @@ class ProxyService(MultiService):
         self.cluster = next(iter(self.clusters.values()))
         # Backends a reload removed, draining until their requests are done.
         self._retiring: List[Backend] = []
+        # The dns: and srv: entries of every cluster, resolved while running.
+        self.dns_names: List[DnsName] = self._dns_names(resolver)
 
         self.listeners: List[Listener] = []
         self.rejections = RejectionSummary(self.admission, lambda: self.pools, reactor,
@@ -236,6 +250,56 @@ class ProxyService(MultiService):
                 tls = self.server_tls[description] = ServerTLS(description, description)
         return server_endpoint(ports, description, backlog, tls)
 
+    def _dns_names(self, resolver: Optional[Any]) -> List[DnsName]:
+        """
+        One L{DnsName} per C{dns:}/C{srv:} entry, whose answers add and
+        retire backends as a reload does; one resolver for them all.
+        """
+        config = self.config
+        if not any(spec.discovered for spec in config.clusters):
+            return []
+        if resolver is None:
+            resolver = make_resolver(config.dns_resolvers, self.reactor)
+        throttled = ThrottledLog(DnsName.log, self.reactor)
+        names = []
+        for spec in config.clusters:
+            for entry in spec.discovered:
+                found = parse_discovery(entry.address)
+                assert found is not None
+                members = ClusterMembers(spec.name, self._dns_adder(spec.name, entry),
+                                         partial(self.retire_backend, spec.name),
+                                         self.clusters[spec.name].set_weight, _rename)
+                names.append(DnsName(
+                    spec.name, found, resolver, self.reactor, members,
+                    min_ttl=config.dns_min_ttl, max_ttl=config.dns_max_ttl,
+                    empty_hold=config.dns_empty_hold,
+                    max_ejected_share=spec.setting("max_ejected_percent", config) / 100.0,
+                    throttled=throttled))
+        return names
+
+    def discovered(self, cluster: str) -> Set[str]:
+        """The names of the backends DNS brought into C{cluster}."""
+        return {member for name in self.dns_names if name.cluster == cluster
+                for member in name.members.names()}
+
+    def _dns_adder(self, cluster: str, entry: BackendConfig) -> Callable[[Target], Optional[Backend]]:
+        """
+        How a DNS answer's target joins C{cluster}: a backend named by the
+        target, weighted by SRV (else by the entry's weight); not if a
+        backend of that name is there already (another entry, or given by
+        address), which is logged.
+        """
+        def add(target: Target) -> Optional[Backend]:
+            if any(b.name == target.member for b in self.clusters[cluster].backends):
+                self.log.warn("cluster {cluster}: {entry} names {backend}, which the cluster "
+                              "has already; not added twice", cluster=cluster,
+                              entry=entry.address, backend=target.member)
+                return None
+            weight = target.weight if entry.address.lower().startswith("srv:") else entry.weight
+            return self.add_backend(cluster, BackendConfig(target.member, target.address, weight))
+
+        return add
+
     def rereadable(self) -> List[Rereadable]:
         """What SIGHUP reads again from its files: secrets, certificates, CAs, users files."""
         items: List[Rereadable] = list(self.secrets.files.values())
@@ -284,6 +348,22 @@ class ProxyService(MultiService):
                           "({how})", backend=backend.name, cap=self.limits.cap,
                           how=budget.describe())
 
+    def _release_descriptors(self, backend: Backend) -> None:
+        """
+        A retired backend gives its descriptors back, and the client cap
+        grows back within the budget, so that backends that come and go
+        (DNS) do not shrink it for good.
+        """
+        budget = self.descriptors = replace(
+            self.descriptors, pools=self.descriptors.pools - backend.pool.size,
+            health_checks=self.descriptors.health_checks - (backend.health is not None))
+        given = self.config.max_client_connections
+        cap = budget.clients if given is None else min(given, budget.clients)
+        if cap > self.limits.cap:
+            self.limits.set_cap(cap)
+            self.log.info("backend {backend} closed: client connections now capped at {cap} "
+                          "({how})", backend=backend.name, cap=cap, how=budget.describe())
+
     def retire_backend(self, cluster: str, backend: Backend) -> "Deferred[None]":
         """
         C{backend} leaves cluster C{cluster} (reload): it gets no new request,
@@ -299,6 +379,7 @@ class ProxyService(MultiService):
         def close(_: bool) -> "Deferred[None]":
             if backend in self._retiring:
                 self._retiring.remove(backend)
+                self._release_descriptors(backend)
             return backend.close()
 
         return wait_until(self.reactor, lambda: backend.outstanding == 0,
@@ -359,6 +440,8 @@ class ProxyService(MultiService):
             sweeper.start()
         for backend in self.backends():
             backend.start()
+        for name in self.dns_names:
+            name.start()
         for listener in self.listeners:
             cluster = listener.cluster
             self.log.info(
@@ -395,6 +478,8 @@ class ProxyService(MultiService):
         listening = [listener.service for listener in self.listeners]
         stopping = [maybeDeferred(svc.stopService) for svc in listening]
         self.rejections.stop()
+        for name in self.dns_names:
+            name.stop()
         for sweeper in self.sweepers:
             sweeper.stop()
         # A client accepted just before the listener closed has likely not

@@ -431,7 +431,8 @@ class OverrideTests(ClusterConfigTestCase):
                  "hash_tag": '"{}"', "http_failures": '"gateway"',
                  "deny_commands": '["KEYS", "CLIENT KILL"]', "allow_commands": '["CONFIG"]',
                  "unknown_commands": '"pin"', "backend_tls": "{ verify = false }",
-                 "pool_mode": '"session"', "max_prepared_statements": "50"}
+                 "pool_mode": '"session"', "max_prepared_statements": "50",
+                 "shard_on_eject": '"keep"'}
         self.assertEqual(sorted(valid), sorted(CLUSTER_OVERRIDES))
         config = self.parse_file(cluster_file("".join(f"{k} = {v}\n" for k, v in valid.items())))
         self.assertEqual(sorted(config.clusters[0].overrides), sorted(CLUSTER_OVERRIDES))

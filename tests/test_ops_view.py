@@ -55,6 +55,7 @@ class FakeProxy:
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(100))
     secrets: Secrets = field(default_factory=Secrets)
     stopping: bool = False
+    dns_names: List[Any] = field(default_factory=list)
 
     @property
     def pools(self) -> List[BackendPool]:

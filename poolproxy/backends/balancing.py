@@ -319,11 +319,16 @@ class ConsistentHash(Policy):
     """
 
     def __init__(self, backends: Iterable[Tuple[Any, int]], *,
-                 name_of: Optional[Callable[[Any], str]] = None) -> None:
+                 name_of: Optional[Callable[[Any], str]] = None, remap: bool = True) -> None:
         """
         @param name_of: a backend's name on the ring; C{str} if L{None}.
+        @param remap: whether a key whose backend is unavailable goes on to
+            the next available one (twemproxy's C{auto_eject_hosts}), or
+            gets none (L{None}), so that proxies that disagree about a
+            backend's health never disagree about where its keys live.
         """
         self._name_of: Callable[[Any], str] = name_of if name_of is not None else str
+        self._remap = remap
         # (name, weight) -> points: a change of one backend rehashes only it.
         self._point_cache: Dict[Tuple[str, int], List[int]] = {}
         Policy.__init__(self, backends)
@@ -369,7 +374,7 @@ class ConsistentHash(Policy):
         owner = self._owners[i]
         if available(owner):
             return owner
-        return self._walk(i, available)
+        return self._walk(i, available) if self._remap else None
 
     def _walk(self, i: int, available: Available) -> Optional[Any]:
         """
@@ -428,7 +433,8 @@ POLICIES: Dict[str, type] = {
 def make_policy(name: str, backends_with_weights: Iterable[Tuple[Any, int]], *,
                 outstanding: Optional[Callable[[Any], int]] = None,
                 rng: Optional[random.Random] = None,
-                name_of: Optional[Callable[[Any], str]] = None) -> Policy:
+                name_of: Optional[Callable[[Any], str]] = None,
+                remap: bool = True) -> Policy:
     """
     The policy called C{name} in L{POLICIES}.  Options a policy does not use
     are ignored, so that a caller may pass all it has.
@@ -439,6 +445,8 @@ def make_policy(name: str, backends_with_weights: Iterable[Tuple[Any, int]], *,
     @param rng: the source of randomness of C{least_outstanding} and
         C{random}.
     @param name_of: a backend's name on the C{consistent_hash} ring.
+    @param remap: C{consistent_hash}: whether an unavailable backend's keys
+        go to the next one on the ring (see L{ConsistentHash}).
     @return: a new policy.
     @raise ValueError: for an unknown name, or C{least_outstanding} without
         C{outstanding}.
@@ -452,7 +460,7 @@ def make_policy(name: str, backends_with_weights: Iterable[Tuple[Any, int]], *,
             raise ValueError("least_outstanding needs an outstanding callable")
         return LeastOutstanding(backends_with_weights, outstanding, rng=rng)
     if cls is ConsistentHash:
-        return ConsistentHash(backends_with_weights, name_of=name_of)
+        return ConsistentHash(backends_with_weights, name_of=name_of, remap=remap)
     if cls is WeightedRandom:
         return WeightedRandom(backends_with_weights, rng=rng)
     return WeightedRoundRobin(backends_with_weights)

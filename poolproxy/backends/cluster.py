@@ -211,14 +211,22 @@ class Cluster:
         what is between them (hash tags, as twemproxy's C{hash_tag}); L{None}: off.
     @ivar retry_budget: what retries of this cluster's requests may spend;
         L{None}: requests are never retried.
+    @ivar remap_on_eject: with consistent hashing, whether an unavailable
+        backend's keys go to the next backend on the ring (else their
+        requests find no backend).
     """
 
     def __init__(self, name: str, backends: Sequence[Backend], policy: str = "round_robin",
                  max_ejected_share: float = 0.5, rng: Optional[random.Random] = None,
                  make_policy: Optional[Callable[..., Any]] = None, *,
                  hash_tag: Optional[bytes] = None,
-                 retry_budget: Optional[RetryBudget] = None) -> None:
-        if not backends:
+                 retry_budget: Optional[RetryBudget] = None,
+                 remap_on_eject: bool = True, discovered: bool = False) -> None:
+        """
+        @param discovered: its backends come from DNS, so it may start with
+            none (it is not ready until some are found).
+        """
+        if not backends and not discovered:
             raise ValueError("a cluster needs at least one backend")
         from poolproxy.backends.balancing import make_policy as default_make_policy
 
@@ -231,7 +239,8 @@ class Cluster:
         self.policy = (make_policy or default_make_policy)(
             policy, [(b, b.weight) for b in self.backends],
             outstanding=lambda b: b.outstanding, rng=rng or random.Random(),
-            name_of=lambda b: b.name)
+            name_of=lambda b: b.name, remap=remap_on_eject)
+        self.remap_on_eject = remap_on_eject
         self._update_sharded()
 
     def _update_sharded(self) -> None:

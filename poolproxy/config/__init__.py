@@ -138,6 +138,11 @@ class ProxyConfig:
     max_ejected_percent: float = 50.0
     http_failures: str = "5xx"
     hash_tag: Optional[str] = None
+    shard_on_eject: str = "remap"
+    dns_resolvers: Tuple[str, ...] = ()
+    dns_min_ttl: float = 5.0
+    dns_max_ttl: float = 300.0
+    dns_empty_hold: float = 30.0
     deny_commands: Optional[Tuple[str, ...]] = None
     allow_commands: Tuple[str, ...] = ()
     unknown_commands: str = "refuse"

@@ -24,6 +24,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactor
 
+from poolproxy.backends.discovery import DISCOVERY_KINDS, parse_discovery
 from poolproxy.config.settings import ConfigError
 from poolproxy.config.tls import ServerTLS, is_tls_listener
 
@@ -184,6 +185,12 @@ def check_client(description: str, where: str) -> None:
         C{backend_tls}, where it is verified, counted and reloaded.
     """
     kind = description.split(":", 1)[0].strip().lower()
+    if kind in DISCOVERY_KINDS:  # dns:NAME:PORT, srv:_SERVICE._PROTO.NAME
+        try:
+            parse_discovery(description)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        return
     if kind in ("ssl", "tls"):
         raise ConfigError(f"{where}: {description!r}: {kind}: endpoints are not used for "
                           "backends; give the address (HOST:PORT or tcp:host=...:port=...) and "

@@ -15,6 +15,7 @@ from typing import Any, Callable, Container, Dict, List, Optional, Sequence, Tup
 from twisted.python.usage import UsageError
 
 from poolproxy.backends.balancing import POLICIES
+from poolproxy.backends.discovery import parse_resolver
 
 class ConfigError(UsageError):
     """
@@ -75,6 +76,14 @@ def _check_names(name: str, where: str) -> None:
     if not 1 <= len(words) <= 2 or not all(w.isascii() and w.isprintable() for w in words):
         raise ConfigError(f"{where}: expected command names such as CONFIG or 'CLIENT KILL', "
                           f"got {name!r}")
+
+
+def _check_resolver(server: str, where: str) -> None:
+    """A dns_resolvers entry: an IP address and port."""
+    try:
+        parse_resolver(server)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 #: PgBouncer's default auth_query (its doc/config.md): no row for a role
@@ -369,6 +378,22 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("hash_tag", "str", None, "redis and memcached with consistent_hash: two "
             "characters, e.g. '{}'; a key holding them is hashed by what is between them "
             "only, so keys with the same tag live on the same backend.", check=_check_hash_tag),
+    Setting("shard_on_eject", "str", "remap", "consistent_hash: where the keys of a backend "
+            "taken out of rotation (health checks, breaker, disabled) go: remap (to the next "
+            "backend on the ring) or keep (their requests get the protocol's error, so proxies "
+            "that disagree about its health never disagree about where a key lives).",
+            choices=("remap", "keep")),
+    Setting("dns_resolvers", "names", (), "DNS servers that resolve dns: and srv: backends, "
+            "HOST:PORT, comma-separated [default: those of /etc/resolv.conf].",
+            check=_check_resolver),
+    Setting("dns_min_ttl", "float", 5.0, "Fewest seconds between two lookups of a dns: or "
+            "srv: backend, whatever the TTL (also the retry after a failed lookup).",
+            minimum=0, exclusive=True),
+    Setting("dns_max_ttl", "float", 300.0, "Most seconds between two lookups of a dns: or "
+            "srv: backend, whatever the TTL.", minimum=0, exclusive=True),
+    Setting("dns_empty_hold", "float", 30.0, "Seconds a dns: or srv: backend's addresses are "
+            "kept while its answers are empty or NXDOMAIN, before they drain (never more than "
+            "max_ejected_percent of them).", minimum=0),
     Setting("deny_commands", "names", None, "Commands refused with the protocol's error "
             "instead of being sent, comma-separated (redis: a command, or a command and "
             "subcommand such as 'CLIENT KILL') [default: the codec's commands that administer "
@@ -419,6 +444,7 @@ CLUSTER_OVERRIDES: Tuple[str, ...] = (
     "breaker_reset_timeout", "breaker_max_reset_timeout", "max_ejected_percent", "hash_tag",
     "http_failures", "deny_commands", "allow_commands", "unknown_commands",
     "backend_tls", "pool_mode", "max_prepared_statements",
+    "shard_on_eject",
 )
 
 LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster", "max_connections")
@@ -535,6 +561,7 @@ ORDERED_PAIRS: Tuple[Tuple[str, str, bool], ...] = (
     ("pool_min_idle", "pool_size", True),
     ("mux_connections", "pool_size", True),
     ("breaker_reset_timeout", "breaker_max_reset_timeout", False),
+    ("dns_min_ttl", "dns_max_ttl", False),
 )
 
 

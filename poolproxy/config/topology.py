@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional,
+                    Sequence, Tuple)
 
+from poolproxy.backends.discovery import parse_discovery
 from poolproxy.config.endpoints import backend_host, backend_name, demo_address
 from poolproxy.config.settings import (
     BACKEND_KEYS,
@@ -62,6 +64,9 @@ class ClusterConfig:
     @ivar hash_key: for http with C{consistent_hash}, or L{None}.
     @ivar overrides: the L{CLUSTER_OVERRIDES} keys this cluster sets, already
         validated; read them with L{setting}.
+    @ivar discovered: its C{dns:} and C{srv:} entries, whose backends DNS
+        names at run time (L{poolproxy.backends.discovery}); C{backends}
+        holds the others.
     """
 
     name: str
@@ -70,6 +75,7 @@ class ClusterConfig:
     hash_key: Optional[str]
     backends: Tuple[BackendConfig, ...]
     overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    discovered: Tuple[BackendConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.overrides, MappingProxyType):
@@ -129,8 +135,10 @@ def _flat_topology(listen: Sequence[str], backend: Sequence[str], demo: Optional
             addresses.append(f"{host_port[0]}:{host_port[1]}")
     if not addresses:
         return (), ()
-    cluster = ClusterConfig(DEFAULT_CLUSTER, protocol, balance, hash_key,
-                            tuple(BackendConfig(backend_name(a), a, 1) for a in addresses))
+    static, discovered = _split_discovered(
+        BackendConfig(backend_name(a), a, 1) for a in addresses)
+    cluster = ClusterConfig(DEFAULT_CLUSTER, protocol, balance, hash_key, static,
+                            discovered=discovered)
     return tuple(ListenerConfig(e, e, DEFAULT_CLUSTER) for e in listen), (cluster,)
 
 
@@ -211,9 +219,20 @@ def _clusters_from_tables(raw: Any, top: Mapping[str, Any], file_name: str,
         backends = _backends_from_tables(values.get("backend"), table, name, check)
         if "backend_tls" in overrides:
             check_backend_tls(overrides["backend_tls"], backends, table.at("backend_tls"))
-        clusters.append(ClusterConfig(name, protocol, balance, hash_key, backends,
-                                      MappingProxyType(overrides)))
+        static, discovered = _split_discovered(backends)
+        clusters.append(ClusterConfig(name, protocol, balance, hash_key, static,
+                                      MappingProxyType(overrides), discovered))
     return tuple(clusters)
+
+
+def _split_discovered(backends: Iterable[BackendConfig],
+                      ) -> Tuple[Tuple[BackendConfig, ...], Tuple[BackendConfig, ...]]:
+    """The backends given by address, and the C{dns:} and C{srv:} entries."""
+    static: List[BackendConfig] = []
+    discovered: List[BackendConfig] = []
+    for backend in backends:
+        (discovered if parse_discovery(backend.address) else static).append(backend)
+    return tuple(static), tuple(discovered)
 
 
 def check_backend_tls(tls: Any, backends: Sequence[BackendConfig], where: str) -> None:

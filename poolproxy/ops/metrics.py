@@ -82,6 +82,7 @@ class ProxyCollector:
         yield from self._pools()
         yield from self._postgres()
         yield from self._backends()
+        yield from self._dns()
 
     def _listeners(self) -> Iterator[Metric]:
         opened = CounterMetricFamily("poolproxy_client_connections",
@@ -428,6 +429,24 @@ class ProxyCollector:
         if any_breaker:
             yield from (breaker_state, opened, refused)
         yield counts
+
+
+    def _dns(self) -> Iterator[Metric]:
+        names = self.service.dns_names
+        if not names:
+            return
+        labels = ["cluster", "name"]
+        failures = CounterMetricFamily("poolproxy_dns_failures",
+                                       "Lookups of a dns: or srv: backend entry that failed "
+                                       "(timeout, SERVFAIL, refused); its last good set was kept.",
+                                       labels=labels)
+        backends = GaugeMetricFamily("poolproxy_dns_backends",
+                                     "Backends a dns: or srv: entry has in its cluster now.",
+                                     labels=labels)
+        for name in names:
+            failures.add_metric([name.cluster, name.name], name.failures)
+            backends.add_metric([name.cluster, name.name], len(name.targets))
+        yield from (failures, backends)
 
 
 def build_registry(service: ProxyView) -> CollectorRegistry:

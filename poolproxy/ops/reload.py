@@ -2,7 +2,7 @@
 Reloading the configuration (SIGHUP) without dropping client connections.
 
 What can change in place: the backends of an existing cluster (added; removed,
-after they drain; re-weighted), and what the running configuration reads
+after they drain; re-weighted; those DNS brought in are DNS's to change), and what the running configuration reads
 from files: the password files, the admin token, the certificates and keys
 of ssl: listeners, the CAs and client certificates of backend_tls, and the
 postgres users file (auth_file).  Those are read again from the files the
@@ -19,7 +19,8 @@ with a line saying why.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import (Any, Callable, Container, Dict, List, Mapping, Optional, Protocol, Sequence,
+                    Tuple)
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -77,6 +78,9 @@ class Reloadable(Protocol):
 
     def rereadable(self) -> Sequence[Rereadable]:
         """What the running configuration reads from files, to read again."""
+
+    def discovered(self, cluster: str) -> Container[str]:
+        """The names of the backends DNS brought into a cluster (a reload leaves them)."""
 
 
 class Reloader:
@@ -151,7 +155,14 @@ class Reloader:
 
     def _reconcile(self, cluster: Cluster, spec: ClusterConfig) -> None:
         target = self.target
-        current = {b.name: b for b in cluster.backends}
+        # DNS changes the backends of dns: and srv: entries; the entries
+        # themselves are read at start.
+        discovered = target.discovered(cluster.name)
+        current = {b.name: b for b in cluster.backends if b.name not in discovered}
+        running = self.target.config.cluster(cluster.name).discovered
+        if {b.address for b in running} != {b.address for b in spec.discovered}:
+            self.log.warn("reload: cluster {cluster}: changes to its dns: and srv: backends "
+                          "need a restart", cluster=cluster.name)
         for wanted in spec.backends:
             backend = current.get(wanted.name)
             key = (cluster.name, wanted.name)

@@ -21,6 +21,7 @@ from twisted.web.server import Request
 
 from poolproxy import __version__
 from poolproxy.backends.cluster import BACKEND_STATES, Backend, Cluster
+from poolproxy.backends.discovery import DnsName
 from poolproxy.ops.pools import ServingPool, keyed_pools, pinned_clients
 from poolproxy.ops.view import ProxyView
 
@@ -192,7 +193,7 @@ def status_snapshot(service: ProxyView, sampler: RateSampler) -> Dict[str, Any]:
             # Transaction mode (postgres): the pool of each (database, user).
             "pools": pools,
         })
-    return {
+    snapshot = {
         "version": __version__,
         "runtime": {
             "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -208,6 +209,25 @@ def status_snapshot(service: ProxyView, sampler: RateSampler) -> Dict[str, Any]:
             "rejected": dict(admission.rejected.items()),
         },
         "clusters": clusters,
+    }
+    if service.dns_names:
+        snapshot["dns"] = [_dns_status(name, service.reactor) for name in service.dns_names]
+    return snapshot
+
+
+def _dns_status(name: DnsName, clock: Any) -> Dict[str, Any]:
+    """A dns: or srv: entry: its backends, last answer (seconds ago), TTL, failures, last error."""
+    last = name.last_refresh
+    return {
+        "cluster": name.cluster,
+        "name": name.name,
+        "backends": [t.member for t in name.targets],
+        "refreshed_seconds_ago": None if last is None else round(clock.seconds() - last, 3),
+        "ttl": name.ttl,
+        "failures": name.failures,
+        "last_error": name.last_error,
+        "empty_since_seconds_ago": (None if name.empty_since is None
+                                    else round(clock.seconds() - name.empty_since, 3)),
     }
 
 
@@ -285,6 +305,20 @@ def _pool_row(p: Dict[str, Any]) -> str:
     return f"<tr>{''.join(cells)}</tr>"
 
 
+_DNS_HEADERS = ["Cluster", "Name", "Backends", "Answered (s ago)", "Next in (s)", "Failures",
+                "Empty for (s)", "Last error"]
+
+
+def _dns_row(d: Dict[str, Any]) -> str:
+    cells = [
+        _cell(d["cluster"]), _cell(d["name"]), _cell(", ".join(d["backends"]) or "-"),
+        _cell(d["refreshed_seconds_ago"], True), _cell(f"{d['ttl']:g}", True),
+        _cell(d["failures"], True), _cell(d["empty_since_seconds_ago"], True),
+        _cell(d["last_error"], css="err"),
+    ]
+    return f"<tr>{''.join(cells)}</tr>"
+
+
 def render_html(snapshot: Dict[str, Any]) -> str:
     """
     The HTML page for a L{status_snapshot}: inline CSS, no script, no
@@ -337,6 +371,10 @@ def render_html(snapshot: Dict[str, Any]) -> str:
             parts.append(f"<h3>Pools of cluster {h(cluster['name'])} <small>(one per database "
                          "and user)</small></h3>")
             parts.append(_table(_POOL_HEADERS, [_pool_row(p) for p in cluster["pools"]]))
+
+    if snapshot.get("dns"):
+        parts.append("<h2>Backends from DNS</h2>")
+        parts.append(_table(_DNS_HEADERS, [_dns_row(d) for d in snapshot["dns"]]))
 
     parts.append("</body></html>\n")
     return "".join(parts)

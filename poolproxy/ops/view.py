@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional, Protocol, Sequence
 from twisted.internet.interfaces import IListeningPort
 
 from poolproxy.backends.cluster import Cluster
+from poolproxy.backends.discovery import DnsName
 from poolproxy.backends.pool import BackendPool
 from poolproxy.config import ProxyConfig
 from poolproxy.config.secrets import Secrets
@@ -86,6 +87,10 @@ class ProxyView(Protocol):
     @property
     def pools(self) -> Sequence[BackendPool]:
         """One pool per backend, backends a reload is draining included."""
+
+    @property
+    def dns_names(self) -> Sequence[DnsName]:
+        """The C{dns:} and C{srv:} entries of every cluster, as resolved."""
 
     @property
     def ready(self) -> bool:
