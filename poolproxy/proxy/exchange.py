@@ -193,9 +193,9 @@ class Exchange:
         self.continued = False
         # For the duration histograms: the read that brought the head (the
         # frontend's last_active, so no clock read), and when the request was
-        # written to its backend connection (0 until it is).
+        # written to its backend connection (-1 until it is).
         self.began = frontend.last_active
-        self.sent = 0.0
+        self.sent = -1.0
 
     def begin(self) -> None:
         """
@@ -704,7 +704,7 @@ class Exchange:
         frontend.stats.requests.add(outcome)
         now = frontend.factory.clock.seconds()
         frontend.stats.durations.observe(outcome, now - self.began)
-        if self.sent and self.cluster_backend is not None:
+        if self.sent >= 0 and self.cluster_backend is not None:
             self.cluster_backend.durations.observe(outcome, now - self.sent)
 
     def _error(self, kind: str, message: str) -> None:
