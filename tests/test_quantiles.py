@@ -155,3 +155,48 @@ class MetricsTests(SynchronousTestCase):
                                {"cluster": "cache", "backend": "a", "outcome": "ok"}), 0.0)
         self.assertEqual(value("poolproxy_backend_first_byte_seconds_bucket",
                                {"cluster": "cache", "backend": "b", "le": "0.005"}), 1.0)
+
+
+class MergeTests(SynchronousTestCase):
+    def test_workers_histograms_sum(self) -> None:
+        """
+        Two workers' expositions summed by the supervisor: each bucket,
+        _sum and _count is the workers' added up, an outcome only one worker
+        saw included, and the result is still a valid cumulative histogram.
+        """
+        from prometheus_client import generate_latest
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from poolproxy.workers.metrics_merge import sum_expositions
+
+        texts, combined = [], Histogram()
+        for values, failed in (([0.0003, 0.02], False), ([0.02, 1.5, 90.0], True)):
+            proxy = fake_proxy()
+            for v in values:
+                proxy.listeners[0].stats.duration_ok.observe(v)
+                combined.observe(v)
+            if failed:
+                proxy.listeners[0].stats.durations.observe("timeout", 15.0)
+            texts.append(generate_latest(build_registry(proxy)).decode())
+        [family] = [f for f in sum_expositions(texts)
+                    if f.name == "poolproxy_request_duration_seconds"]
+        ok = {s.labels.get("le"): s.value for s in family.samples
+              if s.labels["outcome"] == "ok" and s.name.endswith("_bucket")}
+        self.assertEqual(ok, {le: float(n) for le, n in combined.cumulative()})
+        sums = {(s.name, s.labels["outcome"]): s.value for s in family.samples
+                if not s.name.endswith("_bucket")}
+        self.assertAlmostEqual(sums[("poolproxy_request_duration_seconds_sum", "ok")],
+                               combined.total)
+        self.assertEqual(sums[("poolproxy_request_duration_seconds_count", "ok")], 5)
+        self.assertEqual(sums[("poolproxy_request_duration_seconds_count", "timeout")], 1)
+        # Rendered again, as the supervisor serves it, it parses as a histogram.
+        from prometheus_client.core import CollectorRegistry
+
+        class Summed:
+            def collect(self):  # type: ignore[no-untyped-def]
+                return [family]
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Summed())  # type: ignore[arg-type]
+        [again] = text_string_to_metric_families(generate_latest(registry).decode())
+        self.assertEqual(again.type, "histogram")
