@@ -23,20 +23,24 @@ class Histogram:
     A fixed-bucket histogram: one bisect and two additions per observation.
 
     @ivar counts: per-bucket counts (not cumulative); the last one is +Inf.
+    @ivar total: the sum of the observations.
     """
 
-    __slots__ = ("bounds", "counts", "total", "count")
+    __slots__ = ("bounds", "counts", "total")
 
     def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
         self.bounds = tuple(bounds)
         self.counts: List[int] = [0] * (len(self.bounds) + 1)
         self.total = 0.0
-        self.count = 0
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
-        self.count += 1
+
+    @property
+    def count(self) -> int:
+        """Observations: summed when read (at scrape time), not counted per observation."""
+        return sum(self.counts)
 
     def cumulative(self) -> List[Tuple[str, int]]:
         """
