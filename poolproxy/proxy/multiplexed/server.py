@@ -267,7 +267,10 @@ class PipelineBackend(BackendProtocol):
         # Histogram.observe inline, one bisect for both histograms (same
         # bounds): a request written in the tick it was read (or, once
         # admitted, from the queue) took the backend the client's time too.
+        # Replies to one client's pipeline share its read's time: one bisect.
         backend_ok = backend.duration_ok if backend is not None else None
+        started = took = -1.0
+        bucket = 0
         for response in responses:
             slot = pending.popleft()
             client = slot.client
@@ -276,9 +279,11 @@ class PipelineBackend(BackendProtocol):
             slot.response = response
             stats = client.stats
             stats.requests_ok += 1
-            took = now - slot.started
             listener_ok = stats.duration_ok
-            bucket = bisect_left(listener_ok.bounds, took)
+            if slot.started != started:
+                started = slot.started
+                took = now - started
+                bucket = bisect_left(listener_ok.bounds, took)
             listener_ok.counts[bucket] += 1
             listener_ok.total += took
             if backend_ok is not None:
