@@ -23,20 +23,24 @@ class Histogram:
     A fixed-bucket histogram: one bisect and two additions per observation.
 
     @ivar counts: per-bucket counts (not cumulative); the last one is +Inf.
+    @ivar total: the sum of the observations.
     """
 
-    __slots__ = ("bounds", "counts", "total", "count")
+    __slots__ = ("bounds", "counts", "total")
 
     def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
         self.bounds = tuple(bounds)
         self.counts: List[int] = [0] * (len(self.bounds) + 1)
         self.total = 0.0
-        self.count = 0
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
-        self.count += 1
+
+    @property
+    def count(self) -> int:
+        """Observations: summed when read (at scrape time), not counted per observation."""
+        return sum(self.counts)
 
     def cumulative(self) -> List[Tuple[str, int]]:
         """
@@ -69,6 +73,32 @@ class Tally:
 
     def items(self) -> Iterable[Tuple[str, int]]:
         return self.counts.items()
+
+
+class Histograms:
+    """
+    Histograms keyed by a label value (an outcome), created on first use
+    so that only what happened is exported.  The hot path keeps the one it
+    uses most (C{self["ok"]}) in an attribute of its own.
+    """
+
+    __slots__ = ("by_key", "bounds")
+
+    def __init__(self, *known: str, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.by_key: Dict[str, Histogram] = {key: Histogram(self.bounds) for key in known}
+
+    def __getitem__(self, key: str) -> Histogram:
+        h = self.by_key.get(key)
+        if h is None:
+            h = self.by_key[key] = Histogram(self.bounds)
+        return h
+
+    def observe(self, key: str, value: float) -> None:
+        self[key].observe(value)
+
+    def items(self) -> Iterable[Tuple[str, Histogram]]:
+        return self.by_key.items()
 
 
 # ok: served; rejected: not admitted (queue full or queue timeout);
@@ -109,13 +139,16 @@ class ListenerStats:
         while it came, before a backend connection was asked for.
     @ivar responses_buffered: http responses whose backend connection was
         released while their client still had some of them to read.
+    @ivar durations: request durations (seconds) by outcome, from the read
+        that brought the request to its reply's last byte handed to the
+        transport; C{duration_ok} is C{durations["ok"]}.
     """
 
     __slots__ = ("connections_total", "connections_open", "sessions", "requests",
                  "requests_ok", "bytes_upstream", "bytes_downstream", "commands_refused",
                  "auth_failures", "output_closed",
                  "refused", "accept_errors", "limit_pauses", "timeouts",
-                 "requests_buffered", "responses_buffered")
+                 "requests_buffered", "responses_buffered", "durations", "duration_ok")
 
     def __init__(self) -> None:
         self.connections_total = 0
@@ -136,3 +169,5 @@ class ListenerStats:
         self.timeouts = Tally(*TIMEOUT_PHASES)
         self.requests_buffered = 0
         self.responses_buffered = 0
+        self.durations = Histograms("ok")
+        self.duration_ok = self.durations["ok"]

@@ -146,8 +146,13 @@ class DashboardTests(TestCase):
     def test_histogram_quantile_on_buckets(self) -> None:
         exprs = [e for e in _exprs(self.dashboard) if "histogram_quantile" in e]
         self.assertTrue(exprs)
+        _, histograms = _documented()
         for expr in exprs:
-            self.assertIn("poolproxy_pool_acquire_wait_seconds_bucket", expr)
+            # Over a documented histogram's buckets, summed keeping le.
+            buckets = re.findall(r"\b((?:poolproxy|process)_[a-z_]+)_bucket\b", expr)
+            self.assertTrue(buckets, expr)
+            for name in buckets:
+                self.assertIn(name, histograms, expr)
             self.assertRegex(expr, r"by \([^)]*\ble\b")
 
     def test_required_panels(self) -> None:
@@ -161,6 +166,17 @@ class DashboardTests(TestCase):
                        "poolproxy_backend_failures_total", "poolproxy_backend_retries_total",
                        "poolproxy_bytes_total", "process_resident_memory_bytes"):
             self.assertIn(metric, exprs)
+
+    def test_latency_panels(self) -> None:
+        """p50 and p99 per listener, and per backend, from the duration histograms."""
+        exprs = _exprs(self.dashboard)
+        for q in ("0.5", "0.99"):
+            self.assertIn(f"histogram_quantile({q}, sum by (listener, le) "
+                          "(rate(poolproxy_request_duration_seconds_bucket", " ".join(exprs))
+            self.assertIn(f"histogram_quantile({q}, sum by (cluster, backend, le) "
+                          "(rate(poolproxy_backend_request_duration_seconds_bucket",
+                          " ".join(exprs))
+        self.assertIn("poolproxy_backend_first_byte_seconds_bucket", " ".join(exprs))
 
 
 def _lines(out: io.StringIO) -> List[Dict[str, Any]]:

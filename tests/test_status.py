@@ -48,10 +48,11 @@ from tests.support import (
 HOSTILE = '<script>alert("x")</script>&\''
 
 BACKEND_KEYS = {"name", "address", "state", "weight", "health", "breaker", "in_flight", "pool",
-                "requests", "failures", "retries", "request_rate", "error_rate", "last_error"}
+                "requests", "failures", "retries", "request_rate", "error_rate", "last_error",
+                "latency"}
 POOL_KEYS = {"idle", "active", "connecting", "waiters", "size"}
 LISTENER_KEYS = {"name", "endpoint", "cluster", "connections_open", "connections_total",
-                 "connections_limit", "paused", "requests"}
+                 "connections_limit", "paused", "requests", "latency"}
 
 
 def _media_type(value: bytes) -> str:

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
 from poolproxy.backends.pool import BackendPool
 from poolproxy.backends.retry import RetryBudget
+from poolproxy.stats import Histogram, Histograms
 
 if TYPE_CHECKING:
     from poolproxy.backends.breaker import CircuitBreaker
@@ -50,6 +51,9 @@ class Backend:
     @ivar draining: gets no new requests; those in flight finish (an operator
         is taking it out gracefully).
     @ivar requests: requests sent to it; C{failures}: those that failed.
+    @ivar durations: seconds from a request written to it to its reply's
+        end read (tcp: a session's lease), by outcome; C{duration_ok} is
+        C{durations["ok"]}.  C{first_byte}: written to the first byte back.
     @ivar health: its active L{HealthCheck}, if checks are on.
     @ivar breaker: its L{CircuitBreaker} (passive health), if on.
     @ivar shared: the connections to it that clients share, in a mode that
@@ -80,6 +84,9 @@ class Backend:
         self.unsolicited = 0
         #: Replies larger than max_reply_size: answered with an error, skipped.
         self.replies_too_large = 0
+        self.durations = Histograms("ok")
+        self.duration_ok = self.durations["ok"]
+        self.first_byte = Histogram()
 
     def __str__(self) -> str:
         return self.name

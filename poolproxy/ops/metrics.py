@@ -119,9 +119,15 @@ class ProxyCollector:
                                        "backend connection was asked for, and responses whose "
                                        "connection was released before their client had read "
                                        "them.", labels=["listener", "direction"])
+        durations = _histogram("poolproxy_request_duration_seconds",
+                               "Requests (tcp: sessions; postgres: transactions) from the "
+                               "read that brought them to their reply's last byte written, "
+                               "by outcome.", ["listener", "outcome"])
         for listener in self.service.listeners:
             stats = listener.stats
             opened.add_metric([listener.name], stats.connections_total)
+            for outcome, h in stats.durations.items():
+                _add_histogram(durations, [listener.name, outcome], h)
             for phase, n in stats.timeouts.items():
                 timeouts.add_metric([listener.name, phase], n)
             buffered.add_metric([listener.name, "request"], stats.requests_buffered)
@@ -152,6 +158,7 @@ class ProxyCollector:
                     output_closed, held, peak)
         yield timeouts
         yield buffered
+        yield durations
         yield GaugeMetricFamily("poolproxy_http_request_body_held_bytes",
                                 "Bytes of http request bodies held before their backend "
                                 "connection is leased, all listeners together.",
@@ -390,6 +397,13 @@ class ProxyCollector:
                                       "Times the breaker stayed closed at its failure threshold "
                                       "because too many backends were ejected.",
                                       labels=per_backend)
+        durations = _histogram("poolproxy_backend_request_duration_seconds",
+                               "Requests from written to the backend to its reply's end "
+                               "(tcp: a session's lease; postgres: a transaction's), by "
+                               "outcome.", per_backend + ["outcome"])
+        first_byte = _histogram("poolproxy_backend_first_byte_seconds",
+                                "From a request written to the backend to the first byte of "
+                                "its reply (http, tcp, postgres).", per_backend)
         counts = GaugeMetricFamily("poolproxy_cluster_backends",
                                    "Backends of the cluster, by state.",
                                    labels=["cluster", "state"])
@@ -405,6 +419,9 @@ class ProxyCollector:
                 retries.add_metric(name, backend.retries)
                 unsolicited.add_metric(name, backend.unsolicited)
                 too_large.add_metric(name, backend.replies_too_large)
+                for outcome, h in backend.durations.items():
+                    _add_histogram(durations, name + [outcome], h)
+                _add_histogram(first_byte, name, backend.first_byte)
                 current = backend.state
                 tally[current] = tally.get(current, 0) + 1
                 _add_enum(state, name, BACKEND_STATES, current)
@@ -424,6 +441,7 @@ class ProxyCollector:
                 counts.add_metric([cluster.name, value], n)
         yield from (weight, outstanding, requests, failures, retries, unsolicited, too_large,
                     state)
+        yield from (durations, first_byte)
         if any_health:
             yield from (checks, health)
         if any_breaker:

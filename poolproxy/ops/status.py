@@ -6,7 +6,9 @@ page: one table per cluster, one row per backend).
 Both are read on the reactor thread from the same plain counters that
 C{/metrics} reads (see L{poolproxy.stats}), so one page is a consistent
 snapshot.  Request and error rates are computed here, per resource, from the
-difference to the previous snapshot that resource took: see L{RateSampler}.
+difference to the previous snapshot that resource took: see L{RateSampler};
+latency percentiles from the bucket counts of the last interval: see
+L{poolproxy.ops.quantiles}.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from poolproxy import __version__
 from poolproxy.backends.cluster import BACKEND_STATES, Backend, Cluster
 from poolproxy.backends.discovery import DnsName
 from poolproxy.ops.pools import ServingPool, keyed_pools, pinned_clients
+from poolproxy.ops.quantiles import IntervalQuantiles
 from poolproxy.ops.view import ProxyView
 
 #: Seconds between two reloads of the HTML page (its meta refresh).
@@ -131,7 +134,8 @@ def _keyed_status(serving: ServingPool) -> Dict[str, Any]:
 
 
 def _backend_status(backend: Backend, cluster: Cluster, sampler: RateSampler,
-                    keyed: Optional[List[ServingPool]] = None) -> Dict[str, Any]:
+                    keyed: Optional[List[ServingPool]] = None,
+                    latency: Optional[IntervalQuantiles] = None) -> Dict[str, Any]:
     pool = backend.pool
     health = backend.health
     breaker = backend.breaker
@@ -154,10 +158,14 @@ def _backend_status(backend: Backend, cluster: Cluster, sampler: RateSampler,
         "request_rate": round(request_rate, 3),
         "error_rate": round(error_rate, 3),
         "last_error": last_error or None,
+        # Requests answered (outcome ok) in the last interval.
+        "latency": latency.summary((cluster.name, backend.name), backend.duration_ok)
+        if latency is not None else None,
     }
 
 
-def status_snapshot(service: ProxyView, sampler: RateSampler) -> Dict[str, Any]:
+def status_snapshot(service: ProxyView, sampler: RateSampler,
+                    latency: Optional[IntervalQuantiles] = None) -> Dict[str, Any]:
     """
     Everything C{/status.json} shows, as plain JSON-able values; see
     docs/operations.md for the schema.
@@ -177,6 +185,8 @@ def status_snapshot(service: ProxyView, sampler: RateSampler) -> Dict[str, Any]:
             "connections_limit": listener.connection_limit,
             "paused": sorted(listener.gate.reasons),
             "requests": requests,
+            "latency": latency.summary(listener.name, stats.duration_ok)
+            if latency is not None else None,
         })
     admission = service.admission
     clusters = []
@@ -184,7 +194,7 @@ def status_snapshot(service: ProxyView, sampler: RateSampler) -> Dict[str, Any]:
         backends, pools = [], []
         for backend in cluster.backends:
             keyed = keyed_pools(backend.pool)
-            backends.append(_backend_status(backend, cluster, sampler, keyed))
+            backends.append(_backend_status(backend, cluster, sampler, keyed, latency))
             pools += [_keyed_status(serving) for serving in keyed or ()]
         clusters.append({
             "name": cluster.name,
@@ -270,7 +280,16 @@ def _table(headers: List[str], rows: List[str]) -> str:
 
 _BACKEND_HEADERS = ["Backend", "Address", "State", "Health", "Breaker", "Weight", "In flight",
                     "Idle", "Active", "Size", "Req/s", "Err/s", "Requests", "Failures",
-                    "Retries", "Last error"]
+                    "Retries", "p50 ms", "p99 ms", "Last error"]
+
+
+def _latency_cells(latency: Optional[Dict[str, Any]]) -> List[str]:
+    """p50 and p99 in milliseconds; "-" with no request in the interval."""
+    cells = []
+    for key in ("p50", "p99"):
+        value = latency.get(key) if latency else None
+        cells.append(_cell("-" if value is None else f"{value * 1000:.2f}", True))
+    return cells
 
 
 def _backend_row(b: Dict[str, Any]) -> str:
@@ -285,7 +304,7 @@ def _backend_row(b: Dict[str, Any]) -> str:
         _cell(pool["idle"], True), _cell(pool["active"], True), _cell(pool["size"], True),
         _cell(_rate(b["request_rate"]), True), _cell(_rate(b["error_rate"]), True),
         _cell(b["requests"], True), _cell(b["failures"], True), _cell(b["retries"], True),
-        _cell(b["last_error"], css="err"),
+        *_latency_cells(b.get("latency")), _cell(b["last_error"], css="err"),
     ]
     return f'<tr class="{h(state_class)}">{"".join(cells)}</tr>'
 
@@ -334,7 +353,8 @@ def render_html(snapshot: Dict[str, Any]) -> str:
         f'<p class="meta">{h(snapshot["runtime"]["python"])}, '
         f'{h(snapshot["runtime"]["reactor"])}. Refreshes every {REFRESH_SECONDS} s. '
         'Rates are per second since '
-        'this page was last loaded. <a href="/status.json">JSON</a> · '
+        'this page was last loaded; p50 and p99 of the requests answered over the last '
+        '10 to 20 s. <a href="/status.json">JSON</a> · '
         '<a href="/metrics">metrics</a></p>',
     ]
 
@@ -358,9 +378,10 @@ def render_html(snapshot: Dict[str, Any]) -> str:
             _cell(listener["connections_open"], True), _cell(listener["connections_limit"], True),
             _cell(", ".join(listener["paused"]) or "-"),
             _cell(listener["connections_total"], True), _cell(requests or "-"),
+            *_latency_cells(listener.get("latency")),
         ]) + "</tr>")
     parts.append(_table(["Listener", "Endpoint", "Cluster", "Open", "Limit", "Paused", "Total",
-                         "Requests"], listener_rows))
+                         "Requests", "p50 ms", "p99 ms"], listener_rows))
 
     for cluster in snapshot["clusters"]:
         up = sum(1 for b in cluster["backends"] if b["state"] == "up")
@@ -389,10 +410,12 @@ class _StatusResource(Resource):
     def __init__(self, service: ProxyView, clock: Optional[Any] = None) -> None:
         super().__init__()
         self.service = service
-        self.sampler = RateSampler(clock if clock is not None else service.reactor)
+        clock = clock if clock is not None else service.reactor
+        self.sampler = RateSampler(clock)
+        self.latency = IntervalQuantiles(clock)
 
     def snapshot(self) -> Dict[str, Any]:
-        return status_snapshot(self.service, self.sampler)
+        return status_snapshot(self.service, self.sampler, self.latency)
 
 
 class StatusJsonResource(_StatusResource):

@@ -153,7 +153,8 @@ class Exchange:
                  "response_started", "conn", "backend", "admitted", "finished", "tunnel",
                  "draining", "close_client", "_waiting", "_timer", "cluster_backend",
                  "reported", "retried", "sampled", "started", "orphaned", "early_paused",
-                 "backend_paused", "_body_timer", "_tunnel_timer", "buffering", "continued")
+                 "backend_paused", "_body_timer", "_tunnel_timer", "buffering", "continued",
+                 "began", "sent")
 
     def __init__(self, frontend: "HttpFrontend", head: RequestHead) -> None:
         self.frontend = frontend
@@ -190,6 +191,11 @@ class Exchange:
         self.buffering = False
         # The proxy answered Expect: 100-continue itself (to read the body).
         self.continued = False
+        # For the duration histograms: the read that brought the head (the
+        # frontend's last_active, so no clock read), and when the request was
+        # written to its backend connection (-1 until it is).
+        self.began = frontend.last_active
+        self.sent = -1.0
 
     def begin(self) -> None:
         """
@@ -240,7 +246,7 @@ class Exchange:
         key = factory.route_key(self.head) if factory.route_key is not None else None
         backend = factory.cluster.pick(key)
         if backend is None:
-            self.frontend.stats.requests.add("backend_unavailable")
+            self._failed("backend_unavailable")
             self._error("unavailable", "no backend is available")
             return
         backend.begin()
@@ -253,7 +259,7 @@ class Exchange:
         if failure.check(CancelledError):
             return
         failure.trap(Overloaded)
-        self.frontend.stats.requests.add("rejected")
+        self._failed("rejected")
         self._error("overloaded", "overloaded, try again later")
 
     def _no_backend(self, failure: Failure) -> None:
@@ -263,10 +269,10 @@ class Exchange:
         if failure.check(CancelledError):
             return
         if failure.check(BackendUnavailable):
-            self.frontend.stats.requests.add("backend_unavailable")
+            self._failed("backend_unavailable")
             self._error("unavailable", "backend unavailable")
         else:
-            self.frontend.stats.requests.add("pool_exhausted")
+            self._failed("pool_exhausted")
             self._error("unavailable", "every backend connection is busy, try again later")
 
     def _leased(self, conn: "PooledConnection[HttpBackend]") -> None:
@@ -289,6 +295,7 @@ class Exchange:
             drop = (*drop, b"expect")
         head = serialize_request_head(self.head, extra, drop)
         write_through(transport, b"".join([head, *early]) if early else head)
+        self.sent = frontend.factory.clock.seconds()
         if self.early_size:
             self._forget_early()
             if self.early_paused:
@@ -385,7 +392,7 @@ class Exchange:
         the client closed; the backend connection, holding part of it, too.
         """
         frontend = self.frontend
-        frontend.stats.requests.add("too_large" if error.status == 413 else "malformed")
+        self._failed("too_large" if error.status == 413 else "malformed")
         self.close_client = True
         self._stop_body_timer()
         if self.finished:
@@ -413,7 +420,7 @@ class Exchange:
         self._body_timer = None
         frontend = self.frontend
         frontend.stats.timeouts.add("body")
-        frontend.stats.requests.add("timeout")
+        self._failed("timeout")
         self.close_client = True
         if self.finished:
             frontend.close()  # its response is out; the rest of its body is not coming
@@ -475,6 +482,9 @@ class Exchange:
                     continue
                 self.response = event
                 self.response_started = True
+                if self.cluster_backend is not None:
+                    self.cluster_backend.first_byte.observe(
+                        self.frontend.factory.clock.seconds() - self.sent)
                 self._report(event.status)
                 extra = []
                 if event.body == UNTIL_CLOSE or not event.keep_alive:
@@ -578,7 +588,13 @@ class Exchange:
                     and backend.parser.pending() == 0 and backend.parser.expected == 0)
         frontend = self.frontend
         if not self.orphaned:  # an orphan was counted as client_gone
-            frontend.stats.requests_ok += 1
+            stats = frontend.stats
+            stats.requests_ok += 1
+            # The response's last bytes were handed to the transport just before.
+            now = frontend.factory.clock.seconds()
+            stats.duration_ok.observe(now - self.began)
+            if self.cluster_backend is not None:
+                self.cluster_backend.duration_ok.observe(now - self.sent)
             if reusable and frontend.write_blocked:
                 # The client has some of it still to read: the connection
                 # goes back now rather than at the client's pace.
@@ -601,7 +617,7 @@ class Exchange:
             self._finish(release=False, abort=True)
             return
         stats = self.frontend.stats
-        stats.requests.add("timeout")
+        self._failed("timeout")
         stats.timeouts.add("response")
         if self.cluster_backend is not None:
             self.reported = True
@@ -673,11 +689,23 @@ class Exchange:
             self.close_client = True
             self._finish(release=False)
             return
-        self.frontend.stats.requests.add("backend_unavailable")
+        self._failed("backend_unavailable")
         if self.cluster_backend is not None:
             self.reported = True
             self.cluster_backend.failed(f"{why}: {detail}" if detail else why)
         self._error("unavailable", why)
+
+    def _failed(self, outcome: str) -> None:
+        """
+        Count the request as ended by C{outcome}, and how long it took (on
+        its backend too, if it was written to one).
+        """
+        frontend = self.frontend
+        frontend.stats.requests.add(outcome)
+        now = frontend.factory.clock.seconds()
+        frontend.stats.durations.observe(outcome, now - self.began)
+        if self.sent >= 0 and self.cluster_backend is not None:
+            self.cluster_backend.durations.observe(outcome, now - self.sent)
 
     def _error(self, kind: str, message: str) -> None:
         """Answer with the proxy's own error response, then end the exchange."""

@@ -141,11 +141,17 @@ class SessionFrontend(Protocol):
         self._active = False
         self._last_active = 0.0
         self.send_deadline: Optional[List[Any]] = None
+        # For the duration histograms: when the client connected, when its
+        # backend connection was leased, and whether the backend has sent
+        # its first byte since.
+        self._opened = 0.0
+        self._leased_at = 0.0
+        self._awaiting_first_byte = False
 
     # -- client events -------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._last_active = self.factory.clock.seconds()
+        self._last_active = self._opened = self.factory.clock.seconds()
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         self.factory.clients.add(self)
@@ -193,6 +199,10 @@ class SessionFrontend(Protocol):
 
     def from_backend(self, data: bytes) -> None:
         self._active = True
+        if self._awaiting_first_byte:
+            self._awaiting_first_byte = False
+            if self._backend is not None:
+                self._backend.first_byte.observe(self.factory.clock.seconds() - self._leased_at)
         self.stats.bytes_downstream += len(data)
         write_through(self.transport, data)
 
@@ -251,6 +261,8 @@ class SessionFrontend(Protocol):
             return
         self._conn = conn
         self._attached = True
+        self._leased_at = self.factory.clock.seconds()
+        self._awaiting_first_byte = True
         self._active = True  # idle from now on, not from when it connected
         if self._backend is not None:
             self._backend.succeeded()
@@ -336,6 +348,13 @@ class SessionFrontend(Protocol):
             self._outcome = outcome
             self.stats.sessions.add(outcome)
             self.stats.requests.add(outcome)
+            # A session is tcp mode's request: from the client's connect to
+            # its end; on the backend, from the lease to the end.
+            now = self.factory.clock.seconds()
+            self.stats.durations.observe(outcome, now - self._opened)
+            backend = self._backend
+            if backend is not None and self._attached:
+                backend.durations.observe(outcome, now - self._leased_at)
 
     def _end_backend(self, abort: bool = False) -> None:
         """

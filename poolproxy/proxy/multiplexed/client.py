@@ -426,7 +426,7 @@ class MultiplexFrontend(Protocol):
                 if frame.replies:
                     slot = Slot(self, None, pinned, frame if flags & RETRY_SAFE else None,
                                 self._split_groups.pop(frame, None) if self._split_groups
-                                else None)
+                                else None, self.last_active)
                     self.slots.append(slot)
                     if flags & BLOCKING:
                         self._blocking_sent(frame, target)

@@ -14,6 +14,7 @@ Its client side is L{poolproxy.proxy.multiplexed.client}.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, List, Optional
 
@@ -26,6 +27,7 @@ from poolproxy.backends.pool import (AcquireTimeout, BackendPool, BackendProtoco
 from poolproxy.codec import Frame, IBoundedFramer, ICodec, IUnsolicitedFramer
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.multiplexed.split import SplitGroup
+from poolproxy.util.reactors import default_reactor
 
 if TYPE_CHECKING:
     from poolproxy.proxy.multiplexed.client import MultiplexFrontend
@@ -44,19 +46,22 @@ class Slot:
     @ivar response: the reply bytes, once known.
     @ivar pinned: whether it was sent on the client's pinned connection.
     @ivar frame: the frame, if it is L{RETRY_SAFE}; C{retried}: sent twice.
+    @ivar started: when the read that brought its request was (the client's
+        C{last_active}: no clock read of its own), for the duration histograms.
     """
 
-    __slots__ = ("client", "response", "pinned", "frame", "retried", "group")
+    __slots__ = ("client", "response", "pinned", "frame", "retried", "group", "started")
 
     def __init__(self, client: "Optional[MultiplexFrontend]", response: Optional[bytes] = None,
                  pinned: bool = False, frame: Optional[Frame] = None,
-                 group: "Optional[SplitGroup]" = None) -> None:
+                 group: "Optional[SplitGroup]" = None, started: float = 0.0) -> None:
         self.client = client
         self.response = response
         self.pinned = pinned
         self.frame = frame  # kept only for frames that are safe to send again
         self.retried = False
         self.group = group  # the request this is a part of, when it was split
+        self.started = started
 
 
 class PipelineBackend(BackendProtocol):
@@ -74,7 +79,7 @@ class PipelineBackend(BackendProtocol):
                  request_timeout: float = 0.0, max_reply_size: Optional[int] = None) -> None:
         self.codec = codec
         self.cluster_backend = cluster_backend
-        self.clock = clock
+        self.clock = default_reactor(clock)
         self.request_timeout = request_timeout
         self._timer: Any = None
         self._progress = 0.0  # when the oldest reply owed was sent, or last came in
@@ -255,13 +260,35 @@ class PipelineBackend(BackendProtocol):
             self._fail("the backend's replies and requests disagree")
             return
         touched = []
+        backend = self.cluster_backend
+        # One clock read per batch of replies: each reply is written to its
+        # client before this call returns (answered(), below).
+        now = self.clock.seconds()
+        # Histogram.observe inline, one bisect for both histograms (same
+        # bounds): a request written in the tick it was read (or, once
+        # admitted, from the queue) took the backend the client's time too.
+        # Replies to one client's pipeline share its read's time: one bisect.
+        backend_ok = backend.duration_ok if backend is not None else None
+        started = took = -1.0
+        bucket = 0
         for response in responses:
             slot = pending.popleft()
             client = slot.client
             if client is None:
                 continue  # its client left; the reply is dropped
             slot.response = response
-            client.stats.requests_ok += 1
+            stats = client.stats
+            stats.requests_ok += 1
+            listener_ok = stats.duration_ok
+            if slot.started != started:
+                started = slot.started
+                took = now - started
+                bucket = bisect_left(listener_ok.bounds, took)
+            listener_ok.counts[bucket] += 1
+            listener_ok.total += took
+            if backend_ok is not None:
+                backend_ok.counts[bucket] += 1
+                backend_ok.total += took
             if slot.pinned:
                 client.sent_pinned -= 1
             else:
@@ -270,13 +297,12 @@ class PipelineBackend(BackendProtocol):
                 client.touched = True
                 touched.append(client)
         self.admission.release(len(responses))
-        backend = self.cluster_backend
         if backend is not None:
             backend.outstanding -= len(responses)
             backend.succeeded()
         if self._timer is not None or self._blocking:
             if pending:
-                self._progress = self.clock.seconds()
+                self._progress = now
             else:
                 self._cancel_timer()
                 self._blocking = False
@@ -350,13 +376,19 @@ class PipelineBackend(BackendProtocol):
             # The same bookkeeping as _answer, which keeps it inline: a helper
             # call per response would cost on the hot path.
             reply = self.codec.error_reply(kind, why)
+            outcome = "timeout" if kind == "timeout" else "backend_unavailable"
+            now = self.clock.seconds()
+            failed = backend.durations[outcome] if backend is not None else None
             touched = []
             for slot in pending:
                 client = slot.client
                 if client is None or slot in resend:
                     continue
                 slot.response = reply
-                client.stats.requests.add("timeout" if kind == "timeout" else "backend_unavailable")
+                client.stats.requests.add(outcome)
+                client.stats.durations.observe(outcome, now - slot.started)
+                if failed is not None:
+                    failed.observe(now - slot.started)
                 if slot.pinned:
                     client.sent_pinned -= 1
                 else:

@@ -136,7 +136,7 @@ class TransactionFrontend(Protocol):
                  "_backend", "_admitted", "_tally", "_waiting", "_held", "_out", "partial",
                  "pinned", "_discarding", "_copy_streaming", "_paused", "_gone", "last_active",
                  "send_deadline", "_batch", "_batch_size", "_retry_error", "_retried",
-                 "_login_timer", "_negotiated")
+                 "_login_timer", "_negotiated", "_began", "_first_byte_due")
 
     def __init__(self, factory: "TransactionFactory") -> None:
         self.factory = factory
@@ -174,6 +174,10 @@ class TransactionFrontend(Protocol):
         self._gone = False
         self.last_active = 0.0
         self.send_deadline: Optional[List[Any]] = None
+        # For the duration histograms: the read that brought a transaction's
+        # first message, and whether its server has answered since the lease.
+        self._began = 0.0
+        self._first_byte_due = False
 
     # -- connection ----------------------------------------------------------------
 
@@ -825,7 +829,7 @@ class TransactionFrontend(Protocol):
     def _need_connection(self) -> None:
         if self._waiting is not None or self._server is not None:
             return
-        self._tally.since = self.last_active  # the read that brought the message
+        self._tally.since = self._began = self.last_active  # the read that brought the message
         if self._admitted or self.factory.admission.try_acquire():
             self._admitted = True
             self._lease()
@@ -844,7 +848,7 @@ class TransactionFrontend(Protocol):
         if failure.check(CancelledError):
             return
         failure.trap(Overloaded)
-        self.stats.requests.add("rejected")
+        self._failed("rejected")
         self._refuse("overloaded", "too many clients are waiting: try again later")
 
     def _lease(self) -> None:
@@ -865,6 +869,7 @@ class TransactionFrontend(Protocol):
         if self._backend is not None:
             self._backend.succeeded()
         self._tally.leased(self.factory.clock.seconds(), self.stats, self.database, self.user)
+        self._first_byte_due = True
         server = conn.protocol
         self._conn, self._server = conn, server
         server.peer = self
@@ -960,17 +965,22 @@ class TransactionFrontend(Protocol):
             self.state = CLOSED
             return
         if failure.check(AcquireTimeout):
-            self.stats.requests.add("pool_exhausted")
+            self._failed("pool_exhausted")
             self._refuse("timeout", "no server connection became free in time "
                          "(query_wait_timeout)")
         elif failure.check(PoolExhausted):
-            self.stats.requests.add("pool_exhausted")
+            self._failed("pool_exhausted")
             self._refuse("overloaded", "too many clients are waiting for a server connection")
         elif failure.check(BackendUnavailable, PoolClosed, LoginFailed):
-            self.stats.requests.add("backend_unavailable")
+            self._failed("backend_unavailable")
             self._refuse("unavailable", f"server unavailable: {failure.getErrorMessage()}")
         else:
             failure.raiseException()
+
+    def _failed(self, outcome: str) -> None:
+        """Count the transaction as ended by C{outcome}, and how long it waited."""
+        self.stats.requests.add(outcome)
+        self.stats.durations.observe(outcome, self.factory.clock.seconds() - self._began)
 
     def _refuse(self, kind: str, text: str) -> None:
         """
@@ -999,6 +1009,11 @@ class TransactionFrontend(Protocol):
 
     def from_server(self, data: bytes) -> None:
         self.stats.bytes_downstream += len(data)
+        if self._first_byte_due:
+            self._first_byte_due = False
+            if self._backend is not None:
+                # The lease began as its first message was written.
+                self._backend.first_byte.observe(self.factory.clock.seconds() - self._tally.since)
         write_through(self.transport, data)
 
     def replied(self, server: ServerConnection) -> None:
@@ -1017,8 +1032,14 @@ class TransactionFrontend(Protocol):
         self._tally.transaction_over()
         if self.pinned:
             return
-        self.stats.requests_ok += 1
-        self._give_back(abandoned=False)
+        stats = self.stats
+        stats.requests_ok += 1
+        # The ReadyForQuery that ends it was just written to the client.
+        now = self.factory.clock.seconds()
+        stats.duration_ok.observe(now - self._began)
+        if self._backend is not None:
+            self._backend.duration_ok.observe(now - self._tally.since)
+        self._give_back(abandoned=False, now=now)
 
     def server_lost(self, server: ServerConnection) -> None:
         if server is not self._server:
@@ -1033,13 +1054,13 @@ class TransactionFrontend(Protocol):
             self._backend.failed("server connection lost")
         self._fatal("unavailable", "the server connection was lost")
 
-    def _give_back(self, abandoned: bool) -> None:
+    def _give_back(self, abandoned: bool, now: Optional[float] = None) -> None:
         conn, server = self._conn, self._server
         self._conn = self._server = None
         self._batch = None
         if conn is not None and server is not None:
             server.replies.on_error = None
-            self._tally.lease_over(self.factory.clock.seconds())
+            self._tally.lease_over(self.factory.clock.seconds() if now is None else now)
             if server.transport is not None:
                 server.transport.unregisterProducer()
                 if self._paused:
