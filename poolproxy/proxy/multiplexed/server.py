@@ -264,13 +264,17 @@ class PipelineBackend(BackendProtocol):
         # One clock read per batch of replies: each reply is written to its
         # client before this call returns (answered(), below).
         now = self.clock.seconds()
-        # Histogram.observe inline, one bisect for both histograms (same
-        # bounds): a request written in the tick it was read (or, once
-        # admitted, from the queue) took the backend the client's time too.
-        # Replies to one client's pipeline share its read's time: one bisect.
+        # Replies are counted by runs: consecutive replies of one listener
+        # read at the same moment (a pipeline's, or clients' read in one
+        # tick) took the same time, so a run costs one bisect and one
+        # addition per histogram, whatever its length; a reply, an identity
+        # test, a comparison and an increment.  Histogram.observe is inlined
+        # (the listener's and the backend's share their bounds): a call per
+        # reply would cost on the hot path.
         backend_ok = backend.duration_ok if backend is not None else None
-        started = took = -1.0
-        bucket = 0
+        run_stats: Any = None
+        started = took = 0.0
+        run = 0
         for response in responses:
             slot = pending.popleft()
             client = slot.client
@@ -278,17 +282,19 @@ class PipelineBackend(BackendProtocol):
                 continue  # its client left; the reply is dropped
             slot.response = response
             stats = client.stats
-            stats.requests_ok += 1
-            listener_ok = stats.duration_ok
-            if slot.started != started:
-                started = slot.started
+            if stats is not run_stats or slot.started != started:
+                if run_stats is not None:
+                    run_stats.requests_ok += run
+                    hist = run_stats.duration_ok
+                    bucket = bisect_left(hist.bounds, took)
+                    hist.counts[bucket] += run
+                    hist.total += took * run
+                    if backend_ok is not None:
+                        backend_ok.counts[bucket] += run
+                        backend_ok.total += took * run
+                run_stats, started, run = stats, slot.started, 0
                 took = now - started
-                bucket = bisect_left(listener_ok.bounds, took)
-            listener_ok.counts[bucket] += 1
-            listener_ok.total += took
-            if backend_ok is not None:
-                backend_ok.counts[bucket] += 1
-                backend_ok.total += took
+            run += 1
             if slot.pinned:
                 client.sent_pinned -= 1
             else:
@@ -296,6 +302,15 @@ class PipelineBackend(BackendProtocol):
             if not client.touched:
                 client.touched = True
                 touched.append(client)
+        if run_stats is not None:  # the last run, as above
+            run_stats.requests_ok += run
+            hist = run_stats.duration_ok
+            bucket = bisect_left(hist.bounds, took)
+            hist.counts[bucket] += run
+            hist.total += took * run
+            if backend_ok is not None:
+                backend_ok.counts[bucket] += run
+                backend_ok.total += took * run
         self.admission.release(len(responses))
         if backend is not None:
             backend.outstanding -= len(responses)
