@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYPY_STAMP := $(PYPY_VENV)/.installed
 # Two trial workers: most interop tests wait on real servers and clients, so
-# two processes on this 2-core machine take .ci/run from 19.7 to about 14
+# two processes on this 2-core machine take .ci/run from 19.7 to 12.7
 # minutes (test-pypy alone: 9.6 to 6.0).  TRIAL_ARGS=tests runs them one by one.
 TRIAL_ARGS ?= -j2 tests
 
