@@ -27,6 +27,7 @@ from poolproxy.backends.pool import (AcquireTimeout, BackendPool, BackendProtoco
 from poolproxy.codec import Frame, IBoundedFramer, ICodec, IUnsolicitedFramer
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.multiplexed.split import SplitGroup
+from poolproxy.stats import Histogram
 from poolproxy.util.reactors import default_reactor
 
 if TYPE_CHECKING:
@@ -62,6 +63,22 @@ class Slot:
         self.retried = False
         self.group = group  # the request this is a part of, when it was split
         self.started = started
+
+
+def _count_run(stats: Any, run: int, took: float, backend_ok: Optional[Histogram]) -> None:
+    """
+    C{run} replies answered, each C{took} seconds after its request was read:
+    counted for the listener (C{stats}) and in the backend's histogram, which
+    shares the listener's bounds (one bisect for both).
+    """
+    stats.requests_ok += run
+    hist = stats.duration_ok
+    bucket = bisect_left(hist.bounds, took)
+    hist.counts[bucket] += run
+    hist.total += took * run
+    if backend_ok is not None:
+        backend_ok.counts[bucket] += run
+        backend_ok.total += took * run
 
 
 class PipelineBackend(BackendProtocol):
@@ -266,14 +283,12 @@ class PipelineBackend(BackendProtocol):
         now = self.clock.seconds()
         # Replies are counted by runs: consecutive replies of one listener
         # read at the same moment (a pipeline's, or clients' read in one
-        # tick) took the same time, so a run costs one bisect and one
-        # addition per histogram, whatever its length; a reply, an identity
-        # test, a comparison and an increment.  Histogram.observe is inlined
-        # (the listener's and the backend's share their bounds): a call per
-        # reply would cost on the hot path.
+        # tick) took the same time, so a run costs one _count_run (a bisect
+        # and an addition per histogram) whatever its length; a reply, an
+        # identity test, a comparison and an increment.
         backend_ok = backend.duration_ok if backend is not None else None
         run_stats: Any = None
-        started = took = 0.0
+        started = 0.0
         run = 0
         for response in responses:
             slot = pending.popleft()
@@ -284,16 +299,8 @@ class PipelineBackend(BackendProtocol):
             stats = client.stats
             if stats is not run_stats or slot.started != started:
                 if run_stats is not None:
-                    run_stats.requests_ok += run
-                    hist = run_stats.duration_ok
-                    bucket = bisect_left(hist.bounds, took)
-                    hist.counts[bucket] += run
-                    hist.total += took * run
-                    if backend_ok is not None:
-                        backend_ok.counts[bucket] += run
-                        backend_ok.total += took * run
+                    _count_run(run_stats, run, now - started, backend_ok)
                 run_stats, started, run = stats, slot.started, 0
-                took = now - started
             run += 1
             if slot.pinned:
                 client.sent_pinned -= 1
@@ -302,15 +309,8 @@ class PipelineBackend(BackendProtocol):
             if not client.touched:
                 client.touched = True
                 touched.append(client)
-        if run_stats is not None:  # the last run, as above
-            run_stats.requests_ok += run
-            hist = run_stats.duration_ok
-            bucket = bisect_left(hist.bounds, took)
-            hist.counts[bucket] += run
-            hist.total += took * run
-            if backend_ok is not None:
-                backend_ok.counts[bucket] += run
-                backend_ok.total += took * run
+        if run_stats is not None:
+            _count_run(run_stats, run, now - started, backend_ok)
         self.admission.release(len(responses))
         if backend is not None:
             backend.outstanding -= len(responses)
