@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
 from tests.interop import ProxyProcess, binary, recv_until, redis_server
-from tests.test_workers import Supervised, _get
+from tests.test_workers import Supervised, _get, served_clients
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -78,14 +78,7 @@ class PromtoolTests(TestCase):
         40 (buckets, _count and _sum the workers' added up).
         """
         proxy = Supervised(self)
-        clients = []
-        self.addCleanup(lambda: [c.close() for c in clients])
-        for _ in range(40):
-            c = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-            clients.append(c)
-            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        for c in clients:
-            self.assertTrue(c.recv(4096).startswith(b"HTTP/1.1 200 "))
+        served_clients(self, proxy.port)
         per_worker = []
         for worker in proxy.status()["workers"]:
             code, body = _get(worker["web"] + "metrics")

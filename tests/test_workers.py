@@ -116,17 +116,23 @@ class Supervised:
             return f.read()
 
 
+def served_clients(testcase: Any, port: int, count: int = 40) -> List[socket.socket]:
+    """C{count} connections to C{port}, each sent a GET and answered 200, kept open."""
+    clients: List[socket.socket] = []
+    testcase.addCleanup(lambda: [c.close() for c in clients])
+    for _ in range(count):
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        clients.append(c)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    for c in clients:
+        testcase.assertTrue(c.recv(4096).startswith(b"HTTP/1.1 200 "))
+    return clients
+
+
 class WorkersTests(TestCase):
     def test_two_workers_take_connections_and_metrics_sum_them(self) -> None:
         proxy = Supervised(self)
-        clients: List[socket.socket] = []
-        self.addCleanup(lambda: [c.close() for c in clients])
-        for _ in range(40):
-            c = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-            clients.append(c)
-            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        for c in clients:
-            self.assertTrue(c.recv(4096).startswith(b"HTTP/1.1 200 "))
+        served_clients(self, proxy.port)
 
         per_worker = []
         for worker in proxy.status()["workers"]:
