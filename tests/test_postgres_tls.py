@@ -580,10 +580,10 @@ class ServerSideTests(SynchronousTestCase):
         self.failureResultOf(d)  # the acquire's own timeout, as long, may come first
         self.assertEqual(self.pool.connects["timeout"], 1)
 
-    def test_cancel_under_tls(self) -> None:
+    def cancelling(self) -> Tuple[Any, Any, StartTLSTransport]:
         """
-        A cancel goes on a connection of its own, under TLS as the session
-        does: SSLRequest, then the CancelRequest once the handshake is done.
+        A connection logged in under TLS whose query is being cancelled: it,
+        and the cancel's own connection (its sender protocol and transport).
         """
         d, protocol, transport = self.connect()
         protocol.dataReceived(b"S")
@@ -595,6 +595,14 @@ class ServerSideTests(SynchronousTestCase):
         sender = factory.buildProtocol(None)
         cancel_transport = StartTLSTransport()
         sender.makeConnection(cancel_transport)
+        return conn, sender, cancel_transport
+
+    def test_cancel_under_tls(self) -> None:
+        """
+        A cancel goes on a connection of its own, under TLS as the session
+        does: SSLRequest, then the CancelRequest once the handshake is done.
+        """
+        conn, sender, cancel_transport = self.cancelling()
         self.assertEqual(cancel_transport.value(), pg.ssl_request())
         sender.dataReceived(b"S")
         self.assertIs(cancel_transport.tls, self.backend.tls)
@@ -606,16 +614,7 @@ class ServerSideTests(SynchronousTestCase):
 
     def test_cancel_not_sent_without_tls(self) -> None:
         """A server that answers N to the cancel's SSLRequest gets no cancel key in plain text."""
-        d, protocol, transport = self.connect()
-        protocol.dataReceived(b"S")
-        protocol.handshakeCompleted()
-        protocol.dataReceived(login_messages())
-        conn = self.successResultOf(d)
-        conn.protocol.cancel()
-        _, _, factory, _, _ = self.reactor.tcpClients[-1]
-        sender = factory.buildProtocol(None)
-        cancel_transport = StartTLSTransport()
-        sender.makeConnection(cancel_transport)
+        _, sender, cancel_transport = self.cancelling()
         sender.dataReceived(b"N")
         self.assertEqual(cancel_transport.value(), pg.ssl_request())
         self.assertTrue(cancel_transport.disconnecting)
