@@ -28,13 +28,15 @@ from poolproxy.backends.discovery import (ClusterMembers, DnsName, Target, make_
                                           parse_discovery)
 from poolproxy.backends.pool import BackendPool
 from poolproxy.codec import ICodec
-from poolproxy.config import (SETTINGS_BY_NAME, BackendConfig, ListenerConfig, ProxyConfig,
-                              codec_options)
+from poolproxy.config import (SETTINGS_BY_NAME, BackendConfig, ConfigError, ListenerConfig,
+                              ProxyConfig, codec_options)
 from poolproxy.config.budget import WEB_CONNECTIONS, client_cap, descriptor_budget
 from poolproxy.config.endpoints import DEFAULT_BACKLOG, server_endpoint
 from poolproxy.config.secrets import Secrets
 from poolproxy.config.tls import ServerTLS, UpgradeTLS, client_tls, is_tls_listener
 from poolproxy.demo import demo_site
+from poolproxy.hooks.calling import ListenerHooks
+from poolproxy.hooks.loading import HookLoadError
 from poolproxy.listening import endpoint_service, fail_startup, listen_reason
 from poolproxy.ops.rejections import RejectionSummary
 from poolproxy.ops.reload import Rereadable, Reloader
@@ -194,6 +196,8 @@ class ProxyService(MultiService):
         self.shutdown_delay = ShutdownDelay(reactor, config.shutdown_delay,
                                             catch_signals=handle_sighup)
         self.sweepers: List[IdleSweeper] = []
+        # Each listener's Python hooks, by listener name (reload imports them again).
+        self.hooks: Dict[str, ListenerHooks] = {}
         for spec in config.listeners:
             self.listeners.append(self._listener(spec, handoff))
 
@@ -216,6 +220,10 @@ class ProxyService(MultiService):
         config, reactor = self.config, self.reactor
         assembly = self.assemblies[spec.cluster]
         factory: Any = assembly.frontend(spec.name)
+        factory.hooks = self.hooks[spec.name] = self._hooks(spec)
+        # The clusters a route hook may choose: those of the listener's protocol.
+        factory.routes = {name: other.cluster for name, other in self.assemblies.items()
+                          if other.spec.protocol == assembly.spec.protocol}
         gate = AcceptGate()
         # Every mode's frontends add and discard themselves in
         # factory.clients: counting them there costs nothing per request.
@@ -236,6 +244,15 @@ class ProxyService(MultiService):
         if idle:
             self.sweepers.append(IdleSweeper(clients, idle, reactor, factory.stats))
         return Listener(spec.name, factory, svc, assembly.cluster, spec.endpoint)
+
+    def _hooks(self, spec: ListenerConfig) -> ListenerHooks:
+        """A listener's hooks, imported; one that does not import stops the start."""
+        hooks = ListenerHooks(spec.name, self.reactor, self.config.hook_timeout)
+        try:
+            hooks.load(self.config.listener_hooks(spec))
+        except HookLoadError as e:
+            raise ConfigError(str(e)) from None
+        return hooks
 
     def _server_endpoint(self, ports: Any, description: str,
                          backlog: int = DEFAULT_BACKLOG) -> Any:

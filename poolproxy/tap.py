@@ -17,6 +17,7 @@ from twisted.python import usage
 from poolproxy.config import SETTINGS, ConfigError, ProxyConfig, build_config, load_toml
 from poolproxy.config.budget import client_cap, descriptor_budget
 from poolproxy.config.endpoints import check_client, check_demo, check_server, tcp_listen_address
+from poolproxy.hooks.points import points_help
 from poolproxy.service import ProxyService
 from poolproxy.util.descriptors import open_file_limit, raise_open_file_limit
 from poolproxy.util.file_watch import FileWatcher
@@ -45,13 +46,14 @@ class ProxyOptions(usage.Options):
     )
     optParameters = [["config", "c", None, "TOML file holding these settings; flags override it."]] + [
         [s.flag[2:], None, None, f"{s.doc} [default: {s.default!r}]"]
-        for s in SETTINGS if s.kind != "list"
+        for s in SETTINGS if s.kind not in ("list", "hooks")
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["backend"] = []
+        self["hooks"] = []
         self.config: ProxyConfig = ProxyConfig()
 
     def opt_listen(self, description: str) -> None:
@@ -61,6 +63,17 @@ class ProxyOptions(usage.Options):
     def opt_backend(self, description: str) -> None:
         """Client endpoint of a backend, e.g. tcp:host=127.0.0.1:port=6379, or HOST:PORT (repeatable)."""
         self["backend"].append(description)
+
+    def opt_hook(self, description: str) -> None:
+        self["hooks"].append(description)
+
+    def opt_hooks(self, description: str) -> None:
+        """The same as --hook."""
+        self.opt_hook(description)
+
+    opt_hook.__doc__ = (
+        "A Python hook, POINT=module:callable (repeatable; docs/hooks.md). Hook points: "
+        + points_help() + ".")
 
     def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
         # Kept so that --workers can start each worker with the same arguments.

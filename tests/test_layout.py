@@ -34,17 +34,19 @@ MAY_IMPORT: Dict[str, FrozenSet[str]] = {name: frozenset(allowed) for name, allo
     "codecs": ("codec", "util"),
     "backends": ("codec", "codecs", "stats", "util"),
     # config names the balancing policies backends/ implements, and the codec plugins.
-    "config": ("backends", "codec", "plugins", "util"),
-    "proxy": ("backends", "codec", "codecs", "config", "stats", "util"),
-    "ops": ("backends", "codec", "config", "proxy", "stats", "util"),
+    # hooks: users' Python called by the frontends; only util's throttled log.
+    "hooks": ("util",),
+    "config": ("backends", "codec", "hooks", "plugins", "util"),
+    "proxy": ("backends", "codec", "codecs", "config", "hooks", "stats", "util"),
+    "ops": ("backends", "codec", "config", "hooks", "proxy", "stats", "util"),
     "workers": ("config", "demo", "listening", "ops", "util"),
     # The top: what builds the proxy from its configuration.
     "assemble": ("backends", "codec", "config", "plugins", "proxy", "util"),
-    "service": ("assemble", "backends", "codec", "config", "demo", "listening", "ops", "proxy",
-                "stats", "util", "workers"),
-    "tap": ("config", "service", "util", "workers"),
+    "service": ("assemble", "backends", "codec", "config", "demo", "hooks", "listening", "ops",
+                "proxy", "stats", "util", "workers"),
+    "tap": ("config", "hooks", "service", "util", "workers"),
     # Fakes and in-memory wiring for tests: the real assembly on fake endpoints.
-    "testing": ("assemble", "config", "proxy"),
+    "testing": ("assemble", "config", "hooks", "proxy"),
 }.items()}
 
 

@@ -147,6 +147,8 @@ class ProxyConfig:
     allow_commands: Tuple[str, ...] = ()
     unknown_commands: str = "refuse"
     workers: int = 1
+    hooks: Tuple[Tuple[str, str], ...] = ()
+    hook_timeout: float = 1.0
     listeners: Tuple[ListenerConfig, ...] = ()
     clusters: Tuple[ClusterConfig, ...] = ()
     # Where each value came from, for error messages: name -> "--flag" or "key (in FILE)";
@@ -159,6 +161,12 @@ class ProxyConfig:
                                                  self.protocol, self.balance, self.hash_key)
             object.__setattr__(self, "listeners", listeners)
             object.__setattr__(self, "clusters", clusters)
+
+    def listener_hooks(self, listener: ListenerConfig) -> Dict[str, str]:
+        """A listener's hooks, point -> C{module:callable}: its own over the top level's."""
+        hooks = dict(self.hooks)
+        hooks.update(listener.hooks)
+        return {point: spec for point, spec in hooks.items() if spec}
 
     def cluster(self, name: str) -> ClusterConfig:
         """
@@ -235,7 +243,7 @@ def build_config(
         values[key] = coerce(setting, raw, location, text_ok=False)
         sources[key] = location
     for key, raw in flag_values.items():
-        if raw is None or (SETTINGS_BY_NAME[key].kind == "list" and not raw):
+        if raw is None or (SETTINGS_BY_NAME[key].kind in ("list", "hooks") and not raw):
             continue
         setting = SETTINGS_BY_NAME[key]
         values[key] = coerce(setting, raw, setting.flag)

@@ -16,6 +16,8 @@ from twisted.python.usage import UsageError
 
 from poolproxy.backends.balancing import POLICIES
 from poolproxy.backends.discovery import parse_resolver
+from poolproxy.hooks.loading import HookLoadError, check_spec
+from poolproxy.hooks.points import HOOK_POINTS, points_help
 
 class ConfigError(UsageError):
     """
@@ -407,6 +409,12 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("workers", "int", 1, "Processes serving clients. Above 1, a supervisor "
             "process spawns that many workers sharing tcp listeners (SO_REUSEPORT) and "
             "sums their /metrics.", minimum=1),
+    Setting("hooks", "hooks", (), "Python hooks, a [hooks] table of point = "
+            "'module:callable' (flag: --hook POINT=module:callable, repeatable): "
+            + points_help() + ". docs/hooks.md."),
+    Setting("hook_timeout", "float", 1.0, "Seconds a hook that returns a Deferred or "
+            "coroutine has to answer; past it the request (or client) is refused as if the "
+            "hook had raised.", minimum=0, exclusive=True),
 )
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -447,7 +455,7 @@ CLUSTER_OVERRIDES: Tuple[str, ...] = (
     "shard_on_eject",
 )
 
-LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster", "max_connections")
+LISTENER_KEYS: Tuple[str, ...] = ("name", "listen", "cluster", "max_connections", "hooks")
 CLUSTER_KEYS: Tuple[str, ...] = ("name", "protocol", "balance", "hash_key", "backend") + CLUSTER_OVERRIDES
 BACKEND_KEYS: Tuple[str, ...] = ("address", "name", "weight")
 
@@ -497,6 +505,8 @@ def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
         return _coerce_tls(raw, where, text_ok)
     if setting.kind == "bool":
         return _coerce_bool(raw, where, text_ok)
+    if setting.kind == "hooks":
+        return coerce_hooks(raw, where, text_ok)
     if setting.kind == "str":
         if not isinstance(raw, str) or not raw.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
@@ -512,6 +522,41 @@ def coerce(setting: Setting, raw: Any, where: str, text_ok: bool = True) -> Any:
     if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in raw):
         raise ConfigError(f"{where}: expected a list of non-empty strings, got {raw!r}")
     return tuple(x.strip() for x in raw)
+
+
+def coerce_hooks(raw: Any, where: str, text_ok: bool = False,
+                 keep_empty: bool = False) -> Tuple[Tuple[str, str], ...]:
+    """
+    A C{[hooks]} table (point -> C{'module:callable'}), or (flags) a list of
+    C{POINT=module:callable}, as (point, spec) pairs in hook point order.
+
+    @param keep_empty: keep C{point = ""} (a listener turning off a hook
+        of the top level's); else it is left out.
+    """
+    if text_ok and isinstance(raw, (list, tuple, str)):
+        pairs = {}
+        for item in [raw] if isinstance(raw, str) else raw:
+            point, equals, spec = str(item).partition("=")
+            if not equals:
+                raise ConfigError(f"{where}: expected POINT=module:callable, got {item!r}")
+            pairs[point.strip()] = spec.strip()
+        raw = pairs
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a [hooks] table of point = 'module:callable', "
+                          f"got {raw!r}")
+    hooks = []
+    for point, spec in raw.items():
+        if spec == "" and keep_empty:
+            continue
+        try:
+            check_spec(point, spec, f"{where}.{point}")
+        except HookLoadError as e:
+            raise ConfigError(str(e)) from None
+    order = [p.name for p in HOOK_POINTS]
+    for point in sorted(raw, key=order.index):
+        if raw[point] or keep_empty:
+            hooks.append((point, raw[point]))
+    return tuple(hooks)
 
 
 #: How a flag may say yes or no (TOML has its own true and false).

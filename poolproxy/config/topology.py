@@ -29,6 +29,7 @@ from poolproxy.config.settings import (
     _located,
     check_ordered,
     coerce,
+    coerce_hooks,
     shares_connections,
 )
 from poolproxy.config.tls import ClientTLS, check_server_name
@@ -104,12 +105,16 @@ class ListenerConfig:
     @ivar cluster: the L{ClusterConfig.name} it routes to.
     @ivar max_connections: the most client connections it may have open at
         once, or L{None} for the process's C{max_client_connections} only.
+    @ivar hooks: its own C{hooks} table, (point, C{module:callable}) pairs
+        over the top level's; an empty spec turns one of those off
+        (L{ProxyConfig.listener_hooks} merges them).
     """
 
     name: str
     endpoint: str
     cluster: str
     max_connections: Optional[int] = None
+    hooks: Tuple[Tuple[str, str], ...] = ()
 
 
 _WEIGHT = Setting("weight", "int", 1, "A backend's share of requests.", minimum=1)
@@ -302,5 +307,8 @@ def _listeners_from_tables(raw: Any, clusters: Sequence[ClusterConfig], file_nam
         cap = values.get("max_connections")
         if cap is not None:
             cap = coerce(_MAX_CONNECTIONS, cap, table.at("max_connections"), text_ok=False)
-        listeners.append(ListenerConfig(name, endpoint, cluster, cap))
+        hooks = values.get("hooks")
+        if hooks is not None:
+            hooks = coerce_hooks(hooks, table.at("hooks"), keep_empty=True)
+        listeners.append(ListenerConfig(name, endpoint, cluster, cap, hooks or ()))
     return tuple(listeners)

@@ -27,11 +27,13 @@ from twisted.logger import Logger
 
 from poolproxy.backends.cluster import Backend, Cluster
 from poolproxy.config import SETTINGS, BackendConfig, ClusterConfig, ConfigError, ProxyConfig
+from poolproxy.hooks.calling import ListenerHooks
+from poolproxy.hooks.loading import HookLoadError
 from poolproxy.ops.view import ListenerView
 
 #: Top-level settings that reload applies or compares by itself (the flat
 #: topology keys become listeners and the default cluster's backends).
-_TOPOLOGY = ("listen", "backend")
+_TOPOLOGY = ("listen", "backend", "hooks", "hook_timeout")
 #: A cluster's own fields, besides its per-cluster overrides.
 _CLUSTER_FIELDS = ("protocol", "balance", "hash_key")
 
@@ -76,6 +78,10 @@ class Reloadable(Protocol):
     def retire_backend(self, cluster: str, backend: Backend) -> "Deferred[None]":
         """A backend leaves a cluster once its requests in flight are done."""
 
+    @property
+    def hooks(self) -> Mapping[str, ListenerHooks]:
+        """Each listener's hooks, by listener name."""
+
     def rereadable(self) -> Sequence[Rereadable]:
         """What the running configuration reads from files, to read again."""
 
@@ -97,6 +103,7 @@ class Reloader:
         self.reloads = 0
         self.failures = 0
         self.files_kept = 0
+        self.hooks_kept = 0
         # The address of every backend running, by (cluster, name): the
         # configuration's, and those of backends a reload added.
         self._addresses: Dict[Tuple[str, str], str] = {
@@ -115,6 +122,7 @@ class Reloader:
         target = self.target
         running = target.config
         self._reread()
+        self._hooks(config)
         for spec in config.clusters:
             cluster = target.clusters.get(spec.name)
             if cluster is None:
@@ -147,6 +155,26 @@ class Reloader:
                 continue
             if changed:
                 self.log.info("reload: {where}: {changed}", where=item.where, changed=changed)
+
+    def _hooks(self, config: ProxyConfig) -> None:
+        """
+        Each listener's hooks imported again (their modules too, so edited
+        code takes effect), with the new hooks table; a listener whose hooks
+        do not all import keeps its running ones.
+        """
+        for spec in config.listeners:
+            hooks = self.target.hooks.get(spec.name)
+            if hooks is None:
+                continue
+            try:
+                changed = hooks.load(config.listener_hooks(spec), config.hook_timeout,
+                                     fresh=True)
+            except HookLoadError as e:
+                self.hooks_kept += 1
+                self.log.error("reload: {why}; keeping the running hooks", why=str(e))
+                continue
+            if changed:
+                self.log.info("reload: {where}: {changed}", where=hooks.where, changed=changed)
 
     def _settings(self, where: str, changed: List[str]) -> None:
         if changed:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Deque, FrozenSet, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, FrozenSet, List, Optional
 
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -33,6 +33,7 @@ from poolproxy.backends.retry import RetryBudget
 from poolproxy.codecs.http import HttpCodec
 from poolproxy.codecs.http_parse import END, HttpError, RequestHead
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
+from poolproxy.hooks.calling import ListenerHooks
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.exchange import EARLY_LIMIT, Exchange, HttpBackend, _PauseOnly
 from poolproxy.proxy.forwarded import ClientForwarding, TrustedProxies
@@ -446,6 +447,11 @@ class HttpFactory(Factory):
         connections): their details are not for clients, and one line per
         kind and backend per interval is enough.
     """
+
+    #: The listener's hooks and the clusters its route hook may choose, by
+    #: name (set by the service; L{poolproxy.proxy.hooked}).
+    hooks: Optional[ListenerHooks] = None
+    routes: Dict[str, Any] = {}
 
     noisy = False
     log = Logger()

@@ -19,7 +19,7 @@ C{send_timeout} is closed by the listener's L{SendTimeouts}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -36,6 +36,7 @@ from poolproxy.backends.pool import (
     PooledConnection,
     PoolExhausted,
 )
+from poolproxy.hooks.calling import ListenerHooks
 from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.output import unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
@@ -378,6 +379,11 @@ class SessionFactory(Factory):
     """
     Builds a L{SessionFrontend} per client of one listener.
     """
+
+    #: The listener's hooks and the clusters its route hook may choose, by
+    #: name (set by the service; L{poolproxy.proxy.hooked}).
+    hooks: Optional[ListenerHooks] = None
+    routes: Dict[str, Any] = {}
 
     noisy = False
 

@@ -27,7 +27,7 @@ path while a worker is free; only a client that must queue gets a Deferred.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, List, Optional, cast
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -56,6 +56,7 @@ from poolproxy.codec import (
     IShardedCodec,
     IVariantCodec,
 )
+from poolproxy.hooks.calling import ListenerHooks
 from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.multiplexed.pinning import LEASING, PINNED, RAW, SHARED, UNPINNING, Pinning
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
@@ -897,6 +898,11 @@ class MultiplexFactory(Factory):
     @ivar by_key: route each frame by its key (consistent hashing over more
         than one backend); otherwise a client keeps one backend.
     """
+
+    #: The listener's hooks and the clusters its route hook may choose, by
+    #: name (set by the service; L{poolproxy.proxy.hooked}).
+    hooks: Optional[ListenerHooks] = None
+    routes: Dict[str, Any] = {}
 
     noisy = False
 

@@ -49,6 +49,7 @@ from poolproxy.codecs.postgres_statements import (ClientStatements, StatementLim
                                                   bind_statement, make_close, make_parse,
                                                   named_target, parse_fields, parse_query,
                                                   rename_bind)
+from poolproxy.hooks.calling import ListenerHooks
 from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.output import unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
@@ -1155,6 +1156,11 @@ class TransactionFactory(Factory):
 
     @ivar cancel_keys: the clients, by the (pid, key) the proxy gave them.
     """
+
+    #: The listener's hooks and the clusters its route hook may choose, by
+    #: name (set by the service; L{poolproxy.proxy.hooked}).
+    hooks: Optional[ListenerHooks] = None
+    routes: Dict[str, Any] = {}
 
     noisy = False
     log = Logger()

@@ -1,0 +1,200 @@
+"""
+Calling a hook, whatever style it is written in.
+
+A hook may return a plain value, a Deferred, or a coroutine (an C{async
+def}).  L{Hook.__call__} calls it directly and hands back a plain value as
+it is: a synchronous hook costs the call and a type check, no Deferred.
+Anything else is made a Deferred with txaio (a coroutine through
+C{Deferred.fromCoroutine}) and given the hook's timeout.  An exception or
+a timeout never reaches the caller as one: it gets a L{HookFailure}, which
+each hook point treats as a refusal, and the problem is logged once per
+interval.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import txaio
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from poolproxy.hooks.loading import load_hooks
+from poolproxy.hooks.points import HOOK_POINTS
+from poolproxy.util.throttled import ThrottledLog
+
+txaio.use_twisted()
+
+#: Results handed back as they are, without looking further.
+_PLAIN = frozenset({str, bytes, bool, int, float, tuple, list, dict})
+
+log = Logger(namespace="poolproxy.hooks")
+
+
+class HookFailure:
+    """
+    What a hook's call gives instead of a result when it raised or timed out.
+
+    @ivar kind: C{"error"} or C{"timeout"}.
+    @ivar why: one line, for the log (never sent to a client).
+    """
+
+    __slots__ = ("kind", "why")
+
+    def __init__(self, kind: str, why: str) -> None:
+        self.kind = kind
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"HookFailure({self.kind!r}, {self.why!r})"
+
+
+class Hook:
+    """
+    One configured hook of one listener, and what became of its calls.
+
+    @ivar point: its hook point (C{allow}, C{route}...).
+    @ivar spec: how it was named (C{module:callable}).
+    @ivar ok: calls that returned (or fired with) a result.
+    @ivar refused: calls whose result refused (the caller counts these).
+    @ivar errors: calls that raised.
+    @ivar timeouts: calls that did not finish within C{timeout}.
+    @ivar asynchronous: calls that returned a Deferred or coroutine.
+    """
+
+    __slots__ = ("point", "spec", "fn", "timeout", "clock", "listener", "ok", "refused",
+                 "errors", "timeouts", "asynchronous", "_log")
+
+    def __init__(self, point: str, spec: str, fn: Callable[[Any], Any], timeout: float,
+                 clock: Any, listener: str, throttled: ThrottledLog) -> None:
+        self.point = point
+        self.spec = spec
+        self.fn = fn
+        self.timeout = timeout
+        self.clock = clock
+        self.listener = listener
+        self.ok = self.refused = self.errors = self.timeouts = self.asynchronous = 0
+        self._log = throttled
+
+    def __call__(self, subject: Any) -> Any:
+        """
+        The hook's result for C{subject}: a plain value or a L{HookFailure}
+        at once if the hook gave one or raised, else a Deferred that fires
+        (never fails) with one, within C{timeout}.
+        """
+        try:
+            result = self.fn(subject)
+        except Exception:
+            return self._failed(Failure())
+        if result is None or result.__class__ in _PLAIN:
+            self.ok += 1
+            return result
+        return self._later(result)
+
+    def _later(self, result: Any) -> Any:
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        elif not txaio.is_future(result):  # type: ignore[attr-defined]
+            self.ok += 1  # some other object: a result like any
+            return result
+        self.asynchronous += 1
+        # The hook's own Deferred is timed: a timeout cancels it (and the
+        # coroutine behind it), so nothing of the hook runs on unwaited.
+        d: "Deferred[Any]" = result
+        if self.timeout:
+            d.addTimeout(self.timeout, self.clock)
+        d.addCallbacks(self._fired, self._failed)
+        return d
+
+    def _fired(self, result: Any) -> Any:
+        self.ok += 1
+        return result
+
+    def _failed(self, failure: Failure) -> HookFailure:
+        if failure.check(TimeoutError):
+            self.timeouts += 1
+            why = f"did not answer within hook_timeout ({self.timeout:g} s)"
+            self._log.warn((self.listener, self.point, "timeout"),
+                           "listener {listener}: hook {point} ({spec}) {why}; refused",
+                           listener=self.listener, point=self.point, spec=self.spec, why=why)
+            return HookFailure("timeout", why)
+        self.errors += 1
+        why = f"raised {failure.type.__name__}: {txaio.failure_message(failure)}"  # type: ignore[attr-defined]
+        self._log.warn((self.listener, self.point, "error"),
+                       "listener {listener}: hook {point} ({spec}) {why}; refused",
+                       listener=self.listener, point=self.point, spec=self.spec, why=why)
+        return HookFailure("error", why)
+
+
+class ListenerHooks:
+    """
+    The hooks of one listener, one attribute per hook point (L{None} when
+    not configured).  Frontends read the attributes at each call, so a
+    reload that replaces them takes effect for connected clients too.
+
+    @ivar retired: the hooks a reload replaced, whose counts stay exported.
+    """
+
+    authenticate: Optional[Hook]
+    route: Optional[Hook]
+    allow: Optional[Hook]
+    on_connect: Optional[Hook]
+    on_disconnect: Optional[Hook]
+
+    def __init__(self, listener: str, clock: Any, timeout: float = 1.0) -> None:
+        self.listener = listener
+        self.clock = clock
+        self.timeout = timeout
+        self.specs: Dict[str, str] = {}
+        self.throttled = ThrottledLog(log, clock)
+        for point in HOOK_POINTS:
+            setattr(self, point.name, None)
+
+    @property
+    def where(self) -> str:
+        return f"listener {self.listener}: hooks"
+
+    def load(self, specs: Mapping[str, str], timeout: Optional[float] = None,
+             fresh: bool = False) -> Optional[str]:
+        """
+        Import C{specs} (point -> C{module:callable}) and use them: all of
+        them, or none if one does not import (L{HookLoadError}).
+
+        @param fresh: import their modules again (a reload).
+        @return: what changed, for the reload's log, or L{None}.
+        """
+        found = load_hooks(specs, self.where, fresh=fresh)
+        if timeout is not None:
+            self.timeout = timeout
+        before = dict(self.specs)
+        for point in HOOK_POINTS:
+            fn = found.get(point.name)
+            hook = (Hook(point.name, specs[point.name], fn, self.timeout, self.clock,
+                         self.listener, self.throttled) if fn is not None else None)
+            old = getattr(self, point.name)
+            if old is not None and hook is not None:
+                # Counts go on across a reload: one exported series per hook point.
+                for name in ("ok", "refused", "errors", "timeouts", "asynchronous"):
+                    setattr(hook, name, getattr(old, name))
+            setattr(self, point.name, hook)
+        self.specs = dict(specs)
+        if before == self.specs:
+            return "reloaded" if specs and fresh else None
+        return ", ".join(f"{p} = {self.specs.get(p, '(none)')}" for p in sorted(
+            set(before) | set(self.specs)) if before.get(p) != self.specs.get(p))
+
+    def configured(self) -> Dict[str, Hook]:
+        """The hooks configured, by point."""
+        return {p.name: getattr(self, p.name) for p in HOOK_POINTS
+                if getattr(self, p.name) is not None}
+
+
+def notify(hook: Optional[Hook], subject: Any) -> None:
+    """Call an auditing hook (on_connect, on_disconnect); its result is not waited for."""
+    if hook is not None:
+        hook(subject)
+
+
+__all__ = ["Hook", "HookFailure", "ListenerHooks", "notify"]
