@@ -72,14 +72,26 @@ REFUSED = 512
 #: A L{LOCAL} frame that answers a failed authentication: counted, and
 #: summarised in the log.
 AUTH_FAILED = 1024
+#: The client gave credentials (redis AUTH, HELLO AUTH) that an
+#: C{authenticate} hook decides on: only from a framer made with
+#: C{authenticate_hook} set in its options.  The framer has taken them as
+#: good and queued them in its C{credentials}, (user, password, whether
+#: the password file matched or L{None} without one, whether the client
+#: was authenticated before); if the hook refuses, the proxy answers
+#: L{IHookableFramer.refused_reply} instead and calls
+#: C{set_authenticated} with the state before.
+AUTHENTICATE = 2048
 
 #: Kinds of errors the proxy itself answers with, via L{ICodec.error_reply}:
 #: no admission (C{overloaded}), no backend connection or a broken one
 #: (C{unavailable}), no answer in time (C{timeout}), a request over the size
 #: limit (C{too_large}) or not in the protocol (C{malformed}), and a request
 #: whose keys live on several backends of a sharded cluster that cannot be
-#: split (C{crossslot}, see L{IShardedCodec}).
-ERROR_KINDS = ("overloaded", "unavailable", "timeout", "too_large", "malformed", "crossslot")
+#: split (C{crossslot}, see L{IShardedCodec}); a request an C{allow} hook
+#: refused (C{denied}), and one sent by a client that is not authenticated
+#: (C{unauthenticated}).
+ERROR_KINDS = ("overloaded", "unavailable", "timeout", "too_large", "malformed", "crossslot",
+               "denied", "unauthenticated")
 
 
 class Frame:
@@ -268,6 +280,35 @@ class IVariantCodec(ICodec):
         answered and checked with C{check_setup_reply} before any client
         frame uses the connection.
         """
+
+
+class IDescribingCodec(ICodec):
+    """
+    A codec that tells hooks (L{poolproxy.hooks}) what a request asks: its
+    command, arguments and keys.  Only called when a hook asks.
+    """
+
+    def describe(frame: Frame) -> Tuple[Optional[str], List[bytes], Optional[List[bytes]]]:
+        """
+        (command name, arguments after it, every key it names or L{None}
+        when C{frame.key} tells all).
+        """
+
+
+class IHookableFramer(IRequestFramer):
+    """
+    A request framer whose credentials an C{authenticate} hook decides on
+    (see L{AUTHENTICATE}).
+    """
+
+    credentials = Attribute("A deque of (user, password, password_ok, authenticated_before), "
+                            "one per AUTHENTICATE frame, oldest first.")
+
+    def set_authenticated(authenticated: bool) -> None:
+        """The client's authentication as the hook decided (framing goes on from it)."""
+
+    def refused_reply(frame: Frame) -> bytes:
+        """The protocol's answer to C{frame}'s credentials refused (redis WRONGPASS)."""
 
 
 class IUnsolicitedFramer(IResponseFramer):

@@ -10,7 +10,7 @@ delivers C{connectionLost} when the test says so, as a reactor would later.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.address import IPv4Address
@@ -20,6 +20,9 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from poolproxy.hooks.calling import Hook, ListenerHooks
+from poolproxy.hooks.subjects import HookClient, HookRequest
 
 
 class FakeTransport(StringTransport):
@@ -198,7 +201,13 @@ class MultiplexHarness:
     @ivar endpoints: each backend's L{FakeEndpoint}, by address.
     """
 
-    def __init__(self, codec: Any, backends: int = 1, **settings: Any) -> None:
+    def __init__(self, codec: Any, backends: int = 1,
+                 hooks: Optional[Mapping[str, Callable[[Any], Any]]] = None,
+                 **settings: Any) -> None:
+        """
+        @param hooks: the listener's hooks, point -> callable (as a
+            C{[hooks]} table names them), timed by C{hook_timeout} on C{clock}.
+        """
         from twisted.internet.task import Clock
 
         from poolproxy.assemble import ClusterAssembly
@@ -219,6 +228,9 @@ class MultiplexHarness:
                                         endpoint=self.endpoints.__getitem__)
         self.cluster = self.assembly.cluster
         self.factory = self.assembly.frontend("harness")
+        self.factory.hooks = ListenerHooks("harness", self.clock, config.hook_timeout)
+        self.factory.hooks.use(hooks or {})
+        self.factory.routes = {self.cluster.name: self.cluster}
         self.clients: List[HarnessClient] = []
 
     def client(self) -> HarnessClient:
@@ -282,3 +294,84 @@ class MultiplexHarness:
                     delivered += 1
             if delivered == before:
                 return delivered
+
+
+# -- hooks (poolproxy.hooks): calling one in a unit test ----------------------
+
+
+def hook_client(username: Optional[str] = None, password: Optional[str] = None,
+                identity: Any = None, protocol: str = "redis", listener: str = "test",
+                host: str = "127.0.0.1", port: int = 50000, **attributes: Any) -> HookClient:
+    """
+    A L{HookClient} as a listener would give hooks: C{attributes} sets any
+    other of its attributes (C{database}, C{parameters}, C{headers}, C{tls}...).
+    """
+    client = HookClient(listener, protocol, IPv4Address("TCP", host, port))
+    client.username, client.password, client.identity = username, password, identity
+    for name, value in attributes.items():
+        setattr(client, name, value)
+    return client
+
+
+def hook_request(*words: Any, client: Optional[HookClient] = None, codec: Any = None,
+                 cluster: str = "default", **http: Any) -> HookRequest:
+    """
+    A L{HookRequest}: for redis or memcached, C{words} is the command as a
+    client sends it (C{"SET", "k", "v"}), framed by C{codec} (the redis
+    codec unless given) so that C{key}, C{command}, C{args} and C{keys}
+    are what the proxy gives; for http, give C{method}, C{path}, C{host}
+    and C{headers} instead.
+    """
+    client = client if client is not None else hook_client()
+    if not words:
+        request = HookRequest(client, cluster)
+        for name, value in http.items():
+            setattr(request, name, value)
+        return request
+    if codec is None:
+        from poolproxy.codecs.redis import RedisCodec
+
+        codec = RedisCodec()
+    args = [w if isinstance(w, bytes) else str(w).encode() for w in words]
+    if codec.name == "redis":
+        from poolproxy.codecs.redis import encode_command
+
+        data = encode_command(args)
+    else:
+        data = b" ".join(args) + b"\r\n"
+    frames = codec.request_framer(None).feed(data)
+    if len(frames) != 1:
+        raise ValueError(f"{words!r} is not one complete request to {codec.name}")
+    frame = frames[0]
+    return HookRequest(client, cluster, frame.key, frame.data, codec.describe, frame)
+
+
+def call_hook(fn: Callable[[Any], Any], subject: Any, clock: Any = None,
+              timeout: float = 1.0) -> Any:
+    """
+    Call C{fn} on C{subject} as the proxy does: a plain function's result
+    as it is; a Deferred's or coroutine's once it has fired, or, still
+    pending, a Deferred that fires with it (advance C{clock}, a L{Clock}
+    by default, past C{timeout} to see it time out).  A hook that raises
+    or times out gives a L{poolproxy.hooks.calling.HookFailure}.
+    """
+    from twisted.internet.task import Clock
+    from twisted.logger import Logger
+
+    from poolproxy.util.throttled import ThrottledLog
+
+    clock = clock if clock is not None else Clock()
+    hook = Hook("test", getattr(fn, "__qualname__", repr(fn)), fn, timeout, clock, "test",
+                ThrottledLog(Logger(namespace="poolproxy.testing"), clock))
+    result = hook(subject)
+    if isinstance(result, Deferred):
+        fired: List[Any] = []
+
+        def keep(value: Any) -> Any:
+            fired.append(value)
+            return value
+
+        result.addCallback(keep)
+        if fired:
+            return fired[0]
+    return result

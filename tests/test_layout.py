@@ -46,7 +46,7 @@ MAY_IMPORT: Dict[str, FrozenSet[str]] = {name: frozenset(allowed) for name, allo
                 "proxy", "stats", "util", "workers"),
     "tap": ("config", "hooks", "service", "util", "workers"),
     # Fakes and in-memory wiring for tests: the real assembly on fake endpoints.
-    "testing": ("assemble", "config", "hooks", "proxy"),
+    "testing": ("assemble", "codecs", "config", "hooks", "proxy", "util"),
 }.items()}
 
 

@@ -37,8 +37,8 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 from zope.interface import implementer
 
 from poolproxy.codec import (CLOSE, LOCAL, REFUSED, RETRY_SAFE, BaseCodec, Frame, FramingError,
-                             IBoundedFramer, IProbingCodec, IRequestFramer, IResponseFramer,
-                             IShardedCodec)
+                             IBoundedFramer, IDescribingCodec, IProbingCodec, IRequestFramer,
+                             IResponseFramer, IShardedCodec)
 from poolproxy.codecs._buffer import Unparsed
 
 #: Response kinds (C{Frame.expect}): C{VALUE} blocks then C{END}; one line;
@@ -633,7 +633,7 @@ def _merge_values(replies: List[bytes]) -> bytes:
     return b"".join(reply[:-5] for reply in replies) + b"END\r\n"
 
 
-@implementer(IShardedCodec, IProbingCodec)
+@implementer(IShardedCodec, IProbingCodec, IDescribingCodec)
 class MemcachedCodec(BaseCodec):
     """
     The memcached text protocol, multiplexed: frames from many clients share
@@ -658,6 +658,13 @@ class MemcachedCodec(BaseCodec):
 
     def response_framer(self) -> MemcachedResponseFramer:
         return MemcachedResponseFramer()
+
+    def describe(self, frame: Frame) -> Tuple[Optional[str], List[bytes], Optional[List[bytes]]]:
+        """For hooks: the command as sent (C{get}), the words of its line after it, its keys."""
+        line = frame.data.split(b"\r\n", 1)[0].split()
+        if not line:
+            return None, [], None
+        return line[0].decode("ascii", "replace"), line[1:], self.keys(frame)
 
     def keys(self, frame: Frame) -> Optional[List[bytes]]:
         """
@@ -690,7 +697,9 @@ class MemcachedCodec(BaseCodec):
         if reply is not None:
             return reply
         text = (message or "").translate(_SANITISE).strip()
-        if kind == "malformed":
+        if kind == "denied":  # the client's request, refused by a hook: its own error
+            prefix = b"CLIENT_ERROR "
+        elif kind == "malformed":
             if text.startswith("CLIENT_ERROR "):
                 text = text[len("CLIENT_ERROR "):].lstrip()
             prefix = b"CLIENT_ERROR "

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import hmac
 import platform
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
 from poolproxy.codec import (
     AUTH_FAILED,
+    AUTHENTICATE,
     BLOCKING,
     CLOSE,
     DIRTY,
@@ -51,6 +53,8 @@ from poolproxy.codec import (
     FramingError,
     IBlockingCodec,
     IBoundedFramer,
+    IDescribingCodec,
+    IHookableFramer,
     IProbingCodec,
     IShardAwareFramer,
     IShardedCodec,
@@ -544,7 +548,7 @@ def _unsubscribed(kind: bytes, channels: List[bytes], resp3: bool) -> bytes:
     return b"".join(head + kind + b"$%d\r\n%s\r\n:0\r\n" % (len(c), c) for c in channels)
 
 
-@implementer(IShardAwareFramer)
+@implementer(IShardAwareFramer, IHookableFramer)
 class RespRequestFramer(Unparsed):
     """
     Cuts one redis client's byte stream into L{Frame}s, and tracks the
@@ -554,11 +558,16 @@ class RespRequestFramer(Unparsed):
     """
 
     def __init__(self, max_request_size: int, password: Optional[bytes] = None,
-                 policy: CommandPolicy = _DEFAULT_POLICY) -> None:
+                 policy: CommandPolicy = _DEFAULT_POLICY, authenticate_hook: bool = False) -> None:
         self.error: Optional[FramingError] = None
         self._max = max_request_size
         self._password = password
-        self._authed = password is None
+        # With an authenticate hook, AUTH and HELLO AUTH are the hook's to
+        # decide (AUTHENTICATE frames), and a client starts unauthenticated.
+        self._hooked = authenticate_hook
+        self._authed = password is None and not authenticate_hook
+        self.credentials: Deque[Tuple[bytes, bytes, Optional[bool], bool]] = deque()
+        self._given: Optional[Tuple[bytes, bytes, Optional[bool]]] = None
         self._policy = policy
         self._cmds = policy.table
         # Whether the client chose RESP3 (HELLO 3): the proxy's own pub/sub
@@ -598,6 +607,14 @@ class RespRequestFramer(Unparsed):
     @property
     def authenticated(self) -> bool:
         return self._authed
+
+    def set_authenticated(self, authenticated: bool) -> None:
+        """The authenticate hook's verdict on the last credentials (IHookableFramer)."""
+        self._authed = authenticated
+        self._update()
+
+    def refused_reply(self, frame: Frame) -> bytes:
+        return _WRONGPASS
 
     def pending(self) -> int:
         """Bytes held for an incomplete frame."""
@@ -848,10 +865,11 @@ class RespRequestFramer(Unparsed):
             upper = name.upper()
             if upper == b"QUIT":
                 return Frame(data, 1, None, LOCAL | CLOSE, reply=_OK)
-            if upper == b"AUTH":
-                return self._auth(args if args is not None else _resp_args(data))
-            if upper == b"HELLO":
-                return self._hello(data, args if args is not None else _resp_args(data))
+            if upper == b"AUTH" or upper == b"HELLO":
+                args = args if args is not None else _resp_args(data)
+                if self._hooked:
+                    return self._hooked_credentials(upper, data, args)
+                return self._auth(args) if upper == b"AUTH" else self._hello(data, args)
             if upper == b"RESET":  # allowed before AUTH, as in redis
                 return self._special(data, args, upper, key, self._stateful())
         if not self._authed:
@@ -1018,7 +1036,28 @@ class RespRequestFramer(Unparsed):
         """
         return Frame(data, 1, None, LOCAL, reply=_unshardable(_resp_args(data)[0].upper()))
 
+    def _hooked_credentials(self, upper: bytes, data: bytes, args: List[bytes]) -> Frame:
+        """
+        AUTH or HELLO with an authenticate hook: framed as if the
+        credentials were good, flagged AUTHENTICATE with them queued, so
+        that the proxy asks the hook before anything after them is sent.
+        """
+        before = self._authed
+        self._given = None
+        frame = self._auth(args) if upper == b"AUTH" else self._hello(data, args)
+        given, self._given = self._given, None
+        if given is not None:
+            self.credentials.append(given + (before,))
+            frame.flags |= AUTHENTICATE
+        return frame
+
     def _credentials_ok(self, user: bytes, password: bytes) -> bool:
+        if self._hooked:
+            # The hook decides; it is told whether the password file matched.
+            matched = None if self._password is None else (
+                user == b"default" and hmac.compare_digest(password, self._password))
+            self._given = (user, password, matched)
+            return True
         if user != b"default":
             return False
         if self._password is None:
@@ -1029,7 +1068,7 @@ class RespRequestFramer(Unparsed):
         # Answered here whatever happens: AUTH on a shared connection would
         # change it for every client.
         if len(args) == 2:
-            if self._password is None:
+            if self._password is None and not self._hooked:
                 return Frame(b"", 1, None, LOCAL, reply=_NOPASS)
             user, password = b"default", args[1]
         elif len(args) == 3:
@@ -1365,7 +1404,7 @@ def _as_bytes(value: Any) -> Optional[bytes]:
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-@implementer(IShardedCodec, IVariantCodec, IProbingCodec, IBlockingCodec)
+@implementer(IShardedCodec, IVariantCodec, IProbingCodec, IBlockingCodec, IDescribingCodec)
 class RedisCodec:
     """The redis protocol (RESP2, RESP3 on pinned connections)."""
 
@@ -1382,7 +1421,8 @@ class RedisCodec:
             return RespRequestFramer(config)
         return RespRequestFramer(
             getattr(config, "max_request_size", None) or DEFAULT_MAX_REQUEST,
-            _as_bytes(getattr(config, "client_password", None)), command_policy(config))
+            _as_bytes(getattr(config, "client_password", None)), command_policy(config),
+            bool(getattr(config, "authenticate_hook", False)))
 
     def response_framer(self) -> RespResponseFramer:
         return RespResponseFramer()
@@ -1395,6 +1435,11 @@ class RedisCodec:
             line = "ERR poolproxy: backend unavailable: " + text
         elif kind == "timeout":
             line = "ERR poolproxy: backend timed out"
+        elif kind == "denied":
+            # As redis's ACL refuses: clients map NOPERM to a permission error.
+            line = "NOPERM " + text
+        elif kind == "unauthenticated":
+            return _NOAUTH
         elif kind == "crossslot":
             # As Redis Cluster says it, so clients and people recognise it.
             line = "CROSSSLOT Keys in request don't hash to the same backend (poolproxy)"
@@ -1417,6 +1462,14 @@ class RedisCodec:
         if db:
             frames.append(Frame(encode_command([b"SELECT", b"%d" % int(db)]), 1, None, 0))
         return frames
+
+    def describe(self, frame: Frame) -> Tuple[Optional[str], List[bytes], Optional[List[bytes]]]:
+        """For hooks: the command (upper case), its arguments, every key if it names several."""
+        data = frame.data
+        args = _resp_args(data) if data.startswith(b"*") else _split_inline(data.strip())
+        if not args:
+            return None, [], None
+        return args[0].upper().decode("utf-8", "replace"), args[1:], command_keys(args)
 
     def keys(self, frame: Frame) -> Optional[List[bytes]]:
         """

@@ -332,6 +332,8 @@ class CodecOptions:
     deny_commands: Optional[Tuple[str, ...]] = None
     allow_commands: Tuple[str, ...] = ()
     unknown_commands: str = "refuse"
+    #: Whether an authenticate hook decides on client credentials (AUTHENTICATE frames).
+    authenticate_hook: bool = False
     #: The password files' contents (client_password_file, backend_password_file).
     secrets: Secrets = field(default_factory=Secrets, compare=False, repr=False)
 

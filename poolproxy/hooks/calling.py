@@ -134,7 +134,8 @@ class ListenerHooks:
     not configured).  Frontends read the attributes at each call, so a
     reload that replaces them takes effect for connected clients too.
 
-    @ivar retired: the hooks a reload replaced, whose counts stay exported.
+    @ivar checks_requests: whether a hook looks at requests or credentials
+        (authenticate, route, allow): else a client's frames go straight on.
     """
 
     authenticate: Optional[Hook]
@@ -149,6 +150,7 @@ class ListenerHooks:
         self.timeout = timeout
         self.specs: Dict[str, str] = {}
         self.throttled = ThrottledLog(log, clock)
+        self.checks_requests = False
         for point in HOOK_POINTS:
             setattr(self, point.name, None)
 
@@ -169,21 +171,32 @@ class ListenerHooks:
         if timeout is not None:
             self.timeout = timeout
         before = dict(self.specs)
+        self.use(found, specs)
+        if before == self.specs:
+            return "reloaded" if specs and fresh else None
+        return ", ".join(f"{p} = {self.specs.get(p, '(none)')}" for p in sorted(
+            set(before) | set(self.specs)) if before.get(p) != self.specs.get(p))
+
+    def use(self, callables: Mapping[str, Callable[[Any], Any]],
+            specs: Optional[Mapping[str, str]] = None) -> None:
+        """
+        Use these callables (point -> callable) as the hooks, in place of
+        any before (embedding, tests; L{load} imports them by name).
+        """
         for point in HOOK_POINTS:
-            fn = found.get(point.name)
-            hook = (Hook(point.name, specs[point.name], fn, self.timeout, self.clock,
-                         self.listener, self.throttled) if fn is not None else None)
+            fn = callables.get(point.name)
+            spec = (specs or {}).get(point.name) or str(getattr(fn, "__qualname__", repr(fn)))
+            hook = (Hook(point.name, spec, fn, self.timeout, self.clock, self.listener,
+                         self.throttled) if fn is not None else None)
             old = getattr(self, point.name)
             if old is not None and hook is not None:
                 # Counts go on across a reload: one exported series per hook point.
                 for name in ("ok", "refused", "errors", "timeouts", "asynchronous"):
                     setattr(hook, name, getattr(old, name))
             setattr(self, point.name, hook)
-        self.specs = dict(specs)
-        if before == self.specs:
-            return "reloaded" if specs and fresh else None
-        return ", ".join(f"{p} = {self.specs.get(p, '(none)')}" for p in sorted(
-            set(before) | set(self.specs)) if before.get(p) != self.specs.get(p))
+        self.specs = {point: hook.spec for point, hook in self.configured().items()}
+        self.checks_requests = any(getattr(self, point) is not None
+                                   for point in ("authenticate", "route", "allow"))
 
     def configured(self) -> Dict[str, Hook]:
         """The hooks configured, by point."""

@@ -33,6 +33,7 @@ from poolproxy.codecs.postgres_login import ServerLogin
 from poolproxy.config import CodecOptions, ProxyConfig
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.config.tls import UpgradeTLS
+from poolproxy.hooks.calling import ListenerHooks
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.multiplexed.client import MultiplexFactory
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend
@@ -85,7 +86,12 @@ class FrontendFactory(Protocol):
     the idle sweep, C{last_active}, C{busy} and C{close_idle()}.  Clients
     add and discard themselves in C{clients}, which the service replaces
     with one that counts them (L{poolproxy.proxy.limits.ListenerClients}).
+    The service also gives it its listener's C{hooks} and the clusters its
+    route hook may choose (C{routes}, by name).
     """
+
+    hooks: Optional[ListenerHooks]
+    routes: Dict[str, Cluster]
 
     @property
     def stats(self) -> ListenerStats: ...

@@ -27,6 +27,7 @@ path while a worker is free; only a client that must queue gets a Deferred.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, cast
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -57,7 +58,10 @@ from poolproxy.codec import (
     IVariantCodec,
 )
 from poolproxy.hooks.calling import ListenerHooks
+from poolproxy.hooks.subjects import HookClient
 from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.proxy.hooked import connected, disconnected, hook_client
+from poolproxy.proxy.multiplexed.checks import HOOK_REFUSED, RequestChecks, RoutedFrame, split_parts
 from poolproxy.proxy.multiplexed.pinning import LEASING, PINNED, RAW, SHARED, UNPINNING, Pinning
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
 from poolproxy.proxy.multiplexed.split import CROSS_SHARD, SplitGroup, split_by_shard
@@ -106,7 +110,16 @@ class MultiplexFrontend(Protocol):
         self.stats = factory.stats
         self.codec = factory.codec
         self.admission = factory.admission
-        self.framer = factory.codec.request_framer(factory.config)
+        hooks = factory.hooks
+        self.framer = factory.codec.request_framer(
+            factory.config if hooks is None or hooks.authenticate is None
+            else factory.hooked_config())
+        # The hooks' view of this client (made when a hook first needs it),
+        # and its frames on their way through route and allow hooks.
+        self._subject: Optional[HookClient] = None
+        self.checks: Optional[RequestChecks] = None
+        # The backend of each other cluster a route hook sent requests to.
+        self._routed_backends: "dict[Any, Any]" = {}
         # The framer, if it refuses stateful commands on a sharded cluster.
         self._shard_aware: Optional[IShardAwareFramer] = (
             IShardAwareFramer(self.framer) if IShardAwareFramer.providedBy(self.framer) else None)
@@ -160,6 +173,15 @@ class MultiplexFrontend(Protocol):
         self.last_active = self.factory.clock.seconds()
         # A client that does not read its replies stops being read.
         self.transport.registerProducer(self, True)
+        hooks = self.factory.hooks
+        if hooks is not None and hooks.on_connect is not None:
+            connected(hooks, self.subject())
+
+    def subject(self) -> HookClient:
+        """This client as hooks see it."""
+        if self._subject is None:
+            self._subject = hook_client(self.factory, self.transport, self.codec.name)
+        return self._subject
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -170,15 +192,28 @@ class MultiplexFrontend(Protocol):
         if shard_aware is not None:
             shard_aware.sharded = self.factory.cluster.sharded
         frames = framer.feed(data)
-        if frames:
-            self.held.extend(frames)
         if framer.error is not None:
             error = framer.error
-            self.held.append(Frame(b"", flags=LOCAL | CLOSE, expect=_PROXY_ERROR,
-                                   reply=self.codec.error_reply(error.kind, error.message)))
+            frames = frames + [Frame(b"", flags=LOCAL | CLOSE, expect=_PROXY_ERROR,
+                                     reply=self.codec.error_reply(error.kind, error.message))]
             self.stats.requests.add(error.kind)
+        if frames:
+            hooks = self.factory.hooks
+            if self.checks is not None or (hooks is not None and hooks.checks_requests):
+                self._check(frames)
+            else:
+                self.held.extend(frames)
         if self.held:
             self._drain()
+
+    def _check(self, frames: List[Frame]) -> None:
+        """Frames through the listener's hooks (checks), in order, before they are held."""
+        checks = self.checks
+        if checks is None:
+            checks = self.checks = RequestChecks(self)
+        checks.feed(frames)
+        if checks.busy:
+            self._update_reading()
 
     def readConnectionLost(self) -> None:
         # The client has said all it will (e.g. "printf 'GET k\n' | nc -N"):
@@ -203,7 +238,8 @@ class MultiplexFrontend(Protocol):
     @property
     def busy(self) -> bool:
         """Requests in flight or waiting (for the idle sweep)."""
-        return bool(self.slots or self.held or self._resend) or self.pin.state is RAW
+        return (bool(self.slots or self.held or self._resend) or self.pin.state is RAW
+                or (self.checks is not None and self.checks.busy))
 
     def close_idle(self) -> None:
         self.transport.loseConnection()
@@ -220,7 +256,8 @@ class MultiplexFrontend(Protocol):
         self._close_if_done()
 
     def _close_if_done(self) -> None:
-        if not self.slots and not self.held and not self._gone:
+        if (not self.slots and not self.held and not self._gone
+                and (self.checks is None or not self.checks.busy)):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
@@ -247,6 +284,11 @@ class MultiplexFrontend(Protocol):
         self.held.clear()
         for multiplexer in self._waiting_on:
             multiplexer.forget(self)
+        if self.checks is not None:
+            self.checks.waiting.clear()
+        hooks = self.factory.hooks
+        if hooks is not None and hooks.on_disconnect is not None:
+            disconnected(hooks, self.subject())
         pinned, share, _ = self.pin.end()
         if pinned is not None:
             backend: PipelineBackend = pinned.protocol
@@ -280,6 +322,8 @@ class MultiplexFrontend(Protocol):
     def _update_reading(self) -> None:
         limit = self.factory.max_pipeline
         block = self._write_blocked or len(self.held) > limit or len(self.slots) > limit
+        if self.checks is not None and len(self.checks.waiting) > limit:
+            block = True
         if block and not self._paused_reading:
             self._paused_reading = True
             self.transport.pauseProducing()
@@ -369,7 +413,7 @@ class MultiplexFrontend(Protocol):
         sent = 0
         # Without key routing every shared frame of this pass goes to the
         # same connection: look it up once, not per frame.
-        reuse_shared = not self.factory.by_key
+        reuse_shared = not self.factory.by_key and (self.checks is None or not self.checks.routed)
         splitter = self._splitter if not reuse_shared else None
         shared = None
         try:
@@ -526,7 +570,9 @@ class MultiplexFrontend(Protocol):
 
     def _answer_local(self, frame: Frame, flags: int) -> None:
         """A frame the proxy answers itself (QUIT, AUTH, a refused command...)."""
-        if flags & REFUSED:
+        if frame.expect is HOOK_REFUSED:
+            self.stats.requests.add("refused")
+        elif flags & REFUSED:
             self.stats.requests.add("refused")
             self.stats.commands_refused.add(frame.key.decode("ascii", "replace")
                                             if frame.key else "(unknown)")
@@ -542,7 +588,10 @@ class MultiplexFrontend(Protocol):
         A frame whose keys may live on several backends: True if it was
         answered (it cannot be split) or its parts took its place.
         """
-        split = split_by_shard(splitter, self.factory.cluster.pick, frame)
+        cluster = frame.cluster if isinstance(frame, RoutedFrame) else self.factory.cluster
+        if not cluster.sharded:
+            return False
+        split = split_by_shard(splitter, cluster.pick, frame)
         if split is None:
             return False
         self.held.popleft()
@@ -553,6 +602,7 @@ class MultiplexFrontend(Protocol):
             return True
         # Its parts take its place, each routed by its own keys.
         parts, merge = split
+        parts = split_parts(parts, frame)
         group = SplitGroup(len(parts), merge)
         for part in reversed(parts):
             self.held.appendleft(part)
@@ -596,11 +646,22 @@ class MultiplexFrontend(Protocol):
     def _route(self, frame: Frame) -> Any:
         """The cluster Backend for C{frame}, or L{None} if none is available."""
         factory = self.factory
+        if frame.__class__ is RoutedFrame:
+            return self._route_to(frame.cluster, frame)
         if factory.by_key:
             return factory.cluster.pick(frame.key)
         backend = self._backend
         if backend is None or not backend.available:
             backend = self._backend = factory.cluster.pick(None)
+        return backend
+
+    def _route_to(self, cluster: "Cluster", frame: Frame) -> Any:
+        """A backend of another cluster, which a route hook chose for C{frame}."""
+        if cluster.sharded:
+            return cluster.pick(frame.key)
+        backend = self._routed_backends.get(cluster)
+        if backend is None or not backend.available:
+            backend = self._routed_backends[cluster] = cluster.pick(None)
         return backend
 
     def _shared_target(self, frame: Frame) -> Any:
@@ -929,11 +990,19 @@ class MultiplexFactory(Factory):
         self.stats = stats if stats is not None else ListenerStats()
         self.clients: "set[MultiplexFrontend]" = set()
         self.sends = SendTimeouts(clock, send_timeout, self.stats)
+        self._hooked_config: Any = None
 
     @property
     def by_key(self) -> bool:
         # Read per pass, not cached here: a reload may add backends to the cluster.
         return self.cluster.sharded
+
+    def hooked_config(self) -> Any:
+        """The codec options for a framer whose credentials the authenticate hook decides on."""
+        config = self._hooked_config
+        if config is None:
+            config = self._hooked_config = replace(self.config, authenticate_hook=True)
+        return config
 
     def buildProtocol(self, addr: Any) -> MultiplexFrontend:
         return MultiplexFrontend(self)

@@ -1,0 +1,228 @@
+"""
+A multiplexed client's frames through its listener's hooks
+(L{poolproxy.hooks}) before they are held to be sent: C{authenticate} for
+credentials (L{AUTHENTICATE} frames), then per request C{route} and
+C{allow}.
+
+Frames keep their order: while a hook's Deferred is pending, the frames
+after it wait here (and count against the client's pipeline limit), and
+nothing of them reaches a backend.  A frame routed to another cluster
+becomes a L{RoutedFrame}, which carries its cluster through resends,
+pinning and splits.  A refusal is a L{LOCAL} frame in the request's place.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, List, Optional
+
+from twisted.internet.defer import Deferred
+
+from poolproxy.codec import (AUTHENTICATE, CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, VARIANT,
+                             Frame, IDescribingCodec, IHookableFramer)
+from poolproxy.hooks.subjects import HookClient, HookRequest
+from poolproxy.proxy.hooked import identity_of, refusal, routed_cluster
+
+if TYPE_CHECKING:
+    from poolproxy.proxy.multiplexed.client import MultiplexFrontend
+
+#: The frame stands for a refusal by a hook (counted as "refused").
+HOOK_REFUSED: Any = object()
+#: A hook's answer is not in yet.
+_WAIT: Any = object()
+_NOTHING: Any = object()
+#: Refusing a frame with these flags would leave the client's connection
+#: state (the framer's idea of it) unlike the backend's: the client is
+#: closed after the refusal instead.
+_STATEFUL = PIN | UNPIN | PASSTHROUGH | DIRTY | VARIANT
+#: What the check of the frame at the head has done so far.
+_ROUTE, _ALLOW = 0, 1
+
+
+class RoutedFrame(Frame):
+    """A frame a C{route} hook sent to a cluster other than its listener's."""
+
+    __slots__ = ("cluster",)
+
+    def __init__(self, frame: Frame, cluster: Any) -> None:
+        super().__init__(frame.data, frame.replies, frame.key, frame.flags, frame.expect,
+                         frame.reply)
+        self.cluster = cluster
+
+
+class RequestChecks:
+    """
+    One client's frames on their way through the hooks.
+
+    @ivar waiting: frames not checked yet, oldest first; the first may be
+        waiting on a hook.
+    @ivar routed: whether any frame went to another cluster (the frontend
+        then routes frame by frame).
+    """
+
+    def __init__(self, frontend: "MultiplexFrontend") -> None:
+        self.frontend = frontend
+        self.waiting: Deque[Frame] = deque()
+        self.routed = False
+        self._pending: "Optional[Deferred[Any]]" = None
+        self._answer: Any = _NOTHING
+        self._calling = False
+        self._request: Optional[HookRequest] = None
+        self._stage = _ROUTE
+        # Frames framed while refused credentials were taken as good, up to
+        # the next credentials: answered NOAUTH (see _authenticate).
+        self._unauthenticated = False
+        codec = frontend.codec
+        self._describe = (IDescribingCodec(codec).describe
+                          if IDescribingCodec.providedBy(codec) else None)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting)
+
+    def feed(self, frames: List[Frame]) -> None:
+        """Frames just framed: checked in order, behind any still waiting."""
+        self.waiting.extend(frames)
+        if self._pending is None:
+            self.run()
+
+    def run(self) -> None:
+        """Check frames from the head until one waits on a hook; hold the checked."""
+        waiting = self.waiting
+        frontend = self.frontend
+        held = frontend.held
+        while waiting and not frontend._gone:
+            frame = waiting[0]
+            flags = frame.flags
+            if flags & AUTHENTICATE:
+                checked = self._authenticate(frame)
+            elif self._unauthenticated and not flags & LOCAL:
+                checked = self._refused(frame, "unauthenticated", "Authentication required.")
+            elif flags & LOCAL:
+                checked = frame
+            else:
+                checked = self._check(frame)
+            if checked is _WAIT:
+                return
+            waiting.popleft()
+            held.append(checked)
+        # Frames framed after this are framed with the hook's verdict.
+        self._unauthenticated = False
+
+    # -- one hook's call ------------------------------------------------------
+
+    def _call(self, hook: Any, subject: Any) -> Any:
+        """The hook's answer for the head frame: at once, or _WAIT until it fires."""
+        answer, self._answer = self._answer, _NOTHING
+        if answer is not _NOTHING:
+            return answer
+        result = hook(subject)
+        if not isinstance(result, Deferred):
+            return result
+        self._pending = result
+        self._calling = True
+        result.addCallback(self._answered)
+        self._calling = False
+        if self._pending is None:  # it had fired already
+            answer, self._answer = self._answer, _NOTHING
+            return answer
+        return _WAIT
+
+    def _answered(self, result: Any) -> None:
+        self._pending = None
+        self._answer = result
+        if self._calling:
+            return
+        frontend = self.frontend
+        if frontend._gone:
+            self.waiting.clear()
+            return
+        self.run()
+        frontend._drain()
+        frontend._update_reading()
+
+    # -- what is checked ------------------------------------------------------
+
+    def _authenticate(self, frame: Frame) -> Any:
+        frontend = self.frontend
+        hook = frontend.factory.hooks.authenticate
+        framer = IHookableFramer(frontend.framer)
+        user, password, matched, before = framer.credentials[0]
+        client = frontend.subject()
+        if hook is None:  # a reload took the hook away: the password file decides
+            accepted, identity = bool(matched), None
+        else:
+            client.username = user.decode("utf-8", "replace")
+            client.password = password.decode("utf-8", "replace")
+            client.password_ok = matched
+            answer = self._call(hook, client)
+            client.password = None
+            if answer is _WAIT:
+                return _WAIT
+            accepted, identity = identity_of(answer, client)
+        framer.credentials.popleft()
+        if accepted:
+            client.identity = identity
+            self._unauthenticated = False
+            return frame
+        if hook is not None:
+            hook.refused += 1
+        # As redis: a failed AUTH leaves the client as it was before it.
+        framer.set_authenticated(before)
+        self._unauthenticated = not before
+        return Frame(b"", 1, None, LOCAL | (frame.flags & CLOSE), expect=HOOK_REFUSED,
+                     reply=framer.refused_reply(frame))
+
+    def _check(self, frame: Frame) -> Any:
+        """route, then allow, for one request."""
+        frontend = self.frontend
+        factory = frontend.factory
+        hooks = factory.hooks
+        request = self._request
+        if request is None:
+            request = self._request = HookRequest(frontend.subject(), factory.cluster.name,
+                                                  frame.key, frame.data, self._describe, frame)
+            self._stage = _ROUTE
+        if self._stage == _ROUTE:
+            hook = hooks.route if hooks is not None else None
+            if hook is not None:
+                answer = self._call(hook, request)
+                if answer is _WAIT:
+                    return _WAIT
+                cluster, why = routed_cluster(answer, factory.routes, factory.cluster)
+                if cluster is None:
+                    hook.refused += 1
+                    return self._refused(frame, "unavailable", why or "")
+                request.cluster = cluster.name
+                if cluster is not factory.cluster:
+                    frame = self.waiting[0] = RoutedFrame(frame, cluster)
+                    self.routed = True
+            self._stage = _ALLOW
+        hook = hooks.allow if hooks is not None else None
+        if hook is not None:
+            answer = self._call(hook, request)
+            if answer is _WAIT:
+                return _WAIT
+            why = refusal(answer)
+            if why is not None:
+                hook.refused += 1
+                return self._refused(frame, "denied", why)
+        self._request = None
+        return frame
+
+    def _refused(self, frame: Frame, kind: str, why: str) -> Frame:
+        """The LOCAL frame answering C{frame} with the protocol's error."""
+        self._request = None
+        reply = self.frontend.codec.error_reply(kind, why) if frame.replies else b""
+        close = CLOSE if frame.flags & _STATEFUL else 0
+        return Frame(b"", frame.replies, None, LOCAL | close, expect=HOOK_REFUSED, reply=reply)
+
+
+def split_parts(parts: List[Frame], parent: Frame) -> List[Frame]:
+    """A routed frame's parts, split across its cluster's shards, keep its cluster."""
+    if isinstance(parent, RoutedFrame):
+        return [RoutedFrame(part, parent.cluster) for part in parts]
+    return parts
+
+
+__all__ = ["HOOK_REFUSED", "RequestChecks", "RoutedFrame", "split_parts"]
