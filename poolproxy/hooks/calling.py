@@ -121,7 +121,7 @@ class Hook:
                            listener=self.listener, point=self.point, spec=self.spec, why=why)
             return HookFailure("timeout", why)
         self.errors += 1
-        why = f"raised {failure.type.__name__}: {txaio.failure_message(failure)}"  # type: ignore[attr-defined]
+        why = f"raised {txaio.failure_message(failure)}"  # type: ignore[attr-defined]
         self._log.warn((self.listener, self.point, "error"),
                        "listener {listener}: hook {point} ({spec}) {why}; refused",
                        listener=self.listener, point=self.point, spec=self.spec, why=why)

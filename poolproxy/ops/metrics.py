@@ -83,6 +83,30 @@ class ProxyCollector:
         yield from self._postgres()
         yield from self._backends()
         yield from self._dns()
+        yield from self._hooks()
+
+    def _hooks(self) -> Iterator[Metric]:
+        """What each listener's hooks answered: counted by the hooks themselves."""
+        calls = CounterMetricFamily("poolproxy_hook_calls",
+                                    "Hook calls, by listener, hook point and outcome: ok (it "
+                                    "answered), error (it raised), timeout (past hook_timeout).",
+                                    labels=["listener", "hook", "outcome"])
+        refusals = CounterMetricFamily("poolproxy_hook_refusals",
+                                       "Clients or requests a hook refused (its answer, an "
+                                       "error or a timeout), by listener and hook point.",
+                                       labels=["listener", "hook"])
+        deferred = CounterMetricFamily("poolproxy_hook_deferred_calls",
+                                       "Hook calls that returned a Deferred or a coroutine "
+                                       "(the others were answered at once).",
+                                       labels=["listener", "hook"])
+        for name, hooks in self.service.hooks.items():
+            for point, hook in hooks.configured().items():
+                calls.add_metric([name, point, "ok"], hook.ok)
+                calls.add_metric([name, point, "error"], hook.errors)
+                calls.add_metric([name, point, "timeout"], hook.timeouts)
+                refusals.add_metric([name, point], hook.refused)
+                deferred.add_metric([name, point], hook.asynchronous)
+        yield from (calls, refusals, deferred)
 
     def _listeners(self) -> Iterator[Metric]:
         opened = CounterMetricFamily("poolproxy_client_connections",

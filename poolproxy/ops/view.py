@@ -16,6 +16,7 @@ from poolproxy.backends.discovery import DnsName
 from poolproxy.backends.pool import BackendPool
 from poolproxy.config import ProxyConfig
 from poolproxy.config.secrets import Secrets
+from poolproxy.hooks.calling import ListenerHooks
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.limits import ConnectionLimits
 from poolproxy.proxy.output import OutputBudget
@@ -83,6 +84,10 @@ class ProxyView(Protocol):
 
     @property
     def clusters(self) -> Mapping[str, Cluster]: ...
+
+    @property
+    def hooks(self) -> Mapping[str, ListenerHooks]:
+        """Each listener's hooks, by listener name."""
 
     @property
     def pools(self) -> Sequence[BackendPool]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Deque, List, Optional
 
 from twisted.internet.defer import Deferred
 
-from poolproxy.codec import (AUTHENTICATE, CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, VARIANT,
+from poolproxy.codec import (AUTH_FAILED, AUTHENTICATE, CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, VARIANT,
                              Frame, IDescribingCodec, IHookableFramer)
 from poolproxy.hooks.subjects import HookClient, HookRequest
 from poolproxy.proxy.hooked import identity_of, refusal, routed_cluster
@@ -156,9 +156,9 @@ class RequestChecks:
             client.password = password.decode("utf-8", "replace")
             client.password_ok = matched
             answer = self._call(hook, client)
-            client.password = None
             if answer is _WAIT:
-                return _WAIT
+                return _WAIT  # the password stays while the hook may read it
+            client.password = None
             accepted, identity = identity_of(answer, client)
         framer.credentials.popleft()
         if accepted:
@@ -170,7 +170,8 @@ class RequestChecks:
         # As redis: a failed AUTH leaves the client as it was before it.
         framer.set_authenticated(before)
         self._unauthenticated = not before
-        return Frame(b"", 1, None, LOCAL | (frame.flags & CLOSE), expect=HOOK_REFUSED,
+        # Counted as a failed authentication, as one by the password file is.
+        return Frame(b"", 1, None, LOCAL | AUTH_FAILED | (frame.flags & CLOSE),
                      reply=framer.refused_reply(frame))
 
     def _check(self, frame: Frame) -> Any:
