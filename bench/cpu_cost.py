@@ -6,6 +6,8 @@ The proxy's own CPU time per request, for comparing two versions of the code.
     .venv/bin/python bench/cpu_cost.py --protocol http --pool-size 16
     .venv/bin/python bench/cpu_cost.py --python .venv-pypy/bin/python
     .venv/bin/python bench/cpu_cost.py --protocol http --reactor default   # Twisted's epoll
+    .venv/bin/python bench/cpu_cost.py --protocol redis --pipeline 1 \
+        --hook allow=bench.hooks:allow_everything   # what a synchronous hook costs
 
 Requests per second move with whatever else the machine does; the CPU time
 the proxy process spent (utime + stime from /proc, kernel time included)
@@ -49,14 +51,17 @@ def main() -> None:
     parser.add_argument("--reactor", default=REACTOR,
                         help=f"twistd --reactor for poolproxy (default {REACTOR}; "
                              "'default' for Twisted's)")
+    parser.add_argument("--hook", default=None,
+                        help="a hook for poolproxy, POINT=module:callable (bench/hooks.py)")
     args = parser.parse_args()
+    hooks = {"hook": args.hook} if args.hook else {}
 
     procs = Processes(tempfile.mkdtemp(prefix="poolproxy-cpu-cost-"))
     try:
         if args.protocol == "redis":
             backend = start_redis(procs)
             proxy = start_poolproxy(procs, args.python, "redis", backend, args.reactor,
-                                    pool_size=args.pool_size)
+                                    pool_size=args.pool_size, **hooks)
             load = redis_load(proxy.port, args.pipeline)
 
             def requests_of(figures: Dict[str, Dict[str, Any]], seconds: float) -> float:
@@ -65,7 +70,7 @@ def main() -> None:
         else:
             backend = start_nginx(procs)
             proxy = start_poolproxy(procs, args.python, "http", backend, args.reactor,
-                                    pool_size=args.pool_size)
+                                    pool_size=args.pool_size, **hooks)
 
             def load(seconds: float) -> Dict[str, Dict[str, Any]]:
                 return wrk(proxy.port, seconds, close=False)
@@ -79,7 +84,7 @@ def main() -> None:
             costs.append(measure(proxy.pid, load, args.seconds, requests_of))
             progress(f"run {i + 1}: {costs[-1]:.2f} us of proxy CPU per request")
         print(f"{args.protocol} ({os.path.basename(args.python)}, {args.reactor} reactor, "
-              f"pool {args.pool_size}"
+              f"pool {args.pool_size}{', hook ' + args.hook if args.hook else ''}"
               f"{', pipeline %d' % args.pipeline if args.protocol == 'redis' else ''}): "
               f"median {statistics.median(costs):.2f} us of proxy CPU per request "
               f"(runs: {', '.join(f'{c:.2f}' for c in costs)})")

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 
 from poolproxy.codec import (AUTH_FAILED, AUTHENTICATE, CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, VARIANT,
                              Frame, IDescribingCodec, IHookableFramer)
-from poolproxy.hooks.subjects import HookClient, HookRequest
+from poolproxy.hooks.subjects import HookRequest
 from poolproxy.proxy.hooked import identity_of, refusal, routed_cluster
 
 if TYPE_CHECKING:
