@@ -1,9 +1,9 @@
 """
-Python hooks on a redis listener, through a real poolproxy process, real
-redis-servers and redis-py: the tenants example (docs/examples/hooks)
-with each hook written as a plain function, a Deferred-returning one and
-an C{async def}; hooks that raise, that never answer, and that fail to
-import on reload.
+Python hooks on redis and memcached listeners, through a real poolproxy
+process, real servers and real clients (redis-py, pymemcache): the
+tenants example (docs/examples/hooks) with each hook written as a plain
+function, a Deferred-returning one and an C{async def}; hooks that raise,
+that never answer, and that fail to import on reload.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.interop import Process, module, redis_server, wait_port, wait_until
+from tests.interop import (Process, memcached_server, module, redis_server, wait_port,
+                           wait_until)
 from tests.support import ROOT, free_port, twistd_command
 
 EXAMPLES = os.path.join(ROOT, "docs", "examples", "hooks")
@@ -188,7 +189,7 @@ class TenantHookTests(SynchronousTestCase):
         self.assertIn("connect tenants 127.0.0.1 None", lines)
 
     def styled(self, style: str) -> Dict[str, str]:
-        return {point: f"tests.hooks_redis:{style}_{point}" for point in POINTS}
+        return {point: f"tests.hooks_multiplexed:{style}_{point}" for point in POINTS}
 
     def test_example_as_documented(self) -> None:
         """The example module itself, named as docs/hooks.md names it."""
@@ -226,7 +227,7 @@ class FailingHookTests(SynchronousTestCase):
         Requests the hook raises for get an error; others are served; the
         failures are logged once per interval, not once each.
         """
-        proxy = TenantProxy(self, {"allow": "tests.hooks_redis:raising_allow"})
+        proxy = TenantProxy(self, {"allow": "tests.hooks_multiplexed:raising_allow"})
         redis = proxy.redis
         c = proxy.client()
         for i in range(30):
@@ -247,7 +248,7 @@ class FailingHookTests(SynchronousTestCase):
         clients are served, and the same client's later requests wait
         behind it (replies stay in order).
         """
-        proxy = TenantProxy(self, {"allow": "tests.hooks_redis:slow_allow"},
+        proxy = TenantProxy(self, {"allow": "tests.hooks_multiplexed:slow_allow"},
                             settings="hook_timeout = 0.3")
         redis = proxy.redis
         slow, other = proxy.client(), proxy.client()
@@ -311,3 +312,55 @@ class FailingHookTests(SynchronousTestCase):
         with self.assertRaises(redis.exceptions.NoPermissionError):
             c.set("y:2", "still refused")
         c.set("x:2", "still fine")
+
+
+class MemcachedHookTests(SynchronousTestCase):
+    """route by key and an async allow, with pymemcache against two memcached clusters."""
+
+    def test_route_and_allow(self) -> None:
+        pymemcache = module("pymemcache.client.base")
+        ports = {"memcached-a": memcached_server(self), "memcached-b": memcached_server(self)}
+        port, metrics_port = free_port(), free_port()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        lines = [f'metrics = "tcp:{metrics_port}:interface=127.0.0.1"', "check_interval = 0",
+                 "[hooks]", 'route = "tests.hooks_memcached:memcached_route"',
+                 'allow = "tests.hooks_memcached:memcached_allow"',
+                 "[[listener]]", f'listen = "tcp:{port}:interface=127.0.0.1"',
+                 'cluster = "memcached-a"']
+        for name, backend in ports.items():
+            lines += ["[[cluster]]", f'name = "{name}"', 'protocol = "memcached"',
+                      "[[cluster.backend]]", f'address = "127.0.0.1:{backend}"']
+        config = os.path.join(directory, "poolproxy.toml")
+        with open(config, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        proxy = Process(self, twistd_command("poolproxy", "--config", config), "proxy")
+        wait_port(port, proxy.proc, log=proxy.log)
+        client = pymemcache.Client(("127.0.0.1", port), timeout=30)
+        self.addCleanup(client.close)
+        client.set("a:1", b"one")
+        client.set("b:1", b"two")
+        client.set("b:2", b"three")
+        self.assertEqual(client.get_many(["b:1", "b:2"]), {"b:1": b"two", "b:2": b"three"})
+        with self.assertRaises(pymemcache.MemcacheClientError) as refused:
+            client.get_many(["a:1", "b:1"])
+        self.assertIn("keys of one cluster per request", str(refused.exception))
+        with self.assertRaises(pymemcache.MemcacheClientError) as refused:
+            client.get("secret:1")
+        self.assertIn("secret keys are not for you", str(refused.exception))
+        with self.assertRaises(pymemcache.MemcacheClientError) as refused:
+            client.version()
+        self.assertIn("version is not allowed here", str(refused.exception))
+        self.assertEqual(client.get("a:1"), b"one")  # the connection goes on
+
+        def direct(cluster: str, key: str) -> Any:
+            c = pymemcache.Client(("127.0.0.1", ports[cluster]), timeout=10)
+            try:
+                return c.get(key)
+            finally:
+                c.close()
+
+        self.assertEqual((direct("memcached-a", "a:1"), direct("memcached-a", "b:1")),
+                         (b"one", None))
+        self.assertEqual((direct("memcached-b", "b:1"), direct("memcached-b", "a:1")),
+                         (b"two", None))

@@ -1,5 +1,5 @@
 """
-Hooks for tests/test_hooks_redis.py: the tenants example
+Hooks for tests/test_hooks_multiplexed.py: the tenants example
 (docs/examples/hooks/tenants.py) written three ways, a plain function, one
 returning a Deferred and an C{async def} (each answering on a later turn
 of the reactor, as a hook that asks a service would), an audit of
@@ -72,3 +72,4 @@ def slow_allow(request: Any) -> Any:
     if request.key is not None and request.key.startswith(b"slow:"):
         return Deferred()
     return None
+
