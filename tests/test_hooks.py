@@ -346,3 +346,29 @@ class MultiplexedHookTests(SynchronousTestCase):
         c = h.client()
         c.send(cmd("GET", "k"))
         self.assertIsNone(c.protocol.checks)
+
+
+class DocumentationTests(SynchronousTestCase):
+    """docs/hooks.md shows the example as it is, and names every hook point."""
+
+    def test_example_quoted_as_it_is(self) -> None:
+        from tests.support import ROOT
+
+        with open(os.path.join(ROOT, "docs", "hooks.md")) as f:
+            docs = f.read()
+        with open(os.path.join(ROOT, "docs", "examples", "hooks", "tenants.py")) as f:
+            example = f.read()
+        marker = "# docs/examples/hooks/tenants.py (the hooks; the file also reads the tenants file)\n"
+        quoted = docs[docs.index(marker) + len(marker):]
+        quoted = quoted[:quoted.index("```")]
+        self.assertIn(quoted, example)
+        self.assertGreater(len(quoted.splitlines()), 20)
+
+    def test_every_point_documented(self) -> None:
+        from poolproxy.hooks.points import HOOK_POINTS
+        from tests.support import ROOT
+
+        with open(os.path.join(ROOT, "docs", "hooks.md")) as f:
+            docs = f.read()
+        for point in HOOK_POINTS:
+            self.assertIn(f"| `{point.name}` |", docs)

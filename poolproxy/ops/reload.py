@@ -5,7 +5,9 @@ What can change in place: the backends of an existing cluster (added; removed,
 after they drain; re-weighted; those DNS brought in are DNS's to change), and what the running configuration reads
 from files: the password files, the admin token, the certificates and keys
 of ssl: listeners, the CAs and client certificates of backend_tls, and the
-postgres users file (auth_file).  Those are read again from the files the
+postgres users file (auth_file); and each listener's Python hooks, whose
+modules are imported afresh (a listener whose hooks do not all import keeps
+its running ones).  Those files are read again from the files the
 running configuration names, with one line for each that changed (never a
 secret).  What needs a restart (new or removed clusters, listener changes,
 a backend's address, and any other setting, top level or per cluster, a
@@ -32,7 +34,8 @@ from poolproxy.hooks.loading import HookLoadError
 from poolproxy.ops.view import ListenerView
 
 #: Top-level settings that reload applies or compares by itself (the flat
-#: topology keys become listeners and the default cluster's backends).
+#: topology keys become listeners and the default cluster's backends; the
+#: hooks are imported again).
 _TOPOLOGY = ("listen", "backend", "hooks", "hook_timeout")
 #: A cluster's own fields, besides its per-cluster overrides.
 _CLUSTER_FIELDS = ("protocol", "balance", "hash_key")
