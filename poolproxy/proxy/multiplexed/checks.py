@@ -150,7 +150,7 @@ class RequestChecks:
         user, password, matched, before = framer.credentials[0]
         client = frontend.subject()
         if hook is None:  # a reload took the hook away: the password file decides
-            accepted, identity = bool(matched), None
+            accepted, identity = matched is not False, None
         else:
             client.username = user.decode("utf-8", "replace")
             client.password = password.decode("utf-8", "replace")
