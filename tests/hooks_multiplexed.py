@@ -1,6 +1,6 @@
 """
 Hooks for tests/test_hooks_multiplexed.py: the tenants example
-(docs/examples/hooks/tenants.py) written three ways, a plain function, one
+(examples/hooks/tenants.py) written three ways, a plain function, one
 returning a Deferred and an C{async def} (each answering on a later turn
 of the reactor, as a hook that asks a service would), an audit of
 connections, and hooks that fail.
@@ -17,8 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "docs", "examples", "hooks"))
-import tenants  # noqa: E402  (the example, from docs/examples/hooks)
+                                "examples", "hooks"))
+import tenants  # noqa: E402  (the example, from examples/hooks)
 
 
 def _deferred(fn: Callable[[Any], Any]) -> Callable[[Any], "Deferred[Any]"]:

@@ -356,9 +356,9 @@ class DocumentationTests(SynchronousTestCase):
 
         with open(os.path.join(ROOT, "docs", "hooks.md")) as f:
             docs = f.read()
-        with open(os.path.join(ROOT, "docs", "examples", "hooks", "tenants.py")) as f:
+        with open(os.path.join(ROOT, "examples", "hooks", "tenants.py")) as f:
             example = f.read()
-        marker = "# docs/examples/hooks/tenants.py (the hooks; the file also reads the tenants file)\n"
+        marker = "# examples/hooks/tenants.py (the hooks; the file also reads the tenants file)\n"
         quoted = docs[docs.index(marker) + len(marker):]
         quoted = quoted[:quoted.index("```")]
         self.assertIn(quoted, example)

@@ -1,7 +1,7 @@
 """
 Python hooks on redis and memcached listeners, through a real poolproxy
 process, real servers and real clients (redis-py, pymemcache): the
-tenants example (docs/examples/hooks) with each hook written as a plain
+tenants example (examples/hooks) with each hook written as a plain
 function, a Deferred-returning one and an C{async def}; hooks that raise,
 that never answer, and that fail to import on reload.
 """
@@ -18,7 +18,7 @@ from tests.interop import (Process, memcached_server, module, redis_server, wait
                            wait_until)
 from tests.support import ROOT, free_port, twistd_command
 
-EXAMPLES = os.path.join(ROOT, "docs", "examples", "hooks")
+EXAMPLES = os.path.join(ROOT, "examples", "hooks")
 POINTS = ("authenticate", "route", "allow", "on_connect", "on_disconnect")
 TENANTS = """\
 # user   password   tenant   cluster
