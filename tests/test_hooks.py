@@ -372,3 +372,12 @@ class DocumentationTests(SynchronousTestCase):
             docs = f.read()
         for point in HOOK_POINTS:
             self.assertIn(f"| `{point.name}` |", docs)
+
+    def test_help_lists_hook_points(self) -> None:
+        from poolproxy.hooks.points import HOOK_POINTS
+        from poolproxy.tap import Options
+
+        text = " ".join(str(Options()).split())
+        for point in HOOK_POINTS:
+            self.assertIn(f"{point.name}({point.receives}) -> {point.returns}", text)
+        self.assertIn("--hook-timeout", text)
