@@ -5,6 +5,7 @@ sending --pipeline GETs at a time, on StringTransports and a Clock.
 
     .venv/bin/python bench/micro/redis_exchange.py --pipeline 16     # µs per request
     .venv/bin/python bench/micro/redis_exchange.py --instructions    # callgrind: CPU instructions
+    .venv/bin/python bench/micro/redis_exchange.py --instructions --hook allow   # with a hook
 
 What the kernel costs is not here: this is the part Python changes can
 move.  --instructions counts it with valgrind (a run of --rounds rounds
@@ -46,7 +47,12 @@ CLIENTS, CONNECTIONS = 50, 2
 REPLY = b"$3\r\nbar\r\n"
 
 
-def setup(pipeline: int):
+def trivial_allow(request):
+    """The least an allow hook can do: allow."""
+    return None
+
+
+def setup(pipeline: int, hook: str = ""):
     clock = Clock()
     endpoint = FakeEndpoint()
     admission = Admission(10000, 1000, 5.0, clock=clock)
@@ -65,6 +71,11 @@ def setup(pipeline: int):
     else:
         factory = MultiplexFactory("l", redis_codec, None, admission, cluster,
                                    {backend: multiplexer}, clock=clock)
+    if hook:  # a synchronous hook of the listener's (poolproxy.hooks)
+        from poolproxy.hooks.calling import ListenerHooks
+
+        factory.hooks = ListenerHooks("l", clock)
+        factory.hooks.use({hook: trivial_allow})
     batch = b"".join(encode_command([b"GET", b"key:%04d" % i]) for i in range(pipeline))
     clients = harness.connect_clients(factory, CLIENTS)
     clients[0][0].dataReceived(batch)
@@ -90,10 +101,11 @@ def run(clients, connections, batch: bytes, rounds: int) -> int:
     return served
 
 
-def instructions(pipeline: int, rounds: int) -> int:
+def instructions(pipeline: int, rounds: int, hook: str = "") -> int:
     """CPU instructions of this script serving C{rounds} rounds (see harness.py)."""
     return harness.instructions([os.path.abspath(__file__), "--pipeline", str(pipeline),
-                                   "--rounds", str(rounds), "--once"])
+                                   "--rounds", str(rounds), "--once"]
+                                  + (["--hook", hook] if hook else []))
 
 
 def main() -> None:
@@ -102,14 +114,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--instructions", action="store_true")
     parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hook", choices=("allow", "route"), default="",
+                        help="a synchronous hook that allows everything (route: to the "
+                             "listener's own cluster)")
     args = parser.parse_args()
     if args.instructions:
         rounds = min(args.rounds, 200)
-        count = instructions(args.pipeline, rounds) - instructions(args.pipeline, 0)
-        print(f"redis exchange (Python side, {CLIENTS} clients, pipeline {args.pipeline}): "
+        count = (instructions(args.pipeline, rounds, args.hook)
+                 - instructions(args.pipeline, 0, args.hook))
+        print(f"redis exchange (Python side, {CLIENTS} clients, pipeline {args.pipeline}"
+              f"{', hook ' + args.hook if args.hook else ''}): "
               f"{count / (rounds * CLIENTS * args.pipeline):.0f} instructions per request")
         return
-    clients, connections, batch = setup(args.pipeline)
+    clients, connections, batch = setup(args.pipeline, args.hook)
     run(clients, connections, batch, 50)  # warm up
     if args.once:
         served = run(clients, connections, batch, args.rounds)
@@ -120,8 +137,8 @@ def main() -> None:
         t = time.perf_counter()
         served = run(clients, connections, batch, args.rounds // 5)
         best = min(best, (time.perf_counter() - t) / served * 1e6)
-    print(f"redis exchange (Python side, {CLIENTS} clients, pipeline {args.pipeline}): "
-          f"{best:.2f} us per request")
+    print(f"redis exchange (Python side, {CLIENTS} clients, pipeline {args.pipeline}"
+          f"{', hook ' + args.hook if args.hook else ''}): {best:.2f} us per request")
 
 
 if __name__ == "__main__":

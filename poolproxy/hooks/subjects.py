@@ -60,7 +60,16 @@ class HookClient:
                 f"user={self.username!r} identity={self.identity!r}>")
 
 
-class HookRequest:
+class _HttpParts:
+    """What only an http request has: L{None} for the others (set per http request)."""
+
+    method: Optional[str] = None
+    path: Optional[str] = None
+    host: Optional[str] = None
+    headers: Optional[Dict[str, str]] = None
+
+
+class HookRequest(_HttpParts):
     """
     One request, as hooks see it.
 
@@ -73,8 +82,9 @@ class HookRequest:
         header names); L{None} in other protocols.
     """
 
-    __slots__ = ("client", "cluster", "key", "data", "method", "path", "host", "headers",
-                 "_describe", "_command", "_args", "_keys")
+    # Few attributes set per request: this is made for every request a
+    # route or allow hook sees (the http ones are set only for http).
+    __slots__ = ("client", "cluster", "key", "data", "_describe", "_frame", "_facts")
 
     def __init__(self, client: HookClient, cluster: str, key: Optional[bytes] = None,
                  data: bytes = b"",
@@ -83,40 +93,37 @@ class HookRequest:
         self.cluster = cluster
         self.key = key
         self.data = data
-        self.method: Optional[str] = None
-        self.path: Optional[str] = None
-        self.host: Optional[str] = None
-        self.headers: Optional[Dict[str, str]] = None
-        # (describe, frame) until a hook asks for the command, args or keys.
-        self._describe = (describe, frame) if describe is not None else None
-        self._command: Optional[str] = None
-        self._args: Optional[List[bytes]] = None
-        self._keys: Optional[List[bytes]] = None
+        # How to tell the command, args and keys, until a hook asks.
+        self._describe = describe
+        self._frame = frame
+        self._facts: Any = None
 
-    def _described(self) -> None:
-        pending, self._describe = self._describe, None
-        if pending is not None:
-            describe, frame = pending
-            self._command, self._args, self._keys = describe(frame)
+    def _described(self) -> Any:
+        facts = self._facts
+        if facts is None:
+            describe = self._describe
+            facts = self._facts = (describe(self._frame) if describe is not None
+                                   else (None, None, None))
+        return facts
 
     @property
     def command(self) -> Optional[str]:
         """The command's name, upper case for redis (C{GET}), as sent for memcached (C{get})."""
-        self._described()
-        return self._command
+        command: Optional[str] = self._described()[0]
+        return command
 
     @property
     def args(self) -> List[bytes]:
         """Its arguments after the command name."""
-        self._described()
-        return self._args if self._args is not None else []
+        args = self._described()[1]
+        return args if args is not None else []
 
     @property
     def keys(self) -> List[bytes]:
         """Every key it names (MGET, MSET, DEL... name several; PING none)."""
-        self._described()
-        if self._keys is not None:
-            return self._keys
+        keys = self._described()[2]
+        if keys is not None:
+            return keys
         return [self.key] if self.key is not None else []
 
     def __repr__(self) -> str:

@@ -35,6 +35,8 @@ _NOTHING: Any = object()
 #: state (the framer's idea of it) unlike the backend's: the client is
 #: closed after the refusal instead.
 _STATEFUL = PIN | UNPIN | PASSTHROUGH | DIRTY | VARIANT
+#: Frames checked by neither route nor allow (credentials go to authenticate).
+_UNCHECKED = AUTHENTICATE | LOCAL
 #: What the check of the frame at the head has done so far.
 _ROUTE, _ALLOW = 0, 1
 
@@ -68,10 +70,14 @@ class RequestChecks:
         self._answer: Any = _NOTHING
         self._calling = False
         self._request: Optional[HookRequest] = None
+        self._current: Any = None  # the frame being checked, as routed so far
         self._stage = _ROUTE
         # Frames framed while refused credentials were taken as good, up to
         # the next credentials: answered NOAUTH (see _authenticate).
         self._unauthenticated = False
+        # The same for every request of the connection.
+        self.client = frontend.subject()
+        self.cluster_name = frontend.factory.cluster.name
         codec = frontend.codec
         self._describe = (IDescribingCodec(codec).describe
                           if IDescribingCodec.providedBy(codec) else None)
@@ -82,9 +88,20 @@ class RequestChecks:
 
     def feed(self, frames: List[Frame]) -> None:
         """Frames just framed: checked in order, behind any still waiting."""
-        self.waiting.extend(frames)
-        if self._pending is None:
-            self.run()
+        if self._pending is not None or self.waiting:
+            self.waiting.extend(frames)
+            if self._pending is None:
+                self.run()
+            return
+        # Nothing waits: check them as they are, without queueing them.
+        held = self.frontend.held
+        for i in range(len(frames)):
+            checked = self._one(frames[i])
+            if checked is _WAIT:
+                self.waiting.extend(frames[i:])
+                return
+            held.append(checked)
+        self._unauthenticated = False
 
     def run(self) -> None:
         """Check frames from the head until one waits on a hook; hold the checked."""
@@ -92,22 +109,27 @@ class RequestChecks:
         frontend = self.frontend
         held = frontend.held
         while waiting and not frontend._gone:
-            frame = waiting[0]
-            flags = frame.flags
-            if flags & AUTHENTICATE:
-                checked = self._authenticate(frame)
-            elif self._unauthenticated and not flags & LOCAL:
-                checked = self._refused(frame, "unauthenticated", "Authentication required.")
-            elif flags & LOCAL:
-                checked = frame
-            else:
-                checked = self._check(frame)
+            checked = self._one(waiting[0])
             if checked is _WAIT:
                 return
             waiting.popleft()
             held.append(checked)
         # Frames framed after this are framed with the hook's verdict.
         self._unauthenticated = False
+
+    def _one(self, frame: Frame) -> Any:
+        """The frame to hold in C{frame}'s place, or _WAIT."""
+        flags = frame.flags
+        if flags & _UNCHECKED:
+            if flags & AUTHENTICATE:
+                return self._authenticate(frame)
+            if self._unauthenticated:
+                return frame if flags & LOCAL else self._refused(
+                    frame, "unauthenticated", "Authentication required.")
+            return frame  # the proxy answers it itself
+        if self._unauthenticated:
+            return self._refused(frame, "unauthenticated", "Authentication required.")
+        return self._check(frame)
 
     # -- one hook's call ------------------------------------------------------
 
@@ -116,8 +138,11 @@ class RequestChecks:
         answer, self._answer = self._answer, _NOTHING
         if answer is not _NOTHING:
             return answer
-        result = hook(subject)
-        if not isinstance(result, Deferred):
+        return self._settle(hook(subject))
+
+    def _settle(self, result: Any) -> Any:
+        """A hook's result: as it is, or _WAIT while its Deferred is pending."""
+        if result.__class__ is not Deferred and not isinstance(result, Deferred):
             return result
         self._pending = result
         self._calling = True
@@ -179,16 +204,33 @@ class RequestChecks:
         frontend = self.frontend
         factory = frontend.factory
         hooks = factory.hooks
+        assert hooks is not None
         request = self._request
         if request is None:
-            request = self._request = HookRequest(frontend.subject(), factory.cluster.name,
-                                                  frame.key, frame.data, self._describe, frame)
+            request = HookRequest(self.client, self.cluster_name, frame.key, frame.data,
+                                  self._describe, frame)
+            if hooks.route is None:
+                allow = hooks.allow
+                if allow is None:
+                    return frame
+                # The common case: allow alone, answering at once.
+                answer = allow(request)
+                if answer is None:
+                    return frame
+                answer = self._settle(answer)
+                if answer is _WAIT:
+                    self._request, self._stage, self._current = request, _ALLOW, frame
+                    return _WAIT
+                return self._allowed(frame, allow, answer)
             self._stage = _ROUTE
+        else:
+            frame = self._current  # as routed so far
         if self._stage == _ROUTE:
-            hook = hooks.route if hooks is not None else None
+            hook = hooks.route
             if hook is not None:
                 answer = self._call(hook, request)
                 if answer is _WAIT:
+                    self._request, self._current = request, frame
                     return _WAIT
                 cluster, why = routed_cluster(answer, factory.routes, factory.cluster)
                 if cluster is None:
@@ -196,20 +238,27 @@ class RequestChecks:
                     return self._refused(frame, "unavailable", why or "")
                 request.cluster = cluster.name
                 if cluster is not factory.cluster:
-                    frame = self.waiting[0] = RoutedFrame(frame, cluster)
+                    frame = RoutedFrame(frame, cluster)
                     self.routed = True
             self._stage = _ALLOW
-        hook = hooks.allow if hooks is not None else None
+        hook = hooks.allow
         if hook is not None:
             answer = self._call(hook, request)
             if answer is _WAIT:
+                self._request, self._current = request, frame
                 return _WAIT
-            why = refusal(answer)
-            if why is not None:
-                hook.refused += 1
-                return self._refused(frame, "denied", why)
+            return self._allowed(frame, hook, answer)
         self._request = None
         return frame
+
+    def _allowed(self, frame: Frame, hook: Any, answer: Any) -> Frame:
+        """The frame, or its refusal, by an allow hook's answer."""
+        self._request = None
+        why = refusal(answer)
+        if why is None:
+            return frame
+        hook.refused += 1
+        return self._refused(frame, "denied", why)
 
     def _refused(self, frame: Frame, kind: str, why: str) -> Frame:
         """The LOCAL frame answering C{frame} with the protocol's error."""

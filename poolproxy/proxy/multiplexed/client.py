@@ -212,7 +212,7 @@ class MultiplexFrontend(Protocol):
         if checks is None:
             checks = self.checks = RequestChecks(self)
         checks.feed(frames)
-        if checks.busy:
+        if checks.waiting:
             self._update_reading()
 
     def readConnectionLost(self) -> None:
