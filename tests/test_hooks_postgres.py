@@ -10,7 +10,7 @@ never answer on a task.Clock.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -316,6 +316,31 @@ class ClockTests(SynchronousTestCase):
         # What hooks_pg saw: trust checked no password.
         [(name, seen)] = hooks_pg.calls
         self.assertEqual((seen["username"], seen["password_ok"]), ("app", None))
+
+    def test_flood_while_pending(self) -> None:
+        """
+        A client that sends without end while its login hook runs: what it
+        sent is kept within a bound (reading pauses), not read as messages.
+        """
+        self.hooks.load({"authenticate": "tests.hooks_pg:authenticate_never"})
+        client, transport = self.client()
+        client.dataReceived(_startup())
+        for _ in range(64):
+            client.dataReceived(pg.query(b"SELECT 1") * 1000)
+            if transport.producerState == "paused":
+                break
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLess(len(client._buffer), 2 * client.AUTH_MESSAGE_MAX)
+        self.assertEqual(self.connects(), [])
+
+    def test_reading_resumes_at_welcome(self) -> None:
+        """Paused before its welcome (a slow first login), reading resumes with it."""
+        client, transport = self.client()
+        client.dataReceived(_startup())
+        client.dataReceived(pg.SYNC * (client.AUTH_MESSAGE_MAX // 5 + 1))
+        self.assertEqual(transport.producerState, "paused")
+        client._welcome({b"server_version": b"15"})
+        self.assertEqual(transport.producerState, "producing")
 
     def test_route_never_answers(self) -> None:
         """At hook_timeout the login is refused with 08004 before any lease."""

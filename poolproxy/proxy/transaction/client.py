@@ -152,7 +152,7 @@ class TransactionFrontend(Protocol):
                  "pinned", "_discarding", "_copy_streaming", "_paused", "_gone", "last_active",
                  "send_deadline", "_batch", "_batch_size", "_retry_error", "_retried",
                  "_login_timer", "_negotiated", "_began", "_first_byte_due", "cluster",
-                 "hook_client")
+                 "hook_client", "_unread")
 
     def __init__(self, factory: "TransactionFactory") -> None:
         self.factory = factory
@@ -198,6 +198,7 @@ class TransactionFrontend(Protocol):
         self.cluster = factory.cluster
         # What the listener's hooks see of this client (only with hooks configured).
         self.hook_client: Optional[HookClient] = None
+        self._unread = False  # reading paused before the welcome
 
     # -- connection ----------------------------------------------------------------
 
@@ -267,6 +268,11 @@ class TransactionFrontend(Protocol):
             self._buffer += data
             if self.state == AUTH:
                 self._auth_messages()
+            elif len(self._buffer) > self.AUTH_MESSAGE_MAX and not self._unread:
+                # Sent before its welcome (while the login hooks or the first
+                # server login run): kept, within a bound, by reading no more.
+                self._unread = True
+                self.transport.pauseProducing()
 
     # -- start-up and authentication ----------------------------------------------------
 
@@ -613,6 +619,9 @@ class TransactionFrontend(Protocol):
         if self._buffer:
             data, self._buffer = self._buffer, b""
             self._messages(data)
+        if self._unread:
+            self._unread = False
+            self.transport.resumeProducing()
 
     # -- the client's messages ----------------------------------------------------------
 
