@@ -498,7 +498,10 @@ class TransactionFrontend(Protocol):
             write_through(self.transport, b"".join(replies))
 
     def _login(self, replies: List[bytes]) -> None:
-        """Authenticated (and let in by the hooks): the welcome, once the pool's parameters are known."""
+        """
+        Authenticated (and let in by the hooks): the welcome, once the
+        client's pool knows its server's parameters.
+        """
         if self.state != WELCOME:
             return
         keyed = self._keyed()
