@@ -36,8 +36,10 @@ from poolproxy.backends.pool import (
     PooledConnection,
     PoolExhausted,
 )
-from poolproxy.hooks.calling import ListenerHooks
+from poolproxy.hooks.calling import Hook, HookFailure, ListenerHooks
+from poolproxy.hooks.subjects import HookClient, HookRequest
 from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.proxy.hooked import connected, disconnected, hook_client, routed_cluster
 from poolproxy.proxy.output import unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.stats import ListenerStats
@@ -148,6 +150,8 @@ class SessionFrontend(Protocol):
         self._opened = 0.0
         self._leased_at = 0.0
         self._awaiting_first_byte = False
+        # What the listener's hooks see of this client (only with hooks configured).
+        self.hook_client: Optional[HookClient] = None
 
     # -- client events -------------------------------------------------------
 
@@ -156,6 +160,11 @@ class SessionFrontend(Protocol):
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         self.factory.clients.add(self)
+        hooks = self.factory.hooks
+        if hooks is not None and (hooks.route is not None or hooks.on_connect is not None
+                                  or hooks.on_disconnect is not None):
+            self.hook_client = hook_client(self.factory, self.transport, "tcp")
+            connected(hooks, self.hook_client)
         self._pending = d = self.factory.admission.acquire()
         d.addCallbacks(self._on_admitted, self._on_not_admitted)
 
@@ -195,6 +204,8 @@ class SessionFrontend(Protocol):
         # Whatever is still queued for the backend has no one to answer to, and
         # a backend that stopped reading would never let a graceful close end.
         self._end_backend(abort=True)
+        if self.hook_client is not None:
+            disconnected(self.factory.hooks, self.hook_client)
 
     # -- backend events --------------------------------------------------------
 
@@ -223,7 +234,39 @@ class SessionFrontend(Protocol):
 
     def _on_admitted(self, _: object) -> None:
         self._admitted = True
-        backend = self.factory.cluster.pick(None)
+        hooks = self.factory.hooks
+        route = hooks.route if hooks is not None else None
+        if route is None or self.hook_client is None:
+            self._lease(self.factory.cluster)
+            return
+        # The session's cluster, chosen once; what the client sends meanwhile
+        # waits in _early, as it does while the backend connects.  A pending
+        # hook is not cancelled if the client leaves (that would count as the
+        # hook's error): its answer is ignored, and hook_timeout bounds it.
+        self._pending = None
+        result = route(HookRequest(self.hook_client, self.factory.cluster.name))
+        if isinstance(result, Deferred):
+            result.addCallback(self._routed, route)
+        else:
+            self._routed(result, route)
+
+    def _routed(self, result: Any, route: Hook) -> None:
+        if self._gone:
+            return
+        cluster, why = routed_cluster(result, self.factory.routes, self.factory.cluster)
+        if cluster is None:
+            # tcp has no error to answer with: the client is closed.
+            route.refused += 1
+            if not isinstance(result, HookFailure):  # a failure is logged already
+                self.factory.route_refused(why)
+            self._record("rejected")
+            self._end_backend()
+            self.transport.loseConnection()
+            return
+        self._lease(cluster)
+
+    def _lease(self, cluster: "Cluster") -> None:
+        backend = cluster.pick(None)
         if backend is None:
             # Every backend is down, ejected or disabled: fail fast.
             self._record("backend_unavailable")
@@ -404,3 +447,11 @@ class SessionFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> SessionFrontend:
         return SessionFrontend(self)
+
+    def route_refused(self, why: Optional[str]) -> None:
+        """A session closed for its route hook's answer: one line per interval."""
+        hooks = self.hooks
+        if hooks is not None and why is not None:
+            hooks.throttled.warn((self.name, "route", "refused"),
+                                 "listener {listener}: {why}; client closed",
+                                 listener=self.name, why=why)

@@ -22,13 +22,14 @@ from connection to connection.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
 import struct
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import (IOpenSSLServerConnectionCreator, IPushProducer,
                                          ISSLTransport)
@@ -49,8 +50,11 @@ from poolproxy.codecs.postgres_statements import (ClientStatements, StatementLim
                                                   bind_statement, make_close, make_parse,
                                                   named_target, parse_fields, parse_query,
                                                   rename_bind)
-from poolproxy.hooks.calling import ListenerHooks
+from poolproxy.hooks.calling import Hook, HookFailure, ListenerHooks
+from poolproxy.hooks.subjects import HookClient, HookRequest
 from poolproxy.proxy.admission import Admission, Overloaded
+from poolproxy.proxy.hooked import (HOOK_FAILED, connected, disconnected, hook_client,
+                                    identity_of, routed_cluster)
 from poolproxy.proxy.output import unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.proxy.transaction.auth import ClientAuth, Users
@@ -96,6 +100,16 @@ DIRECT_TLS = 0
 
 _EXTENDED = frozenset(b"PBDECH")
 
+#: Numbers the listeners' server-side statement names apart: a client routed
+#: to another cluster prepares its statements on that cluster's connections,
+#: where a name of its listener must not mean another listener's statement.
+_LISTENER_NUMBERS = itertools.count()
+
+#: What a client refused by the authenticate hook is told (SQLSTATE 28000).
+AUTH_REFUSED = "poolproxy: authentication refused"
+#: A client whose route hook chose nothing it may use (SQLSTATE 08004).
+SQLCLIENT_UNABLE_TO_CONNECT = b"08004"
+
 
 def _worker_number() -> int:
     """
@@ -137,7 +151,8 @@ class TransactionFrontend(Protocol):
                  "_backend", "_admitted", "_tally", "_waiting", "_held", "_out", "partial",
                  "pinned", "_discarding", "_copy_streaming", "_paused", "_gone", "last_active",
                  "send_deadline", "_batch", "_batch_size", "_retry_error", "_retried",
-                 "_login_timer", "_negotiated", "_began", "_first_byte_due")
+                 "_login_timer", "_negotiated", "_began", "_first_byte_due", "cluster",
+                 "hook_client", "_unread")
 
     def __init__(self, factory: "TransactionFactory") -> None:
         self.factory = factory
@@ -179,6 +194,11 @@ class TransactionFrontend(Protocol):
         # first message, and whether its server has answered since the lease.
         self._began = 0.0
         self._first_byte_due = False
+        # The cluster of its servers: the listener's, or the route hook's choice.
+        self.cluster = factory.cluster
+        # What the listener's hooks see of this client (only with hooks configured).
+        self.hook_client: Optional[HookClient] = None
+        self._unread = False  # reading paused before the welcome
 
     # -- connection ----------------------------------------------------------------
 
@@ -189,6 +209,12 @@ class TransactionFrontend(Protocol):
         self.factory.clients.add(self)
         self.transport.registerProducer(self, True)
         no_delay(self.transport)
+        hooks = self.factory.hooks
+        if hooks is not None and (hooks.authenticate is not None or hooks.route is not None
+                                  or hooks.on_connect is not None
+                                  or hooks.on_disconnect is not None):
+            self.hook_client = hook_client(self.factory, self.transport, "postgres")
+            connected(hooks, self.hook_client)
         # Start-up and authentication are the request head of this protocol:
         # a client that never finishes them is closed (PgBouncer's
         # client_login_timeout), not kept for client_idle_timeout.
@@ -229,6 +255,8 @@ class TransactionFrontend(Protocol):
         self.factory.cancel_keys.pop(self.key, None)
         self._stop_waiting()
         self._give_back(abandoned=True)
+        if self.hook_client is not None:
+            disconnected(self.factory.hooks, self.hook_client)
 
     def dataReceived(self, data: bytes) -> None:
         self.last_active = self.factory.clock.seconds()
@@ -240,6 +268,11 @@ class TransactionFrontend(Protocol):
             self._buffer += data
             if self.state == AUTH:
                 self._auth_messages()
+            elif len(self._buffer) > self.AUTH_MESSAGE_MAX and not self._unread:
+                # Sent before its welcome (while the login hooks or the first
+                # server login run): kept, within a bound, by reading no more.
+                self._unread = True
+                self.transport.pauseProducing()
 
     # -- start-up and authentication ----------------------------------------------------
 
@@ -456,18 +489,114 @@ class TransactionFrontend(Protocol):
         if auth.done:
             self.factory.users.remember(self.user, auth)
             self.state = WELCOME
-            keyed = self._keyed()
-            if keyed is None:
+            if self.hook_client is not None:
+                self._hooked_login(replies)
                 return
-            if keyed.parameters is not None:
-                # SASLFinal and the welcome in one send.
-                self._welcome(keyed.parameters, replies)
-                return
-            # The first client of this (database, user): a server login
-            # tells what to say (and whether the database exists).
-            self._need_connection()
+            self._login(replies)
+            return
         if replies:
             write_through(self.transport, b"".join(replies))
+
+    def _login(self, replies: List[bytes]) -> None:
+        """
+        Authenticated (and let in by the hooks): the welcome, once the
+        client's pool knows its server's parameters.
+        """
+        if self.state != WELCOME:
+            return
+        keyed = self._keyed()
+        if keyed is None:
+            return
+        if keyed.parameters is not None:
+            # SASLFinal and the welcome in one send.
+            self._welcome(keyed.parameters, replies)
+            return
+        # The first client of this (database, user): a server login
+        # tells what to say (and whether the database exists).
+        self._need_connection()
+        if replies:
+            write_through(self.transport, b"".join(replies))
+
+    # -- the hooks at login: authenticate, then route ---------------------------------
+
+    def _hooked_login(self, replies: List[bytes]) -> None:
+        """
+        The proxy's own check passed: the authenticate hook, then the route
+        hook, each if configured, before the welcome.  What the client sends
+        meanwhile waits in the buffer (state WELCOME); a client that leaves
+        meanwhile is not waited for (its hook's answer is ignored).
+        """
+        client = self.hook_client
+        assert client is not None
+        client.username = self.user.decode("utf-8", "replace")
+        client.database = self.database.decode("utf-8", "replace")
+        client.parameters = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                             for k, v in self.params.items()}
+        client.tls = self._encrypted()
+        # SCRAM and md5 reveal no password; trust checks none.
+        client.password = None
+        client.password_ok = None if self.factory.users.auth_type == "trust" else True
+        hooks = self.factory.hooks
+        authenticate = hooks.authenticate if hooks is not None else None
+        if authenticate is None:
+            self._route(replies)
+            return
+        result = authenticate(client)
+        if isinstance(result, Deferred):
+            result.addCallback(self._authenticated, authenticate, replies)
+        else:
+            self._authenticated(result, authenticate, replies)
+
+    def _authenticated(self, result: Any, hook: Hook, replies: List[bytes]) -> None:
+        if self.state != WELCOME:
+            return  # gone meanwhile
+        client = self.hook_client
+        assert client is not None
+        accepted, identity = identity_of(result, client)
+        if not accepted:
+            hook.refused += 1
+            self.stats.auth_failures += 1
+            failed = isinstance(result, HookFailure)
+            if not failed:  # a failure is logged already, by the hook
+                self.factory.hook_refused("authenticate", client)
+            text = HOOK_FAILED.format(point="authenticate") if failed else AUTH_REFUSED
+            replies.append(pg.error_response(pg.INVALID_AUTHORIZATION, text, b"FATAL"))
+            self._refuse_login(replies)
+            return
+        client.identity = identity
+        self._route(replies)
+
+    def _route(self, replies: List[bytes]) -> None:
+        hooks = self.factory.hooks
+        route = hooks.route if hooks is not None else None
+        if route is None or self.hook_client is None:
+            self._login(replies)
+            return
+        result = route(HookRequest(self.hook_client, self.factory.cluster.name))
+        if isinstance(result, Deferred):
+            result.addCallback(self._routed, route, replies)
+        else:
+            self._routed(result, route, replies)
+
+    def _routed(self, result: Any, hook: Hook, replies: List[bytes]) -> None:
+        if self.state != WELCOME:
+            return
+        cluster, why = routed_cluster(result, self.factory.routes, self.factory.cluster)
+        if cluster is None:
+            hook.refused += 1
+            if not isinstance(result, HookFailure):
+                self.factory.hook_refused("route", self.hook_client, why)
+            replies.append(pg.error_response(SQLCLIENT_UNABLE_TO_CONNECT, why or "", b"FATAL"))
+            self._refuse_login(replies)
+            return
+        self.cluster = cluster
+        self._login(replies)
+
+    def _refuse_login(self, out: List[bytes]) -> None:
+        """The hooks said no: the client is told (after its SASLFinal, if any) and closed."""
+        self.transport.write(b"".join(out))
+        self.state = CLOSED
+        self.transport.loseConnection()
 
     def _welcome(self, parameters: Dict[bytes, bytes], before: Optional[List[bytes]] = None) -> None:
         if self.state != WELCOME:
@@ -493,6 +622,9 @@ class TransactionFrontend(Protocol):
         if self._buffer:
             data, self._buffer = self._buffer, b""
             self._messages(data)
+        if self._unread:
+            self._unread = False
+            self.transport.resumeProducing()
 
     # -- the client's messages ----------------------------------------------------------
 
@@ -821,7 +953,7 @@ class TransactionFrontend(Protocol):
     # -- getting a server connection -------------------------------------------------
 
     def _keyed(self) -> Optional[KeyedPool]:
-        backend = self.factory.cluster.pick(None)
+        backend = self.cluster.pick(None)
         if backend is None or not isinstance(backend.shared, KeyedPools):
             self._fatal("unavailable", "no server is available")
             return None
@@ -853,7 +985,7 @@ class TransactionFrontend(Protocol):
         self._refuse("overloaded", "too many clients are waiting: try again later")
 
     def _lease(self) -> None:
-        backend = self.factory.cluster.pick(None)
+        backend = self.cluster.pick(None)
         if backend is None or not isinstance(backend.shared, KeyedPools):
             self._refuse("unavailable", "no server is available")
             return
@@ -1193,7 +1325,9 @@ class TransactionFactory(Factory):
         self.stats = stats if stats is not None else TransactionStats()
         self.clients: "set[TransactionFrontend]" = set()
         self.sends = SendTimeouts(self.clock, send_timeout, self.stats)
-        self.statement_names = statement_names or StatementNames()
+        number = next(_LISTENER_NUMBERS)
+        self.statement_names = statement_names or StatementNames(
+            b"poolproxy_%d_" % number if number else b"poolproxy_")
         self.stats.statement_names = self.statement_names
         self.cancel_keys: Dict[Tuple[int, bytes], TransactionFrontend] = {}
         #: Batches run again after a stale cached plan.
@@ -1221,6 +1355,17 @@ class TransactionFactory(Factory):
                       "transaction ({effect}): it keeps its server connection until it leaves",
                       user=client.user.decode("utf-8", "replace"),
                       database=client.database.decode("utf-8", "replace"), effect=effect)
+
+    def hook_refused(self, point: str, client: Optional[HookClient],
+                     why: Optional[str] = None) -> None:
+        """A login refused by a hook's answer: one line per interval."""
+        hooks = self.hooks
+        if hooks is not None and client is not None:
+            hooks.throttled.warn((self.name, point, "refused"),
+                                 "listener {listener}: the {point} hook refused user "
+                                 "{user} of database {database}{why}",
+                                 listener=self.name, point=point, user=client.username,
+                                 database=client.database, why=f" ({why})" if why else "")
 
     def auth_failed(self, user: bytes, why: str) -> None:
         self.log.info("authentication failed for user {user}: {why}",
