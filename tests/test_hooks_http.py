@@ -27,6 +27,7 @@ from poolproxy.hooks.calling import ListenerHooks
 from poolproxy.service import ProxyService
 from tests import hooks_http
 from tests.support import Client, connect, listener_port, serve_web, wait_for
+from tests.test_http_deadlines import OK, POST_HEAD, Rig
 
 
 class Named(Resource):
@@ -492,3 +493,90 @@ class SlowHookTests(HookedProxyCase):
         clock.advance(1.0)
         self.assertEqual(self.stats.requests["refused"], 0)
         self.assertEqual(self.backends["alpha"].requests, 0)
+
+
+# -- on a Clock: the proxy's protocols over StringTransports ------------------------------------
+
+class ClockedHookTests(Rig):
+    """An http listener on a Clock whose hooks the test sets (tests/hooks_http.py)."""
+
+    def hooks(self, timeout: float = 1.0, **specs: str) -> ListenerHooks:
+        hooks_http.calls.clear()
+        hooks = ListenerHooks("l", self.clock, timeout)
+        hooks.load({point: f"tests.hooks_http:{name}" for point, name in specs.items()})
+        self.factory.hooks = hooks
+        self.factory.routes = {"c": self.factory.cluster}
+        return hooks
+
+    def test_plain_hook_answers_in_the_same_call(self) -> None:
+        """
+        A hook that returns a value: the request goes for its backend
+        connection in the read that brought it; no Deferred.
+        """
+        hooks = self.hooks(allow="allow_plain", route="route_plain")
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.assertEqual((hooks.allow.asynchronous, hooks.route.asynchronous), (0, 0))
+
+    def test_never_answers(self) -> None:
+        """
+        A hook that never answers: the request waits holding no worker slot
+        and no backend connection; at hook_timeout, 503; no timer is left.
+        """
+        hooks = self.hooks(timeout=2.0, allow="never")
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(1.9)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual((self.endpoint.attempts, self.admission.in_flight), ([], 0))
+        self.clock.advance(0.1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
+        self.assertFalse(transport.disconnecting)  # the request was whole: keep-alive
+        self.assertEqual((hooks.allow.timeouts, hooks.allow.refused), (1, 1))
+        self.assertEqual(self.stats.requests["refused"], 1)
+        self.assertEqual(self.endpoint.attempts, [])
+        self.assertNoTimers()
+
+    def test_body_timer_runs_while_hook_waits(self) -> None:
+        """
+        A body that stops coming while its request waits for a hook: 408 at
+        body_timeout, and the close; the hook's late answer is dropped.
+        """
+        hooks = self.hooks(timeout=100.0, allow="never")
+        protocol, transport = self.client()
+        protocol.dataReceived(POST_HEAD + b"abc")
+        self.clock.advance(self.limits.body_timeout)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
+        self.assertTrue(transport.disconnecting)
+        self.settle()
+        written = transport.value()
+        self.clock.advance(100.0)
+        self.assertEqual(transport.value(), written)
+        self.assertEqual((hooks.allow.timeouts, hooks.allow.refused), (1, 0))
+        self.assertNoTimers()
+
+    def test_refusal_before_the_body_closes(self) -> None:
+        """
+        A refusal while the body is still to come: 401 and the close (the
+        rest of the body cannot be told from a next request).
+        """
+        self.hooks(authenticate="authenticate_plain")
+        protocol, transport = self.client()
+        protocol.dataReceived(POST_HEAD + b"abc")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 "), transport.value())
+        self.assertIn(b"Connection: close", transport.value())
+        self.assertTrue(transport.disconnecting)
+        self.settle()
+        self.assertNoTimers()
+
+    def test_deferred_answer_then_lease(self) -> None:
+        """A hook's Deferred: the request goes for its connection when it fires."""
+        hooks = self.hooks(allow="allow_hangs")
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        backend = self.backend()
+        backend.protocol.dataReceived(OK)
+        self.assertTrue(transport.value().endswith(b"ok"))
+        self.assertEqual(hooks.allow.ok, 1)

@@ -204,12 +204,14 @@ class Exchange:
     def begin(self) -> None:
         """
         The head, and whatever of the body came with it, are here: time the
-        rest of the body, and read it into the buffer if it may fit; else
-        (or once it is whole: the common case) go for a backend connection.
+        rest of the body; let the listener's request hooks decide, if it has
+        any; read the body into the buffer if it may fit; else (or once it
+        is whole: the common case) go for a backend connection.
         """
         frontend = self.frontend
         factory = frontend.factory
-        if not self.request_done and not self.head.upgrade:
+        coming = not self.request_done and not self.head.upgrade
+        if coming:
             limits = factory.limits
             if limits.body_timeout or limits.body_total_timeout:
                 self._body_timer = Inactivity(
@@ -219,7 +221,10 @@ class Exchange:
         # specs is empty without hooks: the one check a request pays for them.
         if hooks is not None and hooks.specs and run_request_hooks(self, hooks):
             return  # hooks_passed or refuse, once they have decided
-        self._go()
+        if coming:
+            self._go()
+        else:
+            self.start()
 
     def _go(self) -> None:
         """Read the body into the buffer if it may fit; else ask for a connection."""
