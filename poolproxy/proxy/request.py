@@ -14,6 +14,11 @@ and a client that leaves what is written to it unread for C{send_timeout}
 is closed (by the listener's L{SendTimeouts}, as in the other modes).  So is what a client that is not reading holds: up to
 C{response_buffer_size} of it before its backend is paused.  L{HttpLimits}
 holds every phase's limit and the buffers' sizes.
+
+The listener's hooks (L{poolproxy.hooks}): C{on_connect} and
+C{on_disconnect} are told of the connection here; each request goes
+through C{authenticate}, C{route} and C{allow} before its admission
+(L{poolproxy.proxy.request_hooks}).
 """
 
 from __future__ import annotations
