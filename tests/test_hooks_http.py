@@ -580,3 +580,26 @@ class ClockedHookTests(Rig):
         backend.protocol.dataReceived(OK)
         self.assertTrue(transport.value().endswith(b"ok"))
         self.assertEqual(hooks.allow.ok, 1)
+
+    def test_reload_asks_again(self) -> None:
+        """
+        An accepted Authorization value is not asked about again on its
+        connection, until a reload replaces the hook: the new one is asked.
+        """
+        hooks = self.hooks(authenticate="authenticate_plain")
+        protocol, transport = self.client()
+        request = b"GET /x HTTP/1.1\r\nHost: x\r\nAuthorization: " + basic("alice", "secret") \
+            + b"\r\n\r\n"
+        backend = None
+        for reload in (False, False, True):
+            if reload:
+                hooks.load(dict(hooks.specs))
+            protocol.dataReceived(request)
+            if backend is None:
+                backend = self.backend()
+            backend.protocol.dataReceived(OK)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
+        self.assertEqual(len(self.calls_of("authenticate")), 2)
+
+    def calls_of(self, point: str) -> List[Dict[str, Any]]:
+        return [info for name, info in hooks_http.calls if name == point]
