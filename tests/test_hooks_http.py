@@ -188,7 +188,8 @@ class AuthenticateMixin:
             b"GET /a HTTP/1.1\r\nHost: x\r\nAuthorization: Basic !!notbase64\r\n\r\n"
             b"GET /b HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + base64.b64encode(b"nocolon")
             + b"\r\n\r\n"
-            b"GET /c HTTP/1.1\r\nHost: x\r\nAuthorization: " + basic("alice", "secret") + b"\r\n\r\n",
+            b"GET /c HTTP/1.1\r\nHost: x\r\nAuthorization: " + basic("alice", "secret")
+            + b"\r\n\r\n",
             until=lambda got: b'"/c"' in got)
         statuses = re.findall(rb"HTTP/1\.1 \d+ [A-Za-z ]+", reply)
         self.assertEqual(statuses, [b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 400 Bad Request",
