@@ -198,8 +198,9 @@ class RequestHooks:
             if isinstance(result, HookFailure):
                 exchange.refuse(503, "the route hook failed")  # logged by the hook
                 return
+            # One key, not one per name: the name may come from the client.
             factory.problems.warn(
-                ("route", str(result)[:100]),
+                ("route", "unknown cluster"),
                 "http {listener}: the route hook chose {result!r}, not a cluster of this "
                 "listener's protocol; answered 502", listener=factory.name,
                 result=str(result)[:100])
