@@ -20,7 +20,8 @@ _ERRORS = {
     "too_large": (413, "Content Too Large"),
     "malformed": (400, "Bad Request"),
 }
-REASONS = {400: "Bad Request", 413: "Content Too Large", 414: "URI Too Long",
+REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           413: "Content Too Large", 414: "URI Too Long",
            431: "Request Header Fields Too Large", 501: "Not Implemented",
            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
            505: "HTTP Version Not Supported"}

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from poolproxy.backends.pool import BackendProtocol, BackendUnavailable, PooledConnection
-from poolproxy.codecs.http import HttpCodec
+from poolproxy.codecs.http import REASONS, HttpCodec
 from poolproxy.codecs.http_parse import (
     CHUNKED,
     END,
@@ -47,8 +47,10 @@ from poolproxy.codecs.http_parse import (
     ResponseHead,
     serialize_request_head,
     serialize_response_head,
+    status_response,
 )
 from poolproxy.proxy.admission import Overloaded
+from poolproxy.proxy.request_hooks import run_request_hooks
 from poolproxy.util.inactivity import Inactivity
 from poolproxy.util.writethrough import write_through
 
@@ -154,7 +156,7 @@ class Exchange:
                  "draining", "close_client", "_waiting", "_timer", "cluster_backend",
                  "reported", "retried", "sampled", "started", "orphaned", "early_paused",
                  "backend_paused", "_body_timer", "_tunnel_timer", "buffering", "continued",
-                 "began", "sent")
+                 "began", "sent", "routed")
 
     def __init__(self, frontend: "HttpFrontend", head: RequestHead) -> None:
         self.frontend = frontend
@@ -196,21 +198,40 @@ class Exchange:
         # written to its backend connection (-1 until it is).
         self.began = frontend.last_active
         self.sent = -1.0
+        # The cluster the route hook chose, if not the listener's own.
+        self.routed: Any = None
 
     def begin(self) -> None:
         """
         The head, and whatever of the body came with it, are here: time the
-        rest of the body, and read it into the buffer if it may fit; else
-        (or once it is whole: the common case) go for a backend connection.
+        rest of the body; let the listener's request hooks decide, if it has
+        any; read the body into the buffer if it may fit; else (or once it
+        is whole: the common case) go for a backend connection.
         """
-        if not self.request_done and not self.head.upgrade:
-            frontend = self.frontend
-            factory = frontend.factory
+        frontend = self.frontend
+        factory = frontend.factory
+        coming = not self.request_done and not self.head.upgrade
+        if coming:
             limits = factory.limits
             if limits.body_timeout or limits.body_total_timeout:
                 self._body_timer = Inactivity(
                     factory.clock, limits.body_timeout, limits.body_total_timeout,
                     frontend.reading_since, self._body_too_slow)
+        hooks = factory.hooks
+        # specs is empty without hooks: the one check a request pays for them.
+        if hooks is not None and hooks.specs and run_request_hooks(self, hooks):
+            return  # hooks_passed or refuse, once they have decided
+        if coming:
+            self._go()
+        else:
+            self.start()
+
+    def _go(self) -> None:
+        """Read the body into the buffer if it may fit; else ask for a connection."""
+        if not self.request_done and not self.head.upgrade:
+            frontend = self.frontend
+            factory = frontend.factory
+            limits = factory.limits
             if self.early_size < limits.request_buffer_size and not factory.output.full():
                 self.buffering = True
                 if self.head.expect_continue:
@@ -221,11 +242,49 @@ class Exchange:
                 return
         self.start()
 
+    # -- hooks (poolproxy.proxy.request_hooks) ------------------------------------
+
+    def hooks_passed(self, cluster: Any) -> None:
+        """The request hooks let the request through, to C{cluster}."""
+        if self.finished:
+            return
+        if cluster is not self.frontend.factory.cluster:
+            self.routed = cluster
+        self._go()
+
+    def refuse(self, status: int, text: str, headers: Tuple[Tuple[bytes, bytes], ...] = (),
+               prefixed: bool = True) -> None:
+        """
+        Answer a request the hooks refused with C{status} and C{text}
+        (text/plain); it never reaches a backend.  As the proxy's other
+        errors: the connection closes if part of the request is still to come.
+        """
+        if self.finished:
+            return
+        self._failed("refused")
+        if not self.request_done or self.head.upgrade:
+            self.close_client = True
+        if self.close_client:
+            headers = (*headers, (b"Connection", b"close"))
+        if status == 503:
+            headers = (*headers, (b"Retry-After", b"1"))
+        body = " ".join(text.split())
+        reply = status_response(status, REASONS.get(status, "Error"),
+                                f"poolproxy: {body}\n" if prefixed else f"{body}\n", headers)
+        if self.head.method == b"HEAD":
+            reply = reply[:reply.index(b"\r\n\r\n") + 4]  # its headers, not its body
+        self.frontend.transport.write(reply)
+        self._finish(release=False)
+
     # -- admission and lease ---------------------------------------------------
 
     def start(self) -> None:
         factory = self.frontend.factory
-        factory.retry_budget.deposit()
+        routed = self.routed
+        if routed is None:
+            factory.retry_budget.deposit()
+        elif routed.retry_budget is not None:
+            routed.retry_budget.deposit()
         if factory.access_log_sample and factory.random() < factory.access_log_sample:
             self.sampled = True
             self.started = factory.clock.seconds()
@@ -244,7 +303,8 @@ class Exchange:
             return
         factory = self.frontend.factory
         key = factory.route_key(self.head) if factory.route_key is not None else None
-        backend = factory.cluster.pick(key)
+        routed = self.routed
+        backend = (factory.cluster if routed is None else routed).pick(key)
         if backend is None:
             self._failed("backend_unavailable")
             self._error("unavailable", "no backend is available")
@@ -636,10 +696,12 @@ class Exchange:
         may have had an effect never does.
         """
         conn = self.conn
+        routed = self.routed
+        budget = self.frontend.factory.retry_budget if routed is None else routed.retry_budget
         return (not self.retried and conn is not None and conn.uses > 1
                 and self.request_done and self.head.body == NONE
                 and self.head.method in RETRY_SAFE_METHODS
-                and self.frontend.factory.retry_budget.withdraw())
+                and budget is not None and budget.withdraw())
 
     def _detach(self) -> "Optional[PooledConnection[HttpBackend]]":
         """

@@ -14,6 +14,11 @@ and a client that leaves what is written to it unread for C{send_timeout}
 is closed (by the listener's L{SendTimeouts}, as in the other modes).  So is what a client that is not reading holds: up to
 C{response_buffer_size} of it before its backend is paused.  L{HttpLimits}
 holds every phase's limit and the buffers' sizes.
+
+The listener's hooks (L{poolproxy.hooks}): C{on_connect} and
+C{on_disconnect} are told of the connection here; each request goes
+through C{authenticate}, C{route} and C{allow} before its admission
+(L{poolproxy.proxy.request_hooks}).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, FrozenSet, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
 
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -34,9 +39,11 @@ from poolproxy.codecs.http import HttpCodec
 from poolproxy.codecs.http_parse import END, HttpError, RequestHead
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.hooks.calling import ListenerHooks
+from poolproxy.hooks.subjects import HookClient
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.exchange import EARLY_LIMIT, Exchange, HttpBackend, _PauseOnly
 from poolproxy.proxy.forwarded import ClientForwarding, TrustedProxies
+from poolproxy.proxy.hooked import connected, disconnected, hook_client
 from poolproxy.proxy.output import TRANSPORT_BUFFER, OutputBudget, unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.stats import ListenerStats
@@ -130,6 +137,11 @@ class HttpFrontend(Protocol):
         self._written_blocked = 0
         # This client's share of the OutputBudget's held bytes.
         self._output_counted = 0
+        # What hooks see of this client, made when a hook first needs it.
+        self.hook_client: Optional[HookClient] = None
+        # (the authenticate hook, the Authorization value it accepted): the
+        # same value on this connection is not asked about again.
+        self.authorized: Optional[Tuple[Any, bytes]] = None
 
     def connectionMade(self) -> None:
         self.stats.connections_total += 1
@@ -146,6 +158,16 @@ class HttpFrontend(Protocol):
         #: The X-Forwarded-* headers of this client's requests.
         self.forwarding = ClientForwarding(self.peer_host, ISSLTransport.providedBy(self.transport),
                                            self.factory.trusted_proxies.trusts(host))
+        hooks = self.factory.hooks
+        if hooks is not None and hooks.on_connect is not None:
+            connected(hooks, self.hook_subject())
+
+    def hook_subject(self) -> HookClient:
+        """This client as hooks see it (L{poolproxy.hooks.subjects.HookClient})."""
+        client = self.hook_client
+        if client is None:
+            client = self.hook_client = hook_client(self.factory, self.transport, "http")
+        return client
 
     def dataReceived(self, data: bytes) -> None:
         tunnel = self.tunnel_to
@@ -437,6 +459,9 @@ class HttpFrontend(Protocol):
                 if not exchange.finished:
                     self.stats.requests.add("client_gone")
                 exchange.client_gone()
+        hooks = self.factory.hooks
+        if hooks is not None and hooks.on_disconnect is not None:
+            disconnected(hooks, self.hook_subject())
 
 
 class HttpFactory(Factory):
