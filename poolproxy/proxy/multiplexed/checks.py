@@ -93,10 +93,31 @@ class RequestChecks:
             if self._pending is None:
                 self.run()
             return
-        # Nothing waits: check them as they are, without queueing them.
+        # Nothing waits: check them as they are, without queueing them; the
+        # common case (an allow hook alone, answering None at once) inline.
         held = self.frontend.held
+        hooks = self.frontend.factory.hooks
+        assert hooks is not None
+        allow = hooks.allow
+        inline = allow is not None and hooks.route is None and not self._unauthenticated
+        client, cluster, describe = self.client, self.cluster_name, self._describe
         for i in range(len(frames)):
-            checked = self._one(frames[i])
+            frame = frames[i]
+            if inline and not frame.flags & _UNCHECKED:
+                request = HookRequest(client, cluster, frame.key, frame.data, describe, frame)
+                answer = allow(request)
+                if answer is None:
+                    held.append(frame)
+                    continue
+                answer = self._settle(answer)
+                if answer is _WAIT:
+                    self._request, self._stage, self._current = request, _ALLOW, frame
+                    checked = _WAIT
+                else:
+                    checked = self._allowed(frame, allow, answer)
+            else:
+                checked = self._one(frame)
+                inline = inline and not self._unauthenticated
             if checked is _WAIT:
                 self.waiting.extend(frames[i:])
                 return
@@ -209,19 +230,6 @@ class RequestChecks:
         if request is None:
             request = HookRequest(self.client, self.cluster_name, frame.key, frame.data,
                                   self._describe, frame)
-            if hooks.route is None:
-                allow = hooks.allow
-                if allow is None:
-                    return frame
-                # The common case: allow alone, answering at once.
-                answer = allow(request)
-                if answer is None:
-                    return frame
-                answer = self._settle(answer)
-                if answer is _WAIT:
-                    self._request, self._stage, self._current = request, _ALLOW, frame
-                    return _WAIT
-                return self._allowed(frame, allow, answer)
             self._stage = _ROUTE
         else:
             frame = self._current  # as routed so far
