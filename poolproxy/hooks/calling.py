@@ -87,13 +87,18 @@ class Hook:
         try:
             result = self.fn(subject)
         except Exception:
-            return self._failed(Failure())
+            return self.failed(Failure())
         if result is None or result.__class__ in _PLAIN:
             self.ok += 1
             return result
-        return self._later(result)
+        return self.settled(result)
 
-    def _later(self, result: Any) -> Any:
+    def settled(self, result: Any) -> Any:
+        """
+        What C{fn} returned, not L{None} nor a plain value: a Deferred for a
+        coroutine or a Deferred (timed), else the value itself.  For
+        callers that call C{fn} themselves on their hot path.
+        """
         if inspect.iscoroutine(result):
             result = Deferred.fromCoroutine(result)
         elif not txaio.is_future(result):  # type: ignore[attr-defined]
@@ -105,14 +110,15 @@ class Hook:
         d: "Deferred[Any]" = result
         if self.timeout:
             d.addTimeout(self.timeout, self.clock)
-        d.addCallbacks(self._fired, self._failed)
+        d.addCallbacks(self._fired, self.failed)
         return d
 
     def _fired(self, result: Any) -> Any:
         self.ok += 1
         return result
 
-    def _failed(self, failure: Failure) -> HookFailure:
+    def failed(self, failure: Failure) -> HookFailure:
+        """C{fn} raised (or its Deferred failed, or timed out): counted, logged, a HookFailure."""
         if failure.check(TimeoutError):
             self.timeouts += 1
             why = f"did not answer within hook_timeout ({self.timeout:g} s)"

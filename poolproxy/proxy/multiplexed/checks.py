@@ -17,6 +17,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, List, Optional
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from poolproxy.codec import (AUTH_FAILED, AUTHENTICATE, CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, VARIANT,
                              Frame, IDescribingCodec, IHookableFramer)
@@ -101,14 +102,22 @@ class RequestChecks:
         allow = hooks.allow
         inline = allow is not None and hooks.route is None and not self._unauthenticated
         client, cluster, describe = self.client, self.cluster_name, self._describe
+        fn = allow.fn if allow is not None else None
         for i in range(len(frames)):
             frame = frames[i]
             if inline and not frame.flags & _UNCHECKED:
                 request = HookRequest(client, cluster, frame.key, frame.data, describe, frame)
-                answer = allow(request)
-                if answer is None:
-                    held.append(frame)
-                    continue
+                # Hook.__call__'s work, without its call.
+                try:
+                    answer = fn(request)  # type: ignore[misc]
+                except Exception:
+                    answer = allow.failed(Failure())
+                else:
+                    if answer is None:
+                        allow.ok += 1
+                        held.append(frame)
+                        continue
+                    answer = allow.settled(answer)
                 answer = self._settle(answer)
                 if answer is _WAIT:
                     self._request, self._stage, self._current = request, _ALLOW, frame
