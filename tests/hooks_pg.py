@@ -14,6 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from tests.hooks_audit import audit_hooks
+
 #: (hook name, a copy of what it saw), in call order.
 calls: List[Tuple[str, Any]] = []
 
@@ -95,27 +97,5 @@ def route_b(request: Any) -> Any:
     return "b"
 
 
-def connect_plain(client: Any) -> None:
-    calls.append(("connect_plain", client))
-
-
-def disconnect_plain(client: Any) -> None:
-    calls.append(("disconnect_plain", client))
-
-
-def connect_deferred(client: Any) -> "Deferred[Any]":
-    return deferLater(reactor, 0, calls.append, ("connect_deferred", client))
-
-
-def disconnect_deferred(client: Any) -> "Deferred[Any]":
-    return deferLater(reactor, 0, calls.append, ("disconnect_deferred", client))
-
-
-async def connect_async(client: Any) -> None:
-    await deferLater(reactor, 0, lambda: None)
-    calls.append(("connect_async", client))
-
-
-async def disconnect_async(client: Any) -> None:
-    await deferLater(reactor, 0, lambda: None)
-    calls.append(("disconnect_async", client))
+(connect_plain, disconnect_plain, connect_deferred, disconnect_deferred,
+ connect_async, disconnect_async) = audit_hooks(calls)

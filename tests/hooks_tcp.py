@@ -13,6 +13,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from tests.hooks_audit import audit_hooks
+
 #: (hook name, what it was called with), in call order.
 calls: List[Tuple[str, Any]] = []
 #: Fired by a test to let L{route_gated} answer.
@@ -67,27 +69,5 @@ def route_never(request: Any) -> "Deferred[Any]":
     return Deferred()
 
 
-def connect_plain(client: Any) -> None:
-    calls.append(("connect_plain", client))
-
-
-def disconnect_plain(client: Any) -> None:
-    calls.append(("disconnect_plain", client))
-
-
-def connect_deferred(client: Any) -> "Deferred[Any]":
-    return deferLater(reactor, 0, calls.append, ("connect_deferred", client))
-
-
-def disconnect_deferred(client: Any) -> "Deferred[Any]":
-    return deferLater(reactor, 0, calls.append, ("disconnect_deferred", client))
-
-
-async def connect_async(client: Any) -> None:
-    await deferLater(reactor, 0, lambda: None)
-    calls.append(("connect_async", client))
-
-
-async def disconnect_async(client: Any) -> None:
-    await deferLater(reactor, 0, lambda: None)
-    calls.append(("disconnect_async", client))
+(connect_plain, disconnect_plain, connect_deferred, disconnect_deferred,
+ connect_async, disconnect_async) = audit_hooks(calls)

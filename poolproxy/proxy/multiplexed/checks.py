@@ -247,8 +247,7 @@ class RequestChecks:
             if hook is not None:
                 answer = self._call(hook, request)
                 if answer is _WAIT:
-                    self._request, self._current = request, frame
-                    return _WAIT
+                    return self._wait(request, frame)
                 cluster, why = routed_cluster(answer, factory.routes, factory.cluster)
                 if cluster is None:
                     hook.refused += 1
@@ -262,11 +261,15 @@ class RequestChecks:
         if hook is not None:
             answer = self._call(hook, request)
             if answer is _WAIT:
-                self._request, self._current = request, frame
-                return _WAIT
+                return self._wait(request, frame)
             return self._allowed(frame, hook, answer)
         self._request = None
         return frame
+
+    def _wait(self, request: HookRequest, frame: Frame) -> Any:
+        """A hook's answer is pending: where the check of C{frame} goes on from."""
+        self._request, self._current = request, frame
+        return _WAIT
 
     def _allowed(self, frame: Frame, hook: Any, answer: Any) -> Frame:
         """The frame, or its refusal, by an allow hook's answer."""
