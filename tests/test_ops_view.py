@@ -56,6 +56,7 @@ class FakeProxy:
     secrets: Secrets = field(default_factory=Secrets)
     stopping: bool = False
     dns_names: List[Any] = field(default_factory=list)
+    hooks: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def pools(self) -> List[BackendPool]:
