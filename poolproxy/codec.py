@@ -76,10 +76,11 @@ AUTH_FAILED = 1024
 #: C{authenticate} hook decides on: only from a framer made with
 #: C{authenticate_hook} set in its options.  The framer has taken them as
 #: good and queued them in its C{credentials}, (user, password, whether
-#: the password file matched or L{None} without one, whether the client
-#: was authenticated before); if the hook refuses, the proxy answers
-#: L{IHookableFramer.refused_reply} instead and calls
-#: C{set_authenticated} with the state before.
+#: the password file matched or L{None} without one); RESET, which drops
+#: them, is flagged too, with L{None} queued.  The proxy answers
+#: L{IHookableFramer.refused_reply} for credentials the hook refuses, and
+#: once none are left to decide calls C{set_authenticated} with what the
+#: hook decided.
 AUTHENTICATE = 2048
 
 #: Kinds of errors the proxy itself answers with, via L{ICodec.error_reply}:
@@ -301,8 +302,10 @@ class IHookableFramer(IRequestFramer):
     (see L{AUTHENTICATE}).
     """
 
-    credentials = Attribute("A deque of (user, password, password_ok, authenticated_before), "
-                            "one per AUTHENTICATE frame, oldest first.")
+    credentials = Attribute("With an authenticate hook, a deque with one entry per "
+                            "AUTHENTICATE frame, oldest first: (user, password, password_ok), "
+                            "or None for a frame that drops the client's authentication "
+                            "(RESET); without the hook, None.")
 
     def set_authenticated(authenticated: bool) -> None:
         """The client's authentication as the hook decided (framing goes on from it)."""

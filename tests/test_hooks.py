@@ -24,6 +24,10 @@ from poolproxy.hooks.loading import HookLoadError, load_hooks
 from poolproxy.testing import MultiplexHarness, call_hook, hook_client, hook_request
 
 
+_WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+_NOAUTH = b"-NOAUTH Authentication required.\r\n"
+
+
 def cmd(*words: str) -> bytes:
     return encode_command([w.encode() for w in words])
 
@@ -312,6 +316,113 @@ class MultiplexedHookTests(SynchronousTestCase):
         self.assertEqual(c.protocol.subject().identity, "tenant-1")
         self.assertIsNone(c.protocol.subject().password)
         self.assertEqual(h.factory.stats.auth_failures, 1)
+
+    def test_refused_twice_stays_refused(self) -> None:
+        """
+        Two refused AUTHs in one read leave the client unauthenticated (the
+        framer took both as good until told); a refused then an accepted
+        one leave it authenticated.
+        """
+        h = self.harness(authenticate=lambda client: client.password == "good")
+        c = h.client()
+        c.send(cmd("AUTH", "bad1") + cmd("AUTH", "bad2") + cmd("GET", "secret"))
+        self.assertEqual(c.read(), _WRONGPASS * 2 + _NOAUTH)
+        c.send(cmd("GET", "secret"))
+        self.assertEqual(c.read(), _NOAUTH)
+        self.assertEqual(h.connect(), 0)  # nothing ever reached a backend
+
+        c2 = h.client()
+        c2.send(cmd("AUTH", "bad") + cmd("AUTH", "good"))
+        self.assertEqual(c2.read(), _WRONGPASS + b"+OK\r\n")
+        c2.send(cmd("GET", "k"))
+        h.connect()
+        h.serve(lambda connection, data: b"$1\r\nv\r\n")
+        self.assertEqual(c2.read(), b"$1\r\nv\r\n")
+
+    def test_reset_takes_the_verdict_back(self) -> None:
+        h = self.harness(authenticate=lambda client: True)
+        c = h.client()
+        c.send(cmd("AUTH", "pw") + cmd("RESET") + cmd("GET", "k"))
+        self.assertEqual(c.read(), b"+OK\r\n+RESET\r\n" + _NOAUTH)
+        self.assertEqual(h.connect(), 0)
+
+    def test_nothing_sent_after_a_closing_refusal(self) -> None:
+        """Frames waiting behind a hook are dropped once a refusal closes the client."""
+        pending: List["Deferred[Any]"] = []
+
+        def allow(request: Any) -> Any:
+            if request.command == "MULTI":
+                return "no transactions"
+            if request.key == b"slow":
+                pending.append(Deferred())
+                return pending[-1]
+            return None
+
+        h = self.harness(allow=allow)
+        c = h.client()
+        c.send(cmd("MULTI") + cmd("GET", "slow") + cmd("SET", "k", "v") + cmd("EXEC"))
+        self.assertEqual(c.received(), b"-NOPERM no transactions\r\n")
+        self.assertTrue(c.closed)
+        pending[0].callback(None)
+        h.connect()
+        self.assertEqual(b"".join(t.value() for t in h.connections()), b"")
+
+    def test_a_shared_deferred_answers_every_caller(self) -> None:
+        """A hook handing out one Deferred (a cache) refuses each time, fired or failed."""
+        cached = {b"adm": succeed("forbidden")}
+        h = self.harness(allow=lambda request: cached.get(request.key[:3], None))
+        c = h.client()
+        c.send(cmd("GET", "adm:1"))
+        c.send(cmd("GET", "adm:2"))
+        self.assertEqual(c.read(), b"-NOPERM forbidden\r\n" * 2)
+        self.assertEqual(self.successResultOf(cached[b"adm"]), "forbidden")  # unchanged
+        failing: "Deferred[Any]" = Deferred()
+        cached[b"bad"] = failing
+        c.send(cmd("GET", "bad:1"))
+        failing.errback(RuntimeError("store down"))
+        c.send(cmd("GET", "bad:2"))
+        self.assertEqual(c.read(), b"-NOPERM poolproxy: the allow hook failed\r\n" * 2)
+        self.assertEqual(h.connect(), 0)
+
+    def test_reload_without_the_hook_leaves_the_password_file(self) -> None:
+        """A connected client's credentials go to the password file once the hook is gone."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("right\n")
+        h = MultiplexHarness(RedisCodec(), hooks={"authenticate": lambda c: True},
+                             client_password_file=path)
+        c = h.client()
+        h.factory.hooks.use({})
+        c.send(cmd("AUTH", "wrong") + cmd("GET", "k"))
+        self.assertEqual(c.read(), _WRONGPASS + _NOAUTH)
+        c.send(cmd("AUTH", "right"))
+        self.assertEqual(c.read(), b"+OK\r\n")
+        self.assertEqual(h.connect(), 0)
+
+    def test_an_answer_from_a_replaced_hook_is_not_used(self) -> None:
+        """A reload while a hook waits: its late answer does not stand for the new hooks'."""
+        pending: List["Deferred[Any]"] = []
+
+        def route(request: Any) -> "Deferred[Any]":
+            pending.append(Deferred())
+            return pending[-1]
+
+        h = self.harness(route=route)
+        c = h.client()
+        c.send(cmd("GET", "k"))
+        h.factory.hooks.use({"allow": lambda r: "denied now"})
+        pending[0].callback(None)
+        self.assertEqual(c.read(), b"-NOPERM denied now\r\n")
+
+        h = self.harness(authenticate=lambda client: pending[-1])
+        pending.append(Deferred())
+        c = h.client()
+        c.send(cmd("AUTH", "pw") + cmd("GET", "k"))
+        h.factory.hooks.use({"allow": lambda r: "denied now"})
+        pending[-1].callback(True)
+        self.assertEqual(c.read(), b"+OK\r\n-NOPERM denied now\r\n")
+        self.assertIsNone(c.protocol.subject().password)
+        self.assertEqual(h.connect(), 0)
 
     def test_async_authenticate_holds_what_follows(self) -> None:
         verdict: "Deferred[Any]" = Deferred()

@@ -566,7 +566,9 @@ class RespRequestFramer(Unparsed):
         # decide (AUTHENTICATE frames), and a client starts unauthenticated.
         self._hooked = authenticate_hook
         self._authed = password is None and not authenticate_hook
-        self.credentials: Deque[Tuple[bytes, bytes, Optional[bool], bool]] = deque()
+        # Credentials (and RESETs) for the hook to decide, oldest first; only with the hook.
+        self.credentials: Optional[Deque[Optional[Tuple[bytes, bytes, Optional[bool]]]]] = (
+            deque() if authenticate_hook else None)
         self._given: Optional[Tuple[bytes, bytes, Optional[bool]]] = None
         self._policy = policy
         self._cmds = policy.table
@@ -949,16 +951,22 @@ class RespRequestFramer(Unparsed):
                 # cannot see RESET's reply, so the state stays.
                 return Frame(data, 1, None, PIN)
             self._multi = self._watch = self._sticky = self._resp3 = False
-            if self._password is not None:
+            if self._password is not None or self._hooked:
                 self._authed = False  # RESET re-authenticates as "default"
             self._update()
             # RESET also puts the client back on RESP2 (VARIANT, expect None).
             if not stateful:
                 # Nothing to reset on the proxy's side: answer here rather than
                 # reset (and de-authenticate) a pooled connection.
-                return Frame(data, 1, None, LOCAL | VARIANT, reply=b"+RESET\r\n")
-            # RESET also drops the pooled connection's AUTH and SELECT.
-            return Frame(data, 1, None, PIN | UNPIN | DIRTY | VARIANT)
+                frame = Frame(data, 1, None, LOCAL | VARIANT, reply=b"+RESET\r\n")
+            else:
+                # RESET also drops the pooled connection's AUTH and SELECT.
+                frame = Frame(data, 1, None, PIN | UNPIN | DIRTY | VARIANT)
+            if self._hooked:
+                # The authenticate hook's verdict is undone too, in its turn.
+                self.credentials.append(None)  # type: ignore[union-attr]
+                frame.flags |= AUTHENTICATE
+            return frame
         if upper in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR",
                      b"SYNC", b"PSYNC", b"REPLCONF"):
             # From here on the backend speaks unasked (messages, a replication
@@ -1042,12 +1050,11 @@ class RespRequestFramer(Unparsed):
         credentials were good, flagged AUTHENTICATE with them queued, so
         that the proxy asks the hook before anything after them is sent.
         """
-        before = self._authed
         self._given = None
         frame = self._auth(args) if upper == b"AUTH" else self._hello(data, args)
         given, self._given = self._given, None
         if given is not None:
-            self.credentials.append(given + (before,))
+            self.credentials.append(given)
             frame.flags |= AUTHENTICATE
         return frame
 

@@ -14,6 +14,7 @@ interval.
 from __future__ import annotations
 
 import inspect
+from weakref import WeakKeyDictionary
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import txaio
@@ -99,15 +100,24 @@ class Hook:
         coroutine or a Deferred (timed), else the value itself.  For
         callers that call C{fn} themselves on their hot path.
         """
+        d: "Deferred[Any]"
         if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
-        elif not txaio.is_future(result):  # type: ignore[attr-defined]
+            # Ours alone: a timeout cancels it, and the coroutine behind it
+            # gets CancelledError, so nothing of the hook runs on unwaited.
+            d = Deferred.fromCoroutine(result)
+        elif txaio.is_future(result):  # type: ignore[attr-defined]
+            failure = _FAILED.get(result)
+            if failure is not None:  # handed out again, failed before
+                return self.failed(failure)
+            # The hook's Deferred may be shared (a cached answer): its result
+            # is passed on to a Deferred of ours, never changed or cancelled
+            # by the proxy's callbacks.
+            d = Deferred()
+            result.addBoth(_pass_on, d, result)
+        else:
             self.ok += 1  # some other object: a result like any
             return result
         self.asynchronous += 1
-        # The hook's own Deferred is timed: a timeout cancels it (and the
-        # coroutine behind it), so nothing of the hook runs on unwaited.
-        d: "Deferred[Any]" = result
         if self.timeout:
             d.addTimeout(self.timeout, self.clock)
         d.addCallbacks(self._fired, self.failed)
@@ -132,6 +142,27 @@ class Hook:
                        "listener {listener}: hook {point} ({spec}) {why}; refused",
                        listener=self.listener, point=self.point, spec=self.spec, why=why)
         return HookFailure("error", why)
+
+
+#: Hooks' Deferreds that failed: their failure was taken (so that it is not
+#: logged as unhandled once per call), and is given again to whoever is
+#: handed the same Deferred later.
+_FAILED: "WeakKeyDictionary[Deferred[Any], Failure]" = WeakKeyDictionary()
+
+
+def _pass_on(result: Any, d: "Deferred[Any]", hooks_own: "Deferred[Any]") -> Any:
+    """
+    A hook's Deferred fired: its result to C{d} too (unless that timed out);
+    a value stays the hook's Deferred's result, for anyone else it is shared with.
+    """
+    if isinstance(result, Failure):
+        _FAILED[hooks_own] = result
+        if not d.called:
+            d.errback(result)
+        return None
+    if not d.called:
+        d.callback(result)
+    return result
 
 
 class ListenerHooks:

@@ -68,7 +68,10 @@ class RequestChecks:
         self.waiting: Deque[Frame] = deque()
         self.routed = False
         self._pending: "Optional[Deferred[Any]]" = None
+        # The answer of a Deferred that fired, and the hook it came from: a
+        # reload may have replaced the hook since, and then it is asked again.
         self._answer: Any = _NOTHING
+        self._answered_by: Any = None
         self._calling = False
         self._request: Optional[HookRequest] = None
         self._current: Any = None  # the frame being checked, as routed so far
@@ -76,6 +79,10 @@ class RequestChecks:
         # Frames framed while refused credentials were taken as good, up to
         # the next credentials: answered NOAUTH (see _authenticate).
         self._unauthenticated = False
+        # Whether the client is authenticated, as the hook decided: the
+        # framer takes every AUTH as good until told.
+        framer = frontend.framer
+        self._authenticated = bool(getattr(framer, "authenticated", True))
         # The same for every request of the connection.
         self.client = frontend.subject()
         self.cluster_name = frontend.factory.cluster.name
@@ -89,6 +96,8 @@ class RequestChecks:
 
     def feed(self, frames: List[Frame]) -> None:
         """Frames just framed: checked in order, behind any still waiting."""
+        if self.frontend._closing:
+            return
         if self._pending is not None or self.waiting:
             self.waiting.extend(frames)
             if self._pending is None:
@@ -118,7 +127,7 @@ class RequestChecks:
                         held.append(frame)
                         continue
                     answer = allow.settled(answer)
-                answer = self._settle(answer)
+                answer = self._settle(answer, allow)
                 if answer is _WAIT:
                     self._request, self._stage, self._current = request, _ALLOW, frame
                     checked = _WAIT
@@ -139,6 +148,11 @@ class RequestChecks:
         frontend = self.frontend
         held = frontend.held
         while waiting and not frontend._gone:
+            if frontend._closing:
+                # Refused and closing (or its session broken): nothing after
+                # that is sent.
+                waiting.clear()
+                return
             checked = self._one(waiting[0])
             if checked is _WAIT:
                 return
@@ -166,17 +180,18 @@ class RequestChecks:
     def _call(self, hook: Any, subject: Any) -> Any:
         """The hook's answer for the head frame: at once, or _WAIT until it fires."""
         answer, self._answer = self._answer, _NOTHING
-        if answer is not _NOTHING:
+        if answer is not _NOTHING and self._answered_by is hook:
             return answer
-        return self._settle(hook(subject))
+        return self._settle(hook(subject), hook)
 
-    def _settle(self, result: Any) -> Any:
-        """A hook's result: as it is, or _WAIT while its Deferred is pending."""
+    def _settle(self, result: Any, hook: Any) -> Any:
+        """C{hook}'s result: as it is, or _WAIT while its Deferred is pending."""
         if result.__class__ is not Deferred and not isinstance(result, Deferred):
             return result
+        self._answered_by = hook
         self._pending = result
         self._calling = True
-        result.addCallback(self._answered)
+        result.addCallback(self._answered)  # Hook's Deferreds are ours alone
         self._calling = False
         if self._pending is None:  # it had fired already
             answer, self._answer = self._answer, _NOTHING
@@ -189,7 +204,7 @@ class RequestChecks:
         if self._calling:
             return
         frontend = self.frontend
-        if frontend._gone:
+        if frontend._gone or frontend._closing:
             self.waiting.clear()
             return
         self.run()
@@ -199,11 +214,22 @@ class RequestChecks:
     # -- what is checked ------------------------------------------------------
 
     def _authenticate(self, frame: Frame) -> Any:
+        """
+        Credentials (or RESET, which drops them): the hook's verdict, and
+        the framer told the client's state once no other credentials of
+        its are still to be decided.
+        """
         frontend = self.frontend
         hook = frontend.factory.hooks.authenticate
         framer = IHookableFramer(frontend.framer)
-        user, password, matched, before = framer.credentials[0]
+        given = framer.credentials[0]
         client = frontend.subject()
+        if given is None:  # RESET: authenticated no more
+            framer.credentials.popleft()
+            self._authenticated = False
+            self._settled_framer(framer)
+            return frame
+        user, password, matched = given
         if hook is None:  # a reload took the hook away: the password file decides
             accepted, identity = matched is not False, None
         else:
@@ -213,21 +239,30 @@ class RequestChecks:
             answer = self._call(hook, client)
             if answer is _WAIT:
                 return _WAIT  # the password stays while the hook may read it
-            client.password = None
             accepted, identity = identity_of(answer, client)
+        client.password = None
         framer.credentials.popleft()
         if accepted:
             client.identity = identity
+            self._authenticated = True
             self._unauthenticated = False
+            self._settled_framer(framer)
             return frame
         if hook is not None:
             hook.refused += 1
         # As redis: a failed AUTH leaves the client as it was before it.
-        framer.set_authenticated(before)
-        self._unauthenticated = not before
-        # Counted as a failed authentication, as one by the password file is.
-        return Frame(b"", 1, None, LOCAL | AUTH_FAILED | (frame.flags & CLOSE),
+        self._unauthenticated = not self._authenticated
+        self._settled_framer(framer)
+        # Counted as a failed authentication, as one by the password file
+        # is; a refused HELLO 3 or SETNAME closes, as other refused state does.
+        close = CLOSE if frame.flags & (CLOSE | _STATEFUL) else 0
+        return Frame(b"", 1, None, LOCAL | AUTH_FAILED | close,
                      reply=framer.refused_reply(frame))
+
+    def _settled_framer(self, framer: Any) -> None:
+        """With no credentials left to decide, the framer frames from the hook's verdict."""
+        if not framer.credentials:
+            framer.set_authenticated(self._authenticated)
 
     def _check(self, frame: Frame) -> Any:
         """route, then allow, for one request."""

@@ -174,6 +174,10 @@ class MultiplexFrontend(Protocol):
         # A client that does not read its replies stops being read.
         self.transport.registerProducer(self, True)
         hooks = self.factory.hooks
+        if getattr(self.framer, "credentials", None) is not None:
+            # Its credentials are the authenticate hook's to decide, with or
+            # without hooks after a reload: its frames always pass the checks.
+            self.checks = RequestChecks(self)
         if hooks is not None and hooks.on_connect is not None:
             connected(hooks, self.subject())
 
