@@ -10,13 +10,10 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 
 from poolproxy.assemble import ClusterAssembly
 from poolproxy.config import ProxyConfig, codec_options
@@ -25,28 +22,15 @@ from poolproxy.proxy.admission import Admission
 from poolproxy.service import ProxyService
 from poolproxy.tap import ProxyOptions
 from tests import hooks_tcp
-from tests.support import BackendFactory, Client, connect, serve, wait_for
+from tests.support import BackendFactory, Client, Echo, connect, serve, wait_for
 
 
-@implementer(IHalfCloseableProtocol)
-class Tagged(Protocol):
+class Tagged(Echo):
     """Says its backend's tag first, then echoes; closes when the client half-closes."""
 
     def connectionMade(self) -> None:
-        self.factory.opened()
+        super().connectionMade()
         self.transport.write(self.factory.tag)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.factory.closed()
 
 
 #: Listener name -> its hooks (tests.hooks_tcp names); all on cluster a.
