@@ -94,6 +94,17 @@ class Hook:
             return result
         return self.settled(result)
 
+    def then(self, subject: Any, step: Callable[..., Any], *args: Any) -> None:
+        """
+        Call the hook on C{subject} and go on with C{step(result, *args)}:
+        at once for a plain answer, when it fires for a Deferred or coroutine.
+        """
+        result = self(subject)
+        if isinstance(result, Deferred):
+            result.addCallback(step, *args)
+        else:
+            step(result, *args)
+
     def settled(self, result: Any) -> Any:
         """
         What C{fn} returned, not L{None} nor a plain value: a Deferred for a

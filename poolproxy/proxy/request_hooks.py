@@ -28,7 +28,6 @@ import base64
 import binascii
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
-from twisted.internet.defer import Deferred
 
 from poolproxy.codecs.http_parse import RequestHead
 from poolproxy.hooks.calling import Hook, HookFailure, ListenerHooks
@@ -109,12 +108,6 @@ class RequestHooks:
         self.hooks = hooks
         self._request: Optional[HookRequest] = None
 
-    def _then(self, result: Any, step: Any, *args: Any) -> None:
-        if isinstance(result, Deferred):
-            result.addCallback(step, *args)
-        else:
-            step(result, *args)
-
     # -- authenticate ----------------------------------------------------------
 
     def authenticate(self) -> None:
@@ -140,7 +133,7 @@ class RequestHooks:
         client = frontend.hook_subject()
         client.username, client.password = credentials or (None, None)
         client.headers = headers_of(exchange.head)
-        self._then(hook(client), self._authenticated, hook, value)
+        hook.then(client, self._authenticated, hook, value)
 
     def _authenticated(self, result: Any, hook: Hook, value: bytes) -> None:
         frontend = self.exchange.frontend
@@ -185,7 +178,7 @@ class RequestHooks:
         if hook is None:
             self.allow(own)
             return
-        self._then(hook(self.request(own.name)), self._routed, hook)
+        hook.then(self.request(own.name), self._routed, hook)
 
     def _routed(self, result: Any, hook: Hook) -> None:
         exchange = self.exchange
@@ -215,7 +208,7 @@ class RequestHooks:
         if hook is None:
             self.exchange.hooks_passed(cluster)
             return
-        self._then(hook(self.request(cluster.name)), self._allowed, hook, cluster)
+        hook.then(self.request(cluster.name), self._allowed, hook, cluster)
 
     def _allowed(self, result: Any, hook: Hook, cluster: Any) -> None:
         exchange = self.exchange

@@ -244,11 +244,7 @@ class SessionFrontend(Protocol):
         # hook is not cancelled if the client leaves (that would count as the
         # hook's error): its answer is ignored, and hook_timeout bounds it.
         self._pending = None
-        result = route(HookRequest(self.hook_client, self.factory.cluster.name))
-        if isinstance(result, Deferred):
-            result.addCallback(self._routed, route)
-        else:
-            self._routed(result, route)
+        route.then(HookRequest(self.hook_client, self.factory.cluster.name), self._routed, route)
 
     def _routed(self, result: Any, route: Hook) -> None:
         if self._gone:

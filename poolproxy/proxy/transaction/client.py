@@ -29,7 +29,7 @@ import secrets
 import struct
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import (IOpenSSLServerConnectionCreator, IPushProducer,
                                          ISSLTransport)
@@ -541,11 +541,7 @@ class TransactionFrontend(Protocol):
         if authenticate is None:
             self._route(replies)
             return
-        result = authenticate(client)
-        if isinstance(result, Deferred):
-            result.addCallback(self._authenticated, authenticate, replies)
-        else:
-            self._authenticated(result, authenticate, replies)
+        authenticate.then(client, self._authenticated, authenticate, replies)
 
     def _authenticated(self, result: Any, hook: Hook, replies: List[bytes]) -> None:
         if self.state != WELCOME:
@@ -572,11 +568,8 @@ class TransactionFrontend(Protocol):
         if route is None or self.hook_client is None:
             self._login(replies)
             return
-        result = route(HookRequest(self.hook_client, self.factory.cluster.name))
-        if isinstance(result, Deferred):
-            result.addCallback(self._routed, route, replies)
-        else:
-            self._routed(result, route, replies)
+        route.then(HookRequest(self.hook_client, self.factory.cluster.name), self._routed, route,
+                   replies)
 
     def _routed(self, result: Any, hook: Hook, replies: List[bytes]) -> None:
         if self.state != WELCOME:
