@@ -550,14 +550,11 @@ class TransactionFrontend(Protocol):
         assert client is not None
         accepted, identity = identity_of(result, client)
         if not accepted:
-            hook.refused += 1
             self.stats.auth_failures += 1
             failed = isinstance(result, HookFailure)
-            if not failed:  # a failure is logged already, by the hook
-                self.factory.hook_refused("authenticate", client)
-            text = HOOK_FAILED.format(point="authenticate") if failed else AUTH_REFUSED
-            replies.append(pg.error_response(pg.INVALID_AUTHORIZATION, text, b"FATAL"))
-            self._refuse_login(replies)
+            self._refuse_login(hook, result, replies, pg.INVALID_AUTHORIZATION,
+                               HOOK_FAILED.format(point="authenticate") if failed
+                               else AUTH_REFUSED)
             return
         client.identity = identity
         self._route(replies)
@@ -576,18 +573,24 @@ class TransactionFrontend(Protocol):
             return
         cluster, why = routed_cluster(result, self.factory.routes, self.factory.cluster)
         if cluster is None:
-            hook.refused += 1
-            if not isinstance(result, HookFailure):
-                self.factory.hook_refused("route", self.hook_client, why)
-            replies.append(pg.error_response(SQLCLIENT_UNABLE_TO_CONNECT, why or "", b"FATAL"))
-            self._refuse_login(replies)
+            self._refuse_login(hook, result, replies, SQLCLIENT_UNABLE_TO_CONNECT, why or "",
+                               why)
             return
         self.cluster = cluster
         self._login(replies)
 
-    def _refuse_login(self, out: List[bytes]) -> None:
-        """The hooks said no: the client is told (after its SASLFinal, if any) and closed."""
-        self.transport.write(b"".join(out))
+    def _refuse_login(self, hook: Hook, result: Any, replies: List[bytes], code: bytes,
+                      text: str, why: Optional[str] = None) -> None:
+        """
+        A hook said no (or failed): counted, logged once per interval (a
+        failure is, by the hook), and the client told with a FATAL C{code}
+        (after its SASLFinal, if any) and closed.
+        """
+        hook.refused += 1
+        if not isinstance(result, HookFailure):
+            self.factory.hook_refused(hook.point, self.hook_client, why)
+        replies.append(pg.error_response(code, text, b"FATAL"))
+        self.transport.write(b"".join(replies))
         self.state = CLOSED
         self.transport.loseConnection()
 
