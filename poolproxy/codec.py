@@ -65,9 +65,10 @@ VARIANT = 128
 #: request timeout, and one that times out is the client's wait, not a
 #: failure of the backend.  Goes with L{PIN}.
 BLOCKING = 256
-#: A L{LOCAL} frame that refuses the request by the command policy (a denied
-#: or unknown command): counted by C{Frame.key}, the command's name (or
-#: C{b"(unknown)"}, which keeps the count's labels bounded).
+#: A L{LOCAL} frame that refuses the request: by the command policy (a
+#: denied or unknown command), counted by C{Frame.key}, the command's name
+#: (or C{b"(unknown)"}, which keeps the count's labels bounded); with no
+#: key, by the listener's hooks (L{poolproxy.hooks}), counted as refused only.
 REFUSED = 512
 #: A L{LOCAL} frame that answers a failed authentication: counted, and
 #: summarised in the log.

@@ -19,16 +19,14 @@ from typing import TYPE_CHECKING, Any, Deque, List, Optional
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from poolproxy.codec import (AUTH_FAILED, AUTHENTICATE, CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN, UNPIN, VARIANT,
-                             Frame, IDescribingCodec, IHookableFramer)
+from poolproxy.codec import (AUTH_FAILED, AUTHENTICATE, CLOSE, DIRTY, LOCAL, PASSTHROUGH, PIN,
+                             REFUSED, UNPIN, VARIANT, Frame, IDescribingCodec, IHookableFramer)
 from poolproxy.hooks.subjects import HookRequest
 from poolproxy.proxy.hooked import identity_of, refusal, routed_cluster
 
 if TYPE_CHECKING:
     from poolproxy.proxy.multiplexed.client import MultiplexFrontend
 
-#: The frame stands for a refusal by a hook (counted as "refused").
-HOOK_REFUSED: Any = object()
 #: A hook's answer is not in yet.
 _WAIT: Any = object()
 _NOTHING: Any = object()
@@ -320,7 +318,7 @@ class RequestChecks:
         self._request = None
         reply = self.frontend.codec.error_reply(kind, why) if frame.replies else b""
         close = CLOSE if frame.flags & _STATEFUL else 0
-        return Frame(b"", frame.replies, None, LOCAL | close, expect=HOOK_REFUSED, reply=reply)
+        return Frame(b"", frame.replies, None, LOCAL | REFUSED | close, reply=reply)
 
 
 def split_parts(parts: List[Frame], parent: Frame) -> List[Frame]:
@@ -330,4 +328,4 @@ def split_parts(parts: List[Frame], parent: Frame) -> List[Frame]:
     return parts
 
 
-__all__ = ["HOOK_REFUSED", "RequestChecks", "RoutedFrame", "split_parts"]
+__all__ = ["RequestChecks", "RoutedFrame", "split_parts"]

@@ -61,7 +61,7 @@ from poolproxy.hooks.calling import ListenerHooks
 from poolproxy.hooks.subjects import HookClient
 from poolproxy.proxy.admission import Admission, Overloaded
 from poolproxy.proxy.hooked import connected, disconnected, hook_client
-from poolproxy.proxy.multiplexed.checks import HOOK_REFUSED, RequestChecks, RoutedFrame, split_parts
+from poolproxy.proxy.multiplexed.checks import RequestChecks, RoutedFrame, split_parts
 from poolproxy.proxy.multiplexed.pinning import LEASING, PINNED, RAW, SHARED, UNPINNING, Pinning
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
 from poolproxy.proxy.multiplexed.split import CROSS_SHARD, SplitGroup, split_by_shard
@@ -574,12 +574,10 @@ class MultiplexFrontend(Protocol):
 
     def _answer_local(self, frame: Frame, flags: int) -> None:
         """A frame the proxy answers itself (QUIT, AUTH, a refused command...)."""
-        if frame.expect is HOOK_REFUSED:
+        if flags & REFUSED:
             self.stats.requests.add("refused")
-        elif flags & REFUSED:
-            self.stats.requests.add("refused")
-            self.stats.commands_refused.add(frame.key.decode("ascii", "replace")
-                                            if frame.key else "(unknown)")
+            if frame.key is not None:  # the command policy's; a hook's has no key
+                self.stats.commands_refused.add(frame.key.decode("ascii", "replace"))
         elif flags & AUTH_FAILED:
             self.stats.requests.add("local")
             self.stats.auth_failures += 1
