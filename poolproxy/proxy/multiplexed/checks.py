@@ -162,12 +162,9 @@ class RequestChecks:
     def _one(self, frame: Frame) -> Any:
         """The frame to hold in C{frame}'s place, or _WAIT."""
         flags = frame.flags
-        if flags & _UNCHECKED:
-            if flags & AUTHENTICATE:
-                return self._authenticate(frame)
-            if self._unauthenticated:
-                return frame if flags & LOCAL else self._refused(
-                    frame, "unauthenticated", "Authentication required.")
+        if flags & AUTHENTICATE:
+            return self._authenticate(frame)
+        if flags & LOCAL:
             return frame  # the proxy answers it itself
         if self._unauthenticated:
             return self._refused(frame, "unauthenticated", "Authentication required.")
@@ -184,7 +181,7 @@ class RequestChecks:
 
     def _settle(self, result: Any, hook: Any) -> Any:
         """C{hook}'s result: as it is, or _WAIT while its Deferred is pending."""
-        if result.__class__ is not Deferred and not isinstance(result, Deferred):
+        if result.__class__ is not Deferred:  # Hook's Deferreds are its own, never subclasses
             return result
         self._answered_by = hook
         self._pending = result
