@@ -313,8 +313,8 @@ class MultiplexedHookTests(SynchronousTestCase):
         h.serve(lambda connection, data: b"$1\r\nv\r\n")
         self.assertEqual(c.read(), b"+OK\r\n$1\r\nv\r\n")
         self.assertEqual(seen, [("alice", "bad", None), ("alice", "good", None)])
-        self.assertEqual(c.protocol.subject().identity, "tenant-1")
-        self.assertIsNone(c.protocol.subject().password)
+        self.assertEqual(c.protocol.hook_subject().identity, "tenant-1")
+        self.assertIsNone(c.protocol.hook_subject().password)
         self.assertEqual(h.factory.stats.auth_failures, 1)
 
     def test_refused_twice_stays_refused(self) -> None:
@@ -421,7 +421,7 @@ class MultiplexedHookTests(SynchronousTestCase):
         h.factory.hooks.use({"allow": lambda r: "denied now"})
         pending[-1].callback(True)
         self.assertEqual(c.read(), b"+OK\r\n-NOPERM denied now\r\n")
-        self.assertIsNone(c.protocol.subject().password)
+        self.assertIsNone(c.protocol.hook_subject().password)
         self.assertEqual(h.connect(), 0)
 
     def test_async_authenticate_holds_what_follows(self) -> None:
@@ -435,7 +435,7 @@ class MultiplexedHookTests(SynchronousTestCase):
         h.connect()
         h.serve(lambda connection, data: b"$1\r\nv\r\n")
         self.assertEqual(c.received(), b"+OK\r\n$1\r\nv\r\n")
-        self.assertEqual(c.protocol.subject().identity, "default")
+        self.assertEqual(c.protocol.hook_subject().identity, "default")
 
     def test_route_to_no_such_cluster(self) -> None:
         h = self.harness(route=lambda r: "elsewhere")

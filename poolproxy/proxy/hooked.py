@@ -27,6 +27,25 @@ def hook_client(factory: Any, transport: Any, protocol: str) -> HookClient:
     return HookClient(factory.name, protocol, peer, ISSLTransport.providedBy(transport))
 
 
+class HookSubject:
+    """
+    A frontend whose client hooks may see: its L{HookClient}, made when a
+    hook first needs it (C{hook_protocol} names the listener's protocol).
+    """
+
+    hook_client: Optional[HookClient] = None
+    hook_protocol = ""
+    factory: Any
+    transport: Any
+
+    def hook_subject(self) -> HookClient:
+        client = self.hook_client
+        if client is None:
+            client = self.hook_client = hook_client(self.factory, self.transport,
+                                                    self.hook_protocol)
+        return client
+
+
 def identity_of(result: Any, client: HookClient) -> Tuple[bool, Any]:
     """
     An C{authenticate} result: (accepted, identity).  True means the
@@ -85,5 +104,5 @@ def disconnected(hooks: Optional[ListenerHooks], client: Optional[HookClient]) -
         notify(hooks.on_disconnect, client)
 
 
-__all__ = ["HOOK_FAILED", "connected", "disconnected", "hook_client", "identity_of",
+__all__ = ["HOOK_FAILED", "HookSubject", "connected", "disconnected", "hook_client", "identity_of",
            "refusal", "routed_cluster"]

@@ -39,11 +39,10 @@ from poolproxy.codecs.http import HttpCodec
 from poolproxy.codecs.http_parse import END, HttpError, RequestHead
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
 from poolproxy.hooks.calling import ListenerHooks
-from poolproxy.hooks.subjects import HookClient
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.exchange import EARLY_LIMIT, Exchange, HttpBackend, _PauseOnly
 from poolproxy.proxy.forwarded import ClientForwarding, TrustedProxies
-from poolproxy.proxy.hooked import connected, disconnected, hook_client
+from poolproxy.proxy.hooked import HookSubject, connected, disconnected
 from poolproxy.proxy.output import TRANSPORT_BUFFER, OutputBudget, unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.stats import ListenerStats
@@ -94,7 +93,7 @@ def route_key(spec: Optional[str]) -> Optional[Callable[[RequestHead], Optional[
 
 
 @implementer(IPushProducer)
-class HttpFrontend(Protocol):
+class HttpFrontend(HookSubject, Protocol):
     """
     One client connection: requests are parsed as they come, served one at a
     time in order, each in its own L{Exchange}.
@@ -108,6 +107,8 @@ class HttpFrontend(Protocol):
 
     @ivar write_blocked: the client is not reading (its transport paused us).
     """
+
+    hook_protocol = "http"
 
     #: A connected TCP transport: typed loosely, as ITransport does not
     #: declare the producer, half-close and abort methods used here.
@@ -137,8 +138,6 @@ class HttpFrontend(Protocol):
         self._written_blocked = 0
         # This client's share of the OutputBudget's held bytes.
         self._output_counted = 0
-        # What hooks see of this client, made when a hook first needs it.
-        self.hook_client: Optional[HookClient] = None
         # (the authenticate hook, the Authorization value it accepted): the
         # same value on this connection is not asked about again.
         self.authorized: Optional[Tuple[Any, bytes]] = None
@@ -161,13 +160,6 @@ class HttpFrontend(Protocol):
         hooks = self.factory.hooks
         if hooks is not None and hooks.on_connect is not None:
             connected(hooks, self.hook_subject())
-
-    def hook_subject(self) -> HookClient:
-        """This client as hooks see it (L{poolproxy.hooks.subjects.HookClient})."""
-        client = self.hook_client
-        if client is None:
-            client = self.hook_client = hook_client(self.factory, self.transport, "http")
-        return client
 
     def dataReceived(self, data: bytes) -> None:
         tunnel = self.tunnel_to

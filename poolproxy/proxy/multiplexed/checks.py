@@ -82,7 +82,7 @@ class RequestChecks:
         framer = frontend.framer
         self._authenticated = bool(getattr(framer, "authenticated", True))
         # The same for every request of the connection.
-        self.client = frontend.subject()
+        self.client = frontend.hook_subject()
         self.cluster_name = frontend.factory.cluster.name
         codec = frontend.codec
         self._describe = (IDescribingCodec(codec).describe
@@ -218,7 +218,7 @@ class RequestChecks:
         hook = frontend.factory.hooks.authenticate
         framer = IHookableFramer(frontend.framer)
         given = framer.credentials[0]
-        client = frontend.subject()
+        client = frontend.hook_subject()
         if given is None:  # RESET: authenticated no more
             framer.credentials.popleft()
             self._authenticated = False

@@ -58,9 +58,8 @@ from poolproxy.codec import (
     IVariantCodec,
 )
 from poolproxy.hooks.calling import ListenerHooks
-from poolproxy.hooks.subjects import HookClient
 from poolproxy.proxy.admission import Admission, Overloaded
-from poolproxy.proxy.hooked import connected, disconnected, hook_client
+from poolproxy.proxy.hooked import HookSubject, connected, disconnected
 from poolproxy.proxy.multiplexed.checks import RequestChecks, RoutedFrame, split_parts
 from poolproxy.proxy.multiplexed.pinning import LEASING, PINNED, RAW, SHARED, UNPINNING, Pinning
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
@@ -90,7 +89,7 @@ _STOP: Any = object()
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol)
-class MultiplexFrontend(Protocol):
+class MultiplexFrontend(HookSubject, Protocol):
     """
     One client connection in multiplexed mode.
 
@@ -114,9 +113,8 @@ class MultiplexFrontend(Protocol):
         self.framer = factory.codec.request_framer(
             factory.config if hooks is None or hooks.authenticate is None
             else factory.hooked_config())
-        # The hooks' view of this client (made when a hook first needs it),
-        # and its frames on their way through route and allow hooks.
-        self._subject: Optional[HookClient] = None
+        self.hook_protocol = factory.codec.name
+        # Its frames on their way through the hooks, once a hook needs them.
         self.checks: Optional[RequestChecks] = None
         # The backend of each other cluster a route hook sent requests to.
         self._routed_backends: "dict[Any, Any]" = {}
@@ -179,13 +177,7 @@ class MultiplexFrontend(Protocol):
             # without hooks after a reload: its frames always pass the checks.
             self.checks = RequestChecks(self)
         if hooks is not None and hooks.on_connect is not None:
-            connected(hooks, self.subject())
-
-    def subject(self) -> HookClient:
-        """This client as hooks see it."""
-        if self._subject is None:
-            self._subject = hook_client(self.factory, self.transport, self.codec.name)
-        return self._subject
+            connected(hooks, self.hook_subject())
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -292,7 +284,7 @@ class MultiplexFrontend(Protocol):
             self.checks.waiting.clear()
         hooks = self.factory.hooks
         if hooks is not None and hooks.on_disconnect is not None:
-            disconnected(hooks, self.subject())
+            disconnected(hooks, self.hook_subject())
         pinned, share, _ = self.pin.end()
         if pinned is not None:
             backend: PipelineBackend = pinned.protocol
