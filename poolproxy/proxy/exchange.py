@@ -262,9 +262,7 @@ class Exchange:
         if self.finished:
             return
         self._failed("refused")
-        if not self.request_done or self.head.upgrade:
-            self.close_client = True
-        if self.close_client:
+        if self._closes_client():
             headers = (*headers, (b"Connection", b"close"))
         if status == 503:
             headers = (*headers, (b"Retry-After", b"1"))
@@ -280,11 +278,9 @@ class Exchange:
 
     def start(self) -> None:
         factory = self.frontend.factory
-        routed = self.routed
-        if routed is None:
-            factory.retry_budget.deposit()
-        elif routed.retry_budget is not None:
-            routed.retry_budget.deposit()
+        budget = self._retry_budget()
+        if budget is not None:
+            budget.deposit()
         if factory.access_log_sample and factory.random() < factory.access_log_sample:
             self.sampled = True
             self.started = factory.clock.seconds()
@@ -696,12 +692,16 @@ class Exchange:
         may have had an effect never does.
         """
         conn = self.conn
-        routed = self.routed
-        budget = self.frontend.factory.retry_budget if routed is None else routed.retry_budget
+        budget = self._retry_budget()
         return (not self.retried and conn is not None and conn.uses > 1
                 and self.request_done and self.head.body == NONE
                 and self.head.method in RETRY_SAFE_METHODS
                 and budget is not None and budget.withdraw())
+
+    def _retry_budget(self) -> Any:
+        """The retry budget of the cluster serving this request."""
+        routed = self.routed
+        return self.frontend.factory.retry_budget if routed is None else routed.retry_budget
 
     def _detach(self) -> "Optional[PooledConnection[HttpBackend]]":
         """
@@ -769,14 +769,22 @@ class Exchange:
         if self.sent >= 0 and self.cluster_backend is not None:
             self.cluster_backend.durations.observe(outcome, now - self.sent)
 
+    def _closes_client(self) -> bool:
+        """
+        Whether the proxy's own answer to this request closes its client:
+        yes if part of the request is still coming, or what follows an
+        Upgrade head was held unread (neither can be told from a next
+        request), or it was to close anyway.
+        """
+        if not self.request_done or self.head.upgrade:
+            self.close_client = True
+        return self.close_client
+
     def _error(self, kind: str, message: str) -> None:
         """Answer with the proxy's own error response, then end the exchange."""
         if self.finished:
             return
-        if not self.request_done or self.head.upgrade:
-            # Part of the request is still coming, or what follows an Upgrade
-            # head was held unread: neither can be told from a next request.
-            self.close_client = True
+        self._closes_client()
         codec: HttpCodec = self.frontend.factory.codec
         if self.sampled:
             self._access_log({"overloaded": 503, "timeout": 504}.get(kind, 502))
