@@ -156,7 +156,7 @@ class Exchange:
                  "draining", "close_client", "_waiting", "_timer", "cluster_backend",
                  "reported", "retried", "sampled", "started", "orphaned", "early_paused",
                  "backend_paused", "_body_timer", "_tunnel_timer", "buffering", "continued",
-                 "began", "sent", "routed")
+                 "began", "sent", "routed", "retry_budget")
 
     def __init__(self, frontend: "HttpFrontend", head: RequestHead) -> None:
         self.frontend = frontend
@@ -198,8 +198,10 @@ class Exchange:
         # written to its backend connection (-1 until it is).
         self.began = frontend.last_active
         self.sent = -1.0
-        # The cluster the route hook chose, if not the listener's own.
+        # The cluster the route hook chose, if not the listener's own, and
+        # the retry budget of the cluster that serves it.
         self.routed: Any = None
+        self.retry_budget: Any = frontend.factory.retry_budget
 
     def begin(self) -> None:
         """
@@ -250,6 +252,7 @@ class Exchange:
             return
         if cluster is not self.frontend.factory.cluster:
             self.routed = cluster
+            self.retry_budget = cluster.retry_budget
         self._go()
 
     def refuse(self, status: int, text: str, headers: Tuple[Tuple[bytes, bytes], ...] = (),
@@ -278,7 +281,7 @@ class Exchange:
 
     def start(self) -> None:
         factory = self.frontend.factory
-        budget = self._retry_budget()
+        budget = self.retry_budget
         if budget is not None:
             budget.deposit()
         if factory.access_log_sample and factory.random() < factory.access_log_sample:
@@ -692,16 +695,11 @@ class Exchange:
         may have had an effect never does.
         """
         conn = self.conn
-        budget = self._retry_budget()
+        budget = self.retry_budget
         return (not self.retried and conn is not None and conn.uses > 1
                 and self.request_done and self.head.body == NONE
                 and self.head.method in RETRY_SAFE_METHODS
                 and budget is not None and budget.withdraw())
-
-    def _retry_budget(self) -> Any:
-        """The retry budget of the cluster serving this request."""
-        routed = self.routed
-        return self.frontend.factory.retry_budget if routed is None else routed.retry_budget
 
     def _detach(self) -> "Optional[PooledConnection[HttpBackend]]":
         """
