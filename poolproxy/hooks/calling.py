@@ -142,17 +142,15 @@ class Hook:
         """C{fn} raised (or its Deferred failed, or timed out): counted, logged, a HookFailure."""
         if failure.check(TimeoutError):
             self.timeouts += 1
-            why = f"did not answer within hook_timeout ({self.timeout:g} s)"
-            self._log.warn((self.listener, self.point, "timeout"),
-                           "listener {listener}: hook {point} ({spec}) {why}; refused",
-                           listener=self.listener, point=self.point, spec=self.spec, why=why)
-            return HookFailure("timeout", why)
-        self.errors += 1
-        why = f"raised {txaio.failure_message(failure)}"  # type: ignore[attr-defined]
-        self._log.warn((self.listener, self.point, "error"),
+            kind, why = "timeout", f"did not answer within hook_timeout ({self.timeout:g} s)"
+        else:
+            self.errors += 1
+            message = txaio.failure_message(failure)  # type: ignore[attr-defined]
+            kind, why = "error", f"raised {message}"
+        self._log.warn((self.listener, self.point, kind),
                        "listener {listener}: hook {point} ({spec}) {why}; refused",
                        listener=self.listener, point=self.point, spec=self.spec, why=why)
-        return HookFailure("error", why)
+        return HookFailure(kind, why)
 
 
 #: Hooks' Deferreds that failed: their failure was taken (so that it is not
