@@ -544,19 +544,14 @@ def coerce_hooks(raw: Any, where: str, text_ok: bool = False,
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a [hooks] table of point = 'module:callable', "
                           f"got {raw!r}")
-    hooks = []
     for point, spec in raw.items():
-        if spec == "" and keep_empty:
-            continue
-        try:
-            check_spec(point, spec, f"{where}.{point}")
-        except HookLoadError as e:
-            raise ConfigError(str(e)) from None
-    order = [p.name for p in HOOK_POINTS]
-    for point in sorted(raw, key=order.index):
-        if raw[point] or keep_empty:
-            hooks.append((point, raw[point]))
-    return tuple(hooks)
+        if not (spec == "" and keep_empty):
+            try:
+                check_spec(point, spec, f"{where}.{point}")
+            except HookLoadError as e:
+                raise ConfigError(str(e)) from None
+    return tuple((p.name, raw[p.name]) for p in HOOK_POINTS
+                 if p.name in raw and (raw[p.name] or keep_empty))
 
 
 #: How a flag may say yes or no (TOML has its own true and false).
