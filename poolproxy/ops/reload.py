@@ -106,7 +106,6 @@ class Reloader:
         self.reloads = 0
         self.failures = 0
         self.files_kept = 0
-        self.hooks_kept = 0
         # The address of every backend running, by (cluster, name): the
         # configuration's, and those of backends a reload added.
         self._addresses: Dict[Tuple[str, str], str] = {
@@ -173,7 +172,6 @@ class Reloader:
                 changed = hooks.load(config.listener_hooks(spec), config.hook_timeout,
                                      fresh=True)
             except HookLoadError as e:
-                self.hooks_kept += 1
                 self.log.error("reload: {why}; keeping the running hooks", why=str(e))
                 continue
             if changed:
