@@ -563,10 +563,9 @@ class RespRequestFramer(Unparsed):
         self._max = max_request_size
         self._password = password
         # With an authenticate hook, AUTH and HELLO AUTH are the hook's to
-        # decide (AUTHENTICATE frames), and a client starts unauthenticated.
-        self._hooked = authenticate_hook
+        # decide (AUTHENTICATE frames, their credentials queued here, oldest
+        # first, RESETs too), and a client starts unauthenticated.
         self._authed = password is None and not authenticate_hook
-        # Credentials (and RESETs) for the hook to decide, oldest first; only with the hook.
         self.credentials: Optional[Deque[Optional[Tuple[bytes, bytes, Optional[bool]]]]] = (
             deque() if authenticate_hook else None)
         self._given: Optional[Tuple[bytes, bytes, Optional[bool]]] = None
@@ -869,7 +868,7 @@ class RespRequestFramer(Unparsed):
                 return Frame(data, 1, None, LOCAL | CLOSE, reply=_OK)
             if upper == b"AUTH" or upper == b"HELLO":
                 args = args if args is not None else _resp_args(data)
-                if self._hooked:
+                if self.credentials is not None:
                     return self._hooked_credentials(upper, data, args)
                 return self._auth(args) if upper == b"AUTH" else self._hello(data, args)
             if upper == b"RESET":  # allowed before AUTH, as in redis
@@ -951,7 +950,7 @@ class RespRequestFramer(Unparsed):
                 # cannot see RESET's reply, so the state stays.
                 return Frame(data, 1, None, PIN)
             self._multi = self._watch = self._sticky = self._resp3 = False
-            if self._password is not None or self._hooked:
+            if self._password is not None or self.credentials is not None:
                 self._authed = False  # RESET re-authenticates as "default"
             self._update()
             # RESET also puts the client back on RESP2 (VARIANT, expect None).
@@ -962,9 +961,9 @@ class RespRequestFramer(Unparsed):
             else:
                 # RESET also drops the pooled connection's AUTH and SELECT.
                 frame = Frame(data, 1, None, PIN | UNPIN | DIRTY | VARIANT)
-            if self._hooked:
+            if self.credentials is not None:
                 # The authenticate hook's verdict is undone too, in its turn.
-                self.credentials.append(None)  # type: ignore[union-attr]
+                self.credentials.append(None)
                 frame.flags |= AUTHENTICATE
             return frame
         if upper in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR",
@@ -1059,7 +1058,7 @@ class RespRequestFramer(Unparsed):
         return frame
 
     def _credentials_ok(self, user: bytes, password: bytes) -> bool:
-        if self._hooked:
+        if self.credentials is not None:
             # The hook decides; it is told whether the password file matched.
             matched = None if self._password is None else (
                 user == b"default" and hmac.compare_digest(password, self._password))
@@ -1075,7 +1074,7 @@ class RespRequestFramer(Unparsed):
         # Answered here whatever happens: AUTH on a shared connection would
         # change it for every client.
         if len(args) == 2:
-            if self._password is None and not self._hooked:
+            if self._password is None and self.credentials is None:
                 return Frame(b"", 1, None, LOCAL, reply=_NOPASS)
             user, password = b"default", args[1]
         elif len(args) == 3:
