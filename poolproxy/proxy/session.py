@@ -255,9 +255,7 @@ class SessionFrontend(Protocol):
             route.refused += 1
             if not isinstance(result, HookFailure):  # a failure is logged already
                 self.factory.route_refused(why)
-            self._record("rejected")
-            self._end_backend()
-            self.transport.loseConnection()
+            self._give_up("rejected")
             return
         self._lease(cluster)
 
@@ -265,9 +263,7 @@ class SessionFrontend(Protocol):
         backend = cluster.pick(None)
         if backend is None:
             # Every backend is down, ejected or disabled: fail fast.
-            self._record("backend_unavailable")
-            self._end_backend()
-            self.transport.loseConnection()
+            self._give_up("backend_unavailable")
             return
         backend.begin()
         self._backend = backend
@@ -287,10 +283,14 @@ class SessionFrontend(Protocol):
         if failure.check(CancelledError):
             return
         if failure.check(BackendUnavailable):
-            self._record("backend_unavailable")
+            self._give_up("backend_unavailable")
         else:
             failure.trap(AcquireTimeout, PoolExhausted, PoolClosed)
-            self._record("pool_exhausted")
+            self._give_up("pool_exhausted")
+
+    def _give_up(self, outcome: str) -> None:
+        """The admitted session gets no backend: counted, its slot freed, the client closed."""
+        self._record(outcome)
         self._end_backend()
         self.transport.loseConnection()
 
