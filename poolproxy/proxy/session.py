@@ -161,8 +161,7 @@ class SessionFrontend(Protocol):
         self.stats.connections_open += 1
         self.factory.clients.add(self)
         hooks = self.factory.hooks
-        if hooks is not None and (hooks.route is not None or hooks.on_connect is not None
-                                  or hooks.on_disconnect is not None):
+        if hooks is not None and hooks.specs:  # any hook configured
             self.hook_client = hook_client(self.factory, self.transport, "tcp")
             connected(hooks, self.hook_client)
         self._pending = d = self.factory.admission.acquire()

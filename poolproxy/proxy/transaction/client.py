@@ -210,9 +210,7 @@ class TransactionFrontend(Protocol):
         self.transport.registerProducer(self, True)
         no_delay(self.transport)
         hooks = self.factory.hooks
-        if hooks is not None and (hooks.authenticate is not None or hooks.route is not None
-                                  or hooks.on_connect is not None
-                                  or hooks.on_disconnect is not None):
+        if hooks is not None and hooks.specs:  # any hook configured
             self.hook_client = hook_client(self.factory, self.transport, "postgres")
             connected(hooks, self.hook_client)
         # Start-up and authentication are the request head of this protocol:
