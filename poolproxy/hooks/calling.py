@@ -250,10 +250,9 @@ class ListenerHooks:
                 if getattr(self, p.name) is not None}
 
 
-def notify(hook: Optional[Hook], subject: Any) -> None:
-    """Call an auditing hook (on_connect, on_disconnect); its result is not waited for."""
-    if hook is not None:
-        hook(subject)
+#: What a frontend factory has until the service gives it its listener's
+#: hooks (embedding, tests): none.  Never loaded or used.
+NO_HOOKS = ListenerHooks("", None)
 
 
-__all__ = ["Hook", "HookFailure", "ListenerHooks", "notify"]
+__all__ = ["Hook", "HookFailure", "ListenerHooks", "NO_HOOKS"]

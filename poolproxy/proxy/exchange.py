@@ -50,7 +50,7 @@ from poolproxy.codecs.http_parse import (
     status_response,
 )
 from poolproxy.proxy.admission import Overloaded
-from poolproxy.proxy.request_hooks import run_request_hooks
+from poolproxy.proxy.request_hooks import RequestHooks
 from poolproxy.util.inactivity import Inactivity
 from poolproxy.util.writethrough import write_through
 
@@ -220,8 +220,8 @@ class Exchange:
                     factory.clock, limits.body_timeout, limits.body_total_timeout,
                     frontend.reading_since, self._body_too_slow)
         hooks = factory.hooks
-        # specs is empty without hooks: the one check a request pays for them.
-        if hooks is not None and hooks.specs and run_request_hooks(self, hooks):
+        if hooks.checks_requests:  # the one test a request pays for hooks
+            RequestHooks(self, hooks).authenticate()
             return  # hooks_passed or refuse, once they have decided
         if coming:
             self._go()

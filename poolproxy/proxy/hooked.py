@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from twisted.internet.interfaces import ISSLTransport
 
-from poolproxy.hooks.calling import HookFailure, ListenerHooks, notify
+from poolproxy.hooks.calling import HookFailure
 from poolproxy.hooks.subjects import HookClient
 
 #: What a refusal's error says when the hook failed (never the exception itself).
@@ -44,6 +44,18 @@ class HookSubject:
             client = self.hook_client = hook_client(self.factory, self.transport,
                                                     self.hook_protocol)
         return client
+
+    def hook_connected(self) -> None:
+        """The listener's on_connect hook, if it has one (its answer is not waited for)."""
+        hook = self.factory.hooks.on_connect
+        if hook is not None:
+            hook(self.hook_subject())
+
+    def hook_disconnected(self) -> None:
+        """The listener's on_disconnect hook, if it has one."""
+        hook = self.factory.hooks.on_disconnect
+        if hook is not None:
+            hook(self.hook_subject())
 
 
 def identity_of(result: Any, client: HookClient) -> Tuple[bool, Any]:
@@ -94,15 +106,5 @@ def refusal(result: Any) -> Optional[str]:
     return " ".join(str(result).split())[:500] or "poolproxy: refused by policy"
 
 
-def connected(hooks: Optional[ListenerHooks], client: Optional[HookClient]) -> None:
-    if hooks is not None and client is not None:
-        notify(hooks.on_connect, client)
-
-
-def disconnected(hooks: Optional[ListenerHooks], client: Optional[HookClient]) -> None:
-    if hooks is not None and client is not None:
-        notify(hooks.on_disconnect, client)
-
-
-__all__ = ["HOOK_FAILED", "HookSubject", "connected", "disconnected", "hook_client", "identity_of",
+__all__ = ["HOOK_FAILED", "HookSubject", "hook_client", "identity_of",
            "refusal", "routed_cluster"]

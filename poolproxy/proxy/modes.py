@@ -90,7 +90,7 @@ class FrontendFactory(Protocol):
     route hook may choose (C{routes}, by name).
     """
 
-    hooks: Optional[ListenerHooks]
+    hooks: ListenerHooks
     routes: Dict[str, Cluster]
 
     @property

@@ -38,11 +38,11 @@ from poolproxy.backends.retry import RetryBudget
 from poolproxy.codecs.http import HttpCodec
 from poolproxy.codecs.http_parse import END, HttpError, RequestHead
 from poolproxy.config.settings import HTTP_FAILURE_STATUSES
-from poolproxy.hooks.calling import ListenerHooks
+from poolproxy.hooks.calling import NO_HOOKS, ListenerHooks
 from poolproxy.proxy.admission import Admission
 from poolproxy.proxy.exchange import EARLY_LIMIT, Exchange, HttpBackend, _PauseOnly
 from poolproxy.proxy.forwarded import ClientForwarding, TrustedProxies
-from poolproxy.proxy.hooked import HookSubject, connected, disconnected
+from poolproxy.proxy.hooked import HookSubject
 from poolproxy.proxy.output import TRANSPORT_BUFFER, OutputBudget, unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.stats import ListenerStats
@@ -157,9 +157,7 @@ class HttpFrontend(HookSubject, Protocol):
         #: The X-Forwarded-* headers of this client's requests.
         self.forwarding = ClientForwarding(self.peer_host, ISSLTransport.providedBy(self.transport),
                                            self.factory.trusted_proxies.trusts(host))
-        hooks = self.factory.hooks
-        if hooks is not None and hooks.on_connect is not None:
-            connected(hooks, self.hook_subject())
+        self.hook_connected()
 
     def dataReceived(self, data: bytes) -> None:
         tunnel = self.tunnel_to
@@ -451,9 +449,7 @@ class HttpFrontend(HookSubject, Protocol):
                 if not exchange.finished:
                     self.stats.requests.add("client_gone")
                 exchange.client_gone()
-        hooks = self.factory.hooks
-        if hooks is not None and hooks.on_disconnect is not None:
-            disconnected(hooks, self.hook_subject())
+        self.hook_disconnected()
 
 
 class HttpFactory(Factory):
@@ -467,7 +463,7 @@ class HttpFactory(Factory):
 
     #: The listener's hooks and the clusters its route hook may choose, by
     #: name (set by the service; L{poolproxy.proxy.hooked}).
-    hooks: Optional[ListenerHooks] = None
+    hooks: ListenerHooks = NO_HOOKS
     routes: Dict[str, Any] = {}
 
     noisy = False

@@ -79,20 +79,6 @@ def _text(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def run_request_hooks(exchange: "Exchange", hooks: ListenerHooks) -> bool:
-    """
-    Send C{exchange}'s request through the listener's request hooks; it
-    goes on (L{Exchange.hooks_passed}) or is answered (L{Exchange.refuse})
-    when they have decided, now or later.
-
-    @return: False, doing nothing, if the listener has none of them.
-    """
-    if hooks.authenticate is None and hooks.route is None and hooks.allow is None:
-        return False  # only on_connect / on_disconnect
-    RequestHooks(exchange, hooks).authenticate()
-    return True
-
-
 class RequestHooks:
     """
     One request on its way through the hooks: each step calls its hook, if
@@ -225,5 +211,4 @@ class RequestHooks:
             exchange.refuse(403, text, prefixed=False)
 
 
-__all__ = ["CHALLENGE", "RequestHooks", "basic_credentials", "headers_of",
-           "run_request_hooks"]
+__all__ = ["CHALLENGE", "RequestHooks", "basic_credentials", "headers_of"]

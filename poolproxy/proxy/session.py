@@ -36,10 +36,10 @@ from poolproxy.backends.pool import (
     PooledConnection,
     PoolExhausted,
 )
-from poolproxy.hooks.calling import Hook, HookFailure, ListenerHooks
-from poolproxy.hooks.subjects import HookClient, HookRequest
+from poolproxy.hooks.calling import NO_HOOKS, Hook, HookFailure, ListenerHooks
+from poolproxy.hooks.subjects import HookRequest
 from poolproxy.proxy.admission import Admission, Overloaded
-from poolproxy.proxy.hooked import connected, disconnected, hook_client, routed_cluster
+from poolproxy.proxy.hooked import HookSubject, routed_cluster
 from poolproxy.proxy.output import unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.stats import ListenerStats
@@ -112,13 +112,15 @@ class SessionBackend(BackendProtocol):
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
-class SessionFrontend(Protocol):
+class SessionFrontend(HookSubject, Protocol):
     """
     The client side of a tcp session: admission, then a lease, then bytes
     both ways until either side closes.  Once leased, it is its client
     transport's producer: a client that does not read pauses the backend
     connection's reading, and starts its send deadline.
     """
+
+    hook_protocol = "tcp"
 
     #: A connected TCP transport: typed loosely, as ITransport does not
     #: declare the producer, half-close and abort methods used here.
@@ -150,8 +152,6 @@ class SessionFrontend(Protocol):
         self._opened = 0.0
         self._leased_at = 0.0
         self._awaiting_first_byte = False
-        # What the listener's hooks see of this client (only with hooks configured).
-        self.hook_client: Optional[HookClient] = None
 
     # -- client events -------------------------------------------------------
 
@@ -160,10 +160,9 @@ class SessionFrontend(Protocol):
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         self.factory.clients.add(self)
-        hooks = self.factory.hooks
-        if hooks is not None and hooks.specs:  # any hook configured
-            self.hook_client = hook_client(self.factory, self.transport, "tcp")
-            connected(hooks, self.hook_client)
+        if self.factory.hooks.specs:
+            self.hook_subject()  # made now: the route hook is asked for it
+        self.hook_connected()
         self._pending = d = self.factory.admission.acquire()
         d.addCallbacks(self._on_admitted, self._on_not_admitted)
 
@@ -203,8 +202,7 @@ class SessionFrontend(Protocol):
         # Whatever is still queued for the backend has no one to answer to, and
         # a backend that stopped reading would never let a graceful close end.
         self._end_backend(abort=True)
-        if self.hook_client is not None:
-            disconnected(self.factory.hooks, self.hook_client)
+        self.hook_disconnected()
 
     # -- backend events --------------------------------------------------------
 
@@ -234,7 +232,7 @@ class SessionFrontend(Protocol):
     def _on_admitted(self, _: object) -> None:
         self._admitted = True
         hooks = self.factory.hooks
-        route = hooks.route if hooks is not None else None
+        route = hooks.route
         if route is None or self.hook_client is None:
             self._lease(self.factory.cluster)
             return
@@ -420,7 +418,7 @@ class SessionFactory(Factory):
 
     #: The listener's hooks and the clusters its route hook may choose, by
     #: name (set by the service; L{poolproxy.proxy.hooked}).
-    hooks: Optional[ListenerHooks] = None
+    hooks: ListenerHooks = NO_HOOKS
     routes: Dict[str, Any] = {}
 
     noisy = False
@@ -446,7 +444,7 @@ class SessionFactory(Factory):
     def route_refused(self, why: Optional[str]) -> None:
         """A session closed for its route hook's answer: one line per interval."""
         hooks = self.hooks
-        if hooks is not None and why is not None:
+        if why is not None:
             hooks.throttled.warn((self.name, "route", "refused"),
                                  "listener {listener}: {why}; client closed",
                                  listener=self.name, why=why)

@@ -105,7 +105,6 @@ class RequestChecks:
         # common case (an allow hook alone, answering None at once) inline.
         held = self.frontend.held
         hooks = self.frontend.factory.hooks
-        assert hooks is not None
         allow = hooks.allow
         inline = allow is not None and hooks.route is None and not self._unauthenticated
         client, cluster, describe = self.client, self.cluster_name, self._describe
@@ -264,7 +263,6 @@ class RequestChecks:
         frontend = self.frontend
         factory = frontend.factory
         hooks = factory.hooks
-        assert hooks is not None
         request = self._request
         if request is None:
             request = HookRequest(self.client, self.cluster_name, frame.key, frame.data,

@@ -57,9 +57,9 @@ from poolproxy.codec import (
     IShardedCodec,
     IVariantCodec,
 )
-from poolproxy.hooks.calling import ListenerHooks
+from poolproxy.hooks.calling import NO_HOOKS, ListenerHooks
 from poolproxy.proxy.admission import Admission, Overloaded
-from poolproxy.proxy.hooked import HookSubject, connected, disconnected
+from poolproxy.proxy.hooked import HookSubject
 from poolproxy.proxy.multiplexed.checks import RequestChecks, RoutedFrame, split_parts
 from poolproxy.proxy.multiplexed.pinning import LEASING, PINNED, RAW, SHARED, UNPINNING, Pinning
 from poolproxy.proxy.multiplexed.server import Multiplexer, PipelineBackend, Slot
@@ -111,7 +111,7 @@ class MultiplexFrontend(HookSubject, Protocol):
         self.admission = factory.admission
         hooks = factory.hooks
         self.framer = factory.codec.request_framer(
-            factory.config if hooks is None or hooks.authenticate is None
+            factory.config if hooks.authenticate is None
             else factory.hooked_config())
         self.hook_protocol = factory.codec.name
         # Its frames on their way through the hooks, once a hook needs them.
@@ -171,13 +171,11 @@ class MultiplexFrontend(HookSubject, Protocol):
         self.last_active = self.factory.clock.seconds()
         # A client that does not read its replies stops being read.
         self.transport.registerProducer(self, True)
-        hooks = self.factory.hooks
         if getattr(self.framer, "credentials", None) is not None:
             # Its credentials are the authenticate hook's to decide, with or
             # without hooks after a reload: its frames always pass the checks.
             self.checks = RequestChecks(self)
-        if hooks is not None and hooks.on_connect is not None:
-            connected(hooks, self.hook_subject())
+        self.hook_connected()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -194,8 +192,7 @@ class MultiplexFrontend(HookSubject, Protocol):
                                      reply=self.codec.error_reply(error.kind, error.message))]
             self.stats.requests.add(error.kind)
         if frames:
-            hooks = self.factory.hooks
-            if self.checks is not None or (hooks is not None and hooks.checks_requests):
+            if self.checks is not None or self.factory.hooks.checks_requests:
                 self._check(frames)
             else:
                 self.held.extend(frames)
@@ -282,9 +279,7 @@ class MultiplexFrontend(HookSubject, Protocol):
             multiplexer.forget(self)
         if self.checks is not None:
             self.checks.waiting.clear()
-        hooks = self.factory.hooks
-        if hooks is not None and hooks.on_disconnect is not None:
-            disconnected(hooks, self.hook_subject())
+        self.hook_disconnected()
         pinned, share, _ = self.pin.end()
         if pinned is not None:
             backend: PipelineBackend = pinned.protocol
@@ -956,7 +951,7 @@ class MultiplexFactory(Factory):
 
     #: The listener's hooks and the clusters its route hook may choose, by
     #: name (set by the service; L{poolproxy.proxy.hooked}).
-    hooks: Optional[ListenerHooks] = None
+    hooks: ListenerHooks = NO_HOOKS
     routes: Dict[str, Any] = {}
 
     noisy = False

@@ -50,11 +50,10 @@ from poolproxy.codecs.postgres_statements import (ClientStatements, StatementLim
                                                   bind_statement, make_close, make_parse,
                                                   named_target, parse_fields, parse_query,
                                                   rename_bind)
-from poolproxy.hooks.calling import Hook, HookFailure, ListenerHooks
+from poolproxy.hooks.calling import NO_HOOKS, Hook, HookFailure, ListenerHooks
 from poolproxy.hooks.subjects import HookClient, HookRequest
 from poolproxy.proxy.admission import Admission, Overloaded
-from poolproxy.proxy.hooked import (HOOK_FAILED, connected, disconnected, hook_client,
-                                    identity_of, routed_cluster)
+from poolproxy.proxy.hooked import HOOK_FAILED, HookSubject, identity_of, routed_cluster
 from poolproxy.proxy.output import unsent_bytes
 from poolproxy.proxy.sending import SendTimeouts
 from poolproxy.proxy.transaction.auth import ClientAuth, Users
@@ -130,7 +129,7 @@ def _set_statement(name: bytes, value: bytes) -> bytes:
 
 
 @implementer(IPushProducer)
-class TransactionFrontend(Protocol):
+class TransactionFrontend(HookSubject, Protocol):
     """
     One PostgreSQL client.
 
@@ -138,6 +137,8 @@ class TransactionFrontend(Protocol):
         of its session (a L{session_effect} label, or C{"session"} in
         session pool mode), or L{None}.
     """
+
+    hook_protocol = "postgres"
 
     transport: Any
     log = Logger()
@@ -209,10 +210,9 @@ class TransactionFrontend(Protocol):
         self.factory.clients.add(self)
         self.transport.registerProducer(self, True)
         no_delay(self.transport)
-        hooks = self.factory.hooks
-        if hooks is not None and hooks.specs:  # any hook configured
-            self.hook_client = hook_client(self.factory, self.transport, "postgres")
-            connected(hooks, self.hook_client)
+        if self.factory.hooks.specs:
+            self.hook_subject()  # made now: the login's hooks are asked for it
+        self.hook_connected()
         # Start-up and authentication are the request head of this protocol:
         # a client that never finishes them is closed (PgBouncer's
         # client_login_timeout), not kept for client_idle_timeout.
@@ -253,8 +253,7 @@ class TransactionFrontend(Protocol):
         self.factory.cancel_keys.pop(self.key, None)
         self._stop_waiting()
         self._give_back(abandoned=True)
-        if self.hook_client is not None:
-            disconnected(self.factory.hooks, self.hook_client)
+        self.hook_disconnected()
 
     def dataReceived(self, data: bytes) -> None:
         self.last_active = self.factory.clock.seconds()
@@ -535,7 +534,7 @@ class TransactionFrontend(Protocol):
         client.password = None
         client.password_ok = None if self.factory.users.auth_type == "trust" else True
         hooks = self.factory.hooks
-        authenticate = hooks.authenticate if hooks is not None else None
+        authenticate = hooks.authenticate
         if authenticate is None:
             self._route(replies)
             return
@@ -559,7 +558,7 @@ class TransactionFrontend(Protocol):
 
     def _route(self, replies: List[bytes]) -> None:
         hooks = self.factory.hooks
-        route = hooks.route if hooks is not None else None
+        route = hooks.route
         if route is None or self.hook_client is None:
             self._login(replies)
             return
@@ -1285,7 +1284,7 @@ class TransactionFactory(Factory):
 
     #: The listener's hooks and the clusters its route hook may choose, by
     #: name (set by the service; L{poolproxy.proxy.hooked}).
-    hooks: Optional[ListenerHooks] = None
+    hooks: ListenerHooks = NO_HOOKS
     routes: Dict[str, Any] = {}
 
     noisy = False
@@ -1354,7 +1353,7 @@ class TransactionFactory(Factory):
                      why: Optional[str] = None) -> None:
         """A login refused by a hook's answer: one line per interval."""
         hooks = self.hooks
-        if hooks is not None and client is not None:
+        if client is not None:
             hooks.throttled.warn((self.name, point, "refused"),
                                  "listener {listener}: the {point} hook refused user "
                                  "{user} of database {database}{why}",
