@@ -21,8 +21,9 @@ with a line saying why.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import (Any, Callable, Container, Dict, List, Mapping, Optional, Protocol, Sequence,
-                    Tuple)
+                    Tuple, Type)
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -148,15 +149,9 @@ class Reloader:
 
     def _reread(self) -> None:
         for item in self.target.rereadable():
-            try:
-                changed = item.reload()
-            except ConfigError as e:
+            # A ConfigError names the file and its setting.
+            if not self._read_again(item.where, item.reload, ConfigError, "the one in use"):
                 self.files_kept += 1
-                # The error names the file and its setting.
-                self.log.error("reload: {why}; keeping the one in use", why=str(e))
-                continue
-            if changed:
-                self.log.info("reload: {where}: {changed}", where=item.where, changed=changed)
 
     def _hooks(self, config: ProxyConfig) -> None:
         """
@@ -166,16 +161,25 @@ class Reloader:
         """
         for spec in config.listeners:
             hooks = self.target.hooks.get(spec.name)
-            if hooks is None:
-                continue
-            try:
-                changed = hooks.load(config.listener_hooks(spec), config.hook_timeout,
-                                     fresh=True)
-            except HookLoadError as e:
-                self.log.error("reload: {why}; keeping the running hooks", why=str(e))
-                continue
-            if changed:
-                self.log.info("reload: {where}: {changed}", where=hooks.where, changed=changed)
+            if hooks is not None:
+                self._read_again(hooks.where, partial(hooks.load, config.listener_hooks(spec),
+                                                      config.hook_timeout, fresh=True),
+                                 HookLoadError, "the running hooks")
+
+    def _read_again(self, where: str, read: Callable[[], Optional[str]],
+                    errors: Type[Exception], kept: str) -> bool:
+        """
+        C{read()} what changed, logged by C{where}; False, with a line
+        saying why and what is C{kept}, if it raises one of C{errors}.
+        """
+        try:
+            changed = read()
+        except errors as e:
+            self.log.error("reload: {why}; keeping {kept}", why=str(e), kept=kept)
+            return False
+        if changed:
+            self.log.info("reload: {where}: {changed}", where=where, changed=changed)
+        return True
 
     def _settings(self, where: str, changed: List[str]) -> None:
         if changed:
