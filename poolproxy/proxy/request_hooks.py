@@ -108,7 +108,7 @@ class RequestHooks:
             # The hook is not asked: there is nothing to ask it about.
             exchange.refuse(401, "authentication required", CHALLENGE)
             return
-        if frontend.authorized is not None and frontend.authorized == (hook, value):
+        if frontend.authorized == (hook, value):
             self.route()  # accepted before on this connection
             return
         try:
